@@ -1,0 +1,108 @@
+"""The agent's HTTPS client for the hub: verifies the hub against the fleet CA, signs each request.
+
+httpx does the transport; this module converts its exceptions and the hub's error bodies
+into `agent.errors` at the boundary. Tests can pass an `httpx.BaseTransport`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
+from edgefleet.agent.identity import LocalIdentity
+from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest
+
+MAX_RESPONSE_BYTES = 1024 * 1024
+_NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeviceClient:
+    """Device-side calls to the hub's API."""
+
+    def __init__(
+        self,
+        hub_url: str,
+        *,
+        ca: Path | str | None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+        self._http = httpx.Client(
+            base_url=hub_url.rstrip("/") + API_PREFIX,
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+            trust_env=True,
+        )
+        self._clock = clock
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _call(
+        self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        headers = {}
+        if identity is not None:
+            headers["Authorization"] = f"Bearer {identity.token(now=self._clock())}"
+        try:
+            response = self._http.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HubUnreachableError(f"hub unreachable: {exc}") from exc
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise HubUnreachableError("hub answer too large")
+        if response.status_code >= 500:
+            raise HubUnreachableError(f"hub error {response.status_code}")
+        if response.status_code >= 400:
+            try:
+                error = ErrorBody.model_validate_json(response.content)
+            except ValueError:
+                error = ErrorBody(code="http_error", message=response.text[:200])
+            cls = DeviceNotAcceptedError if error.code in _NOT_ACCEPTED else HubRefusedError
+            raise cls(response.status_code, error.code, error.message)
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise HubUnreachableError("hub answered with invalid JSON") from exc
+        return data
+
+    def enroll(self, request: EnrollRequest) -> DeviceIdentity:
+        return DeviceIdentity.model_validate(self._call("POST", "/enroll", body=request.model_dump()))
+
+    def whoami(self, identity: LocalIdentity) -> DeviceIdentity:
+        return DeviceIdentity.model_validate(self._call("GET", "/device/self", identity=identity))
+
+    def renew(self, identity: LocalIdentity, csr: str) -> DeviceIdentity:
+        body = RenewRequest(csr=csr).model_dump()
+        return DeviceIdentity.model_validate(self._call("POST", "/device/certificate", identity=identity, body=body))
+
+    def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:
+        return self._call("GET", f"/devices/{device_id or identity.device_id}/twin", identity=identity)
+
+    def report(
+        self, identity: LocalIdentity, properties: dict[str, Any], device_id: str | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "PATCH",
+            f"/devices/{device_id or identity.device_id}/twin/reported",
+            identity=identity,
+            body={"properties": properties},
+        )

@@ -1,0 +1,46 @@
+"""Agent errors; each says whether trying again later can help.
+
+Tree::
+
+    AgentError                    (retryable: bool)
+     ├── HubUnreachableError      network, TLS or 5xx trouble: retry with backoff
+     ├── HubRefusedError          the hub answered 4xx with a code: fix the input, do not retry
+     │    └── DeviceNotAcceptedError  still pending, or rejected/revoked
+     └── IdentityError            the device's own key or identity files are unusable
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of the agent's errors."""
+
+    retryable: bool = False
+
+
+class HubUnreachableError(AgentError):
+    """The hub could not be reached or failed on its side; a later retry may succeed."""
+
+    retryable = True
+
+
+class HubRefusedError(AgentError):
+    """The hub refused the request with a stable error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class DeviceNotAcceptedError(HubRefusedError):
+    """The device is pending (retry later) or rejected/revoked (do not)."""
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]  # depends on the refusal
+        return self.code == "device_pending"
+
+
+class IdentityError(AgentError):
+    """The device's key or identity files are missing or unusable."""

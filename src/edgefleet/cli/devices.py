@@ -1,0 +1,95 @@
+"""`edgefleet device list|show|tag|accept|reject|revoke`: the device registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.cli.common import CaFile, HubClient, HubUrl, JsonFlag, Token, out, parse_tags, print_json, print_table
+
+app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
+COLUMNS = ("id", "fleet", "status", "arch", "tags", "last_seen_at")
+DeviceArg = Annotated[str, typer.Argument(metavar="ID", help="Device UUID")]
+
+
+@app.command("list")
+def list_devices(
+    fleet: Annotated[str | None, typer.Option("--fleet")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="pending, accepted, rejected or revoked")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 1000,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List devices, following pages up to --limit."""
+    client = HubClient(hub, token, ca)
+    rows: list[dict[str, object]] = []
+    after = None
+    while len(rows) < limit:
+        page = client.call(
+            "GET",
+            "/devices",
+            params={"fleet": fleet, "status": status, "after": after, "limit": min(1000, limit - len(rows))},
+        )
+        rows.extend(page["items"])
+        after = page["next_after"]
+        if after is None:
+            break
+    print_json(rows) if json_out else print_table(rows, COLUMNS)
+
+
+@app.command("show")
+def show(
+    device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
+) -> None:
+    """Show one device and its twin."""
+    client = HubClient(hub, token, ca)
+    device = client.call("GET", f"/devices/{device_id}")
+    device["reported"] = client.call("GET", f"/devices/{device_id}/twin")["reported"]
+    if json_out:
+        print_json(device)
+        return
+    for key, value in device.items():
+        out.print(f"{key + ':':18} {value}")
+
+
+@app.command("tag")
+def tag(
+    device_id: DeviceArg,
+    tags: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE...", help="Tags to set")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="Tag key to remove (repeatable)")] = None,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Set tags (KEY=VALUE) and remove tags (--remove KEY) on a device."""
+    body = {"set": parse_tags(tags or []), "remove": list(remove or [])}
+    device = HubClient(hub, token, ca).call("PATCH", f"/devices/{device_id}/tags", body=body)
+    print_json(device) if json_out else out.print(f"{device['id']}: {device['tags']}")
+
+
+def _decide(verb: str, device_id: str, hub: str | None, token: str | None, ca: Path | None) -> None:
+    device = HubClient(hub, token, ca).call("POST", f"/devices/{device_id}/{verb}")
+    out.print(f"{device['id']}: {device['status']}")
+
+
+@app.command("accept")
+def accept(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None) -> None:
+    """Accept a pending device: its certificate is issued."""
+    _decide("accept", device_id, hub, token, ca)
+
+
+@app.command("reject")
+def reject(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None) -> None:
+    """Reject a pending device."""
+    _decide("reject", device_id, hub, token, ca)
+
+
+@app.command("revoke")
+def revoke(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None) -> None:
+    """Revoke a device: its next request is refused."""
+    _decide("revoke", device_id, hub, token, ca)

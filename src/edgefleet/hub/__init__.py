@@ -1,0 +1,1 @@
+"""The hub: edgefleet's control plane (registry, identity, enrollment, operator access, audit)."""

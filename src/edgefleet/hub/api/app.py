@@ -1,0 +1,75 @@
+"""The hub's FastAPI application factory and its one mapping from errors to HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgefleet import __version__
+from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from edgefleet.hub.api.routes import audit, device, devices, system, tokens, users
+from edgefleet.hub.context import Hub
+from edgefleet.hub.errors import HubConfigError, HubError
+from edgefleet.protocol import API_PREFIX, ErrorBody
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(code=code, message=message).model_dump(), status_code=status, headers=headers)
+
+
+async def _hub_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, HubError):
+        raise exc
+    if isinstance(exc, HubConfigError):
+        log.error("hub unavailable: %s", exc.message)
+        return _error(503, exc.code, "the hub's database is unavailable; retry later")
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _error(exc.status, exc.code, exc.message, headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _error(400, "malformed_json", "request body is not valid JSON")
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return _error(500, "internal_error", "internal error; see the hub log")
+
+
+def create_app(hub: Hub) -> FastAPI:
+    """Build the API for one hub; all state hangs off `app.state`, nothing is global."""
+    app = FastAPI(title="edgefleet hub", version=__version__, docs_url=None, redoc_url=None)
+    app.state.hub = hub
+    app.state.metrics = CollectorRegistry()
+    app.include_router(system.router)
+    for module in (device, devices, tokens, users, audit):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_exception_handler(HubError, _hub_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(MetricsMiddleware, registry=app.state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=hub.settings.max_body_bytes)
+    return app

@@ -1,0 +1,76 @@
+"""FastAPI dependencies: the hub, the caller (operator or device) and bounded paging parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from edgefleet.hub.context import Hub
+from edgefleet.hub.errors import AuthenticationError
+from edgefleet.hub.services import devices, operators
+from edgefleet.hub.services.devices import DeviceCaller
+from edgefleet.hub.services.operators import API_TOKEN_PREFIX, Operator
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An operator API token (efa_...) or a device token signed by the device key.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def _secret(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError("missing_credentials", "send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+def current_operator(hub: HubDep, credentials: Credentials) -> Operator:
+    secret = _secret(credentials)
+    if not secret.startswith(API_TOKEN_PREFIX):
+        raise AuthenticationError("operator_token_required", "this endpoint needs an operator API token")
+    return operators.authenticate(hub, secret)
+
+
+def current_device(hub: HubDep, credentials: Credentials) -> DeviceCaller:
+    secret = _secret(credentials)
+    if secret.startswith(API_TOKEN_PREFIX):
+        raise AuthenticationError("device_token_required", "this endpoint needs a device token")
+    return devices.authenticate(hub, secret)
+
+
+def current_device_any_status(hub: HubDep, credentials: Credentials) -> DeviceCaller:
+    secret = _secret(credentials)
+    if secret.startswith(API_TOKEN_PREFIX):
+        raise AuthenticationError("device_token_required", "this endpoint needs a device token")
+    return devices.authenticate(hub, secret, allow_unaccepted=True)
+
+
+def current_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller:
+    secret = _secret(credentials)
+    if secret.startswith(API_TOKEN_PREFIX):
+        return operators.authenticate(hub, secret)
+    return devices.authenticate(hub, secret)
+
+
+OperatorDep = Annotated[Operator, Depends(current_operator)]
+DeviceDep = Annotated[DeviceCaller, Depends(current_device)]
+AnyStatusDeviceDep = Annotated[DeviceCaller, Depends(current_device_any_status)]
+CallerDep = Annotated[Operator | DeviceCaller, Depends(current_caller)]
+
+
+def page_limit(hub: HubDep, limit: Annotated[int, Query(ge=1, le=100_000)] = 100) -> int:
+    """The requested page size, capped by the hub's `list_max_items`."""
+    return min(limit, hub.settings.list_max_items)
+
+
+LimitDep = Annotated[int, Depends(page_limit)]

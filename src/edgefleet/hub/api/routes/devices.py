@@ -1,0 +1,50 @@
+"""Operator routes for the device registry: list, show, tag, accept, reject, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
+from edgefleet.hub.api.routes import ERRORS
+from edgefleet.hub.api.schemas import DeviceOut, DevicePage, TagUpdate
+from edgefleet.hub.services import devices
+from edgefleet.protocol import DeviceId, DeviceStatus, FleetName
+
+router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
+DevicePath = Annotated[DeviceId, Path(description="Device UUID")]
+
+
+@router.get("", response_model=DevicePage)
+def list_devices(
+    hub: HubDep,
+    operator: OperatorDep,
+    limit: LimitDep,
+    fleet: Annotated[FleetName | None, Query()] = None,
+    status: Annotated[DeviceStatus | None, Query()] = None,
+    after: Annotated[DeviceId | None, Query(description="Cursor: the last id of the previous page")] = None,
+) -> DevicePage:
+    """Devices in id order, a page at a time."""
+    found = devices.list_devices(hub, operator, fleet=fleet, status=status, after=after, limit=limit)
+    return DevicePage(items=[DeviceOut.of(d) for d in found], next_after=found[-1].id if len(found) == limit else None)
+
+
+@router.get("/{device_id}", response_model=DeviceOut)
+def show_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> DeviceOut:
+    """One device."""
+    return DeviceOut.of(devices.show_device(hub, operator, device_id))
+
+
+@router.patch("/{device_id}/tags", response_model=DeviceOut)
+def tag_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: TagUpdate) -> DeviceOut:
+    """Set and remove tags (operator)."""
+    return DeviceOut.of(devices.tag_device(hub, operator, device_id, set_tags=dict(body.set), remove=list(body.remove)))
+
+
+@router.post("/{device_id}/{verb}", response_model=DeviceOut)
+def decide(
+    hub: HubDep, operator: OperatorDep, device_id: DevicePath, verb: Literal["accept", "reject", "revoke"]
+) -> DeviceOut:
+    """Accept or reject a pending device, or revoke a device (operator)."""
+    return DeviceOut.of(devices.decide(hub, operator, device_id, verb))

@@ -1,0 +1,206 @@
+"""Operator API request and response bodies (the device-facing ones live in `edgefleet.protocol`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+
+from edgefleet.hub.records import ApiToken, AuditEntry, Device, EnrollmentToken, User
+from edgefleet.protocol import Arch, DeviceStatus, FleetName, TagKey, Tags, WireModel
+
+Role = Literal["viewer", "operator", "admin"]
+UserName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
+Seconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400)]
+
+
+class TokenCreate(WireModel):
+    fleet: FleetName
+    tags: Tags = Field(default_factory=dict)
+    uses: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    ttl_seconds: Seconds = 86400
+    require_approval: bool = False
+
+
+class TokenOut(WireModel):
+    id: str
+    fleet: str
+    tags: dict[str, str]
+    uses: int
+    used: int
+    require_approval: bool
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, token: EnrollmentToken) -> TokenOut:
+        return cls(
+            id=token.id,
+            fleet=token.fleet,
+            tags=token.tags,
+            uses=token.max_uses,
+            used=token.used,
+            require_approval=token.require_approval,
+            created_at=token.created_at,
+            created_by=token.created_by,
+            expires_at=token.expires_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret; shown once, stored only hashed.")
+
+
+class DeviceOut(WireModel):
+    id: str
+    fleet: str
+    tags: dict[str, str]
+    status: DeviceStatus
+    arch: Arch
+    hostname: str | None
+    key_fingerprint: str
+    cert_serial: str | None
+    cert_not_after: datetime | None
+    enrolled_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+
+    @classmethod
+    def of(cls, device: Device) -> DeviceOut:
+        return cls(
+            id=device.id,
+            fleet=device.fleet,
+            tags=device.tags,
+            status=device.status,
+            arch=device.arch,
+            hostname=device.hostname,
+            key_fingerprint=device.key_fingerprint,
+            cert_serial=device.cert_serial,
+            cert_not_after=device.cert_not_after,
+            enrolled_at=device.enrolled_at,
+            updated_at=device.updated_at,
+            last_seen_at=device.last_seen_at,
+        )
+
+
+class DevicePage(WireModel):
+    items: list[DeviceOut]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+class TagUpdate(WireModel):
+    set: Tags = Field(default_factory=dict)
+    remove: Annotated[list[TagKey], Field(max_length=64)] = Field(default_factory=list)
+
+
+class TwinOut(WireModel):
+    device_id: str
+    status: DeviceStatus
+    tags: dict[str, str]
+    reported: dict[str, Any]
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, device: Device) -> TwinOut:
+        return cls(
+            device_id=device.id,
+            status=device.status,
+            tags=device.tags,
+            reported=device.reported,
+            updated_at=device.updated_at,
+        )
+
+
+class UserCreate(WireModel):
+    name: UserName
+    role: Role
+
+
+class UserOut(WireModel):
+    name: str
+    role: Role
+    created_at: datetime
+    disabled_at: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(name=user.name, role=user.role, created_at=user.created_at, disabled_at=user.disabled_at)
+
+
+class ApiTokenCreate(WireModel):
+    user: UserName
+    description: Annotated[str, StringConstraints(max_length=200)] = ""
+    ttl_seconds: Seconds | None = None
+
+    def ttl(self) -> timedelta | None:
+        return None if self.ttl_seconds is None else timedelta(seconds=self.ttl_seconds)
+
+
+class ApiTokenOut(WireModel):
+    id: str
+    user: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, token: ApiToken) -> ApiTokenOut:
+        return cls(
+            id=token.id,
+            user=token.user,
+            description=token.description,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            revoked_at=token.revoked_at,
+            last_used_at=token.last_used_at,
+        )
+
+
+class ApiTokenCreated(ApiTokenOut):
+    token: str = Field(description="The secret; shown once, stored only hashed.")
+
+
+class AuditOut(WireModel):
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditOut:
+        return cls(
+            seq=entry.seq,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            outcome=entry.outcome,
+            detail=entry.detail,
+            prev_hash=entry.prev_hash,
+            hash=entry.hash,
+        )
+
+
+class AuditVerifyOut(WireModel):
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
+
+
+class Health(WireModel):
+    status: Literal["ok"]
+    database: str

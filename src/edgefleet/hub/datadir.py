@@ -1,0 +1,121 @@
+"""The hub's data dir: creating its CA, TLS certificate and online keys, and loading them.
+
+Layout::
+
+    DIR/ca.key ca.crt           fleet CA (signs device and hub certificates)
+    DIR/tls.key tls.crt         the hub's HTTPS certificate
+    DIR/keys/{director,snapshot,timestamp}.key (.pub)   online TUF signing keys (Ed25519)
+    DIR/audit.key               HMAC key sealing the audit chain
+    DIR/hub.db                  the SQLite store, unless a database URL is given
+
+Private keys are written with mode 0600, atomically, and never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from edgefleet import crypto
+from edgefleet.errors import CryptoError
+from edgefleet.hub.errors import HubConfigError
+
+ONLINE_ROLES = ("director", "snapshot", "timestamp")
+CA_DAYS = 3650
+TLS_DAYS = 825
+PRIVATE_FILES = ("ca.key", "tls.key", "audit.key", *(f"keys/{role}.key" for role in ONLINE_ROLES))
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """The key material a running hub needs, loaded once at start."""
+
+    data_dir: Path
+    ca_key: crypto.PrivateKey
+    ca_cert_pem: str
+    audit_key: bytes
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.data_dir / "tls.crt"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.data_dir / "tls.key"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "ca.crt"
+
+
+def init_data_dir(data_dir: Path, *, hostnames: tuple[str, ...], now: datetime) -> None:
+    """Create a new data dir with fresh CA, TLS certificate and online keys.
+
+    Raises:
+        HubConfigError: the directory exists and is not empty.
+    """
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise HubConfigError("data_dir_exists", f"{data_dir} already exists and is not empty; refusing to overwrite")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    (data_dir / "keys").mkdir(mode=0o700)
+
+    ca_key = crypto.generate_key("ecdsa-p256")
+    ca = crypto.create_ca(ca_key, name="edgefleet fleet CA", now=now, days=CA_DAYS)
+    crypto.write_private_file(data_dir / "ca.key", crypto.private_key_pem(ca_key))
+    crypto.write_public_file(data_dir / "ca.crt", ca.pem.encode())
+
+    names = tuple(dict.fromkeys((*hostnames, socket.gethostname(), "localhost", "127.0.0.1")))
+    tls_key = crypto.generate_key("ecdsa-p256")
+    tls = crypto.issue_certificate(
+        ca_key=ca_key,
+        ca_cert_pem=ca.pem,
+        subject_key=tls_key.public_key(),
+        common_name=names[0],
+        now=now,
+        lifetime=timedelta(days=TLS_DAYS),
+        server_names=names,
+    )
+    crypto.write_private_file(data_dir / "tls.key", crypto.private_key_pem(tls_key))
+    crypto.write_public_file(data_dir / "tls.crt", (tls.pem + ca.pem).encode())
+
+    for role in ONLINE_ROLES:
+        key = crypto.generate_key("ed25519")
+        crypto.write_private_file(data_dir / "keys" / f"{role}.key", crypto.private_key_pem(key))
+        crypto.write_public_file(data_dir / "keys" / f"{role}.pub", crypto.public_key_pem(key.public_key()).encode())
+
+    crypto.write_private_file(data_dir / "audit.key", secrets.token_hex(32).encode())
+    # An empty file is a valid new SQLite database; creating it here fixes its mode (and its WAL's).
+    crypto.write_private_file(data_dir / "hub.db", b"")
+
+
+def load_keys(data_dir: Path) -> HubKeys:
+    """Load and check the data dir's key material.
+
+    Raises:
+        HubConfigError: a file is missing, unreadable, too open (not 0600) or malformed.
+    """
+    if not (data_dir / "ca.key").exists():
+        raise HubConfigError("data_dir_missing", f"{data_dir} is not a hub data dir: run `edgefleet hub init` first")
+    for name in PRIVATE_FILES:
+        path = data_dir / name
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError as exc:
+            raise HubConfigError("key_missing", f"cannot read {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise HubConfigError("key_permissions", f"{path} has mode {mode:o}; private keys must be 0600")
+    try:
+        ca_key = crypto.load_private_key((data_dir / "ca.key").read_bytes())
+        ca_cert_pem = (data_dir / "ca.crt").read_text()
+        crypto.load_certificate(ca_cert_pem)
+        audit_key = bytes.fromhex((data_dir / "audit.key").read_text().strip())
+    except (OSError, ValueError, CryptoError) as exc:
+        raise HubConfigError("key_invalid", f"unusable key material in {data_dir}: {exc}") from exc
+    if len(audit_key) < 32:
+        raise HubConfigError("key_invalid", "audit.key must hold at least 32 bytes")
+    return HubKeys(data_dir=data_dir, ca_key=ca_key, ca_cert_pem=ca_cert_pem, audit_key=audit_key)

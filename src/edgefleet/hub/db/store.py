@@ -1,0 +1,330 @@
+"""Database access for the hub: an engine per process, and `Tx`, one transaction with typed queries.
+
+Services receive a `Tx` and never see SQLAlchemy; rows are mapped to `hub.records`.
+SQLite runs in WAL mode and takes its write lock at BEGIN (``BEGIN IMMEDIATE``) so that
+concurrent requests wait for each other instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.hub.db.models import (
+    ApiTokenRow,
+    AuditHeadRow,
+    AuditRow,
+    DeviceRow,
+    EnrollmentTokenRow,
+    UserRow,
+)
+from edgefleet.hub.errors import ConflictError, HubConfigError
+from edgefleet.hub.records import ApiToken, AuditEntry, Device, EnrollmentToken, Role, User
+
+Seal = Callable[[int, str, dict[str, Any]], str]
+"""(seq, prev_hash, fields) -> hash: the audit chain's keyed digest, supplied by the caller."""
+
+AUDIT_GENESIS = "0" * 64
+
+
+def _device(row: DeviceRow) -> Device:
+    return Device(
+        id=row.id,
+        fleet=row.fleet,
+        tags=dict(row.tags),
+        status=row.status,
+        arch=row.arch,
+        hostname=row.hostname,
+        public_key_pem=row.public_key_pem,
+        key_fingerprint=row.key_fingerprint,
+        cert_pem=row.cert_pem,
+        cert_serial=row.cert_serial,
+        cert_not_after=row.cert_not_after,
+        enrollment_token_id=row.enrollment_token_id,
+        enrolled_at=row.enrolled_at,
+        updated_at=row.updated_at,
+        last_seen_at=row.last_seen_at,
+        reported=dict(row.reported),
+    )
+
+
+def _enrollment_token(row: EnrollmentTokenRow) -> EnrollmentToken:
+    return EnrollmentToken(
+        id=row.id,
+        fleet=row.fleet,
+        tags=dict(row.tags),
+        max_uses=row.max_uses,
+        used=row.used,
+        require_approval=row.require_approval,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _user(row: UserRow) -> User:
+    role: Role = row.role  # type: ignore[assignment]  # constrained by the services on write
+    return User(name=row.name, role=role, created_at=row.created_at, disabled_at=row.disabled_at)
+
+
+def _api_token(row: ApiTokenRow) -> ApiToken:
+    return ApiToken(
+        id=row.id,
+        user=row.user,
+        description=row.description,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _audit(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        detail=dict(row.detail),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class Tx:
+    """One database transaction with the queries the hub's services need."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    # --- devices ---------------------------------------------------------------------
+
+    def insert_device(self, device: Device) -> None:
+        self._s.add(DeviceRow(**{name: getattr(device, name) for name in Device.__slots__}))
+        self._s.flush()
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._s.get(DeviceRow, device_id)
+        return None if row is None else _device(row)
+
+    def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:
+        query = select(DeviceRow).order_by(DeviceRow.id).limit(limit)
+        if fleet is not None:
+            query = query.where(DeviceRow.fleet == fleet)
+        if status is not None:
+            query = query.where(DeviceRow.status == status)
+        if after is not None:
+            query = query.where(DeviceRow.id > after)
+        return [_device(row) for row in self._s.scalars(query)]
+
+    def find_active_device_by_key(self, fingerprint: str, *, statuses: Sequence[str]) -> Device | None:
+        query = (
+            select(DeviceRow).where(DeviceRow.key_fingerprint == fingerprint, DeviceRow.status.in_(statuses)).limit(1)
+        )
+        row = self._s.scalar(query)
+        return None if row is None else _device(row)
+
+    def update_device(self, device_id: str, **values: Any) -> Device:
+        row = self._s.get(DeviceRow, device_id, with_for_update=True)
+        if row is None:
+            raise KeyError(device_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+        self._s.flush()
+        return _device(row)
+
+    # --- enrollment tokens -------------------------------------------------------------
+
+    def insert_enrollment_token(self, token: EnrollmentToken, *, token_hash: str) -> None:
+        values = {name: getattr(token, name) for name in EnrollmentToken.__slots__}
+        self._s.add(EnrollmentTokenRow(token_hash=token_hash, **values))
+        self._s.flush()
+
+    def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
+        row = self._s.get(EnrollmentTokenRow, token_id)
+        return None if row is None else _enrollment_token(row)
+
+    def find_enrollment_token(self, token_hash: str) -> EnrollmentToken | None:
+        row = self._s.scalar(select(EnrollmentTokenRow).where(EnrollmentTokenRow.token_hash == token_hash))
+        return None if row is None else _enrollment_token(row)
+
+    def list_enrollment_tokens(self, *, limit: int) -> list[EnrollmentToken]:
+        query = select(EnrollmentTokenRow).order_by(EnrollmentTokenRow.created_at).limit(limit)
+        return [_enrollment_token(row) for row in self._s.scalars(query)]
+
+    def consume_enrollment_token(self, token_id: str, *, now: datetime) -> bool:
+        """Count one use, atomically, only if the token is still usable; False otherwise."""
+        result = self._s.execute(
+            update(EnrollmentTokenRow)
+            .where(
+                EnrollmentTokenRow.id == token_id,
+                EnrollmentTokenRow.used < EnrollmentTokenRow.max_uses,
+                EnrollmentTokenRow.revoked_at.is_(None),
+                EnrollmentTokenRow.expires_at > now,
+            )
+            .values(used=EnrollmentTokenRow.used + 1)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    def revoke_enrollment_token(self, token_id: str, *, now: datetime) -> None:
+        self._s.execute(
+            update(EnrollmentTokenRow)
+            .where(EnrollmentTokenRow.id == token_id, EnrollmentTokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    # --- users and API tokens ------------------------------------------------------------
+
+    def insert_user(self, user: User) -> None:
+        if self._s.get(UserRow, user.name) is not None:
+            raise ConflictError("user_exists", f"user {user.name!r} already exists")
+        self._s.add(UserRow(name=user.name, role=user.role, created_at=user.created_at, disabled_at=user.disabled_at))
+        try:
+            self._s.flush()
+        except IntegrityError as exc:
+            raise ConflictError("user_exists", f"user {user.name!r} already exists") from exc
+
+    def get_user(self, name: str) -> User | None:
+        row = self._s.get(UserRow, name)
+        return None if row is None else _user(row)
+
+    def list_users(self, *, limit: int) -> list[User]:
+        return [_user(row) for row in self._s.scalars(select(UserRow).order_by(UserRow.name).limit(limit))]
+
+    def count_users(self) -> int:
+        return int(self._s.scalar(select(func.count()).select_from(UserRow)) or 0)
+
+    def disable_user(self, name: str, *, now: datetime) -> None:
+        self._s.execute(update(UserRow).where(UserRow.name == name).values(disabled_at=now))
+
+    def insert_api_token(self, token: ApiToken, *, token_hash: str) -> None:
+        values = {name: getattr(token, name) for name in ApiToken.__slots__}
+        self._s.add(ApiTokenRow(token_hash=token_hash, **values))
+        self._s.flush()
+
+    def find_api_token(self, token_hash: str) -> ApiToken | None:
+        row = self._s.scalar(select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
+        return None if row is None else _api_token(row)
+
+    def get_api_token(self, token_id: str) -> ApiToken | None:
+        row = self._s.get(ApiTokenRow, token_id)
+        return None if row is None else _api_token(row)
+
+    def list_api_tokens(self, *, user: str | None, limit: int) -> list[ApiToken]:
+        query = select(ApiTokenRow).order_by(ApiTokenRow.created_at).limit(limit)
+        if user is not None:
+            query = query.where(ApiTokenRow.user == user)
+        return [_api_token(row) for row in self._s.scalars(query)]
+
+    def revoke_api_token(self, token_id: str, *, now: datetime) -> None:
+        self._s.execute(
+            update(ApiTokenRow)
+            .where(ApiTokenRow.id == token_id, ApiTokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    def touch_api_token(self, token_id: str, *, now: datetime) -> None:
+        self._s.execute(update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=now))
+
+    # --- audit chain -------------------------------------------------------------------
+
+    def append_audit(self, fields: dict[str, Any], *, seal: Seal) -> AuditEntry:
+        """Append one entry after the current head; the head's row lock orders concurrent appends."""
+        head = self._s.get(AuditHeadRow, 1, with_for_update=True)
+        if head is None:
+            raise HubConfigError("audit_head_missing", "audit head row missing: database not migrated")
+        seq = head.seq + 1
+        digest = seal(seq, head.hash, fields)
+        row = AuditRow(seq=seq, prev_hash=head.hash, hash=digest, **fields)
+        self._s.add(row)
+        head.seq, head.hash = seq, digest
+        self._s.flush()
+        return _audit(row)
+
+    def list_audit(self, *, after: int, limit: int, descending: bool = False) -> list[AuditEntry]:
+        query = select(AuditRow).limit(limit)
+        if descending:
+            query = query.order_by(AuditRow.seq.desc())
+            if after:
+                query = query.where(AuditRow.seq < after)
+        else:
+            query = query.order_by(AuditRow.seq).where(AuditRow.seq > after)
+        return [_audit(row) for row in self._s.scalars(query)]
+
+    def audit_head(self) -> tuple[int, str]:
+        head = self._s.get(AuditHeadRow, 1)
+        return (0, AUDIT_GENESIS) if head is None else (head.seq, head.hash)
+
+    def ping(self) -> None:
+        self._s.execute(text("SELECT 1"))
+
+
+class Store:
+    """The hub's database: owns the engine; hands out one `Tx` per unit of work."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """Run a unit of work: commit if the block returns, roll back if it raises."""
+        with self._sessions() as session:
+            try:
+                with session.begin():
+                    yield Tx(session)
+            except OperationalError as exc:
+                raise HubConfigError("database_unavailable", f"database error: {exc.orig}") from exc
+
+    def iter_audit(self, *, batch: int = 1000) -> Iterator[AuditEntry]:
+        """Every audit entry in chain order, read in bounded batches."""
+        after = 0
+        while True:
+            with self.transaction() as tx:
+                rows: Sequence[AuditEntry] = tx.list_audit(after=after, limit=batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].seq
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the driver so BEGIN IMMEDIATE below is ours.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    try:
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    except Exception as exc:  # any malformed URL or missing driver is a config error
+        raise HubConfigError("bad_database_url", f"cannot use database URL: {exc}") from exc

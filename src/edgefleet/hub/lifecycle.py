@@ -1,0 +1,77 @@
+"""Starting points of a hub: `init` a data dir (and database), open a `Hub`, and `serve` it over HTTPS."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from edgefleet.hub.api.app import create_app
+from edgefleet.hub.context import Clock, Hub, utc_now
+from edgefleet.hub.datadir import init_data_dir, load_keys
+from edgefleet.hub.db import Store
+from edgefleet.hub.db.migrate import upgrade
+from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.services.operators import bootstrap_admin
+from edgefleet.hub.settings import HubSettings
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What `hub init` tells its user once."""
+
+    data_dir: Path
+    ca_path: Path
+    admin_token: str
+    database: str
+
+
+def open_hub(settings: HubSettings, *, clock: Clock = utc_now, migrate: bool = True) -> Hub:
+    """Load keys, connect to the database and (by default) apply migrations."""
+    keys = load_keys(settings.data_dir)
+    store = Store(settings.sqlalchemy_url())
+    if migrate:
+        upgrade(store)
+    return Hub(settings=settings, store=store, keys=keys, clock=clock)
+
+
+def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock = utc_now) -> InitResult:
+    """Create the data dir, migrate the database and create the first admin token."""
+    init_data_dir(settings.data_dir, hostnames=hostnames, now=clock())
+    hub = open_hub(settings, clock=clock)
+    try:
+        token = bootstrap_admin(hub)
+    finally:
+        hub.store.dispose()
+    return InitResult(
+        data_dir=settings.data_dir, ca_path=settings.data_dir / "ca.crt", admin_token=token, database=hub.store.dialect
+    )
+
+
+def serve(settings: HubSettings, *, host: str, port: int, log_level: str = "info") -> None:
+    """Serve the API over HTTPS (TLS 1.2 or newer) until interrupted."""
+    hub = open_hub(settings)
+    app = create_app(hub)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        ssl_certfile=str(hub.keys.tls_cert_path),
+        ssl_keyfile=str(hub.keys.tls_key_path),
+        timeout_graceful_shutdown=5,
+        # Long-polls are bounded by settings; keep-alive stays a little longer than the longest one.
+        timeout_keep_alive=int(settings.long_poll_max_seconds) + 5,
+        limit_concurrency=1000,
+    )
+    config.load()
+    if config.ssl is None:
+        raise HubConfigError("tls_unavailable", "uvicorn did not build a TLS context")
+    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        hub.store.dispose()

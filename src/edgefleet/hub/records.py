@@ -1,0 +1,86 @@
+"""Plain records the hub's services and API pass around; the database layer maps rows to these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Role = Literal["viewer", "operator", "admin"]
+ROLE_RANK: dict[Role, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device in the registry."""
+
+    id: str
+    fleet: str
+    tags: dict[str, str]
+    status: str
+    arch: str
+    hostname: str | None
+    public_key_pem: str
+    key_fingerprint: str
+    cert_pem: str | None
+    cert_serial: str | None
+    cert_not_after: datetime | None
+    enrollment_token_id: str | None
+    enrolled_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+    reported: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentToken:
+    """An enrollment token's metadata; the token itself is known only by its hash."""
+
+    id: str
+    fleet: str
+    tags: dict[str, str]
+    max_uses: int
+    used: int
+    require_approval: bool
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An operator account; its role bounds every API token it owns."""
+
+    name: str
+    role: Role
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An operator API token's metadata; the secret is known only by its hash."""
+
+    id: str
+    user: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One link of the audit hash chain."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str

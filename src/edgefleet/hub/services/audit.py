@@ -1,0 +1,78 @@
+"""Writing to and reading the audit log; every operator action and enrollment goes through here."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from edgefleet.hub import audit
+from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Tx
+from edgefleet.hub.errors import HubConfigError, HubError
+from edgefleet.hub.records import AuditEntry
+
+
+def record(
+    hub: Hub,
+    tx: Tx,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str = "ok",
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append an entry inside the caller's transaction, so it commits or rolls back with the action."""
+    fields = audit.entry_fields(
+        at=hub.clock(), actor=actor, action=action, target=target, outcome=outcome, detail=detail or {}
+    )
+    return tx.append_audit(fields, seal=functools.partial(audit.seal, hub.keys.audit_key))
+
+
+def record_refusal(
+    hub: Hub, *, actor: str, action: str, target: str, code: str, detail: dict[str, Any] | None = None
+) -> None:
+    """Append a refusal in its own transaction (the refused action's transaction was rolled back)."""
+    with hub.store.transaction() as tx:
+        record(hub, tx, actor=actor, action=action, target=target, outcome=f"refused:{code}"[:32], detail=detail)
+
+
+@contextmanager
+def refusals_audited(hub: Hub, *, actor: str, action: str, target: str) -> Iterator[None]:
+    """Audit the block's refusal: any `HubError` it raises (but a broken database) is recorded, then re-raised."""
+    try:
+        yield
+    except HubConfigError:
+        raise
+    except HubError as exc:
+        record_refusal(
+            hub, actor=actor, action=action, target=target, code=exc.code, detail={"message": exc.message[:200]}
+        )
+        raise
+
+
+def list_entries(hub: Hub, *, before: int, limit: int) -> list[AuditEntry]:
+    """The newest entries first, older than `before` (0 = from the head)."""
+    with hub.store.transaction() as tx:
+        return tx.list_audit(after=before, limit=limit, descending=True)
+
+
+def _head(hub: Hub) -> tuple[int, str]:
+    with hub.store.transaction() as tx:
+        return tx.audit_head()
+
+
+def verify_log(hub: Hub, *, attempts: int = 3) -> audit.ChainReport:
+    """Verify the whole chain, then its end against the head recorded in the database.
+
+    The head is read after the walk: if entries were appended meanwhile it is ahead of the
+    walked end, and the walk is repeated (at most `attempts` times) before that is reported.
+    """
+    for _ in range(attempts):
+        report = audit.verify(hub.store.iter_audit(), key=hub.keys.audit_key)
+        head = _head(hub)
+        if not report.ok or head[0] <= report.end_seq:
+            break
+    return audit.check_head(report, head)

@@ -1,0 +1,41 @@
+"""Hub settings: one pydantic-settings object built at start-up and passed to every part.
+
+Every bound the hub enforces (request bodies, list sizes, lifetimes, long-polls) lives here.
+Values come from keyword arguments, then `EDGEFLEET_*` environment variables, then defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HubSettings(BaseSettings):
+    """Configuration of one hub process."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore", frozen=True)
+
+    data_dir: Path
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite inside data_dir when unset.")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    long_poll_max_seconds: float = Field(default=60.0, gt=0, le=900)
+    list_max_items: int = Field(default=1000, ge=1, le=100_000)
+    device_cert_lifetime: timedelta = timedelta(days=90)
+    device_token_max_lifetime: timedelta = timedelta(minutes=10)
+    clock_leeway: timedelta = timedelta(seconds=60)
+    enrollment_token_max_ttl: timedelta = timedelta(days=365)
+    enrollment_token_max_uses: int = Field(default=100_000, ge=1)
+    api_token_max_ttl: timedelta = timedelta(days=3650)
+
+    def sqlalchemy_url(self) -> str:
+        """The database URL to use: the configured one, or SQLite in the data dir."""
+        if self.database_url:
+            url = self.database_url
+            # psycopg 3 is the driver we ship; accept the plain scheme operators write.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{self.data_dir / 'hub.db'}"

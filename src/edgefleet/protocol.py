@@ -1,0 +1,70 @@
+"""Device <-> hub wire models: what the agent sends and what the hub answers, shared by both.
+
+Every field is bounded so that a hostile peer cannot make the other side allocate much.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+API_PREFIX = "/api/v1"
+
+TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")]
+TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-:/@]{0,128}$")]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64)]
+FleetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Pem = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
+Arch = Literal["amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x"]
+DeviceStatus = Literal["pending", "accepted", "rejected", "revoked"]
+
+MAX_REPORTED_BYTES = 16 * 1024
+"""Upper bound on the serialized reported properties of one device."""
+
+
+class WireModel(BaseModel):
+    """Strict base: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnrollRequest(WireModel):
+    """Sent once by a device: its CSR (proof of key possession) and the enrollment token."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    csr: Pem
+    arch: Arch
+    hostname: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,252}$")] | None = None
+
+
+class DeviceIdentity(WireModel):
+    """The hub's answer to enrollment and to a device asking about itself."""
+
+    device_id: DeviceId
+    status: DeviceStatus
+    fleet: FleetName
+    certificate: Pem | None = Field(default=None, description="Device certificate; present once accepted.")
+    certificate_not_after: datetime | None = None
+    ca_bundle: Pem
+
+
+class RenewRequest(WireModel):
+    """A device asks for a fresh certificate before its current one expires (new key allowed)."""
+
+    csr: Pem
+
+
+class ReportedProperties(WireModel):
+    """Reported half of the device twin: facts the device states about itself."""
+
+    properties: Annotated[dict[str, Any], Field(max_length=64)]
+
+
+class ErrorBody(WireModel):
+    """Every 4xx/5xx body: a stable machine-readable code and one human sentence."""
+
+    code: str
+    message: str

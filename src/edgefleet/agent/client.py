@@ -1,7 +1,7 @@
 """The agent's HTTPS client for the hub: verifies the hub against the fleet CA, signs each request.
 
 httpx does the transport; this module converts its exceptions and the hub's error bodies
-into `agent.errors` at the boundary. Tests can pass an `httpx.BaseTransport`.
+into `agent.errors` at the boundary. Tests can hand in any `httpx.Client` (e.g. a TestClient).
 """
 
 from __future__ import annotations
@@ -27,26 +27,17 @@ def _utc_now() -> datetime:
 
 
 class DeviceClient:
-    """Device-side calls to the hub's API."""
+    """Device-side calls to the hub's API over a given `httpx.Client` (see `connect`)."""
 
-    def __init__(
-        self,
-        hub_url: str,
-        *,
-        ca: Path | str | None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
-        self._http = httpx.Client(
-            base_url=hub_url.rstrip("/") + API_PREFIX,
-            verify=verify,
-            timeout=timeout,
-            transport=transport,
-            trust_env=True,
-        )
+    def __init__(self, http: httpx.Client, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._http = http
         self._clock = clock
+
+    @classmethod
+    def connect(cls, hub_url: str, *, ca: Path | str | None, timeout: float = 30.0) -> DeviceClient:
+        """A client for `hub_url` that trusts only `ca` (the fleet CA) when given."""
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+        return cls(httpx.Client(base_url=hub_url.rstrip("/"), verify=verify, timeout=timeout))
 
     def close(self) -> None:
         self._http.close()
@@ -64,7 +55,7 @@ class DeviceClient:
         if identity is not None:
             headers["Authorization"] = f"Bearer {identity.token(now=self._clock())}"
         try:
-            response = self._http.request(method, path, json=body, headers=headers)
+            response = self._http.request(method, API_PREFIX + path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
         if len(response.content) > MAX_RESPONSE_BYTES:

@@ -11,10 +11,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgefleet.protocol import ErrorBody
 
 
-class BodyTooLargeError(Exception):
-    """Raised into the app when a streamed body passes the limit."""
-
-
 def _error_bytes(code: str, message: str) -> bytes:
     return ErrorBody(code=code, message=message).model_dump_json().encode()
 
@@ -41,28 +37,32 @@ class BodyLimitMiddleware:
                 await self._refuse(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
                 return
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError
+                    # Answer 413 ourselves and tell the app the client went away; its answer is dropped.
+                    refused = True
+                    if not started:
+                        await self._refuse(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await self._refuse(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
+        await self.app(scope, limited_receive, guarded_send)
 
     @staticmethod
     async def _refuse(send: Send, status: int, code: str, message: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet import __version__
+from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from edgefleet.hub.api.routes import audit, device, devices, system, tokens, users
 from edgefleet.hub.context import Hub
@@ -60,7 +61,13 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(hub: Hub) -> FastAPI:
     """Build the API for one hub; all state hangs off `app.state`, nothing is global."""
-    app = FastAPI(title="edgefleet hub", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="edgefleet hub",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(reject_unknown_query)],
+    )
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
     app.include_router(system.router)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edgefleet.hub.context import Hub
-from edgefleet.hub.errors import AuthenticationError
+from edgefleet.hub.errors import AuthenticationError, BadRequestError
 from edgefleet.hub.services import devices, operators
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import API_TOKEN_PREFIX, Operator
@@ -74,3 +76,21 @@ def page_limit(hub: HubDep, limit: Annotated[int, Query(ge=1, le=100_000)] = 100
 
 
 LimitDep = Annotated[int, Depends(page_limit)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are errors, as unknown body fields are: a typo never passes silently."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params.keys()) - known)
+    if unknown:
+        raise BadRequestError("unknown_query_parameter", f"unknown query parameter(s): {', '.join(unknown)[:200]}")

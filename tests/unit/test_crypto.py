@@ -72,8 +72,12 @@ def test_alg_none_and_hs256_tokens_are_refused():
     import jwt
 
     key = crypto.generate_key()
-    claims = {"sub": DEVICE, "aud": crypto.DEVICE_TOKEN_AUDIENCE, "iat": int(NOW.timestamp()),
-              "exp": int(NOW.timestamp()) + 60}
+    claims = {
+        "sub": DEVICE,
+        "aud": crypto.DEVICE_TOKEN_AUDIENCE,
+        "iat": int(NOW.timestamp()),
+        "exp": int(NOW.timestamp()) + 60,
+    }
     check = {"device_id": DEVICE, "now": NOW, "max_lifetime": timedelta(minutes=10), "leeway": timedelta(0)}
     unsigned = jwt.encode(claims, None, algorithm="none")
     with pytest.raises(InvalidDeviceTokenError):
@@ -111,9 +115,15 @@ def test_server_certificate_names_and_usage():
     ca_key = crypto.generate_key()
     ca = crypto.create_ca(ca_key, name="ca", now=NOW, days=10)
     leaf_key = crypto.generate_key()
-    leaf = crypto.issue_certificate(ca_key=ca_key, ca_cert_pem=ca.pem, subject_key=leaf_key.public_key(),
-                                    common_name="hub", now=NOW, lifetime=timedelta(days=1),
-                                    server_names=("hub.example", "127.0.0.1"))
+    leaf = crypto.issue_certificate(
+        ca_key=ca_key,
+        ca_cert_pem=ca.pem,
+        subject_key=leaf_key.public_key(),
+        common_name="hub",
+        now=NOW,
+        lifetime=timedelta(days=1),
+        server_names=("hub.example", "127.0.0.1"),
+    )
     cert = x509.load_pem_x509_certificate(leaf.pem.encode())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.pem.encode()))
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -36,7 +37,7 @@ def test_every_operator_action_is_chained_with_actor_action_target_time_outcome(
     rows = fleet.call("GET", "/audit", params={"limit": 1000}).json()
     assert len(rows) == entries
     assert [r["seq"] for r in rows] == list(range(entries, 0, -1))
-    for newer, older in zip(rows, rows[1:], strict=False):
+    for newer, older in itertools.pairwise(rows):
         assert newer["prev_hash"] == older["hash"]
     assert rows[-1]["prev_hash"] == "0" * 64
     assert {"actor", "action", "target", "at", "outcome"} <= set(rows[0])
@@ -85,8 +86,10 @@ def test_inserted_entry_is_named(fleet):
             conn.execute(text("UPDATE audit_log SET seq = :n WHERE seq = :s"), {"n": seq + 1, "s": seq})
         prev = conn.execute(text("SELECT hash, at FROM audit_log WHERE seq = 3")).one()
         conn.execute(
-            text("INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash) "
-                 "VALUES (4, :at, 'user:admin', 'user.create', 'user:eve', 'ok', :d, :p, :h)"),
+            text(
+                "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash) "
+                "VALUES (4, :at, 'user:admin', 'user.create', 'user:eve', 'ok', :d, :p, :h)"
+            ),
             {"at": prev.at, "d": "{}", "p": prev.hash, "h": "ab" * 32},
         )
     report = verify(fleet)

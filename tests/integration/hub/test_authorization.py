@@ -14,8 +14,12 @@ pytestmark = pytest.mark.integration
 
 def test_device_reads_and_writes_only_its_own_twin(fleet):
     a, b = fleet.enroll(), fleet.enroll()
-    assert fleet.device_call(a, "PATCH", f"/devices/{a.device_id}/twin/reported",
-                             json={"properties": {"agent": "1.0"}}).status_code == 200
+    assert (
+        fleet.device_call(
+            a, "PATCH", f"/devices/{a.device_id}/twin/reported", json={"properties": {"agent": "1.0"}}
+        ).status_code
+        == 200
+    )
     own = fleet.device_call(a, "GET", f"/devices/{a.device_id}/twin")
     assert own.status_code == 200
     assert own.json()["reported"] == {"agent": "1.0"}
@@ -23,16 +27,21 @@ def test_device_reads_and_writes_only_its_own_twin(fleet):
     read_other = fleet.device_call(a, "GET", f"/devices/{b.device_id}/twin")
     assert read_other.status_code == 403
     assert read_other.json()["code"] == "forbidden_device"
-    write_other = fleet.device_call(a, "PATCH", f"/devices/{b.device_id}/twin/reported",
-                                    json={"properties": {"agent": "evil"}})
+    write_other = fleet.device_call(
+        a, "PATCH", f"/devices/{b.device_id}/twin/reported", json={"properties": {"agent": "evil"}}
+    )
     assert write_other.status_code == 403
     assert fleet.device_call(b, "GET", f"/devices/{b.device_id}/twin").json()["reported"] == {}
 
 
 def test_device_tokens_do_not_open_operator_endpoints(fleet):
     device = fleet.enroll()
-    for method, path in [("GET", "/devices"), ("GET", f"/devices/{device.device_id}"), ("GET", "/audit"),
-                         ("POST", "/enrollment-tokens")]:
+    for method, path in [
+        ("GET", "/devices"),
+        ("GET", f"/devices/{device.device_id}"),
+        ("GET", "/audit"),
+        ("POST", "/enrollment-tokens"),
+    ]:
         response = fleet.device_call(device, method, path, json={"fleet": "f1"})
         assert response.status_code == 401, path
         assert response.json()["code"] == "operator_token_required"
@@ -40,8 +49,9 @@ def test_device_tokens_do_not_open_operator_endpoints(fleet):
 
 def test_a_token_signed_by_another_key_is_refused(fleet):
     device = fleet.enroll()
-    forged = crypto.mint_device_token(crypto.generate_key(), device_id=device.device_id, now=fleet.clock(),
-                                      lifetime=timedelta(minutes=5))
+    forged = crypto.mint_device_token(
+        crypto.generate_key(), device_id=device.device_id, now=fleet.clock(), lifetime=timedelta(minutes=5)
+    )
     response = fleet.api.get("/api/v1/device/self", headers={"Authorization": f"Bearer {forged}"})
     assert response.status_code == 401
     assert response.json()["code"] == "invalid_device_token"
@@ -52,8 +62,9 @@ def test_expired_and_overlong_device_tokens_are_refused(fleet):
     stale = device.token(now=fleet.clock() - timedelta(minutes=10))
     response = fleet.api.get("/api/v1/device/self", headers={"Authorization": f"Bearer {stale}"})
     assert response.status_code == 401
-    long_lived = crypto.mint_device_token(device.key, device_id=device.device_id, now=fleet.clock(),
-                                          lifetime=timedelta(days=1))
+    long_lived = crypto.mint_device_token(
+        device.key, device_id=device.device_id, now=fleet.clock(), lifetime=timedelta(days=1)
+    )
     response = fleet.api.get("/api/v1/device/self", headers={"Authorization": f"Bearer {long_lived}"})
     assert response.status_code == 401
 
@@ -175,8 +186,11 @@ def test_api_tokens_are_stored_only_hashed(fleet):
     from sqlalchemy import text
 
     with fleet.hub.store.engine.connect() as conn:
-        dump = " ".join(str(r) for t in ("api_tokens", "enrollment_tokens", "audit_log")
-                        for r in conn.execute(text(f"SELECT * FROM {t}")))
+        dump = " ".join(
+            str(r)
+            for t in ("api_tokens", "enrollment_tokens", "audit_log")
+            for r in conn.execute(text(f"SELECT * FROM {t}"))
+        )
     assert secret not in dump
     assert secret.split("_")[2] not in dump
     enrollment = fleet.enrollment_token()

@@ -30,8 +30,9 @@ def assert_refused(fleet, response, status: int, code: str | None = None) -> Non
 def test_malformed_json_is_400_and_writes_nothing(fleet, raw):
     before = fleet.counts()
     for path in ("/api/v1/enroll", "/api/v1/enrollment-tokens", "/api/v1/users"):
-        response = fleet.api.post(path, content=raw, headers={"Content-Type": "application/json",
-                                                              "Authorization": f"Bearer {fleet.admin}"})
+        response = fleet.api.post(
+            path, content=raw, headers={"Content-Type": "application/json", "Authorization": f"Bearer {fleet.admin}"}
+        )
         assert_refused(fleet, response, 400, "malformed_json")
     assert fleet.counts() == before
 
@@ -80,7 +81,8 @@ def test_unknown_fields_wrong_types_and_missing_fields_are_422(fleet):
     "csr",
     [
         "-----BEGIN CERTIFICATE REQUEST-----\n!!!not base64!!!\n-----END CERTIFICATE REQUEST-----\n",
-        "-----BEGIN CERTIFICATE REQUEST-----\n" + base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+        "-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
         + "\n-----END CERTIFICATE REQUEST-----\n",
         "no pem at all",
         GOOD_CSR.replace("CERTIFICATE REQUEST", "PUBLIC KEY"),
@@ -103,28 +105,47 @@ def test_invalid_csrs_are_400_invalid_csr_and_spend_nothing(fleet, csr):
 def test_oversized_fields_are_refused(fleet):
     token = fleet.enrollment_token()
     huge_csr = "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * 20_000 + "\n-----END CERTIFICATE REQUEST-----"
-    assert_refused(fleet, fleet.api.post("/api/v1/enroll", json={"token": token, "csr": huge_csr, "arch": "amd64"}),
-                   422, "invalid_request")
-    assert_refused(fleet, fleet.api.post("/api/v1/enroll", json={"token": "t" * 300, "csr": GOOD_CSR,
-                                                                 "arch": "amd64"}), 422)
+    assert_refused(
+        fleet,
+        fleet.api.post("/api/v1/enroll", json={"token": token, "csr": huge_csr, "arch": "amd64"}),
+        422,
+        "invalid_request",
+    )
+    assert_refused(
+        fleet, fleet.api.post("/api/v1/enroll", json={"token": "t" * 300, "csr": GOOD_CSR, "arch": "amd64"}), 422
+    )
     tags = {f"k{i}": "v" for i in range(65)}
     assert_refused(fleet, fleet.call("POST", "/enrollment-tokens", json={"fleet": "f1", "tags": tags}), 422)
     assert_refused(fleet, fleet.call("POST", "/enrollment-tokens", json={"fleet": "F1 bad"}), 422)
     device = fleet.enroll(token)
     big = {"properties": {f"k{i}": "x" * 400 for i in range(60)}}
-    assert_refused(fleet, fleet.device_call(device, "PATCH", f"/devices/{device.device_id}/twin/reported", json=big),
-                   400, "reported_too_large")
+    assert_refused(
+        fleet,
+        fleet.device_call(device, "PATCH", f"/devices/{device.device_id}/twin/reported", json=big),
+        400,
+        "reported_too_large",
+    )
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/api/v1/devices/not-a-uuid", "/api/v1/devices/../../etc/passwd", "/api/v1/devices?limit=0",
-     "/api/v1/devices?limit=abc", "/api/v1/devices?status=bogus", "/api/v1/audit?before=-1",
-     "/api/v1/enrollment-tokens/zz", "/api/v1/users/UPPER%20case"],
+    [
+        "/api/v1/devices/not-a-uuid",
+        "/api/v1/devices/../../etc/passwd",
+        "/api/v1/devices?limit=0",
+        "/api/v1/devices?limit=abc",
+        "/api/v1/devices?status=bogus",
+        "/api/v1/audit?before=-1",
+        "/api/v1/enrollment-tokens/zz",
+        "/api/v1/users/UPPER%20case",
+    ],
 )
 def test_bad_paths_and_queries_are_4xx(fleet, path):
-    response = fleet.api.request("DELETE" if "tokens/" in path or "users/" in path else "GET", path,
-                                 headers={"Authorization": f"Bearer {fleet.admin}"})
+    response = fleet.api.request(
+        "DELETE" if "tokens/" in path or "users/" in path else "GET",
+        path,
+        headers={"Authorization": f"Bearer {fleet.admin}"},
+    )
     assert 400 <= response.status_code < 500
     assert response.json()["code"]
 

@@ -9,8 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edgefleet import crypto
-from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError
 from edgefleet.agent.enroll import refresh
+from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError
 from edgefleet.agent.identity import KEY_FILE
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,14 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def chain(n: int) -> list[AuditEntry]:
     entries, prev = [], audit.GENESIS
     for seq in range(1, n + 1):
-        fields = audit.entry_fields(at=T0 + timedelta(seconds=seq), actor=f"user:u{seq % 3}", action="device.tag",
-                                    target=f"device:{seq}", outcome="ok", detail={"n": seq})
+        fields = audit.entry_fields(
+            at=T0 + timedelta(seconds=seq),
+            actor=f"user:u{seq % 3}",
+            action="device.tag",
+            target=f"device:{seq}",
+            outcome="ok",
+            detail={"n": seq},
+        )
         digest = audit.seal(KEY, seq, prev, fields)
         entries.append(AuditEntry(seq=seq, prev_hash=prev, hash=digest, **fields))
         prev = digest
@@ -78,7 +84,7 @@ def test_any_inserted_entry_is_named(n, data):
     at = data.draw(st.integers(0, n - 1))
     forged = dataclasses.replace(entries[at], actor="user:eve", hash="ab" * 32)
     shifted = [dataclasses.replace(e, seq=e.seq + 1) for e in entries[at:]]
-    tampered = entries[:at] + [forged] + shifted
+    tampered = [*entries[:at], forged, *shifted]
     report = check(tampered, head)
     assert not report.ok
     assert report.first_bad_seq == at + 1
@@ -94,7 +100,8 @@ def test_appended_forgery_past_the_head_is_named():
 
 
 def test_oversized_detail_is_bounded():
-    fields = audit.entry_fields(at=T0, actor="a" * 500, action="x", target="t", outcome="ok",
-                                detail={"blob": "x" * 10_000})
+    fields = audit.entry_fields(
+        at=T0, actor="a" * 500, action="x", target="t", outcome="ok", detail={"blob": "x" * 10_000}
+    )
     assert fields["detail"] == {"truncated": True}
     assert len(fields["actor"]) == 128

@@ -1,0 +1,145 @@
+"""A real hub: `edgefleet hub init` and `edgefleet hub serve` as subprocesses, reached over HTTPS."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import POSTGRES_URL
+
+
+def edgefleet(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningHub:
+    url: str
+    ca: Path
+    admin_token: str
+    data_dir: Path
+    database_url: str | None
+    process: subprocess.Popen[str]
+
+    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        return edgefleet(
+            *args,
+            env={"EDGEFLEET_HUB": self.url, "EDGEFLEET_CA": str(self.ca), "EDGEFLEET_TOKEN": token or self.admin_token},
+        )
+
+
+def _fresh_postgres() -> Iterator[str]:
+    name = f"edgefleet_e2e_{secrets.token_hex(4)}"
+    base = make_url(POSTGRES_URL)
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_hub(tmp_path: Path, database_url: str | None) -> Iterator[RunningHub]:
+    data_dir = tmp_path / "hub"
+    db_args = ["--database-url", database_url] if database_url else []
+    init = edgefleet("hub", "init", "--data-dir", str(data_dir), "--hostname", "hub.test", *db_args)
+    assert init.returncode == 0, init.stderr
+    token = next(line.split()[-1] for line in init.stdout.splitlines() if line.startswith("admin token:"))
+    port = free_port()
+    log = (tmp_path / "hub.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli.main",
+            "hub",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--bind",
+            f"127.0.0.1:{port}",
+            *db_args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(data_dir / "ca.crt"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"hub did not start:\n{(tmp_path / 'hub.log').read_text()}")
+        time.sleep(0.1)
+    try:
+        yield RunningHub(
+            url=url,
+            ca=data_dir / "ca.crt",
+            admin_token=token,
+            data_dir=data_dir,
+            database_url=database_url,
+            process=process,
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres", marks=pytest.mark.skipif(not POSTGRES_URL, reason="EDGEFLEET_TEST_POSTGRES_URL unset")
+        ),
+    ]
+)
+def running_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningHub]:
+    if request.param == "sqlite":
+        yield from start_hub(tmp_path, None)
+        return
+    for url in _fresh_postgres():
+        yield from start_hub(tmp_path, url)
+
+
+@pytest.fixture
+def sqlite_hub(tmp_path: Path) -> Iterator[RunningHub]:
+    yield from start_hub(tmp_path, None)

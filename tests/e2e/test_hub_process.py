@@ -1,0 +1,149 @@
+"""End to end: a hub subprocess over real HTTPS, a device enrolling through the agent library, the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import ssl
+
+import httpx
+import pytest
+
+from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.enroll import enroll
+from edgefleet.agent.errors import DeviceNotAcceptedError, HubUnreachableError
+from tests.e2e.conftest import edgefleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_init_writes_private_keys_0600_and_refuses_an_existing_dir(tmp_path):
+    data_dir = tmp_path / "hub"
+    first = edgefleet("hub", "init", "--data-dir", str(data_dir))
+    assert first.returncode == 0, first.stderr
+    assert "admin token: efa_" in first.stdout
+    for name in (
+        "ca.key",
+        "tls.key",
+        "audit.key",
+        "hub.db",
+        "keys/director.key",
+        "keys/snapshot.key",
+        "keys/timestamp.key",
+    ):
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+    again = edgefleet("hub", "init", "--data-dir", str(data_dir))
+    assert again.returncode != 0
+    assert "refusing to overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before
+
+
+def test_enroll_over_https_then_list_and_revoke_with_the_cli(running_hub, tmp_path):
+    created = running_hub.cli("token", "create", "--fleet", "plant-1", "--tag", "env=prod", "--uses", "2", "--json")
+    assert created.returncode == 0, created.stderr
+    token = json.loads(created.stdout)["token"]
+
+    with DeviceClient.connect(running_hub.url, ca=running_hub.ca) as client:
+        device = enroll(client, tmp_path / "device", token=token)
+        assert device.identity.status == "accepted"
+        assert client.whoami(device).device_id == device.device_id
+
+        listed = running_hub.cli("device", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [(r["id"], r["fleet"], r["tags"]) for r in rows] == [(device.device_id, "plant-1", {"env": "prod"})]
+
+        shown = running_hub.cli("device", "show", device.device_id, "--json")
+        assert json.loads(shown.stdout)["status"] == "accepted"
+
+        revoked = running_hub.cli("device", "revoke", device.device_id)
+        assert revoked.returncode == 0, revoked.stderr
+        with pytest.raises(DeviceNotAcceptedError) as refused:
+            client.whoami(device)
+        assert refused.value.code == "device_revoked"
+
+    audit = running_hub.cli("audit", "list", "--json")
+    actions = [e["action"] for e in json.loads(audit.stdout)]
+    assert actions[:3] == ["device.revoke", "device.enroll", "token.create"]
+    verified = running_hub.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "intact" in verified.stdout
+
+
+def test_device_refuses_a_hub_its_ca_did_not_sign(sqlite_hub, tmp_path):
+    other_ca = tmp_path / "other-ca.pem"
+    other = edgefleet("hub", "init", "--data-dir", str(tmp_path / "other"))
+    assert other.returncode == 0
+    other_ca.write_bytes((tmp_path / "other" / "ca.crt").read_bytes())
+    with DeviceClient.connect(sqlite_hub.url, ca=other_ca) as client, pytest.raises(HubUnreachableError):
+        enroll(client, tmp_path / "device", token="efe_0000000000000000_" + "A" * 43)
+    assert not (tmp_path / "device" / "identity.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls_below_1_2_is_refused(sqlite_hub):
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(str(sqlite_hub.ca))
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        old.set_ciphers("ALL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{sqlite_hub.url}/healthz", verify=old, timeout=5)
+    modern = ssl.create_default_context(cafile=str(sqlite_hub.ca))
+    modern.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert httpx.get(f"{sqlite_hub.url}/healthz", verify=modern, timeout=5).status_code == 200
+
+
+def test_health_metrics_and_openapi_are_served(sqlite_hub):
+    verify = ssl.create_default_context(cafile=str(sqlite_hub.ca))
+    assert httpx.get(f"{sqlite_hub.url}/healthz", verify=verify).json() == {"status": "ok", "database": "sqlite"}
+    metrics = httpx.get(f"{sqlite_hub.url}/metrics", verify=verify).text
+    assert "edgefleet_http_requests_total" in metrics
+    spec = httpx.get(f"{sqlite_hub.url}/openapi.json", verify=verify).json()
+    assert "/api/v1/enroll" in spec["paths"]
+
+
+def test_cli_user_errors_are_one_line_with_exit_codes(sqlite_hub):
+    bad_token = sqlite_hub.cli("device", "list", token="efa_0000000000000000_" + "A" * 43)
+    assert bad_token.returncode == 3
+    assert bad_token.stderr.strip().splitlines()[0] == "error: hub refused: invalid_api_token: unknown API token"
+    assert "Traceback" not in bad_token.stderr
+
+    no_hub = edgefleet("device", "list", env={"EDGEFLEET_HUB": "", "EDGEFLEET_TOKEN": "x"})
+    assert no_hub.returncode == 2
+    assert "hint: pass --hub" in no_hub.stderr
+
+    unreachable = edgefleet(
+        "device", "list", "--hub", "https://127.0.0.1:1", "--token", "x", "--ca", str(sqlite_hub.ca)
+    )
+    assert unreachable.returncode == 4
+    assert "cannot reach the hub" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+    bad_tag = sqlite_hub.cli("token", "create", "--fleet", "f1", "--tag", "novalue")
+    assert bad_tag.returncode == 2
+    assert "key=value" in bad_tag.stderr
+
+    viewer = sqlite_hub.cli("user", "create", "vic", "--role", "viewer")
+    assert viewer.returncode == 0
+    viewer_token = sqlite_hub.cli("apitoken", "create", "--user", "vic", "--json")
+    secret = json.loads(viewer_token.stdout)["token"]
+    denied = sqlite_hub.cli("token", "create", "--fleet", "f1", token=secret)
+    assert denied.returncode == 3
+    assert "insufficient_role" in denied.stderr
+
+
+def test_cli_audit_verify_names_a_tampered_entry(sqlite_hub):
+    for fleet_name in ("a", "b", "c"):
+        assert sqlite_hub.cli("token", "create", "--fleet", fleet_name).returncode == 0
+    with sqlite3.connect(sqlite_hub.data_dir / "hub.db") as db:
+        db.execute("UPDATE audit_log SET target = 'fleet:z' WHERE seq = 4")
+    result = sqlite_hub.cli("audit", "verify")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: audit log broken at entry 4: entry 4 was altered"

@@ -146,3 +146,44 @@ def test_cli_audit_verify_names_a_tampered_entry(sqlite_hub):
     result = sqlite_hub.cli("audit", "verify")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: audit log broken at entry 4: entry 4 was altered"
+
+
+def test_hub_up_initialises_prints_how_to_connect_and_serves(tmp_path):
+    """The README's first command ends in `edgefleet hub up`: it must print URL, CA and a working token."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.e2e.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "hub", "up", "--bind", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        printed: dict[str, str] = {}
+        assert process.stdout is not None
+        while "hub URL" not in printed:
+            line = process.stdout.readline()
+            assert line, "hub up exited early"
+            key, _, value = line.partition(":")
+            printed[key.strip()] = value.strip()
+        assert printed["hub URL"] == f"https://localhost:{port}"
+        assert printed["CA"] == str(tmp_path / ".edgefleet" / "hub" / "ca.crt")
+        env = {
+            "EDGEFLEET_HUB": printed["hub URL"],
+            "EDGEFLEET_CA": printed["CA"],
+            "EDGEFLEET_TOKEN": printed["admin token"],
+        }
+        deadline = time.monotonic() + 30
+        while (result := edgefleet("device", "list", "--json", env=env)).returncode != 0:
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.2)
+        assert json.loads(result.stdout) == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

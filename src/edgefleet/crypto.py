@@ -115,6 +115,24 @@ def load_private_key(data: bytes) -> PrivateKey:
     raise InvalidKeyError("unsupported private key type: use ECDSA P-256 or Ed25519")
 
 
+def _write_atomic(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
+    """Write via a temp file in the same directory with `mode` set before any byte, fsync, then publish."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the path exists, unlike os.replace
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Write secret bytes to a new file with mode 0600, atomically; never overwrite.
 
@@ -123,31 +141,12 @@ def write_private_file(path: Path, data: bytes) -> None:
     """
     if path.exists():
         raise FileExistsError(str(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
-    finally:
-        os.unlink(tmp)
+    _write_atomic(path, data, mode=0o600, overwrite=False)
 
 
 def write_public_file(path: Path, data: bytes) -> None:
     """Write non-secret bytes (certificates, public keys) atomically with mode 0644."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _write_atomic(path, data, mode=0o644, overwrite=True)
 
 
 # --- CSRs -----------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
-from edgefleet.hub.records import ApiToken, AuditEntry, Device, EnrollmentToken, User
+from edgefleet.hub.records import EnrollmentToken
 from edgefleet.protocol import Arch, DeviceStatus, FleetName, TagKey, Tags, WireModel
 
 Role = Literal["viewer", "operator", "admin"]
@@ -55,7 +55,13 @@ class TokenCreated(TokenOut):
     token: str = Field(description="The secret; shown once, stored only hashed.")
 
 
-class DeviceOut(WireModel):
+class ReadModel(WireModel):
+    """An answer built from a hub record's attributes (`Model.model_validate(record)`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
+
+
+class DeviceOut(ReadModel):
     id: str
     fleet: str
     tags: dict[str, str]
@@ -69,23 +75,6 @@ class DeviceOut(WireModel):
     updated_at: datetime
     last_seen_at: datetime | None
 
-    @classmethod
-    def of(cls, device: Device) -> DeviceOut:
-        return cls(
-            id=device.id,
-            fleet=device.fleet,
-            tags=device.tags,
-            status=device.status,
-            arch=device.arch,
-            hostname=device.hostname,
-            key_fingerprint=device.key_fingerprint,
-            cert_serial=device.cert_serial,
-            cert_not_after=device.cert_not_after,
-            enrolled_at=device.enrolled_at,
-            updated_at=device.updated_at,
-            last_seen_at=device.last_seen_at,
-        )
-
 
 class DevicePage(WireModel):
     items: list[DeviceOut]
@@ -97,22 +86,12 @@ class TagUpdate(WireModel):
     remove: Annotated[list[TagKey], Field(max_length=64)] = Field(default_factory=list)
 
 
-class TwinOut(WireModel):
-    device_id: str
+class TwinOut(ReadModel):
+    device_id: str = Field(validation_alias=AliasChoices("device_id", "id"))
     status: DeviceStatus
     tags: dict[str, str]
     reported: dict[str, Any]
     updated_at: datetime
-
-    @classmethod
-    def of(cls, device: Device) -> TwinOut:
-        return cls(
-            device_id=device.id,
-            status=device.status,
-            tags=device.tags,
-            reported=device.reported,
-            updated_at=device.updated_at,
-        )
 
 
 class UserCreate(WireModel):
@@ -120,15 +99,11 @@ class UserCreate(WireModel):
     role: Role
 
 
-class UserOut(WireModel):
+class UserOut(ReadModel):
     name: str
     role: Role
     created_at: datetime
     disabled_at: datetime | None
-
-    @classmethod
-    def of(cls, user: User) -> UserOut:
-        return cls(name=user.name, role=user.role, created_at=user.created_at, disabled_at=user.disabled_at)
 
 
 class ApiTokenCreate(WireModel):
@@ -140,7 +115,7 @@ class ApiTokenCreate(WireModel):
         return None if self.ttl_seconds is None else timedelta(seconds=self.ttl_seconds)
 
 
-class ApiTokenOut(WireModel):
+class ApiTokenOut(ReadModel):
     id: str
     user: str
     description: str
@@ -149,24 +124,12 @@ class ApiTokenOut(WireModel):
     revoked_at: datetime | None
     last_used_at: datetime | None
 
-    @classmethod
-    def of(cls, token: ApiToken) -> ApiTokenOut:
-        return cls(
-            id=token.id,
-            user=token.user,
-            description=token.description,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            revoked_at=token.revoked_at,
-            last_used_at=token.last_used_at,
-        )
-
 
 class ApiTokenCreated(ApiTokenOut):
     token: str = Field(description="The secret; shown once, stored only hashed.")
 
 
-class AuditOut(WireModel):
+class AuditOut(ReadModel):
     seq: int
     at: datetime
     actor: str
@@ -176,20 +139,6 @@ class AuditOut(WireModel):
     detail: dict[str, Any]
     prev_hash: str
     hash: str
-
-    @classmethod
-    def of(cls, entry: AuditEntry) -> AuditOut:
-        return cls(
-            seq=entry.seq,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            outcome=entry.outcome,
-            detail=entry.detail,
-            prev_hash=entry.prev_hash,
-            hash=entry.hash,
-        )
 
 
 class AuditVerifyOut(WireModel):

@@ -24,7 +24,7 @@ def list_audit(
 ) -> list[AuditOut]:
     """Audit entries, newest first."""
     authorize(operator, "viewer", action="audit.list")
-    return [AuditOut.of(e) for e in audit.list_entries(hub, before=before, limit=limit)]
+    return [AuditOut.model_validate(e) for e in audit.list_entries(hub, before=before, limit=limit)]
 
 
 @router.get("/verify", response_model=AuditVerifyOut)

@@ -37,10 +37,10 @@ def renew(hub: HubDep, caller: DeviceDep, body: RenewRequest) -> DeviceIdentity:
 @router.get("/devices/{device_id}/twin", response_model=TwinOut)
 def get_twin(hub: HubDep, caller: CallerDep, device_id: DevicePath) -> TwinOut:
     """The device twin: the device itself or any operator may read it."""
-    return TwinOut.of(devices.twin(hub, caller, device_id))
+    return TwinOut.model_validate(devices.twin(hub, caller, device_id))
 
 
 @router.patch("/devices/{device_id}/twin/reported", response_model=TwinOut)
 def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, body: ReportedProperties) -> TwinOut:
     """Merge the device's reported properties; only the device itself may write them."""
-    return TwinOut.of(devices.update_reported(hub, caller, device_id, body.properties))
+    return TwinOut.model_validate(devices.update_reported(hub, caller, device_id, body.properties))

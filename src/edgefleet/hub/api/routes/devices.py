@@ -27,19 +27,23 @@ def list_devices(
 ) -> DevicePage:
     """Devices in id order, a page at a time."""
     found = devices.list_devices(hub, operator, fleet=fleet, status=status, after=after, limit=limit)
-    return DevicePage(items=[DeviceOut.of(d) for d in found], next_after=found[-1].id if len(found) == limit else None)
+    return DevicePage(
+        items=[DeviceOut.model_validate(d) for d in found], next_after=found[-1].id if len(found) == limit else None
+    )
 
 
 @router.get("/{device_id}", response_model=DeviceOut)
 def show_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> DeviceOut:
     """One device."""
-    return DeviceOut.of(devices.show_device(hub, operator, device_id))
+    return DeviceOut.model_validate(devices.show_device(hub, operator, device_id))
 
 
 @router.patch("/{device_id}/tags", response_model=DeviceOut)
 def tag_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: TagUpdate) -> DeviceOut:
     """Set and remove tags (operator)."""
-    return DeviceOut.of(devices.tag_device(hub, operator, device_id, set_tags=dict(body.set), remove=list(body.remove)))
+    return DeviceOut.model_validate(
+        devices.tag_device(hub, operator, device_id, set_tags=dict(body.set), remove=list(body.remove))
+    )
 
 
 @router.post("/{device_id}/{verb}", response_model=DeviceOut)
@@ -47,4 +51,4 @@ def decide(
     hub: HubDep, operator: OperatorDep, device_id: DevicePath, verb: Literal["accept", "reject", "revoke"]
 ) -> DeviceOut:
     """Accept or reject a pending device, or revoke a device (operator)."""
-    return DeviceOut.of(devices.decide(hub, operator, device_id, verb))
+    return DeviceOut.model_validate(devices.decide(hub, operator, device_id, verb))

@@ -31,6 +31,7 @@ Seal = Callable[[int, str, dict[str, Any]], str]
 """(seq, prev_hash, fields) -> hash: the audit chain's keyed digest, supplied by the caller."""
 
 AUDIT_GENESIS = "0" * 64
+_READONLY = "edgefleet_readonly"
 
 
 def _device(row: DeviceRow) -> Device:
@@ -281,11 +282,16 @@ class Store:
         return self.engine.dialect.name
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """Run a unit of work: commit if the block returns, roll back if it raises."""
+    def transaction(self, *, readonly: bool = False) -> Iterator[Tx]:
+        """Run a unit of work: commit if the block returns, roll back if it raises.
+
+        `readonly` units on SQLite start a deferred transaction, so they run beside a writer
+        instead of queueing for the write lock.
+        """
         with self._sessions() as session:
             try:
                 with session.begin():
+                    session.connection(execution_options={_READONLY: readonly})
                     yield Tx(session)
             except OperationalError as exc:
                 raise HubConfigError("database_unavailable", f"database error: {exc.orig}") from exc
@@ -294,7 +300,7 @@ class Store:
         """Every audit entry in chain order, read in bounded batches."""
         after = 0
         while True:
-            with self.transaction() as tx:
+            with self.transaction(readonly=True) as tx:
                 rows: Sequence[AuditEntry] = tx.list_audit(after=after, limit=batch)
             yield from rows
             if len(rows) < batch:
@@ -321,7 +327,8 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            readonly = connection.get_execution_options().get(_READONLY, False)
+            connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     try:

@@ -55,12 +55,12 @@ def refusals_audited(hub: Hub, *, actor: str, action: str, target: str) -> Itera
 
 def list_entries(hub: Hub, *, before: int, limit: int) -> list[AuditEntry]:
     """The newest entries first, older than `before` (0 = from the head)."""
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.list_audit(after=before, limit=limit, descending=True)
 
 
 def _head(hub: Hub) -> tuple[int, str]:
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.audit_head()
 
 

@@ -58,7 +58,7 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
         device_id = crypto.device_token_subject(bearer)
     except CryptoError as exc:
         raise AuthenticationError("invalid_device_token", str(exc)) from exc
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         device = tx.get_device(device_id)
         if device is None:
             raise AuthenticationError("unknown_device", "no such device")
@@ -81,7 +81,9 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
             raise ForbiddenError("device_pending", "this device is waiting for an operator to accept it")
         if device.cert_not_after is not None and device.cert_not_after <= now:
             raise AuthenticationError("certificate_expired", "the device certificate has expired; enroll again")
-        if device.last_seen_at is None or now - device.last_seen_at > LAST_SEEN_GRANULARITY:
+    if device.last_seen_at is None or now - device.last_seen_at > LAST_SEEN_GRANULARITY:
+        # Written at most every LAST_SEEN_GRANULARITY, in its own short transaction.
+        with hub.store.transaction() as tx:
             device = tx.update_device(device.id, last_seen_at=now)
     return DeviceCaller(device=device)
 
@@ -124,7 +126,16 @@ def _visible_device(hub: Hub, caller: DeviceCaller | Operator, device_id: str) -
             raise ForbiddenError("forbidden_device", "a device may only access its own records")
         return caller.device
     authorize(caller, "viewer", action="device.show")
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
+        device = tx.get_device(device_id)
+    if device is None:
+        raise NotFoundError("device_not_found", f"no device {device_id}")
+    return device
+
+
+def reload(hub: Hub, device_id: str) -> Device:
+    """The device's current record (for a long-poll re-check)."""
+    with hub.store.transaction(readonly=True) as tx:
         device = tx.get_device(device_id)
     if device is None:
         raise NotFoundError("device_not_found", f"no device {device_id}")
@@ -157,7 +168,7 @@ def list_devices(
 ) -> list[Device]:
     """A page of devices in id order, filtered by fleet and status."""
     authorize(operator, "viewer", action="device.list")
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.list_devices(fleet=fleet, status=status, after=after, limit=limit)
 
 

@@ -77,7 +77,7 @@ def create_token(
 def list_tokens(hub: Hub, operator: Operator, *, limit: int) -> list[EnrollmentToken]:
     """Enrollment token metadata (any role); secrets are never stored, so never shown."""
     authorize(operator, "viewer", action="token.list")
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.list_enrollment_tokens(limit=limit)
 
 

@@ -54,7 +54,7 @@ def authenticate(hub: Hub, bearer: str) -> Operator:
     if not _API_TOKEN_RE.match(bearer):
         raise AuthenticationError("invalid_api_token", "malformed API token")
     now = hub.clock()
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         token = tx.find_api_token(hash_secret(bearer))
         if token is None:
             raise AuthenticationError("invalid_api_token", "unknown API token")
@@ -65,7 +65,9 @@ def authenticate(hub: Hub, bearer: str) -> Operator:
         user = tx.get_user(token.user)
         if user is None or user.disabled_at is not None:
             raise AuthenticationError("user_disabled", f"user {token.user!r} is disabled")
-        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        # Written at most once a minute, in its own short transaction: reads stay read-only.
+        with hub.store.transaction() as tx:
             tx.touch_api_token(token.id, now=now)
     return Operator(user=user.name, role=user.role, token_id=token.id)
 
@@ -145,7 +147,7 @@ def create_user(hub: Hub, operator: Operator, *, name: str, role: Role) -> User:
 def list_users(hub: Hub, operator: Operator, *, limit: int) -> list[User]:
     """All operator accounts (admin only)."""
     authorize(operator, "admin", action="user.list")
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.list_users(limit=limit)
 
 
@@ -188,7 +190,7 @@ def create_api_token(
 def list_api_tokens(hub: Hub, operator: Operator, *, user: str | None, limit: int) -> list[ApiToken]:
     """API token metadata, never secrets (admin only)."""
     authorize(operator, "admin", action="apitoken.list")
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         return tx.list_api_tokens(user=user, limit=limit)
 
 

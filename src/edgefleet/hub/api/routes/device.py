@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, HubDep
 from edgefleet.hub.api.routes import ERRORS
@@ -14,6 +18,8 @@ from edgefleet.protocol import DeviceId, DeviceIdentity, EnrollRequest, RenewReq
 
 router = APIRouter(tags=["device"], responses=ERRORS)
 DevicePath = Annotated[DeviceId, Path(description="Device UUID")]
+LONG_POLL_INTERVAL = 1.0
+"""How often a held request re-reads the registry (seconds)."""
 
 
 @router.post("/enroll", response_model=DeviceIdentity, status_code=201)
@@ -22,10 +28,38 @@ def enroll(hub: HubDep, body: EnrollRequest) -> DeviceIdentity:
     return enrollment.enroll(hub, body)
 
 
-@router.get("/device/self", response_model=DeviceIdentity)
-def device_self(hub: HubDep, caller: AnyStatusDeviceDep) -> DeviceIdentity:
-    """The calling device's status and certificate; a pending device polls this until accepted."""
-    return enrollment.identity_of(hub, caller.device)
+@router.get(
+    "/device/self",
+    response_model=DeviceIdentity,
+    responses={304: {"description": "Unchanged during the whole wait (If-None-Match matched)"}},
+)
+async def device_self(
+    hub: HubDep,
+    caller: AnyStatusDeviceDep,
+    response: Response,
+    wait: Annotated[float, Query(ge=0, le=3600, description="Long-poll: seconds to wait for a change")] = 0,
+    if_none_match: Annotated[str | None, Header(max_length=128)] = None,
+) -> DeviceIdentity | Response:
+    """The calling device's status and certificate; a pending device long-polls this until accepted.
+
+    With `If-None-Match` set to the ETag of its last answer and `wait`, the hub holds the
+    request until the identity changes or the wait (capped by `long_poll_max_seconds`) ends.
+    """
+    identity = enrollment.identity_of(hub, caller.device)
+    deadline = time.monotonic() + min(wait, hub.settings.long_poll_max_seconds)
+    while if_none_match == _etag(identity):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=304, headers={"ETag": if_none_match})
+        await asyncio.sleep(min(LONG_POLL_INTERVAL, remaining))
+        device = await run_in_threadpool(devices.reload, hub, caller.device.id)
+        identity = enrollment.identity_of(hub, device)
+    response.headers["ETag"] = _etag(identity)
+    return identity
+
+
+def _etag(identity: DeviceIdentity) -> str:
+    return '"' + hashlib.sha256(identity.model_dump_json().encode()).hexdigest()[:32] + '"'
 
 
 @router.post("/device/certificate", response_model=DeviceIdentity)

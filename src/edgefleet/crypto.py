@@ -36,6 +36,7 @@ MAX_PEM_BYTES = 16 * 1024
 
 MAX_DEVICE_TOKEN_BYTES = 4096
 DEVICE_TOKEN_AUDIENCE = "edgefleet-hub"  # noqa: S105  # a JWT audience, not a secret
+KEY_CHANGE_AUDIENCE = "edgefleet-hub/key-change"
 
 
 def generate_key(key_type: KeyType = "ecdsa-p256") -> PrivateKey:
@@ -301,16 +302,34 @@ def _jwt_algorithm(key: PrivateKey | PublicKey) -> str:
     return "ES256"
 
 
-def mint_device_token(key: PrivateKey, *, device_id: str, now: datetime, lifetime: timedelta) -> str:
-    """Sign a short-lived bearer token that proves the caller holds the device key."""
-    claims = {
+def mint_device_token(
+    key: PrivateKey,
+    *,
+    device_id: str,
+    now: datetime,
+    lifetime: timedelta,
+    audience: str = DEVICE_TOKEN_AUDIENCE,
+    extra: dict[str, str] | None = None,
+) -> str:
+    """Sign a short-lived token that proves the caller holds the device key.
+
+    The default audience makes a bearer token for requests; `KEY_CHANGE_AUDIENCE` with a
+    `csr_sha256` claim makes the proof that the current key approves a new one.
+    """
+    claims: dict[str, Any] = {
+        **(extra or {}),
         "sub": device_id,
-        "aud": DEVICE_TOKEN_AUDIENCE,
+        "aud": audience,
         "iat": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()),
         "jti": secrets.token_hex(8),
     }
     return jwt.encode(claims, key, algorithm=_jwt_algorithm(key))
+
+
+def csr_digest(csr: str) -> str:
+    """SHA-256 hex of a CSR's text, as named in a key-change proof."""
+    return hashlib.sha256(csr.encode()).hexdigest()
 
 
 def device_token_subject(token: str) -> str:
@@ -330,7 +349,14 @@ def device_token_subject(token: str) -> str:
 
 
 def verify_device_token(
-    token: str, key: PublicKey, *, device_id: str, now: datetime, max_lifetime: timedelta, leeway: timedelta
+    token: str,
+    key: PublicKey,
+    *,
+    device_id: str,
+    now: datetime,
+    max_lifetime: timedelta,
+    leeway: timedelta,
+    audience: str = DEVICE_TOKEN_AUDIENCE,
 ) -> dict[str, Any]:
     """Check a device token's signature against the device key and its lifetime against `now`.
 
@@ -345,7 +371,7 @@ def verify_device_token(
             token,
             key,
             algorithms=[_jwt_algorithm(key)],
-            audience=DEVICE_TOKEN_AUDIENCE,
+            audience=audience,
             options={
                 "verify_exp": False,
                 "verify_iat": False,
@@ -366,5 +392,5 @@ def verify_device_token(
     if iat > stamp + leeway.total_seconds():
         raise InvalidDeviceTokenError("device token issued in the future (check the device clock)")
     if exp < stamp - leeway.total_seconds():
-        raise InvalidDeviceTokenError("device token expired")
+        raise InvalidDeviceTokenError("device token expired (check the device clock)")
     return claims

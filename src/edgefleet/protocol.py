@@ -52,9 +52,15 @@ class DeviceIdentity(WireModel):
 
 
 class RenewRequest(WireModel):
-    """A device asks for a fresh certificate before its current one expires (new key allowed)."""
+    """A device asks for a fresh certificate before its current one expires (new key allowed).
+
+    A CSR for a different key must come with `key_change_proof`: a token signed by the
+    current key, audience `edgefleet-hub/key-change`, whose `csr_sha256` names this CSR. So a
+    replayed bearer token alone can never move the identity to someone else's key.
+    """
 
     csr: Pem
+    key_change_proof: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
 
 class ReportedProperties(WireModel):

@@ -187,3 +187,16 @@ def test_hub_up_initialises_prints_how_to_connect_and_serves(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_init_against_an_unreachable_database_fails_in_one_line_and_leaves_nothing(tmp_path):
+    data_dir = tmp_path / "hub"
+    result = edgefleet(
+        "hub", "init", "--data-dir", str(data_dir), "--database-url", "postgresql://postgres@127.0.0.1:1/none"
+    )
+    assert result.returncode == 4
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: cannot reach the database")
+    assert not data_dir.exists()
+    again = edgefleet("hub", "init", "--data-dir", str(data_dir))
+    assert again.returncode == 0, again.stderr

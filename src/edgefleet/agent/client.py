@@ -81,8 +81,8 @@ class DeviceClient:
     def whoami(self, identity: LocalIdentity) -> DeviceIdentity:
         return DeviceIdentity.model_validate(self._call("GET", "/device/self", identity=identity))
 
-    def renew(self, identity: LocalIdentity, csr: str) -> DeviceIdentity:
-        body = RenewRequest(csr=csr).model_dump()
+    def renew(self, identity: LocalIdentity, csr: str, *, key_change_proof: str | None = None) -> DeviceIdentity:
+        body = RenewRequest(csr=csr, key_change_proof=key_change_proof).model_dump()
         return DeviceIdentity.model_validate(self._call("POST", "/device/certificate", identity=identity, body=body))
 
     def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:

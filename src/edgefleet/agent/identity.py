@@ -34,6 +34,17 @@ class LocalIdentity:
         """A fresh short-lived token proving possession of the device key."""
         return crypto.mint_device_token(self.key, device_id=self.device_id, now=now, lifetime=TOKEN_LIFETIME)
 
+    def key_change_proof(self, csr: str, *, now: datetime) -> str:
+        """A proof, signed by the current key, that it approves moving the identity to the key in `csr`."""
+        return crypto.mint_device_token(
+            self.key,
+            device_id=self.device_id,
+            now=now,
+            lifetime=TOKEN_LIFETIME,
+            audience=crypto.KEY_CHANGE_AUDIENCE,
+            extra={"csr_sha256": crypto.csr_digest(csr)},
+        )
+
 
 def load_or_create_key(data_dir: Path, *, key_type: crypto.KeyType = "ecdsa-p256") -> crypto.PrivateKey:
     """The device key from `data_dir`, generated (mode 0600) on first use."""

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except CliError as exc:
-        err.print(f"error: {exc.message}")
+        err.print(f"error: {' '.join(exc.message.split())}")  # one line, whatever a driver said
         if exc.hint:
             err.print(f"hint: {exc.hint}")
         return exc.exit_code

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from edgefleet.hub.datadir import HubKeys
 from edgefleet.hub.db import Store
@@ -18,6 +19,34 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class RefusalBudget:
+    """How many unauthenticated refusals per minute this process writes to the audit log.
+
+    Anyone can send a bad enrollment; without a bound they could grow the (never pruned)
+    audit chain and hold the write lock at will. Past the budget, refusals are counted and
+    the count goes into the next refusal that is audited.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self._per_minute = per_minute
+        self._lock = threading.Lock()
+        self._window: datetime | None = None
+        self._used = 0
+        self._skipped = 0
+
+    def take(self, now: datetime) -> int | None:
+        """None when over budget (the refusal is only counted); else how many were skipped before it."""
+        with self._lock:
+            if self._window is None or now - self._window >= timedelta(minutes=1):
+                self._window, self._used = now, 0
+            if self._used >= self._per_minute:
+                self._skipped += 1
+                return None
+            self._used += 1
+            skipped, self._skipped = self._skipped, 0
+            return skipped
+
+
 @dataclass(frozen=True)
 class Hub:
     """The running hub's dependencies; services take it as their first argument."""
@@ -26,3 +55,4 @@ class Hub:
     store: Store
     keys: HubKeys
     clock: Clock = utc_now
+    refusal_budget: RefusalBudget = field(default_factory=lambda: RefusalBudget(120))

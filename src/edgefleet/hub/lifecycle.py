@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,21 @@ def open_hub(settings: HubSettings, *, clock: Clock = utc_now, migrate: bool = T
 
 
 def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock = utc_now) -> InitResult:
-    """Create the data dir, migrate the database and create the first admin token."""
+    """Create the data dir, migrate the database and create the first admin token.
+
+    If the database step fails, the new data dir is removed again, so the same command can
+    simply be re-run once the database is fixed.
+    """
     init_data_dir(settings.data_dir, hostnames=hostnames, now=clock())
-    hub = open_hub(settings, clock=clock)
     try:
-        token = bootstrap_admin(hub)
-    finally:
-        hub.store.dispose()
+        hub = open_hub(settings, clock=clock)
+        try:
+            token = bootstrap_admin(hub)
+        finally:
+            hub.store.dispose()
+    except BaseException:
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+        raise
     return InitResult(
         data_dir=settings.data_dir, ca_path=settings.data_dir / "ca.crt", admin_token=token, database=hub.store.dialect
     )

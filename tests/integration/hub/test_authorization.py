@@ -97,10 +97,32 @@ def test_expired_certificate_is_refused_and_renewal_before_expiry_extends_it(fle
     assert response.json()["code"] == "certificate_expired"
 
 
-def test_renewal_with_a_new_key_moves_the_identity_to_it(fleet):
+def test_renewal_with_a_new_key_needs_the_old_keys_proof_then_moves_the_identity(fleet):
     device = fleet.enroll()
     new_key = crypto.generate_key("ed25519")
-    answer = fleet.device_call(device, "POST", "/device/certificate", json={"csr": crypto.make_csr(new_key)})
+    csr = crypto.make_csr(new_key)
+    before = fleet.counts()
+    # A replayed bearer token alone cannot move the identity to an attacker's key.
+    unproven = fleet.device_call(device, "POST", "/device/certificate", json={"csr": csr})
+    assert unproven.status_code == 403
+    assert unproven.json()["code"] == "key_change_proof_required"
+    other_csr = crypto.make_csr(crypto.generate_key())
+    wrong = fleet.device_call(
+        device,
+        "POST",
+        "/device/certificate",
+        json={"csr": csr, "key_change_proof": device.key_change_proof(other_csr, now=fleet.clock())},
+    )
+    assert wrong.json()["code"] == "invalid_key_change_proof"
+    bearer_as_proof = fleet.device_call(
+        device, "POST", "/device/certificate", json={"csr": csr, "key_change_proof": device.token(now=fleet.clock())}
+    )
+    assert bearer_as_proof.json()["code"] == "invalid_key_change_proof"
+    assert fleet.counts()["devices"] == before["devices"]
+    assert fleet.device_call(device, "GET", "/device/self").status_code == 200
+
+    proof = device.key_change_proof(csr, now=fleet.clock())
+    answer = fleet.device_call(device, "POST", "/device/certificate", json={"csr": csr, "key_change_proof": proof})
     assert answer.status_code == 200
     assert fleet.device_call(device, "GET", "/device/self").status_code == 401
     from edgefleet.agent.identity import LocalIdentity

@@ -108,7 +108,7 @@ class UserOut(ReadModel):
 
 class ApiTokenCreate(WireModel):
     user: UserName
-    description: Annotated[str, StringConstraints(max_length=200)] = ""
+    description: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
     ttl_seconds: Seconds | None = None
 
     def ttl(self) -> timedelta | None:

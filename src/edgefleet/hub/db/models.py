@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -34,8 +34,21 @@ class Base(DeclarativeBase):
     """Declarative base of every hub table."""
 
 
+ACTIVE_KEY_INDEX_WHERE = "status IN ('pending', 'accepted')"
+
+
 class DeviceRow(Base):
     __tablename__ = "devices"
+    # One key, one active identity, even when two enrollments race.
+    __table_args__ = (
+        Index(
+            "uq_devices_active_key",
+            "key_fingerprint",
+            unique=True,
+            sqlite_where=text(ACTIVE_KEY_INDEX_WHERE),
+            postgresql_where=text(ACTIVE_KEY_INDEX_WHERE),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     fleet: Mapped[str] = mapped_column(String(63), index=True)

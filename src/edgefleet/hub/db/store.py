@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.hub.db.models import (
@@ -24,7 +24,7 @@ from edgefleet.hub.db.models import (
     EnrollmentTokenRow,
     UserRow,
 )
-from edgefleet.hub.errors import ConflictError, HubConfigError
+from edgefleet.hub.errors import BadRequestError, ConflictError, HubConfigError
 from edgefleet.hub.records import ApiToken, AuditEntry, Device, EnrollmentToken, Role, User
 
 Seal = Callable[[int, str, dict[str, Any]], str]
@@ -111,10 +111,18 @@ class Tx:
 
     def insert_device(self, device: Device) -> None:
         self._s.add(DeviceRow(**{name: getattr(device, name) for name in Device.__slots__}))
-        self._s.flush()
+        self._flush_device()
 
-    def get_device(self, device_id: str) -> Device | None:
-        row = self._s.get(DeviceRow, device_id)
+    def _flush_device(self) -> None:
+        try:
+            self._s.flush()
+        except IntegrityError as exc:
+            # The partial unique index on active keys: a concurrent enrollment won the race.
+            raise ConflictError("key_already_enrolled", "this key already belongs to an enrolled device") from exc
+
+    def get_device(self, device_id: str, *, for_update: bool = False) -> Device | None:
+        """The device; with `for_update`, its row locked (PostgreSQL) and re-read for a read-modify-write."""
+        row = self._s.get(DeviceRow, device_id, with_for_update=for_update, populate_existing=for_update)
         return None if row is None else _device(row)
 
     def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:
@@ -140,7 +148,7 @@ class Tx:
             raise KeyError(device_id)
         for name, value in values.items():
             setattr(row, name, value)
-        self._s.flush()
+        self._flush_device()
         return _device(row)
 
     # --- enrollment tokens -------------------------------------------------------------
@@ -295,6 +303,9 @@ class Store:
                     yield Tx(session)
             except OperationalError as exc:
                 raise HubConfigError("database_unavailable", f"database error: {exc.orig}") from exc
+            except DataError as exc:
+                # Values the schema let through but the database refuses (e.g. NUL in PostgreSQL text).
+                raise BadRequestError("invalid_value", "a value cannot be stored (control characters?)") from exc
 
     def iter_audit(self, *, batch: int = 1000) -> Iterator[AuditEntry]:
         """Every audit entry in chain order, read in bounded batches."""

@@ -40,16 +40,26 @@ def record_refusal(
 
 
 @contextmanager
-def refusals_audited(hub: Hub, *, actor: str, action: str, target: str) -> Iterator[None]:
-    """Audit the block's refusal: any `HubError` it raises (but a broken database) is recorded, then re-raised."""
+def refusals_audited(
+    hub: Hub, *, actor: str, action: str, target: str, unauthenticated: bool = False
+) -> Iterator[None]:
+    """Audit the block's refusal: any `HubError` it raises (but a broken database) is recorded, then re-raised.
+
+    Refusals of `unauthenticated` requests are audited within the hub's `RefusalBudget`.
+    """
     try:
         yield
     except HubConfigError:
         raise
     except HubError as exc:
-        record_refusal(
-            hub, actor=actor, action=action, target=target, code=exc.code, detail={"message": exc.message[:200]}
-        )
+        detail: dict[str, Any] = {"message": exc.message[:200]}
+        if unauthenticated:
+            skipped = hub.refusal_budget.take(hub.clock())
+            if skipped is None:
+                raise
+            if skipped:
+                detail["unaudited_refusals_before"] = skipped
+        record_refusal(hub, actor=actor, action=action, target=target, code=exc.code, detail=detail)
         raise
 
 

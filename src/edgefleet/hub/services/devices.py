@@ -61,7 +61,7 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
     with hub.store.transaction(readonly=True) as tx:
         device = tx.get_device(device_id)
         if device is None:
-            raise AuthenticationError("unknown_device", "no such device")
+            raise AuthenticationError("invalid_device_token", "device token signature or claims invalid")
         try:
             crypto.verify_device_token(
                 bearer,
@@ -91,14 +91,38 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
 # --- the device's own view ---------------------------------------------------------------
 
 
-def renew_certificate(hub: Hub, caller: DeviceCaller, *, csr: str) -> DeviceIdentity:
-    """Issue a fresh certificate for an accepted device, optionally for a new key."""
+def _check_key_change_proof(hub: Hub, device: Device, *, csr: str, proof: str | None) -> None:
+    if proof is None:
+        raise ForbiddenError("key_change_proof_required", "a CSR for a new key needs a proof signed by the current key")
+    try:
+        claims = crypto.verify_device_token(
+            proof,
+            crypto.load_public_key(device.public_key_pem),
+            device_id=device.id,
+            now=hub.clock(),
+            max_lifetime=hub.settings.device_token_max_lifetime,
+            leeway=hub.settings.clock_leeway,
+            audience=crypto.KEY_CHANGE_AUDIENCE,
+        )
+    except CryptoError as exc:
+        raise ForbiddenError("invalid_key_change_proof", str(exc)) from exc
+    if claims.get("csr_sha256") != crypto.csr_digest(csr):
+        raise ForbiddenError("invalid_key_change_proof", "the proof names another CSR")
+
+
+def renew_certificate(hub: Hub, caller: DeviceCaller, *, csr: str, key_change_proof: str | None) -> DeviceIdentity:
+    """Issue a fresh certificate for an accepted device, optionally for a new key (with proof)."""
     device = caller.device
     with refusals_audited(hub, actor=caller.actor, action="device.renew", target=caller.actor):
         key = parse_device_csr(csr)
         fingerprint = crypto.key_fingerprint(key)
+        if fingerprint != device.key_fingerprint:
+            _check_key_change_proof(hub, device, csr=csr, proof=key_change_proof)
         cert = issue_device_certificate(hub, device.id, key)
         with hub.store.transaction() as tx:
+            current = tx.get_device(device.id, for_update=True)
+            if current is None or current.status != "accepted" or current.key_fingerprint != device.key_fingerprint:
+                raise ConflictError("device_changed", "the device was revoked or re-keyed meanwhile")
             ensure_key_unused(tx, fingerprint, except_device=device.id)
             updated = tx.update_device(
                 device.id,
@@ -151,13 +175,51 @@ def update_reported(hub: Hub, caller: DeviceCaller | Operator, device_id: str, p
     """Merge reported properties (a null value deletes a key); only the device itself may write them."""
     if not isinstance(caller, DeviceCaller):
         raise ForbiddenError("device_only", "reported properties are written by the device itself")
-    device = _visible_device(hub, caller, device_id)
-    merged = {**device.reported, **properties}
-    merged = {key: value for key, value in merged.items() if value is not None}
-    if len(merged) > 64 or len(json.dumps(merged)) > MAX_REPORTED_BYTES:
-        raise BadRequestError("reported_too_large", f"reported properties exceed 64 keys or {MAX_REPORTED_BYTES} bytes")
+    _visible_device(hub, caller, device_id)
+    check_json_value(properties)
     with hub.store.transaction() as tx:
+        current = tx.get_device(device_id, for_update=True)
+        if current is None or current.status != "accepted":
+            raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
+        merged = {**current.reported, **properties}
+        merged = {key: value for key, value in merged.items() if value is not None}
+        if len(merged) > 64 or len(json.dumps(merged)) > MAX_REPORTED_BYTES:
+            raise BadRequestError(
+                "reported_too_large", f"reported properties exceed 64 keys or {MAX_REPORTED_BYTES} bytes"
+            )
         return tx.update_device(device_id, reported=merged, updated_at=hub.clock())
+
+
+MAX_JSON_DEPTH = 16
+
+
+def check_json_value(value: Any) -> None:
+    """Refuse what JSON parsers accept but databases and serializers choke on.
+
+    Python's json module lets NaN, Infinity, 1e400, lone surrogates and NUL through; PostgreSQL
+    refuses some of them, and a stored one would break every later read. Depth is bounded too.
+
+    Raises:
+        BadRequestError: the value cannot be stored as strict JSON.
+    """
+
+    def depth(item: Any, level: int) -> None:
+        if level > MAX_JSON_DEPTH:
+            raise BadRequestError("invalid_json_value", f"values nest deeper than {MAX_JSON_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            depth(child, level + 1)
+
+    depth(value, 0)
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise BadRequestError(
+            "invalid_json_value", "values must be strict JSON (no NaN, Infinity, lone surrogates)"
+        ) from exc
+    if "\\u0000" in text:
+        raise BadRequestError("invalid_json_value", "values must not contain NUL characters")
 
 
 # --- operator actions ----------------------------------------------------------------------
@@ -180,7 +242,7 @@ def show_device(hub: Hub, operator: Operator, device_id: str) -> Device:
 def tag_device(hub: Hub, operator: Operator, device_id: str, *, set_tags: dict[str, str], remove: list[str]) -> Device:
     """Set and remove tags on a device."""
     with operator_action(hub, operator, "operator", action="device.tag", target=f"device:{device_id}") as tx:
-        device = tx.get_device(device_id)
+        device = tx.get_device(device_id, for_update=True)
         if device is None:
             raise NotFoundError("device_not_found", f"no device {device_id}")
         tags = {k: v for k, v in device.tags.items() if k not in remove}
@@ -210,7 +272,7 @@ def decide(hub: Hub, operator: Operator, device_id: str, verb: str) -> Device:
     """Accept or reject a pending device, or revoke any active one; accepting issues its certificate."""
     allowed_from, to = _TRANSITIONS[verb]
     with operator_action(hub, operator, "operator", action=f"device.{verb}", target=f"device:{device_id}") as tx:
-        device = tx.get_device(device_id)
+        device = tx.get_device(device_id, for_update=True)
         if device is None:
             raise NotFoundError("device_not_found", f"no device {device_id}")
         if device.status not in allowed_from:

@@ -137,7 +137,7 @@ def identity_of(hub: Hub, device: Device) -> DeviceIdentity:
 
 
 def _usable_token(tx: Tx, hub: Hub, secret: str) -> EnrollmentToken:
-    if not _TOKEN_RE.match(secret):
+    if not _TOKEN_RE.fullmatch(secret):
         raise BadRequestError("malformed_enrollment_token", "enrollment token is malformed")
     token = tx.find_enrollment_token(hash_secret(secret))
     if token is None:
@@ -152,7 +152,7 @@ def _usable_token(tx: Tx, hub: Hub, secret: str) -> EnrollmentToken:
 
 
 def _token_actor(secret: str) -> str:
-    match = _TOKEN_RE.match(secret)
+    match = _TOKEN_RE.fullmatch(secret)
     return f"enrollment-token:{match.group(1)}" if match else "anonymous"
 
 
@@ -165,7 +165,13 @@ def enroll(hub: Hub, request: EnrollRequest) -> DeviceIdentity:
         ConflictError: the key is already enrolled.
     """
     device_id = str(uuid.uuid4())
-    with refusals_audited(hub, actor=_token_actor(request.token), action="device.enroll", target=f"device:{device_id}"):
+    with refusals_audited(
+        hub,
+        actor=_token_actor(request.token),
+        action="device.enroll",
+        target=f"device:{device_id}",
+        unauthenticated=True,
+    ):
         key = parse_device_csr(request.csr)
         fingerprint = crypto.key_fingerprint(key)
         now = hub.clock()

@@ -51,7 +51,7 @@ def authenticate(hub: Hub, bearer: str) -> Operator:
     Raises:
         AuthenticationError: malformed, unknown, revoked or expired token, or disabled user.
     """
-    if not _API_TOKEN_RE.match(bearer):
+    if not _API_TOKEN_RE.fullmatch(bearer):
         raise AuthenticationError("invalid_api_token", "malformed API token")
     now = hub.clock()
     with hub.store.transaction(readonly=True) as tx:
@@ -136,7 +136,7 @@ def bootstrap_admin(hub: Hub, *, name: str = "admin") -> str:
 def create_user(hub: Hub, operator: Operator, *, name: str, role: Role) -> User:
     """Create an operator account (admin only)."""
     with operator_action(hub, operator, "admin", action="user.create", target=f"user:{name}") as tx:
-        if not USER_NAME_RE.match(name):
+        if not USER_NAME_RE.fullmatch(name):
             raise BadRequestError("invalid_name", "user names are lowercase letters, digits, '_', '.', '-' (max 64)")
         user = User(name=name, role=role, created_at=hub.clock(), disabled_at=None)
         tx.insert_user(user)

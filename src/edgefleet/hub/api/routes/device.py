@@ -65,7 +65,7 @@ def _etag(identity: DeviceIdentity) -> str:
 @router.post("/device/certificate", response_model=DeviceIdentity)
 def renew(hub: HubDep, caller: DeviceDep, body: RenewRequest) -> DeviceIdentity:
     """Renew the calling device's certificate before it expires (a new key is allowed)."""
-    return devices.renew_certificate(hub, caller, csr=body.csr)
+    return devices.renew_certificate(hub, caller, csr=body.csr, key_change_proof=body.key_change_proof)
 
 
 @router.get("/devices/{device_id}/twin", response_model=TwinOut)

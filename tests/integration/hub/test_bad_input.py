@@ -175,3 +175,12 @@ def test_duplicate_user_is_409(fleet):
     assert fleet.call("POST", "/users", json={"name": "ann", "role": "viewer"}).status_code == 201
     assert_refused(fleet, fleet.call("POST", "/users", json={"name": "ann", "role": "admin"}), 409, "user_exists")
     assert_refused(fleet, fleet.call("POST", "/users", json={"name": "bob", "role": "root"}), 422)
+
+
+def test_json_nested_past_the_parsers_limit_is_malformed_json(fleet):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    fleet_limit = fleet.hub.settings.max_body_bytes
+    body = deep[: fleet_limit // 2] + deep[-fleet_limit // 2 :]
+    response = fleet.api.post("/api/v1/enroll", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed_json"

@@ -15,7 +15,7 @@ router = APIRouter(tags=["system"], responses={503: ERRORS[503]})
 @router.get("/healthz", response_model=Health)
 def healthz(hub: HubDep) -> Health:
     """Ready when the database answers."""
-    with hub.store.transaction() as tx:
+    with hub.store.transaction(readonly=True) as tx:
         tx.ping()
     return Health(status="ok", database=hub.store.dialect)
 

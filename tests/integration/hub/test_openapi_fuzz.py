@@ -8,6 +8,8 @@ backend) is the system under test.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,10 @@ from edgefleet.hub.api.app import create_app
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "25"))
+# CI replays the same cases every run (a red CI must mean a change broke something);
+# EDGEFLEET_FUZZ_RANDOM=1 explores new ones, e.g. with a larger EDGEFLEET_FUZZ_EXAMPLES.
+DERANDOMIZE = os.environ.get("EDGEFLEET_FUZZ_RANDOM") != "1"
 # Schema-valid is not always acceptable: a well-formed string that is not a CSR, an id that
 # exists nowhere. Those get a documented 4xx, which every other check still validates.
 EXCLUDED = [positive_data_acceptance]
@@ -42,7 +47,13 @@ def test_api_conforms_and_never_fails_on_any_input(hub, admin_token, mode):
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=DERANDOMIZE,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             # When schemathesis broke the headers on purpose (the bearer scheme), send them as
             # generated; otherwise authenticate as the admin so the request reaches the handler.

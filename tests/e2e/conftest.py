@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, backends
 
 
 def edgefleet(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -124,14 +124,7 @@ def start_hub(tmp_path: Path, database_url: str | None) -> Iterator[RunningHub]:
         log.close()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres", marks=pytest.mark.skipif(not POSTGRES_URL, reason="EDGEFLEET_TEST_POSTGRES_URL unset")
-        ),
-    ]
-)
+@pytest.fixture(params=backends())
 def running_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningHub]:
     if request.param == "sqlite":
         yield from start_hub(tmp_path, None)

@@ -20,7 +20,13 @@ from edgefleet.protocol import API_PREFIX, ErrorBody
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "malformed_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    415: "unsupported_media_type",
+}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

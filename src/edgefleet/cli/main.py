@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import audit, devices, hub, tokens, users
+from edgefleet.cli import audit, devices, hub, keys, tokens, users
 from edgefleet.cli.common import CliError, err
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(devices.app, name="device")
 app.add_typer(users.users, name="user")
 app.add_typer(users.apitokens, name="apitoken")
 app.add_typer(audit.app, name="audit")
+app.add_typer(keys.app, name="keys")
 
 
 @app.command("version")

@@ -1,0 +1,120 @@
+"""The publisher's offline keys for the image repository: root and targets, created and loaded here.
+
+Layout of a key directory (the hub never sees it)::
+
+    KEYS/keys.json                 per role: threshold and public keys (TUF key format)
+    KEYS/<role>/<keyid>.key        private keys, PKCS#8 PEM, mode 0600
+
+Keys are made and used through securesystemslib's `CryptoSigner`, so they can later move
+to an HSM or KMS signer without changing the metadata code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner, Key, SSlibKey
+
+from edgefleet.crypto import write_private_file, write_public_file
+from edgefleet.publisher.errors import KeyStoreError
+
+Role = Literal["root", "targets"]
+ROLES: tuple[Role, ...] = ("root", "targets")
+KeyType = Literal["ed25519", "ecdsa"]
+MAX_KEYS = 16
+INDEX = "keys.json"
+
+
+@dataclass(frozen=True)
+class RoleKeys:
+    """One role's threshold and public keys."""
+
+    threshold: int
+    keys: tuple[Key, ...]
+
+
+def _generate(key_type: KeyType) -> CryptoSigner:
+    return CryptoSigner.generate_ed25519() if key_type == "ed25519" else CryptoSigner.generate_ecdsa()
+
+
+def init_keys(
+    directory: Path, *, threshold: int = 1, count: int | None = None, key_type: KeyType = "ed25519"
+) -> dict[Role, RoleKeys]:
+    """Create `count` keys (default: `threshold`) for root and for targets.
+
+    Raises:
+        KeyStoreError: bad threshold/count, or the directory exists and is not empty.
+    """
+    count = threshold if count is None else count
+    if not 1 <= threshold <= count <= MAX_KEYS:
+        raise KeyStoreError(f"need 1 <= threshold <= keys <= {MAX_KEYS} (got threshold {threshold}, keys {count})")
+    if directory.exists() and any(directory.iterdir()):
+        raise KeyStoreError(f"{directory} already exists and is not empty; refusing to overwrite keys")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    roles: dict[Role, RoleKeys] = {}
+    for role in ROLES:
+        (directory / role).mkdir(mode=0o700)
+        signers = [_generate(key_type) for _ in range(count)]
+        for signer in signers:
+            write_private_file(directory / role / f"{signer.public_key.keyid}.key", signer.private_bytes)
+        roles[role] = RoleKeys(threshold=threshold, keys=tuple(s.public_key for s in signers))
+    _write_index(directory, roles)
+    return roles
+
+
+def _write_index(directory: Path, roles: dict[Role, RoleKeys]) -> None:
+    index = {
+        role: {"threshold": keys.threshold, "keys": {k.keyid: k.to_dict() for k in keys.keys}}
+        for role, keys in roles.items()
+    }
+    write_public_file(directory / INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
+
+
+def load_index(directory: Path) -> dict[Role, RoleKeys]:
+    """The public half of a key directory.
+
+    Raises:
+        KeyStoreError: missing or malformed keys.json.
+    """
+    try:
+        raw: dict[str, Any] = json.loads((directory / INDEX).read_text())
+        return {
+            role: RoleKeys(
+                threshold=int(raw[role]["threshold"]),
+                keys=tuple(SSlibKey.from_dict(keyid, dict(data)) for keyid, data in raw[role]["keys"].items()),
+            )
+            for role in ROLES
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyStoreError(f"{directory / INDEX} is missing or malformed: {exc}") from exc
+
+
+def load_signers(directory: Path, role: Role) -> list[CryptoSigner]:
+    """Every private key of `role` that is present (a threshold may be met by several holders).
+
+    Raises:
+        KeyStoreError: a key file is readable by others, unparsable, or not listed in keys.json.
+    """
+    listed = {key.keyid: key for key in load_index(directory)[role].keys}
+    signers = []
+    for path in sorted((directory / role).glob("*.key")):
+        if path.stat().st_mode & 0o077:
+            raise KeyStoreError(f"{path} must have mode 0600")
+        keyid = path.stem
+        if keyid not in listed:
+            raise KeyStoreError(f"{path} is not listed in {INDEX}")
+        try:
+            private = load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise KeyStoreError(f"{path} is not a usable private key") from exc
+        public = listed[keyid]
+        if not isinstance(public, SSlibKey):
+            raise KeyStoreError(f"{keyid}: unsupported key in {INDEX}")
+        signers.append(CryptoSigner(private, public))
+    return signers

@@ -31,7 +31,13 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EnrollRequest(WireModel):
+class RequestModel(WireModel):
+    """A request body: strict types as well (JSON `true` is not the integer 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class EnrollRequest(RequestModel):
     """Sent once by a device: its CSR (proof of key possession) and the enrollment token."""
 
     token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -51,7 +57,7 @@ class DeviceIdentity(WireModel):
     ca_bundle: Pem
 
 
-class RenewRequest(WireModel):
+class RenewRequest(RequestModel):
     """A device asks for a fresh certificate before its current one expires (new key allowed).
 
     A CSR for a different key must come with `key_change_proof`: a token signed by the
@@ -63,7 +69,7 @@ class RenewRequest(WireModel):
     key_change_proof: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
 
-class ReportedProperties(WireModel):
+class ReportedProperties(RequestModel):
     """Reported half of the device twin: facts the device states about itself."""
 
     properties: Annotated[dict[str, Any], Field(max_length=64)]

@@ -184,3 +184,14 @@ def test_json_nested_past_the_parsers_limit_is_malformed_json(fleet):
     response = fleet.api.post("/api/v1/enroll", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["code"] == "malformed_json"
+
+
+def test_json_booleans_are_not_integers_and_strings_are_not_numbers(fleet):
+    for body in [
+        {"fleet": "f1", "uses": True},
+        {"fleet": "f1", "ttl_seconds": "60"},
+        {"fleet": "f1", "require_approval": 1},
+    ]:
+        response = fleet.call("POST", "/enrollment-tokens", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["code"] == "invalid_request"

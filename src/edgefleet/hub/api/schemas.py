@@ -8,14 +8,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
 from edgefleet.hub.records import EnrollmentToken
-from edgefleet.protocol import Arch, DeviceStatus, FleetName, TagKey, Tags, WireModel
+from edgefleet.protocol import Arch, DeviceStatus, FleetName, RequestModel, TagKey, Tags, WireModel
 
 Role = Literal["viewer", "operator", "admin"]
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
 Seconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400)]
 
 
-class TokenCreate(WireModel):
+class TokenCreate(RequestModel):
     fleet: FleetName
     tags: Tags = Field(default_factory=dict)
     uses: Annotated[int, Field(ge=1, le=1_000_000)] = 1
@@ -81,7 +81,7 @@ class DevicePage(WireModel):
     next_after: str | None = Field(description="Pass as `after` for the next page; null at the end.")
 
 
-class TagUpdate(WireModel):
+class TagUpdate(RequestModel):
     set: Tags = Field(default_factory=dict)
     remove: Annotated[list[TagKey], Field(max_length=64)] = Field(default_factory=list)
 
@@ -94,7 +94,7 @@ class TwinOut(ReadModel):
     updated_at: datetime
 
 
-class UserCreate(WireModel):
+class UserCreate(RequestModel):
     name: UserName
     role: Role
 
@@ -106,7 +106,7 @@ class UserOut(ReadModel):
     disabled_at: datetime | None
 
 
-class ApiTokenCreate(WireModel):
+class ApiTokenCreate(RequestModel):
     user: UserName
     description: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
     ttl_seconds: Seconds | None = None

@@ -7,6 +7,7 @@ pointer to the permission that expresses the need (see docs/manifest.md).
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from collections.abc import Iterator
@@ -230,6 +231,10 @@ def _parse_port(value: object) -> Port:
         raise ValueError("ports must be numbers") from exc
     if not (1 <= port.published <= 65535 and 1 <= port.target <= 65535) or protocol not in ("tcp", "udp"):
         raise ValueError("ports are 1..65535, protocol tcp or udp")
+    try:
+        ipaddress.ip_address(port.host_ip)
+    except ValueError as exc:
+        raise ValueError(f"host_ip {port.host_ip!r} is not an IP address") from exc
     return port
 
 

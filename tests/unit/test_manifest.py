@@ -142,6 +142,8 @@ def test_each_confinement_bypass_is_refused_with_a_pointer(key):
         ("services.sensor.volumes", ["undeclared:/x"], "services.sensor.volumes.0", "not declared"),
         ("services.sensor.ports", ["7000:7000"], "services.sensor.ports.0", "'network-bind:7000'"),
         ("services.sensor.ports", ["99999:1"], "services.sensor.ports", "1..65535"),
+        ("services.sensor.ports", ["999.1.1.1:8080:8080"], "services.sensor.ports", "not an IP address"),
+        ("services.sensor.ports", [{"target": 1, "host_ip": "eth0"}], "services.sensor.ports", "not an IP address"),
         ("services.sensor.restart", "sometimes", "services.sensor.restart", "on-failure"),
         ("services.sensor.depends_on", ["ghost"], "services.sensor.depends_on.ghost", "no such"),
         (

@@ -19,6 +19,10 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from securesystemslib.signer import SSlibKey
 
 from edgefleet import crypto
 from edgefleet.errors import CryptoError
@@ -38,6 +42,8 @@ class HubKeys:
     ca_key: crypto.PrivateKey
     ca_cert_pem: str
     audit_key: bytes
+    online_public: dict[str, dict[str, Any]]
+    """TUF public key (securesystemslib dict form, with "keyid") of each online role."""
 
     @property
     def tls_cert_path(self) -> Path:
@@ -114,8 +120,16 @@ def load_keys(data_dir: Path) -> HubKeys:
         ca_cert_pem = (data_dir / "ca.crt").read_text()
         crypto.load_certificate(ca_cert_pem)
         audit_key = bytes.fromhex((data_dir / "audit.key").read_text().strip())
+        online_public = {role: _tuf_public_key(data_dir / "keys" / f"{role}.pub") for role in ONLINE_ROLES}
     except (OSError, ValueError, CryptoError) as exc:
         raise HubConfigError("key_invalid", f"unusable key material in {data_dir}: {exc}") from exc
     if len(audit_key) < 32:
         raise HubConfigError("key_invalid", "audit.key must hold at least 32 bytes")
-    return HubKeys(data_dir=data_dir, ca_key=ca_key, ca_cert_pem=ca_cert_pem, audit_key=audit_key)
+    return HubKeys(
+        data_dir=data_dir, ca_key=ca_key, ca_cert_pem=ca_cert_pem, audit_key=audit_key, online_public=online_public
+    )
+
+
+def _tuf_public_key(path: Path) -> dict[str, Any]:
+    key = SSlibKey.from_crypto(serialization.load_pem_public_key(path.read_bytes()))
+    return {"keyid": key.keyid, **key.to_dict()}

@@ -153,3 +153,20 @@ class AuditVerifyOut(WireModel):
 class Health(WireModel):
     status: Literal["ok"]
     database: str
+
+
+class TufKey(WireModel):
+    """A public key in TUF's metadata format, with its key id."""
+
+    keyid: str
+    keytype: str
+    scheme: str
+    keyval: dict[str, str]
+
+
+class OnlineKeys(WireModel):
+    """The hub's online TUF keys: a publisher lists snapshot and timestamp in the image repository's root."""
+
+    director: TufKey
+    snapshot: TufKey
+    timestamp: TufKey

@@ -1,0 +1,74 @@
+"""Image-repository metadata the publisher signs offline: root (who may sign what) and, later, targets.
+
+Values in, signed `tuf.api.metadata.Metadata` out; no network and no files but the keys the
+caller loaded. The hub's online keys are named for snapshot and timestamp, so the hub can
+keep those current without ever holding a root or targets key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root
+
+from edgefleet.publisher.errors import PublisherError
+from edgefleet.publisher.keys import Role, RoleKeys
+
+ROOT_LIFETIME = timedelta(days=365)
+
+
+class MetadataSigningError(PublisherError):
+    """Too few valid signatures to meet a role's threshold."""
+
+
+def make_root(
+    publisher: dict[Role, RoleKeys],
+    online: dict[str, Key],
+    *,
+    now: datetime,
+    version: int = 1,
+    lifetime: timedelta = ROOT_LIFETIME,
+) -> Metadata[Root]:
+    """An unsigned root: the publisher's root and targets keys, the hub's snapshot and timestamp keys.
+
+    Args:
+        publisher: the publisher's key index (`keys.load_index`).
+        online: the hub's online public keys by role (at least "snapshot" and "timestamp").
+        now: the one clock reading for this run.
+        version: 1 for a new repository; the previous version + 1 when rotating.
+        lifetime: how long the root stays valid.
+    """
+    root = Root(version=version, expires=(now + lifetime).replace(microsecond=0), consistent_snapshot=True)
+    for role, keys in publisher.items():
+        for key in keys.keys:
+            root.add_key(key, role)
+        root.roles[role].threshold = keys.threshold
+    for online_role in ("snapshot", "timestamp"):
+        root.add_key(online[online_role], online_role)
+        root.roles[online_role].threshold = 1
+    return Metadata(root)
+
+
+def sign_root(metadata: Metadata[Root], signers: Sequence[Signer], *, trusted: Root | None = None) -> Metadata[Root]:
+    """Sign a root with every given signer and check it meets its own threshold (and the trusted one's).
+
+    Args:
+        metadata: the root to sign (signatures are appended).
+        signers: root key signers; for a rotation, old and new keys together.
+        trusted: the root devices trust now; a new root must also meet *its* root threshold.
+
+    Raises:
+        MetadataSigningError: a threshold is not met.
+    """
+    for signer in signers:
+        metadata.sign(signer, append=True)
+    try:
+        metadata.signed.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
+        if trusted is not None:
+            trusted.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
+    except UnsignedMetadataError as exc:
+        raise MetadataSigningError(f"root: {exc}") from exc
+    return metadata

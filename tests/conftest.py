@@ -33,7 +33,7 @@ from edgefleet.hub.services.operators import bootstrap_admin
 from edgefleet.hub.settings import HubSettings
 
 POSTGRES_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-TABLES = ("devices", "enrollment_tokens", "users", "api_tokens", "audit_log")
+TABLES = ("devices", "enrollment_tokens", "users", "api_tokens", "audit_log", "repo_metadata")
 
 
 class FakeClock:

@@ -170,3 +170,10 @@ class OnlineKeys(WireModel):
     director: TufKey
     snapshot: TufKey
     timestamp: TufKey
+
+
+class RootAccepted(WireModel):
+    """A root version the repository now trusts."""
+
+    version: int
+    expires: datetime

@@ -22,6 +22,7 @@ from edgefleet.hub.db.models import (
     AuditRow,
     DeviceRow,
     EnrollmentTokenRow,
+    RepoMetadataRow,
     UserRow,
 )
 from edgefleet.hub.errors import BadRequestError, ConflictError, HubConfigError
@@ -243,6 +244,28 @@ class Tx:
 
     def touch_api_token(self, token_id: str, *, now: datetime) -> None:
         self._s.execute(update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=now))
+
+    # --- image repository metadata ---------------------------------------------------------
+
+    def latest_metadata(self, role: str, *, for_update: bool = False) -> tuple[int, str] | None:
+        """(version, body) of the newest stored metadata of `role`."""
+        query = select(RepoMetadataRow).where(RepoMetadataRow.role == role)
+        query = query.order_by(RepoMetadataRow.version.desc()).limit(1)
+        if for_update:
+            query = query.with_for_update()
+        row = self._s.scalar(query)
+        return None if row is None else (row.version, row.body)
+
+    def get_metadata(self, role: str, version: int) -> str | None:
+        row = self._s.get(RepoMetadataRow, (role, version))
+        return None if row is None else row.body
+
+    def insert_metadata(self, role: str, version: int, body: str, *, now: datetime) -> None:
+        self._s.add(RepoMetadataRow(role=role, version=version, body=body, created_at=now))
+        try:
+            self._s.flush()
+        except IntegrityError as exc:
+            raise ConflictError("version_exists", f"{role} version {version} already exists") from exc
 
     # --- audit chain -------------------------------------------------------------------
 

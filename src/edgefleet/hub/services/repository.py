@@ -1,0 +1,95 @@
+"""The hub's image repository: accepts publisher-signed root metadata, verified against the trusted root.
+
+The first root a repository gets is taken on an admin's word (trust on first use, audited);
+every later one must be version + 1 and signed by the threshold of both the current root
+and itself, so only the publisher's offline keys can change who is trusted. Every root must
+name the hub's own online keys for snapshot and timestamp, or the hub could not serve it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root
+
+from edgefleet.hub.context import Hub
+from edgefleet.hub.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from edgefleet.hub.services.audit import record
+from edgefleet.hub.services.operators import Operator, authorize, operator_action
+
+MAX_ROOT_VERSION = 1_000_000
+
+
+def _parse_root(body: dict[str, Any]) -> Metadata[Root]:
+    try:
+        metadata = Metadata[Root].from_dict(json.loads(json.dumps(body)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadRequestError("invalid_metadata", f"not TUF metadata: {str(exc)[:200]}") from exc
+    if not isinstance(metadata.signed, Root):
+        raise BadRequestError("invalid_metadata", "expected root metadata")
+    return metadata
+
+
+def _check_online_keys(hub: Hub, root: Root) -> None:
+    for role in ("snapshot", "timestamp"):
+        expected = hub.keys.online_public[role]["keyid"]
+        if root.roles[role].keyids != [expected] or root.roles[role].threshold != 1:
+            raise ConflictError(
+                "online_keys_mismatch",
+                f"root must name exactly the hub's {role} key {expected} (GET /api/v1/repository/online-keys)",
+            )
+
+
+def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
+    """Store a new root version after checking signatures, version, expiry and online keys (admin).
+
+    Raises:
+        BadRequestError: not root metadata.
+        ForbiddenError: signatures do not meet the new or the current root's threshold.
+        ConflictError: wrong version, expired, or online keys that are not the hub's.
+    """
+    with operator_action(hub, operator, "admin", action="repository.root", target="repository:root") as tx:
+        metadata = _parse_root(body)
+        root = metadata.signed
+        current = tx.latest_metadata("root", for_update=True)
+        expected_version = 1 if current is None else current[0] + 1
+        if root.version != expected_version or root.version > MAX_ROOT_VERSION:
+            raise ConflictError("wrong_version", f"root version must be {expected_version}, got {root.version}")
+        if root.is_expired(hub.clock()):
+            raise ConflictError("expired", "root metadata has already expired")
+        _check_online_keys(hub, root)
+        try:
+            root.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
+            if current is not None:
+                trusted = Metadata[Root].from_bytes(current[1].encode()).signed
+                trusted.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
+        except UnsignedMetadataError as exc:
+            raise ForbiddenError("signature_threshold", f"root signatures: {exc}") from exc
+        stored = json.dumps(metadata.to_dict(), sort_keys=True, separators=(",", ":"))
+        tx.insert_metadata("root", root.version, stored, now=hub.clock())
+        record(
+            hub,
+            tx,
+            actor=operator.actor,
+            action="repository.root",
+            target=f"repository:root:{root.version}",
+            detail={"first": current is None, "root_keyids": sorted(root.roles["root"].keyids)[:16]},
+        )
+    return root
+
+
+def get_root(hub: Hub, operator: Operator, version: int | None) -> dict[str, Any]:
+    """A stored root (the newest when `version` is None), exactly as signed."""
+    authorize(operator, "viewer", action="repository.root.get")
+    with hub.store.transaction(readonly=True) as tx:
+        if version is None:
+            latest = tx.latest_metadata("root")
+            body = None if latest is None else latest[1]
+        else:
+            body = tx.get_metadata("root", version)
+    if body is None:
+        raise NotFoundError("metadata_not_found", "no such root version")
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed

@@ -1,0 +1,86 @@
+"""Root metadata on the hub: first root on trust, later roots chained by signatures; refusals write nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.metadata import Metadata, Root
+
+from edgefleet.publisher.keys import init_keys, load_index, load_signers
+from edgefleet.publisher.metadata import make_root
+
+pytestmark = pytest.mark.integration
+
+
+def online(fleet) -> dict:
+    return {
+        role: SSlibKey.from_dict(data["keyid"], {k: v for k, v in data.items() if k != "keyid"})
+        for role, data in fleet.hub.keys.online_public.items()
+    }
+
+
+def signed_root(fleet, keys, *, version=1, signers=None, trusted=None, online_keys=None, lifetime=timedelta(days=30)):
+    md = make_root(
+        load_index(keys), online_keys or online(fleet), now=fleet.clock(), version=version, lifetime=lifetime
+    )
+    for signer in signers if signers is not None else load_signers(keys, "root"):
+        md.sign(signer, append=True)
+    return md.to_dict()
+
+
+def test_first_root_then_a_rotation_signed_by_old_and_new_keys(fleet, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    init_keys(old)
+    init_keys(new, threshold=2, count=2)
+    first = fleet.call("POST", "/repository/root", json=signed_root(fleet, old))
+    assert first.status_code == 201, first.text
+    assert first.json()["version"] == 1
+
+    only_new = signed_root(fleet, new, version=2)
+    refused = fleet.call("POST", "/repository/root", json=only_new)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "signature_threshold"
+
+    both = signed_root(fleet, new, version=2, signers=[*load_signers(old, "root"), *load_signers(new, "root")])
+    assert fleet.call("POST", "/repository/root", json=both).status_code == 201
+    latest = Metadata[Root].from_dict(fleet.call("GET", "/repository/root").json())
+    assert latest.signed.version == 2
+    assert set(latest.signed.roles["root"].keyids) == {k.keyid for k in load_index(new)["root"].keys}
+    v1 = Metadata[Root].from_dict(fleet.call("GET", "/repository/root/1").json())
+    v1.signed.verify_delegate(Root.type, v1.signed_bytes, v1.signatures)
+    actions = [e["action"] for e in fleet.call("GET", "/audit").json()]
+    assert actions.count("repository.root") == 3  # two accepted, one refused
+
+
+@pytest.mark.parametrize("problem", ["skip-version", "expired", "foreign-online-keys", "unsigned", "garbage"])
+def test_bad_roots_are_refused_and_nothing_is_stored(fleet, tmp_path, problem):
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    if problem == "skip-version":
+        body, status, code = signed_root(fleet, keys, version=2), 409, "wrong_version"
+    elif problem == "expired":
+        body, status, code = signed_root(fleet, keys, lifetime=timedelta(seconds=-1)), 409, "expired"
+    elif problem == "foreign-online-keys":
+        stranger = {r: CryptoSigner.generate_ed25519().public_key for r in ("snapshot", "timestamp")}
+        body, status, code = signed_root(fleet, keys, online_keys=stranger), 409, "online_keys_mismatch"
+    elif problem == "unsigned":
+        body, status, code = signed_root(fleet, keys, signers=[]), 403, "signature_threshold"
+    else:
+        body, status, code = {"signed": {"_type": "root"}, "signatures": []}, 400, "invalid_metadata"
+    response = fleet.call("POST", "/repository/root", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert fleet.counts()["repo_metadata"] == 0
+    assert fleet.call("GET", "/repository/root").status_code == 404
+
+
+def test_only_admins_push_roots(fleet, tmp_path):
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    operator = fleet.operator_token("operator")
+    response = fleet.call("POST", "/repository/root", operator, json=signed_root(fleet, keys))
+    assert response.status_code == 403
+    assert response.json()["code"] == "insufficient_role"
+    assert fleet.counts()["repo_metadata"] == 0

@@ -84,3 +84,61 @@ def test_only_admins_push_roots(fleet, tmp_path):
     assert response.status_code == 403
     assert response.json()["code"] == "insufficient_role"
     assert fleet.counts()["repo_metadata"] == 0
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, (*prefix, index))
+
+
+def test_mutated_roots_never_cause_a_server_error(fleet, tmp_path):
+    """Any one value of a valid signed root replaced by junk: a 4xx (or 201 if still valid), never a 5xx."""
+    import copy
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    good = signed_root(fleet, keys)
+    paths = [p for p in _paths(good) if p]
+    junk = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats()
+        | st.text(max_size=80)
+        | st.just({})
+        | st.just([])
+        | st.lists(st.text(max_size=5), max_size=3)
+    )
+
+    @given(path=st.sampled_from(paths), value=junk)
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    def push(path, value):
+        body = copy.deepcopy(good)
+        node = body
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        try:
+            payload = __import__("json").dumps(body, allow_nan=False)
+        except ValueError:
+            return
+        response = fleet.api.post(
+            "/api/v1/repository/root",
+            content=payload,
+            headers={"Authorization": f"Bearer {fleet.admin}", "Content-Type": "application/json"},
+        )
+        assert response.status_code < 500, (path, value, response.text)
+        if response.status_code == 201:
+            # Still a valid root (e.g. an unrecognized field changed): start over for the next example.
+            with fleet.hub.store.engine.begin() as conn:
+                conn.execute(__import__("sqlalchemy").text("DELETE FROM repo_metadata"))
+
+    push()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tuf.api.exceptions import UnsignedMetadataError
+from securesystemslib.exceptions import FormatError
+from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 
 from edgefleet.hub.context import Hub
@@ -22,14 +23,17 @@ from edgefleet.hub.services.operators import Operator, authorize, operator_actio
 MAX_ROOT_VERSION = 1_000_000
 
 
-def _parse_root(body: dict[str, Any]) -> Metadata[Root]:
+def _parse_root(body: dict[str, Any]) -> tuple[Metadata[Root], bytes]:
+    """The metadata and its canonical signed bytes, or a 400: everything that can go wrong is input."""
     try:
         metadata = Metadata[Root].from_dict(json.loads(json.dumps(body)))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BadRequestError("invalid_metadata", f"not TUF metadata: {str(exc)[:200]}") from exc
-    if not isinstance(metadata.signed, Root):
-        raise BadRequestError("invalid_metadata", "expected root metadata")
-    return metadata
+        if not isinstance(metadata.signed, Root):
+            raise BadRequestError("invalid_metadata", "expected root metadata")
+        # Canonical JSON has no floats; encoding here turns that into a 400, not a crash later.
+        signed_bytes = metadata.signed_bytes
+    except (ValueError, KeyError, TypeError, AttributeError, FormatError, RepositoryError) as exc:
+        raise BadRequestError("invalid_metadata", f"not TUF root metadata: {str(exc)[:200]}") from exc
+    return metadata, signed_bytes
 
 
 def _check_online_keys(hub: Hub, root: Root) -> None:
@@ -51,7 +55,7 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
         ConflictError: wrong version, expired, or online keys that are not the hub's.
     """
     with operator_action(hub, operator, "admin", action="repository.root", target="repository:root") as tx:
-        metadata = _parse_root(body)
+        metadata, signed_bytes = _parse_root(body)
         root = metadata.signed
         current = tx.latest_metadata("root", for_update=True)
         expected_version = 1 if current is None else current[0] + 1
@@ -61,11 +65,11 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
             raise ConflictError("expired", "root metadata has already expired")
         _check_online_keys(hub, root)
         try:
-            root.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
+            root.verify_delegate(Root.type, signed_bytes, metadata.signatures)
             if current is not None:
                 trusted = Metadata[Root].from_bytes(current[1].encode()).signed
-                trusted.verify_delegate(Root.type, metadata.signed_bytes, metadata.signatures)
-        except UnsignedMetadataError as exc:
+                trusted.verify_delegate(Root.type, signed_bytes, metadata.signatures)
+        except (UnsignedMetadataError, ValueError, TypeError, KeyError, FormatError) as exc:
             raise ForbiddenError("signature_threshold", f"root signatures: {exc}") from exc
         stored = json.dumps(metadata.to_dict(), sort_keys=True, separators=(",", ":"))
         tx.insert_metadata("root", root.version, stored, now=hub.clock())

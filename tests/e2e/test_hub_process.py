@@ -200,3 +200,26 @@ def test_init_against_an_unreachable_database_fails_in_one_line_and_leaves_nothi
     assert not data_dir.exists()
     again = edgefleet("hub", "init", "--data-dir", str(data_dir))
     assert again.returncode == 0, again.stderr
+
+
+def test_publisher_starts_the_image_repository_from_the_cli(sqlite_hub, tmp_path):
+    keys = tmp_path / "keys"
+    made = edgefleet("keys", "init", "--dir", str(keys), "--threshold", "2", "--keys", "3")
+    assert made.returncode == 0, made.stderr
+    pushed = sqlite_hub.cli("repo", "init", "--keys", str(keys))
+    assert pushed.returncode == 0, pushed.stderr
+    assert "root version 1 accepted" in pushed.stdout
+    again = sqlite_hub.cli("repo", "init", "--keys", str(keys))
+    assert again.returncode == 3
+    assert "wrong_version" in again.stderr
+    from tuf.api.metadata import Metadata, Root
+
+    verify = ssl.create_default_context(cafile=str(sqlite_hub.ca))
+    body = httpx.get(
+        f"{sqlite_hub.url}/api/v1/repository/root",
+        verify=verify,
+        headers={"Authorization": f"Bearer {sqlite_hub.admin_token}"},
+    ).json()
+    root = Metadata[Root].from_dict(body)
+    root.signed.verify_delegate(Root.type, root.signed_bytes, root.signatures)
+    assert root.signed.roles["root"].threshold == 2

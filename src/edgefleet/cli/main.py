@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import audit, devices, hub, keys, tokens, users
+from edgefleet.cli import audit, devices, hub, keys, repo, tokens, users
 from edgefleet.cli.common import CliError, err
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(users.users, name="user")
 app.add_typer(users.apitokens, name="apitoken")
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
+app.add_typer(repo.app, name="repo")
 
 
 @app.command("version")

@@ -72,6 +72,12 @@ def test_enroll_over_https_then_list_and_revoke_with_the_cli(running_hub, tmp_pa
     verified = running_hub.cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert "intact" in verified.stdout
+    checkpoint = next(line.split()[1] for line in verified.stdout.splitlines() if line.startswith("checkpoint:"))
+    assert running_hub.cli("audit", "verify", "--expect-head", checkpoint).returncode == 0
+    seq = checkpoint.split(":")[0]
+    wrong = running_hub.cli("audit", "verify", "--expect-head", f"{seq}:{'0' * 64}")
+    assert wrong.returncode == 1
+    assert "rewritten" in wrong.stderr
 
 
 def test_device_refuses_a_hub_its_ca_did_not_sign(sqlite_hub, tmp_path):

@@ -37,9 +37,17 @@ def list_entries(
 
 
 @app.command("verify")
-def verify(hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False) -> None:
+def verify(
+    expect_head: Annotated[
+        str | None, typer.Option("--expect-head", help="SEQ:HASH printed by an earlier verify (kept elsewhere)")
+    ] = None,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+    json_out: JsonFlag = False,
+) -> None:
     """Verify the hash chain; exits 1 and names the first altered, removed or inserted entry."""
-    report = HubClient(hub, token, ca).call("GET", "/audit/verify")
+    report = HubClient(hub, token, ca).call("GET", "/audit/verify", params={"checkpoint": expect_head})
     if json_out:
         print_json(report)
     if not report["ok"]:
@@ -47,6 +55,5 @@ def verify(hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out:
             f"audit log broken at entry {report['first_bad_seq']}: {report['problem']}", exit_code=EXIT_FAILED
         )
     if not json_out:
-        out.print(
-            f"audit log intact: {report['entries']} entries, head {report['head_seq']} {report['head_hash'][:16]}"
-        )
+        out.print(f"audit log intact: {report['entries']} entries")
+        out.print(f"checkpoint: {report['head_seq']}:{report['head_hash']}  (keep it elsewhere; pass as --expect-head)")

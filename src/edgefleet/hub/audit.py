@@ -137,3 +137,34 @@ def check_head(report: ChainReport, head: tuple[int, str]) -> ChainReport:
     return replace(
         report, ok=False, first_bad_seq=head[0], problem=f"the chain head (entry {head[0]}) does not match the log"
     )
+
+
+def check_checkpoint(report: ChainReport, checkpoint: tuple[int, str], hash_at_checkpoint: str | None) -> ChainReport:
+    """Compare a good chain with a head recorded earlier, outside the database.
+
+    Catches what the chain alone cannot: the newest entries removed together with the head
+    row, or history rewritten by someone holding the audit key.
+
+    Args:
+        report: the walk's result.
+        checkpoint: (seq, hash) an operator recorded from an earlier `audit verify`.
+        hash_at_checkpoint: the hash the log holds now at that seq (None if there is no such entry).
+    """
+    if not report.ok:
+        return report
+    seq, expected = checkpoint
+    if seq > report.end_seq or hash_at_checkpoint is None:
+        return replace(
+            report,
+            ok=False,
+            first_bad_seq=report.end_seq + 1,
+            problem=f"entries {report.end_seq + 1}..{seq} removed (the checkpoint is at {seq})",
+        )
+    if not hmac.compare_digest(hash_at_checkpoint, expected):
+        return replace(
+            report,
+            ok=False,
+            first_bad_seq=seq,
+            problem=f"entry {seq} differs from the checkpoint: history was rewritten",
+        )
+    return report

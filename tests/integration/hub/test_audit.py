@@ -130,3 +130,31 @@ def test_concurrent_enrollments_respect_uses_and_keep_the_chain_intact(fleet):
     report = verify(fleet)
     assert report["ok"], report
     assert fleet.counts()["devices"] == 5
+
+
+def test_truncation_with_the_head_row_is_caught_by_a_checkpoint(fleet):
+    populate(fleet)
+    report = verify(fleet)
+    checkpoint = f"{report['head_seq']}:{report['head_hash']}"
+    assert fleet.call("GET", "/audit/verify", params={"checkpoint": checkpoint}).json()["ok"]
+    last = report["head_seq"]
+    with fleet.hub.store.engine.begin() as conn:
+        previous = conn.execute(text("SELECT hash FROM audit_log WHERE seq = :s"), {"s": last - 2}).scalar_one()
+        conn.execute(text("DELETE FROM audit_log WHERE seq > :s"), {"s": last - 2})
+        conn.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": last - 2, "h": previous})
+    assert verify(fleet)["ok"]  # the chain alone cannot tell
+    caught = fleet.call("GET", "/audit/verify", params={"checkpoint": checkpoint}).json()
+    assert not caught["ok"]
+    assert caught["first_bad_seq"] == last - 1
+    assert "removed" in caught["problem"]
+
+
+def test_a_checkpoint_that_does_not_match_is_named(fleet):
+    populate(fleet)
+    report = verify(fleet)
+    wrong = f"{report['head_seq'] - 1}:{'0' * 64}"
+    caught = fleet.call("GET", "/audit/verify", params={"checkpoint": wrong}).json()
+    assert caught["first_bad_seq"] == report["head_seq"] - 1
+    assert "rewritten" in caught["problem"]
+    bad = fleet.call("GET", "/audit/verify", params={"checkpoint": "nope"})
+    assert bad.status_code == 422

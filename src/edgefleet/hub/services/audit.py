@@ -74,15 +74,22 @@ def _head(hub: Hub) -> tuple[int, str]:
         return tx.audit_head()
 
 
-def verify_log(hub: Hub, *, attempts: int = 3) -> audit.ChainReport:
+def verify_log(hub: Hub, *, checkpoint: tuple[int, str] | None = None, attempts: int = 3) -> audit.ChainReport:
     """Verify the whole chain, then its end against the head recorded in the database.
 
     The head is read after the walk: if entries were appended meanwhile it is ahead of the
     walked end, and the walk is repeated (at most `attempts` times) before that is reported.
+    A `checkpoint` (seq, hash) recorded earlier outside the database is checked last.
     """
     for _ in range(attempts):
         report = audit.verify(hub.store.iter_audit(), key=hub.keys.audit_key)
         head = _head(hub)
         if not report.ok or head[0] <= report.end_seq:
             break
-    return audit.check_head(report, head)
+    report = audit.check_head(report, head)
+    if checkpoint is None:
+        return report
+    with hub.store.transaction(readonly=True) as tx:
+        found = tx.list_audit(after=checkpoint[0] - 1, limit=1)
+    at = found[0].hash if found and found[0].seq == checkpoint[0] else None
+    return audit.check_checkpoint(report, checkpoint, at)

@@ -28,10 +28,21 @@ def list_audit(
 
 
 @router.get("/verify", response_model=AuditVerifyOut)
-def verify_audit(hub: HubDep, operator: OperatorDep) -> AuditVerifyOut:
+def verify_audit(
+    hub: HubDep,
+    operator: OperatorDep,
+    checkpoint: Annotated[
+        str | None,
+        Query(pattern=r"^[1-9]\d{0,17}:[0-9a-f]{64}$", description="SEQ:HASH from an earlier verify, kept elsewhere"),
+    ] = None,
+) -> AuditVerifyOut:
     """Verify the whole hash chain; names the first altered, removed or inserted entry."""
     authorize(operator, "viewer", action="audit.verify")
-    report = audit.verify_log(hub)
+    expected = None
+    if checkpoint is not None:
+        seq, _, digest = checkpoint.partition(":")
+        expected = (int(seq), digest)
+    report = audit.verify_log(hub, checkpoint=expected)
     return AuditVerifyOut(
         ok=report.ok,
         entries=report.entries,

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from securesystemslib.signer import Key, SSlibKey
+from securesystemslib.signer import Key
 
 from edgefleet.cli.common import EXIT_USAGE, CaFile, CliError, HubClient, HubUrl, Token, out, parse_duration
-from edgefleet.publisher.errors import PublisherError
-from edgefleet.publisher.keys import load_index, load_signers
+from edgefleet.publisher.errors import KeyStoreError, PublisherError
+from edgefleet.publisher.keys import key_from_wire, load_index, load_signers
 from edgefleet.publisher.metadata import make_root, sign_root
 
 app = typer.Typer(help="The hub's image repository (publisher side).", no_args_is_help=True)
@@ -20,11 +20,8 @@ app = typer.Typer(help="The hub's image repository (publisher side).", no_args_i
 def _online_keys(client: HubClient) -> dict[str, Key]:
     raw = client.call("GET", "/repository/online-keys")
     try:
-        return {
-            role: SSlibKey.from_dict(data["keyid"], {k: v for k, v in data.items() if k != "keyid"})
-            for role, data in raw.items()
-        }
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        return {role: key_from_wire(data) for role, data in raw.items()}
+    except (KeyStoreError, AttributeError) as exc:
         raise CliError(f"the hub sent unusable online keys: {exc}") from exc
 
 

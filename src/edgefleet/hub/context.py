@@ -55,4 +55,8 @@ class Hub:
     store: Store
     keys: HubKeys
     clock: Clock = utc_now
-    refusal_budget: RefusalBudget = field(default_factory=lambda: RefusalBudget(120))
+    refusal_budget: RefusalBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Per process, sized by the settings; frozen, so set once here.
+        object.__setattr__(self, "refusal_budget", RefusalBudget(self.settings.refusal_audits_per_minute))

@@ -55,7 +55,7 @@ def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock 
         shutil.rmtree(settings.data_dir, ignore_errors=True)
         raise
     return InitResult(
-        data_dir=settings.data_dir, ca_path=settings.data_dir / "ca.crt", admin_token=token, database=hub.store.dialect
+        data_dir=settings.data_dir, ca_path=hub.keys.ca_path, admin_token=token, database=hub.store.dialect
     )
 
 

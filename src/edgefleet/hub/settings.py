@@ -29,6 +29,9 @@ class HubSettings(BaseSettings):
     enrollment_token_max_ttl: timedelta = timedelta(days=365)
     enrollment_token_max_uses: int = Field(default=100_000, ge=1)
     api_token_max_ttl: timedelta = timedelta(days=3650)
+    refusal_audits_per_minute: int = Field(
+        default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."
+    )
 
     def sqlalchemy_url(self) -> str:
         """The database URL to use: the configured one, or SQLite in the data dir."""

@@ -76,6 +76,18 @@ def _write_index(directory: Path, roles: dict[Role, RoleKeys]) -> None:
     write_public_file(directory / INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
 
 
+def key_from_wire(data: dict[str, Any]) -> SSlibKey:
+    """A TUF public key from the hub's `{"keyid": ..., "keytype": ..., ...}` form (online-keys answer).
+
+    Raises:
+        KeyStoreError: not a TUF public key.
+    """
+    try:
+        return SSlibKey.from_dict(str(data["keyid"]), {k: v for k, v in data.items() if k != "keyid"})
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise KeyStoreError(f"not a TUF public key: {exc}") from exc
+
+
 def load_index(directory: Path) -> dict[Role, RoleKeys]:
     """The public half of a key directory.
 

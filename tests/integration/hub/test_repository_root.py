@@ -5,20 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from securesystemslib.signer import CryptoSigner, SSlibKey
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from edgefleet.publisher.keys import init_keys, load_index, load_signers
+from edgefleet.publisher.keys import init_keys, key_from_wire, load_index, load_signers
 from edgefleet.publisher.metadata import make_root
 
 pytestmark = pytest.mark.integration
 
 
 def online(fleet) -> dict:
-    return {
-        role: SSlibKey.from_dict(data["keyid"], {k: v for k, v in data.items() if k != "keyid"})
-        for role, data in fleet.hub.keys.online_public.items()
-    }
+    return {role: key_from_wire(data) for role, data in fleet.hub.keys.online_public.items()}
 
 
 def signed_root(fleet, keys, *, version=1, signers=None, trusted=None, online_keys=None, lifetime=timedelta(days=30)):

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
-from edgefleet.hub.records import EnrollmentToken
 from edgefleet.protocol import Arch, DeviceStatus, FleetName, RequestModel, TagKey, Tags, WireModel
 
 Role = Literal["viewer", "operator", "admin"]
@@ -23,11 +22,17 @@ class TokenCreate(RequestModel):
     require_approval: bool = False
 
 
-class TokenOut(WireModel):
+class ReadModel(WireModel):
+    """An answer built from a hub record's attributes (`Model.model_validate(record)`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
+
+
+class TokenOut(ReadModel):
     id: str
     fleet: str
     tags: dict[str, str]
-    uses: int
+    uses: int = Field(validation_alias=AliasChoices("uses", "max_uses"))
     used: int
     require_approval: bool
     created_at: datetime
@@ -35,30 +40,9 @@ class TokenOut(WireModel):
     expires_at: datetime
     revoked_at: datetime | None
 
-    @classmethod
-    def of(cls, token: EnrollmentToken) -> TokenOut:
-        return cls(
-            id=token.id,
-            fleet=token.fleet,
-            tags=token.tags,
-            uses=token.max_uses,
-            used=token.used,
-            require_approval=token.require_approval,
-            created_at=token.created_at,
-            created_by=token.created_by,
-            expires_at=token.expires_at,
-            revoked_at=token.revoked_at,
-        )
-
 
 class TokenCreated(TokenOut):
     token: str = Field(description="The secret; shown once, stored only hashed.")
-
-
-class ReadModel(WireModel):
-    """An answer built from a hub record's attributes (`Model.model_validate(record)`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
 
 
 class DeviceOut(ReadModel):

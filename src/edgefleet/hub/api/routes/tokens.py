@@ -28,16 +28,16 @@ def create_token(hub: HubDep, operator: OperatorDep, body: TokenCreate) -> Token
         ttl=timedelta(seconds=body.ttl_seconds),
         require_approval=body.require_approval,
     )
-    return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)
+    return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=secret)
 
 
 @router.get("", response_model=list[TokenOut])
 def list_tokens(hub: HubDep, operator: OperatorDep, limit: LimitDep) -> list[TokenOut]:
     """Enrollment tokens (metadata only)."""
-    return [TokenOut.of(t) for t in enrollment.list_tokens(hub, operator, limit=limit)]
+    return [TokenOut.model_validate(t) for t in enrollment.list_tokens(hub, operator, limit=limit)]
 
 
 @router.delete("/{token_id}", response_model=TokenOut)
 def revoke_token(hub: HubDep, operator: OperatorDep, token_id: TokenId) -> TokenOut:
     """Revoke an enrollment token (operator)."""
-    return TokenOut.of(enrollment.revoke_token(hub, operator, token_id=token_id))
+    return TokenOut.model_validate(enrollment.revoke_token(hub, operator, token_id=token_id))

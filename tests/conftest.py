@@ -33,7 +33,17 @@ from edgefleet.hub.services.operators import bootstrap_admin
 from edgefleet.hub.settings import HubSettings
 
 POSTGRES_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-TABLES = ("devices", "enrollment_tokens", "users", "api_tokens", "audit_log", "repo_metadata")
+TABLES = (
+    "devices",
+    "enrollment_tokens",
+    "users",
+    "api_tokens",
+    "audit_log",
+    "repo_metadata",
+    "releases",
+    "assignments",
+    "director_metadata",
+)
 
 
 class FakeClock:
@@ -117,8 +127,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def hub(hub_keys_dir: Path, database_url: str, clock: FakeClock) -> Iterator[Hub]:
-    settings = HubSettings(data_dir=hub_keys_dir, database_url=database_url)
+def hub(hub_keys_dir: Path, database_url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Hub]:
+    settings = HubSettings(data_dir=hub_keys_dir, database_url=database_url, artifacts_dir=tmp_path / "artifacts")
     store = Store(settings.sqlalchemy_url())
     instance = Hub(settings=settings, store=store, keys=load_keys(hub_keys_dir), clock=clock)
     yield instance

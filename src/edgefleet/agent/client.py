@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
+from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest
 
@@ -84,6 +85,26 @@ class DeviceClient:
     def renew(self, identity: LocalIdentity, csr: str, *, key_change_proof: str | None = None) -> DeviceIdentity:
         body = RenewRequest(csr=csr, key_change_proof=key_change_proof).model_dump()
         return DeviceIdentity.model_validate(self._call("POST", "/device/certificate", identity=identity, body=body))
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    def fetcher(self, identity: LocalIdentity) -> HttpxFetcher:
+        """A TUF fetcher over this connection, sending the device's token with every request."""
+        return HttpxFetcher(self._http, lambda: identity.token(now=self._clock()))
+
+    def tuf_roots(self, identity: LocalIdentity) -> tuple[bytes, bytes]:
+        """(image repository root v1, director root) as the hub serves them: trusted on first use only."""
+        roots = []
+        for path in ("/tuf/repository/1.root.json", "/tuf/director/root.json"):
+            response = self._http.get(
+                API_PREFIX + path, headers={"Authorization": f"Bearer {identity.token(now=self._clock())}"}
+            )
+            if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
+                raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
+            roots.append(response.content)
+        return roots[0], roots[1]
 
     def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:
         return self._call("GET", f"/devices/{device_id or identity.device_id}/twin", identity=identity)

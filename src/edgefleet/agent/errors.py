@@ -6,7 +6,8 @@ Tree::
      ├── HubUnreachableError      network, TLS or 5xx trouble: retry with backoff
      ├── HubRefusedError          the hub answered 4xx with a code: fix the input, do not retry
      │    └── DeviceNotAcceptedError  still pending, or rejected/revoked
-     └── IdentityError            the device's own key or identity files are unusable
+     ├── IdentityError            the device's own key or identity files are unusable
+     └── UpdateRefusedError       a release failed verification (reason code); nothing was installed
 """
 
 from __future__ import annotations
@@ -44,3 +45,20 @@ class DeviceNotAcceptedError(HubRefusedError):
 
 class IdentityError(AgentError):
     """The device's key or identity files are missing or unusable."""
+
+
+class UpdateRefusedError(AgentError):
+    """A release failed verification; nothing of it was installed. `reason` is a stable code.
+
+    Reasons: ``signature`` (not signed by the trusted keys or threshold), ``expired``,
+    ``rollback_attack`` (older metadata than already trusted), ``too_large`` (more data than
+    signed or bounded), ``hash_mismatch``, ``wrong_device`` (director metadata for another
+    device or architecture), ``mix_and_match`` (director and image repository disagree),
+    ``not_in_repository``, ``no_assignment``, ``release_rollback`` (older release without the
+    director's rollback mark), ``bad_manifest``, ``metadata`` (any other malformed metadata).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message

@@ -70,10 +70,18 @@ class HubClient:
     def call(
         self, method: str, path: str, *, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
     ) -> Any:
-        try:
-            response = self._http.request(
-                method, path, json=body, params={k: v for k, v in (params or {}).items() if v is not None}
+        return self._send(method, path, json=body, params={k: v for k, v in (params or {}).items() if v is not None})
+
+    def upload(self, path: str, file: Path) -> Any:
+        """PUT a file as the raw request body, streamed."""
+        with file.open("rb") as handle:
+            return self._send(
+                "PUT", path, content=iter(lambda: handle.read(1024 * 1024), b""), timeout=httpx.Timeout(300.0)
             )
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise CliError(
                 f"cannot reach the hub: {exc}",

@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli.common import CaFile, HubClient, HubUrl, JsonFlag, Token, out, parse_tags, print_json, print_table
+from edgefleet.cli.common import (
+    EXIT_USAGE,
+    CaFile,
+    CliError,
+    HubClient,
+    HubUrl,
+    JsonFlag,
+    Token,
+    out,
+    parse_tags,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 COLUMNS = ("id", "fleet", "status", "arch", "tags", "last_seen_at")
@@ -93,3 +105,34 @@ def reject(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: Ca
 def revoke(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None) -> None:
     """Revoke a device: its next request is refused."""
     _decide("revoke", device_id, hub, token, ca)
+
+
+@app.command("assign")
+def assign(
+    device_id: DeviceArg,
+    release: Annotated[str, typer.Argument(metavar="APP@VERSION")],
+    rollback: Annotated[bool, typer.Option("--rollback", help="Allow a release older than the assigned one")] = False,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+) -> None:
+    """Set what one app on the device runs (audited); the director tells only that device."""
+    app_name, sep, version = release.partition("@")
+    if not sep or not app_name or not version:
+        raise CliError(f"bad release {release!r}", exit_code=EXIT_USAGE, hint="write APP@VERSION, e.g. sensor@1.2.0")
+    body = {"app": app_name, "version": version, "rollback": rollback}
+    result = HubClient(hub, token, ca).call("POST", f"/devices/{device_id}/assignments", body=body)
+    marker = " (rollback)" if result["rollback"] else ""
+    out.print(f"{device_id}: {result['app']} -> {result['version']}{marker}")
+
+
+@app.command("assignments")
+def assignments(
+    device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
+) -> None:
+    """What each app on the device must run."""
+    rows = HubClient(hub, token, ca).call("GET", f"/devices/{device_id}/assignments")
+    if json_out:
+        print_json(rows)
+        return
+    print_table(rows, ("app", "version", "release_counter", "rollback", "assigned_by", "assigned_at"))

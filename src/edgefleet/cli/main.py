@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import audit, devices, hub, keys, repo, tokens, users
+from edgefleet.cli import audit, devices, hub, keys, release, repo, tokens, users
 from edgefleet.cli.common import CliError, err
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(users.apitokens, name="apitoken")
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
 app.add_typer(repo.app, name="repo")
+app.add_typer(release.app, name="release")
 
 
 @app.command("version")

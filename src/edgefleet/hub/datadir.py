@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from securesystemslib.signer import SSlibKey
+from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from edgefleet import crypto
 from edgefleet.errors import CryptoError
@@ -44,6 +44,8 @@ class HubKeys:
     audit_key: bytes
     online_public: dict[str, dict[str, Any]]
     """TUF public key (securesystemslib dict form, with "keyid") of each online role."""
+    online_signers: dict[str, CryptoSigner]
+    """Signer of each online role (director, snapshot, timestamp)."""
 
     @property
     def tls_cert_path(self) -> Path:
@@ -120,16 +122,26 @@ def load_keys(data_dir: Path) -> HubKeys:
         ca_cert_pem = (data_dir / "ca.crt").read_text()
         crypto.load_certificate(ca_cert_pem)
         audit_key = bytes.fromhex((data_dir / "audit.key").read_text().strip())
-        online_public = {role: _tuf_public_key(data_dir / "keys" / f"{role}.pub") for role in ONLINE_ROLES}
+        online_signers = {role: _signer(data_dir / "keys" / role) for role in ONLINE_ROLES}
     except (OSError, ValueError, CryptoError) as exc:
         raise HubConfigError("key_invalid", f"unusable key material in {data_dir}: {exc}") from exc
     if len(audit_key) < 32:
         raise HubConfigError("key_invalid", "audit.key must hold at least 32 bytes")
     return HubKeys(
-        data_dir=data_dir, ca_key=ca_key, ca_cert_pem=ca_cert_pem, audit_key=audit_key, online_public=online_public
+        data_dir=data_dir,
+        ca_key=ca_key,
+        ca_cert_pem=ca_cert_pem,
+        audit_key=audit_key,
+        online_public={
+            role: {"keyid": s.public_key.keyid, **s.public_key.to_dict()} for role, s in online_signers.items()
+        },
+        online_signers=online_signers,
     )
 
 
-def _tuf_public_key(path: Path) -> dict[str, Any]:
-    key = SSlibKey.from_crypto(serialization.load_pem_public_key(path.read_bytes()))
-    return {"keyid": key.keyid, **key.to_dict()}
+def _signer(stem: Path) -> CryptoSigner:
+    public = SSlibKey.from_crypto(serialization.load_pem_public_key(stem.with_suffix(".pub").read_bytes()))
+    private = crypto.load_private_key(stem.with_suffix(".key").read_bytes())
+    if SSlibKey.from_crypto(private.public_key()).keyid != public.keyid:
+        raise ValueError(f"{stem}.key and {stem}.pub do not match")
+    return CryptoSigner(private, public)

@@ -9,6 +9,7 @@ Tree::
      ├── EnrollmentRefusedError 403  the enrollment token cannot be used (expired, exhausted, revoked)
      ├── NotFoundError          404
      ├── ConflictError          409  the request contradicts current state (name taken, already decided)
+     ├── PayloadTooLargeError   413  a streamed upload passed its bound
      └── HubConfigError         --   the data dir or database is unusable (start-up only, never HTTP)
 """
 
@@ -60,6 +61,12 @@ class ConflictError(HubError):
     """The request contradicts the current state."""
 
     status = 409
+
+
+class PayloadTooLargeError(HubError):
+    """A streamed body (an artifact upload) passed its bound."""
+
+    status = 413
 
 
 class HubConfigError(HubError):

@@ -84,3 +84,34 @@ class AuditEntry:
     detail: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    """A release the image repository offers (one manifest target of the publisher's targets)."""
+
+    app: str
+    version: str
+    release_counter: int
+    architectures: tuple[str, ...]
+    manifest_path: str
+    manifest_length: int
+    manifest_sha256: str
+    artifacts: tuple[str, ...]
+    """SHA-256 of every artifact of the release (manifest and bundles): what an assigned device may fetch."""
+    signer_keyids: tuple[str, ...]
+    targets_version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What one app on one device must run, set by an operator (later by deployments)."""
+
+    device_id: str
+    app: str
+    version: str
+    release_counter: int
+    rollback: bool
+    assigned_by: str
+    assigned_at: datetime

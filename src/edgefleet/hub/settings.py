@@ -29,9 +29,26 @@ class HubSettings(BaseSettings):
     enrollment_token_max_ttl: timedelta = timedelta(days=365)
     enrollment_token_max_uses: int = Field(default=100_000, ge=1)
     api_token_max_ttl: timedelta = timedelta(days=3650)
+    max_targets_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, le=5 * 1024 * 1024, description="Largest targets metadata accepted."
+    )
+    max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024, le=64 * 1024**3)
+    artifacts_dir: Path | None = Field(
+        default=None, description="Where artifacts are kept; DATA_DIR/artifacts when unset."
+    )
+    timestamp_lifetime: timedelta = Field(default=timedelta(days=1), ge=timedelta(minutes=5))
+    snapshot_lifetime: timedelta = Field(default=timedelta(days=7), ge=timedelta(minutes=5))
+    director_lifetime: timedelta = Field(default=timedelta(days=7), ge=timedelta(minutes=5))
+    public_repository: bool = Field(
+        default=False, description="Serve the image repository (metadata and artifacts) without credentials."
+    )
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."
     )
+
+    def artifacts_path(self) -> Path:
+        """Directory of the content-addressed artifact files."""
+        return self.artifacts_dir or self.data_dir / "artifacts"
 
     def sqlalchemy_url(self) -> str:
         """The database URL to use: the configured one, or SQLite in the data dir."""

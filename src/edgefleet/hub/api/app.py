@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgefleet import __version__
 from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from edgefleet.hub.api.routes import audit, device, devices, repository, system, tokens, users
+from edgefleet.hub.api.routes import audit, device, devices, repository, system, tokens, tuf, users
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubConfigError, HubError
 from edgefleet.protocol import API_PREFIX, ErrorBody
@@ -77,12 +77,19 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
     app.include_router(system.router)
-    for module in (device, devices, tokens, users, audit, repository):
+    for module in (device, devices, tokens, users, audit, repository, tuf):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(MetricsMiddleware, registry=app.state.metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=hub.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=hub.settings.max_body_bytes,
+        larger={
+            f"{API_PREFIX}/repository/artifacts/": hub.settings.max_artifact_bytes,
+            f"{API_PREFIX}/repository/targets": hub.settings.max_targets_bytes,
+        },
+    )
     return app

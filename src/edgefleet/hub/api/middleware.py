@@ -16,25 +16,34 @@ def _error_bytes(code: str, message: str) -> bytes:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length and while streaming."""
+    """Refuse bodies over `max_bytes` with 413, by Content-Length and while streaming.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    `larger` maps path prefixes (artifact uploads, targets metadata) to their own, higher bound.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        max_bytes = next((limit for prefix, limit in self.larger.items() if path.startswith(prefix)), self.default_max)
+        await self._limited(scope, receive, send, max_bytes)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                too_big = int(declared) > max_bytes
             except ValueError:
                 await self._refuse(send, 400, "bad_content_length", "Content-Length is not a number")
                 return
             if too_big:
-                await self._refuse(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
+                await self._refuse(send, 413, "body_too_large", f"request body exceeds {max_bytes} bytes")
                 return
         received = 0
         started = refused = False
@@ -46,11 +55,11 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Answer 413 ourselves and tell the app the client went away; its answer is dropped.
                     refused = True
                     if not started:
-                        await self._refuse(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
+                        await self._refuse(send, 413, "body_too_large", f"request body exceeds {max_bytes} bytes")
                     return {"type": "http.disconnect"}
             return message
 

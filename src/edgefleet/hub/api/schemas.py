@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
 from edgefleet.protocol import Arch, DeviceStatus, FleetName, RequestModel, TagKey, Tags, WireModel
+from edgefleet.releases import AppName
+from edgefleet.releases import Version as ReleaseVersion
 
 Role = Literal["viewer", "operator", "admin"]
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
@@ -161,3 +163,44 @@ class RootAccepted(WireModel):
 
     version: int
     expires: datetime
+
+
+class TargetsAccepted(WireModel):
+    """A targets version the repository now serves, and the releases it added."""
+
+    version: int
+    releases: list[str]
+
+
+class ArtifactStored(WireModel):
+    sha256: str
+    length: int
+
+
+class ReleaseOut(ReadModel):
+    app: str
+    version: str
+    release_counter: int
+    architectures: list[str]
+    manifest_path: str
+    manifest_sha256: str
+    artifacts: list[str]
+    signer_keyids: list[str]
+    targets_version: int
+    created_at: datetime
+
+
+class AssignmentIn(RequestModel):
+    app: AppName
+    version: ReleaseVersion
+    rollback: bool = Field(default=False, description="Allow an older release than the one assigned now.")
+
+
+class AssignmentOut(ReadModel):
+    device_id: str
+    app: str
+    version: str
+    release_counter: int
+    rollback: bool
+    assigned_by: str
+    assigned_at: datetime

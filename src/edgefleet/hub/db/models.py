@@ -141,3 +141,47 @@ class RepoMetadataRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ReleaseRow(Base):
+    """A release (manifest target) the image repository has offered, with what the director needs."""
+
+    __tablename__ = "releases"
+
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release_counter: Mapped[int] = mapped_column(BigInteger)
+    architectures: Mapped[list[str]] = mapped_column(JSON)
+    manifest_path: Mapped[str] = mapped_column(String(256))
+    manifest_length: Mapped[int] = mapped_column(BigInteger)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    artifacts: Mapped[list[str]] = mapped_column(JSON)
+    signer_keyids: Mapped[list[str]] = mapped_column(JSON)
+    targets_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AssignmentRow(Base):
+    """What one app on one device must run."""
+
+    __tablename__ = "assignments"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    release_counter: Mapped[int] = mapped_column(BigInteger)
+    rollback: Mapped[bool] = mapped_column(Boolean)
+    assigned_by: Mapped[str] = mapped_column(String(128))
+    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DirectorMetadataRow(Base):
+    """One version of one role of one device's director metadata, as signed."""
+
+    __tablename__ = "director_metadata"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -12,27 +12,42 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.hub.db.models import (
     ApiTokenRow,
+    AssignmentRow,
     AuditHeadRow,
     AuditRow,
     DeviceRow,
+    DirectorMetadataRow,
     EnrollmentTokenRow,
+    ReleaseRow,
     RepoMetadataRow,
     UserRow,
 )
 from edgefleet.hub.errors import BadRequestError, ConflictError, HubConfigError
-from edgefleet.hub.records import ApiToken, AuditEntry, Device, EnrollmentToken, Role, User
+from edgefleet.hub.records import (
+    ApiToken,
+    Assignment,
+    AuditEntry,
+    Device,
+    EnrollmentToken,
+    ReleaseRecord,
+    Role,
+    User,
+)
 
 Seal = Callable[[int, str, dict[str, Any]], str]
 """(seq, prev_hash, fields) -> hash: the audit chain's keyed digest, supplied by the caller."""
 
 AUDIT_GENESIS = "0" * 64
 _READONLY = "edgefleet_readonly"
+_PG_REPOSITORY_LOCK = 0x6564676572657031
+"""Transaction-scoped advisory lock serialising writers of repository and director metadata."""
+DIRECTOR_VERSIONS_KEPT = 4
 
 
 def _device(row: DeviceRow) -> Device:
@@ -85,6 +100,34 @@ def _api_token(row: ApiTokenRow) -> ApiToken:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+    )
+
+
+def _release(row: ReleaseRow) -> ReleaseRecord:
+    return ReleaseRecord(
+        app=row.app,
+        version=row.version,
+        release_counter=row.release_counter,
+        architectures=tuple(row.architectures),
+        manifest_path=row.manifest_path,
+        manifest_length=row.manifest_length,
+        manifest_sha256=row.manifest_sha256,
+        artifacts=tuple(row.artifacts),
+        signer_keyids=tuple(row.signer_keyids),
+        targets_version=row.targets_version,
+        created_at=row.created_at,
+    )
+
+
+def _assignment(row: AssignmentRow) -> Assignment:
+    return Assignment(
+        device_id=row.device_id,
+        app=row.app,
+        version=row.version,
+        release_counter=row.release_counter,
+        rollback=row.rollback,
+        assigned_by=row.assigned_by,
+        assigned_at=row.assigned_at,
     )
 
 
@@ -266,6 +309,75 @@ class Tx:
             self._s.flush()
         except IntegrityError as exc:
             raise ConflictError("version_exists", f"{role} version {version} already exists") from exc
+
+    def lock_repository(self) -> None:
+        """Serialise writers of repository and director metadata until this transaction ends.
+
+        SQLite already holds its one write lock (BEGIN IMMEDIATE); PostgreSQL takes an
+        advisory lock, so two replicas never sign the same version twice.
+        """
+        if self._s.get_bind().dialect.name == "postgresql":
+            self._s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_REPOSITORY_LOCK})
+
+    # --- releases, assignments, director metadata -----------------------------------------
+
+    def insert_release(self, release: ReleaseRecord) -> None:
+        values = {f: getattr(release, f) for f in ReleaseRecord.__slots__}
+        for name in ("architectures", "artifacts", "signer_keyids"):
+            values[name] = list(values[name])
+        self._s.add(ReleaseRow(**values))
+        self._s.flush()
+
+    def get_release(self, app: str, version: str) -> ReleaseRecord | None:
+        row = self._s.get(ReleaseRow, (app, version))
+        return None if row is None else _release(row)
+
+    def list_releases(self, *, app: str | None, limit: int) -> list[ReleaseRecord]:
+        query = select(ReleaseRow).order_by(ReleaseRow.app, ReleaseRow.release_counter.desc()).limit(limit)
+        if app is not None:
+            query = query.where(ReleaseRow.app == app)
+        return [_release(row) for row in self._s.scalars(query)]
+
+    def max_release_counter(self, app: str) -> int:
+        value = self._s.scalar(select(func.max(ReleaseRow.release_counter)).where(ReleaseRow.app == app))
+        return int(value or 0)
+
+    def put_assignment(self, assignment: Assignment) -> None:
+        row = self._s.get(AssignmentRow, (assignment.device_id, assignment.app))
+        values = {f: getattr(assignment, f) for f in Assignment.__slots__}
+        if row is None:
+            self._s.add(AssignmentRow(**values))
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        self._s.flush()
+
+    def list_assignments(self, device_id: str) -> list[Assignment]:
+        query = select(AssignmentRow).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
+        return [_assignment(row) for row in self._s.scalars(query)]
+
+    def latest_director(self, device_id: str, role: str) -> tuple[int, str] | None:
+        query = select(DirectorMetadataRow).where(
+            DirectorMetadataRow.device_id == device_id, DirectorMetadataRow.role == role
+        )
+        row = self._s.scalar(query.order_by(DirectorMetadataRow.version.desc()).limit(1))
+        return None if row is None else (row.version, row.body)
+
+    def get_director(self, device_id: str, role: str, version: int) -> str | None:
+        row = self._s.get(DirectorMetadataRow, (device_id, role, version))
+        return None if row is None else row.body
+
+    def insert_director(self, device_id: str, role: str, version: int, body: str, *, now: datetime) -> None:
+        """Store a new version and drop all but the newest few (devices only ever fetch the newest)."""
+        self._s.add(DirectorMetadataRow(device_id=device_id, role=role, version=version, body=body, created_at=now))
+        self._s.execute(
+            delete(DirectorMetadataRow).where(
+                DirectorMetadataRow.device_id == device_id,
+                DirectorMetadataRow.role == role,
+                DirectorMetadataRow.version <= version - DIRECTOR_VERSIONS_KEPT,
+            )
+        )
+        self._s.flush()
 
     # --- audit chain -------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Query
 
 from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
 from edgefleet.hub.api.routes import ERRORS
-from edgefleet.hub.api.schemas import DeviceOut, DevicePage, TagUpdate
-from edgefleet.hub.services import devices
+from edgefleet.hub.api.schemas import AssignmentIn, AssignmentOut, DeviceOut, DevicePage, TagUpdate
+from edgefleet.hub.services import devices, director
 from edgefleet.protocol import DeviceId, DeviceStatus, FleetName
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
@@ -44,6 +44,19 @@ def tag_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: 
     return DeviceOut.model_validate(
         devices.tag_device(hub, operator, device_id, set_tags=dict(body.set), remove=list(body.remove))
     )
+
+
+@router.get("/{device_id}/assignments", response_model=list[AssignmentOut])
+def list_assignments(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> list[AssignmentOut]:
+    """What each app on the device must run."""
+    return [AssignmentOut.model_validate(a) for a in director.list_assignments(hub, operator, device_id)]
+
+
+@router.post("/{device_id}/assignments", response_model=AssignmentOut)
+def assign(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: AssignmentIn) -> AssignmentOut:
+    """Assign APP@VERSION to the device (per app; audited). Older releases need `rollback`."""
+    result = director.assign(hub, operator, device_id, app=body.app, version=body.version, rollback=body.rollback)
+    return AssignmentOut.model_validate(result.assignment)
 
 
 @router.post("/{device_id}/{verb}", response_model=DeviceOut)

@@ -1,16 +1,19 @@
-"""Operator routes for the hub's image repository: the online keys a publisher needs, and root metadata."""
+"""Operator routes for the hub's image repository: online keys, root and targets metadata, artifacts, releases."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from edgefleet.hub.api.deps import HubDep, OperatorDep
+from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
 from edgefleet.hub.api.routes import ERRORS
-from edgefleet.hub.api.schemas import OnlineKeys, RootAccepted
-from edgefleet.hub.services import repository
+from edgefleet.hub.api.schemas import ArtifactStored, OnlineKeys, ReleaseOut, RootAccepted, TargetsAccepted
+from edgefleet.hub.services import metadata, releases, repository
 from edgefleet.hub.services.operators import authorize
+from edgefleet.releases import AppName
 
 router = APIRouter(prefix="/repository", tags=["repository"], responses=ERRORS)
 
@@ -43,3 +46,46 @@ def root_version(
 ) -> dict[str, Any]:
     """One root version, exactly as signed (devices walk these to rotate keys)."""
     return repository.get_root(hub, operator, version)
+
+
+@router.put("/artifacts/{sha256}", response_model=ArtifactStored, status_code=201)
+async def upload_artifact(
+    hub: HubDep,
+    operator: OperatorDep,
+    request: Request,
+    sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the body, hex")],
+) -> ArtifactStored:
+    """Upload an artifact (raw body); kept only if its bytes hash to `sha256`. Idempotent."""
+    upload = releases.begin_upload(hub, operator, sha256)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(upload.write, chunk)
+        length = await run_in_threadpool(upload.finish)
+    except BaseException:
+        upload.abort()
+        raise
+    return ArtifactStored(sha256=sha256, length=length)
+
+
+@router.post("/targets", response_model=TargetsAccepted, status_code=201)
+def push_targets(
+    hub: HubDep, operator: OperatorDep, body: Annotated[dict[str, Any], Body(description="Signed targets metadata")]
+) -> TargetsAccepted:
+    """Publish a new targets version, signed by the publisher; its artifacts must be uploaded first."""
+    accepted = releases.push_targets(hub, operator, body)
+    return TargetsAccepted(version=accepted.version, releases=list(accepted.releases))
+
+
+@router.get("/targets", response_model=dict[str, Any])
+def latest_targets(hub: HubDep, operator: OperatorDep) -> dict[str, Any]:
+    """The newest targets metadata, exactly as signed."""
+    parsed: dict[str, Any] = json.loads(metadata.read(hub, operator, "targets.json"))
+    return parsed
+
+
+@router.get("/releases", response_model=list[ReleaseOut])
+def list_releases(
+    hub: HubDep, operator: OperatorDep, limit: LimitDep, app: Annotated[AppName | None, Query()] = None
+) -> list[ReleaseOut]:
+    """Published releases, newest first per app."""
+    return [ReleaseOut.model_validate(r) for r in releases.list_releases(hub, operator, app=app, limit=limit)]

@@ -1,0 +1,281 @@
+"""Uptane-style verification of a release before the agent uses any of it.
+
+Two python-tuf `Updater`s, each with its own trusted root kept in the device's state dir:
+the **director** (the hub's per-device assignment, signed with its online director key)
+and the **image repository** (releases signed by the publisher's offline keys). A release
+is accepted only when:
+
+1. the director's targets name this device (and architecture), one target per app;
+2. the image repository lists the same target with the same length and hashes, and the
+   custom fields that must match (app, version, release counter; architecture supported);
+3. its release counter is not below what the device runs, unless the director marks it as
+   a rollback (and it is still a current target of the image repository: step 2);
+4. every downloaded file (manifest, bundled images) matches its signed length and hash,
+   and the manifest parses and names the same release.
+
+Files are downloaded into a staging directory next to the install area and moved into
+place only when everything verified; on any failure the staging directory is removed, so
+nothing unverified is ever left where the agent would use it. Every failure raises
+`UpdateRefusedError` with a stable reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
+from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.protocol import API_PREFIX
+from edgefleet.releases import (
+    DEVICE_FIELD,
+    BundleTarget,
+    DirectorTarget,
+    ManifestTarget,
+    parse_custom,
+    parse_director_custom,
+)
+
+REPOSITORY = "repository"
+DIRECTOR = "director"
+ROOT_MAX_BYTES = 512 * 1024
+
+
+def updater_config() -> UpdaterConfig:
+    """The bounds every metadata download is held to (endless-data protection)."""
+    return UpdaterConfig(
+        max_root_rotations=64,
+        max_delegations=1,
+        root_max_length=ROOT_MAX_BYTES,
+        timestamp_max_length=16 * 1024,
+        snapshot_max_length=64 * 1024,
+        targets_max_length=5 * 1024 * 1024,
+    )
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Where a device keeps its two sets of trusted TUF metadata (``STATE/tuf/{repository,director}``)."""
+
+    root: Path
+
+    def metadata_dir(self, repo: str) -> Path:
+        return self.root / repo
+
+    def is_bootstrapped(self) -> bool:
+        return all((self.metadata_dir(repo) / "root.json").exists() for repo in (REPOSITORY, DIRECTOR))
+
+    def bootstrap(self, *, repository_root: bytes, director_root: bytes) -> None:
+        """Trust these roots from now on (first use only; later roots arrive only through TUF rotation).
+
+        Raises:
+            UpdateRefusedError: a root is not valid root metadata.
+        """
+        for repo, root in ((REPOSITORY, repository_root), (DIRECTOR, director_root)):
+            directory = self.metadata_dir(repo)
+            if (directory / "root.json").exists():
+                continue
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with _refusals():
+                # Constructing an Updater checks the root and stores it as the trusted root.
+                Updater(str(directory), "https://unused.invalid/", bootstrap=root)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """python-tuf's exceptions, converted at this boundary into reasons the agent reports."""
+    try:
+        yield
+    except tuf_errors.ExpiredMetadataError as exc:
+        raise UpdateRefusedError("expired", str(exc)) from exc
+    except tuf_errors.BadVersionNumberError as exc:
+        raise UpdateRefusedError("rollback_attack", str(exc)) from exc
+    except tuf_errors.UnsignedMetadataError as exc:
+        raise UpdateRefusedError("signature", str(exc)) from exc
+    except tuf_errors.LengthOrHashMismatchError as exc:
+        raise UpdateRefusedError("hash_mismatch", str(exc)) from exc
+    except tuf_errors.DownloadLengthMismatchError as exc:
+        raise UpdateRefusedError("too_large", str(exc)) from exc
+    except tuf_errors.DownloadHTTPError as exc:
+        if exc.status_code in (401, 403, 404):
+            raise UpdateRefusedError("not_in_repository", str(exc)) from exc
+        raise HubUnreachableError(str(exc)) from exc
+    except tuf_errors.DownloadError as exc:
+        raise HubUnreachableError(str(exc)) from exc
+    except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise UpdateRefusedError("metadata", str(exc)[:300]) from exc
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """One app's verified assignment: the director's target and its custom fields."""
+
+    target: TargetFile
+    custom: DirectorTarget
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """A release whose every file verified, installed at `directory`."""
+
+    app: str
+    version: str
+    release_counter: int
+    rollback: bool
+    manifest: Release
+    directory: Path
+    """Holds compose.yaml and, when bundled, images/*.tar."""
+
+
+class ReleaseVerifier:
+    """Verifies assignments and releases for one device; make a new one per update cycle (ngclient rule)."""
+
+    def __init__(
+        self, *, hub_url: str, trust: TrustStore, fetcher: FetcherInterface, device_id: str, arch: str
+    ) -> None:
+        base = hub_url.rstrip("/") + API_PREFIX + "/tuf"
+        self._trust = trust
+        self._device_id = device_id
+        self._arch = arch
+        config = updater_config()
+        with _refusals():
+            self._director = Updater(
+                str(trust.metadata_dir(DIRECTOR)),
+                f"{base}/{DIRECTOR}/",
+                fetcher=fetcher,
+                config=config,
+                bootstrap=None,
+            )
+            self._image = Updater(
+                str(trust.metadata_dir(REPOSITORY)),
+                f"{base}/{REPOSITORY}/",
+                target_base_url=f"{base}/{REPOSITORY}/targets/",
+                fetcher=fetcher,
+                config=config,
+                bootstrap=None,
+            )
+        self._assigned: dict[str, Assigned] | None = None
+
+    def assignments(self) -> dict[str, Assigned]:
+        """Refresh the director and return this device's assignment per app.
+
+        Raises:
+            UpdateRefusedError: the director's metadata does not verify or is not for this device.
+        """
+        if self._assigned is not None:
+            return self._assigned
+        with _refusals():
+            self._director.refresh()
+            # ngclient keeps the metadata it just verified under its unversioned name.
+            path = self._trust.metadata_dir(DIRECTOR) / "targets.json"
+            targets = Metadata[Targets].from_bytes(path.read_bytes()).signed
+        if targets.unrecognized_fields.get(DEVICE_FIELD) != self._device_id:
+            raise UpdateRefusedError("wrong_device", "the director's targets are for another device")
+        if targets.delegations is not None:
+            raise UpdateRefusedError("metadata", "the director's targets must not delegate")
+        assigned: dict[str, Assigned] = {}
+        for target in targets.targets.values():
+            try:
+                custom = parse_director_custom(target.custom)
+            except ValueError as exc:
+                raise UpdateRefusedError("metadata", f"{target.path}: {exc}") from exc
+            if custom.device_id != self._device_id or custom.arch != self._arch:
+                raise UpdateRefusedError("wrong_device", f"{target.path} is for {custom.device_id}/{custom.arch}")
+            if custom.app in assigned:
+                raise UpdateRefusedError("metadata", f"the director lists {custom.app} twice")
+            assigned[custom.app] = Assigned(target=target, custom=custom)
+        self._assigned = assigned
+        return assigned
+
+    def _image_target(self, path: str) -> TargetFile:
+        with _refusals():
+            info = self._image.get_targetinfo(path)
+        if info is None:
+            raise UpdateRefusedError("not_in_repository", f"{path} is not a target of the image repository")
+        return info
+
+    def _match(self, assigned: Assigned) -> tuple[TargetFile, ManifestTarget]:
+        """The image repository's target for the director's, when they agree on everything that matters."""
+        director, custom = assigned.target, assigned.custom
+        image = self._image_target(director.path)
+        try:
+            info = parse_custom(image.custom)
+        except ValueError as exc:
+            raise UpdateRefusedError("metadata", f"{image.path}: {exc}") from exc
+        if not isinstance(info, ManifestTarget):
+            raise UpdateRefusedError("mix_and_match", f"{image.path} is not a release manifest")
+        if director.length != image.length or director.hashes != image.hashes:
+            raise UpdateRefusedError("mix_and_match", f"{image.path}: director and image repository name other bytes")
+        if (info.app, info.version, info.release_counter) != (custom.app, custom.version, custom.release_counter):
+            raise UpdateRefusedError("mix_and_match", f"{image.path}: director and image repository disagree")
+        if custom.arch not in info.architectures:
+            raise UpdateRefusedError("wrong_device", f"{info.app}@{info.version} has no images for {custom.arch}")
+        return image, info
+
+    def verify(self, app: str, *, installed_counter: int | None, install_dir: Path) -> VerifiedRelease:
+        """Verify and download the release assigned to `app` into `install_dir` (which must not exist).
+
+        Raises:
+            UpdateRefusedError: any check failed; nothing is left at `install_dir`.
+            HubUnreachableError: a download failed for network reasons; retry later.
+        """
+        assigned = self.assignments().get(app)
+        if assigned is None:
+            raise UpdateRefusedError("no_assignment", f"nothing is assigned to {app} on this device")
+        image, info = self._match(assigned)
+        if installed_counter is not None and info.release_counter < installed_counter and not assigned.custom.rollback:
+            raise UpdateRefusedError(
+                "release_rollback",
+                f"{app}@{info.version} (counter {info.release_counter}) is older than the installed release "
+                f"(counter {installed_counter}) and the director did not mark it as a rollback",
+            )
+        if install_dir.exists():
+            raise FileExistsError(str(install_dir))
+        install_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = install_dir.parent / f".staging-{install_dir.name}-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            manifest = self._download(image, info, staging)
+            os.replace(staging, install_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return VerifiedRelease(
+            app=info.app,
+            version=info.version,
+            release_counter=info.release_counter,
+            rollback=assigned.custom.rollback,
+            manifest=manifest,
+            directory=install_dir,
+        )
+
+    def _download(self, image: TargetFile, info: ManifestTarget, staging: Path) -> Release:
+        with _refusals():
+            self._image.download_target(image, filepath=str(staging / "compose.yaml"))
+        try:
+            manifest = parse_manifest((staging / "compose.yaml").read_bytes(), source=image.path)
+        except ManifestError as exc:
+            raise UpdateRefusedError("bad_manifest", str(exc)[:300]) from exc
+        if (manifest.app, manifest.version) != (info.app, info.version):
+            raise UpdateRefusedError("bad_manifest", f"{image.path} describes {manifest.ref}")
+        for path in info.bundles:
+            bundle = self._image_target(path)
+            try:
+                custom = parse_custom(bundle.custom)
+            except ValueError as exc:
+                raise UpdateRefusedError("metadata", f"{path}: {exc}") from exc
+            if not isinstance(custom, BundleTarget) or (custom.app, custom.version) != (info.app, info.version):
+                raise UpdateRefusedError("mix_and_match", f"{path} is not a bundle of {info.app}@{info.version}")
+            (staging / "images").mkdir(exist_ok=True)
+            with _refusals():
+                self._image.download_target(bundle, filepath=str(staging / "images" / path.rsplit("/", 1)[-1]))
+        return manifest

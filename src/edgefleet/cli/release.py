@@ -1,0 +1,131 @@
+"""`edgefleet release build|sign|push|publish|list`: releases from an app directory to the hub, signed offline."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgefleet.cli.common import (
+    EXIT_USAGE,
+    CaFile,
+    CliError,
+    HubClient,
+    HubUrl,
+    JsonFlag,
+    Token,
+    out,
+    parse_duration,
+    print_json,
+    print_table,
+)
+from edgefleet.publisher.errors import PublisherError
+from edgefleet.publisher.release import Build, build, load_build, sign
+
+app = typer.Typer(help="Releases: build, sign (offline keys), push to the hub, list.", no_args_is_help=True)
+KeysDir = Annotated[Path, typer.Option("--keys", help="Publisher key directory (edgefleet keys init)")]
+Expires = Annotated[str, typer.Option("--expires", help="Lifetime of the signed targets, e.g. 365d")]
+
+
+def _build(app_dir: Path, out_dir: Path) -> Build:
+    try:
+        return build(app_dir, out_dir)
+    except PublisherError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+
+
+def _sign(build_dir: Path, keys: Path, expires: str) -> int:
+    try:
+        metadata = sign(build_dir, keys, now=datetime.now(UTC), lifetime=timedelta(seconds=parse_duration(expires)))
+    except PublisherError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+    return metadata.signed.version
+
+
+def _push(client: HubClient, build_dir: Path) -> dict[str, Any]:
+    try:
+        release = load_build(build_dir)
+        targets = json.loads((build_dir / "targets.json").read_text())
+        signed_targets = targets["signed"]["targets"]
+        digests = {path: str(signed_targets[path]["hashes"]["sha256"]) for path in release.files}
+    except (PublisherError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{build_dir}: not a signed build ({exc})", exit_code=EXIT_USAGE) from exc
+    for path, name in release.files.items():
+        client.upload(f"/repository/artifacts/{digests[path]}", build_dir / name)
+    accepted: dict[str, Any] = client.call("POST", "/repository/targets", body=targets)
+    return accepted
+
+
+@app.command("build")
+def build_command(
+    app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="Directory with compose.yaml")],
+    out_dir: Annotated[Path, typer.Option("--out", help="New build directory")],
+) -> None:
+    """Validate the manifest and write a build directory."""
+    release = _build(app_dir, out_dir)
+    out.print(f"built {release.ref} ({', '.join(release.architectures)}) in {out_dir}")
+
+
+@app.command("sign")
+def sign_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD")], keys: KeysDir, expires: Expires = "365d"
+) -> None:
+    """Add the build's release to the repository's targets and sign them with the targets keys (offline)."""
+    version = _sign(build_dir, keys, expires)
+    out.print(f"signed targets version {version} into {build_dir / 'targets.json'}")
+
+
+@app.command("push")
+def push_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD")],
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+) -> None:
+    """Upload a signed build's artifacts and targets; the hub verifies everything before serving it."""
+    accepted = _push(HubClient(hub, token, ca), build_dir)
+    out.print(f"targets version {accepted['version']} published: {', '.join(accepted['releases']) or 'no new release'}")
+
+
+@app.command("publish")
+def publish_command(
+    app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR")],
+    keys: KeysDir,
+    expires: Expires = "365d",
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+) -> None:
+    """Build, sign and push in one step (the build directory is temporary)."""
+    client = HubClient(hub, token, ca)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as tmp:
+        build_dir = Path(tmp) / "build"
+        release = _build(app_dir, build_dir)
+        _sign(build_dir, keys, expires)
+        accepted = _push(client, build_dir)
+    out.print(f"published {release.ref} in targets version {accepted['version']}")
+
+
+@app.command("list")
+def list_command(
+    app_name: Annotated[str | None, typer.Option("--app")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 1000,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Published releases: app, version, counter, architectures, targets, signer key IDs."""
+    rows = HubClient(hub, token, ca).call("GET", "/repository/releases", params={"app": app_name, "limit": limit})
+    if json_out:
+        print_json(rows)
+        return
+    for row in rows:
+        row["targets"] = len(row["artifacts"])
+        row["architectures"] = ",".join(row["architectures"])
+        row["signers"] = ",".join(keyid[:12] for keyid in row["signer_keyids"])
+    print_table(rows, ("app", "version", "release_counter", "architectures", "targets", "signers", "created_at"))

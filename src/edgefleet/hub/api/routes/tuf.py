@@ -1,0 +1,57 @@
+"""TUF routes: the image repository (operators, accepted devices, or anyone when public) and each device's director.
+
+Names follow the TUF specification so that stock clients work: ``METADATA_BASE/N.root.json``,
+``timestamp.json``, ``N.snapshot.json``, ``N.targets.json`` and ``TARGETS_BASE/DIR/SHA256.NAME``.
+Artifacts are served with HTTP range support so interrupted downloads resume.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Response
+from fastapi.responses import FileResponse
+
+from edgefleet.hub.api.deps import Credentials, DeviceDep, HubDep, current_caller
+from edgefleet.hub.api.routes import ERRORS
+from edgefleet.hub.services import director, metadata
+from edgefleet.hub.services.devices import DeviceCaller
+from edgefleet.hub.services.operators import Operator
+
+router = APIRouter(prefix="/tuf", tags=["tuf"], responses=ERRORS)
+MetadataName = Annotated[str, Path(max_length=32, description="TUF file name, e.g. 3.root.json or timestamp.json")]
+JSON = "application/json"
+
+
+def optional_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller | None:
+    """The caller, or None without credentials (allowed only when the repository is public)."""
+    if credentials is None:
+        return None
+    return current_caller(hub, credentials)
+
+
+ReaderDep = Annotated[Operator | DeviceCaller | None, Depends(optional_caller)]
+
+
+def _metadata(body: bytes, name: str) -> Response:
+    # The timestamp changes all the time; versioned files never do.
+    cache = "no-store" if not name[0].isdigit() else "public, max-age=31536000, immutable"
+    return Response(body, media_type=JSON, headers={"Cache-Control": cache})
+
+
+@router.get("/repository/targets/{path:path}", response_class=FileResponse)
+def repository_target(hub: HubDep, caller: ReaderDep, path: Annotated[str, Path(max_length=512)]) -> FileResponse:
+    """An artifact by its consistent-snapshot name ``DIR/SHA256.NAME`` (Range requests supported)."""
+    return FileResponse(metadata.artifact(hub, caller, path), media_type="application/octet-stream")
+
+
+@router.get("/repository/{name}", response_class=Response)
+def repository_metadata(hub: HubDep, caller: ReaderDep, name: MetadataName) -> Response:
+    """Image repository metadata by TUF name."""
+    return _metadata(metadata.read(hub, caller, name), name)
+
+
+@router.get("/director/{name}", response_class=Response)
+def director_metadata(hub: HubDep, caller: DeviceDep, name: MetadataName) -> Response:
+    """The calling device's director metadata by TUF name (root is shared by all devices)."""
+    return _metadata(director.read(hub, caller.device, name), name)

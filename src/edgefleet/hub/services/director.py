@@ -1,0 +1,220 @@
+"""The director (Uptane): per-device assignments and the per-device targets metadata that states them.
+
+An operator assigns APP@VERSION to a device (audited). The director's targets for that
+device list one manifest target per assigned app, with the image repository's length and
+hash and custom fields naming the device, its architecture, the release counter and
+whether this is a deliberate rollback. They are signed with the hub's online director key
+and served only to that device; its own ID is inside, so they cannot be replayed to another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuf.api.metadata import TargetFile
+
+from edgefleet.hub import signing
+from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Tx
+from edgefleet.hub.errors import ConflictError, NotFoundError
+from edgefleet.hub.records import Assignment, Device
+from edgefleet.hub.services import metadata as repo_metadata
+from edgefleet.hub.services.audit import record
+from edgefleet.hub.services.operators import Operator, authorize, operator_action
+from edgefleet.releases import CUSTOM_KEY, DEVICE_FIELD, DirectorTarget
+
+ROOT_ROLE = "director-root"
+"""Role name of the director's root in the repository metadata table (shared by all devices)."""
+DEVICE_ROLES = ("targets", "snapshot", "timestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class AssignResult:
+    assignment: Assignment
+    previous: Assignment | None
+
+
+def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: str, rollback: bool) -> AssignResult:
+    """Set what `app` on the device must run (operator).
+
+    Raises:
+        NotFoundError: no such device or release.
+        ConflictError: device not accepted, release withdrawn or without the device's
+            architecture, or an older release without `rollback`.
+    """
+    with operator_action(hub, operator, "operator", action="device.assign", target=f"device:{device_id}") as tx:
+        device = tx.get_device(device_id, for_update=True)
+        if device is None:
+            raise NotFoundError("device_not_found", "no such device")
+        if device.status != "accepted":
+            raise ConflictError("device_not_accepted", f"the device is {device.status}")
+        release = tx.get_release(app, version)
+        if release is None:
+            raise NotFoundError("release_not_found", f"no release {app}@{version}")
+        if release.manifest_path not in repo_metadata.current_targets(tx):
+            raise ConflictError("release_withdrawn", f"{app}@{version} is no longer a target of the image repository")
+        if device.arch not in release.architectures:
+            raise ConflictError(
+                "architecture_unsupported",
+                f"{app}@{version} has images for {', '.join(release.architectures)}, the device is {device.arch}",
+            )
+        previous = next((a for a in tx.list_assignments(device_id) if a.app == app), None)
+        older = previous is not None and release.release_counter < previous.release_counter
+        if older and not rollback:
+            raise ConflictError(
+                "rollback_required",
+                f"{app}@{version} is older than the assigned {app}@{previous.version if previous else ''}; "
+                "assign it as a rollback",
+            )
+        assignment = Assignment(
+            device_id=device_id,
+            app=app,
+            version=version,
+            release_counter=release.release_counter,
+            rollback=older,
+            assigned_by=operator.actor,
+            assigned_at=hub.clock(),
+        )
+        tx.put_assignment(assignment)
+        record(
+            hub,
+            tx,
+            actor=operator.actor,
+            action="device.assign",
+            target=f"device:{device_id}",
+            detail={
+                "app": app,
+                "version": version,
+                "rollback": older,
+                "previous": None if previous is None else previous.version,
+            },
+        )
+    return AssignResult(assignment=assignment, previous=previous)
+
+
+def list_assignments(hub: Hub, operator: Operator, device_id: str) -> list[Assignment]:
+    authorize(operator, "viewer", action="device.assignments")
+    with hub.store.transaction(readonly=True) as tx:
+        if tx.get_device(device_id) is None:
+            raise NotFoundError("device_not_found", "no such device")
+        return tx.list_assignments(device_id)
+
+
+# --- director metadata -----------------------------------------------------------------
+
+
+def _wanted(tx: Tx, device: Device) -> list[TargetFile]:
+    entries = []
+    for assignment in tx.list_assignments(device.id):
+        release = tx.get_release(assignment.app, assignment.version)
+        if release is None:  # pragma: no cover - releases are never deleted
+            continue
+        custom = DirectorTarget(
+            app=release.app,
+            version=release.version,
+            release_counter=release.release_counter,
+            device_id=device.id,
+            arch=device.arch,
+            rollback=assignment.rollback,
+        )
+        entries.append(
+            TargetFile(
+                length=release.manifest_length,
+                hashes={"sha256": release.manifest_sha256},
+                path=release.manifest_path,
+                unrecognized_fields={"custom": {CUSTOM_KEY: custom.model_dump(mode="json")}},
+            )
+        )
+    return entries
+
+
+def _needs(hub: Hub, tx: Tx, device: Device) -> bool:
+    now, settings = hub.clock(), hub.settings
+    root = tx.latest_metadata(ROOT_ROLE)
+    if root is None or signing.stale(signing.parse_stored(root[1]).signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
+        return True
+    latest = {role: tx.latest_director(device.id, role) for role in DEVICE_ROLES}
+    if any(value is None for value in latest.values()):
+        return True
+    targets, stamp = latest["targets"], latest["timestamp"]
+    if targets is None or stamp is None:
+        return True
+    wanted = {entry.path: entry.to_dict() for entry in _wanted(tx, device)}
+    content = signing.director_content(targets[1])
+    if content != {"targets": wanted, DEVICE_FIELD: device.id}:
+        return True
+    return signing.stale(
+        signing.parse_stored(targets[1]).signed.expires, now, settings.director_lifetime
+    ) or signing.stale(signing.parse_stored(stamp[1]).signed.expires, now, settings.timestamp_lifetime)
+
+
+def _next(latest: tuple[int, str] | None) -> int:
+    return 1 if latest is None else latest[0] + 1
+
+
+def _resign(hub: Hub, tx: Tx, device: Device) -> None:
+    """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp."""
+    now, settings = hub.clock(), hub.settings
+    signer = hub.keys.online_signers["director"]
+    root = tx.latest_metadata(ROOT_ROLE)
+    if root is None or signing.stale(signing.parse_stored(root[1]).signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
+        fresh = signing.director_root(signer.public_key, version=_next(root), now=now, signer=signer)
+        tx.insert_metadata(ROOT_ROLE, fresh.version, fresh.body, now=now)
+    targets = signing.director_targets(
+        device.id,
+        _wanted(tx, device),
+        version=_next(tx.latest_director(device.id, "targets")),
+        now=now,
+        lifetime=settings.director_lifetime,
+        signer=signer,
+    )
+    snap = signing.snapshot(
+        targets.version,
+        version=_next(tx.latest_director(device.id, "snapshot")),
+        now=now,
+        lifetime=settings.director_lifetime,
+        signer=signer,
+    )
+    stamp = signing.timestamp(
+        snap,
+        version=_next(tx.latest_director(device.id, "timestamp")),
+        now=now,
+        lifetime=settings.timestamp_lifetime,
+        signer=signer,
+    )
+    for role, stored in (("targets", targets), ("snapshot", snap), ("timestamp", stamp)):
+        tx.insert_director(device.id, role, stored.version, stored.body, now=now)
+
+
+def refresh(hub: Hub, device: Device) -> None:
+    """Make the device's director metadata state its current assignments, re-signing when stale."""
+    with hub.store.transaction(readonly=True) as tx:
+        if not _needs(hub, tx, device):
+            return
+    with hub.store.transaction() as tx:
+        tx.lock_repository()
+        if _needs(hub, tx, device):
+            _resign(hub, tx, device)
+
+
+def read(hub: Hub, device: Device, name: str) -> bytes:
+    """One director metadata file for this device, by TUF name."""
+    match = repo_metadata.METADATA_NAME.match(name)
+    if match is None:
+        raise NotFoundError("metadata_not_found", "no such metadata file")
+    role, version = match["role"], match["version"]
+    if role == "timestamp" and version is not None:
+        raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
+    refresh(hub, device)
+    with hub.store.transaction(readonly=True) as tx:
+        if role == "root":
+            row = tx.latest_metadata(ROOT_ROLE)
+            body = (row[1] if row else None) if version is None else tx.get_metadata(ROOT_ROLE, int(version))
+        elif version is None:
+            latest = tx.latest_director(device.id, role)
+            body = None if latest is None else latest[1]
+        else:
+            body = tx.get_director(device.id, role, int(version))
+    if body is None:
+        raise NotFoundError("metadata_not_found", f"no {name} for this device")
+    return body.encode()

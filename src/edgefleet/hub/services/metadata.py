@@ -1,0 +1,149 @@
+"""Serving the image repository at TUF paths, and keeping its hub-signed snapshot and timestamp fresh.
+
+Paths follow the TUF specification with consistent snapshots, so a stock TUF client works:
+``N.root.json``, ``timestamp.json``, ``N.snapshot.json``, ``N.targets.json`` and targets as
+``DIR/SHA256.NAME``. The timestamp (and snapshot) are re-signed lazily: whoever reads a
+timestamp with less than half its lifetime left gets a fresh one, signed under the
+repository lock so two replicas never sign the same version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from edgefleet.hub import signing
+from edgefleet.hub.artifacts import SHA256_HEX, ArtifactStore
+from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Tx
+from edgefleet.hub.errors import AuthenticationError, ForbiddenError, NotFoundError
+from edgefleet.hub.services.devices import DeviceCaller
+from edgefleet.hub.services.operators import Operator, authorize
+
+METADATA_NAME = re.compile(r"^(?:(?P<version>[1-9][0-9]{0,8})\.)?(?P<role>root|snapshot|targets|timestamp)\.json$")
+TARGET_NAME = re.compile(r"^(?P<sha256>[0-9a-f]{64})\.[\w.\-]{1,128}$")
+
+Caller = Operator | DeviceCaller | None
+
+
+def check_reader(hub: Hub, caller: Caller) -> None:
+    """Operators and accepted devices read the image repository; anyone does when it is public."""
+    if isinstance(caller, Operator):
+        authorize(caller, "viewer", action="repository.read")
+    elif caller is None and not hub.settings.public_repository:
+        raise AuthenticationError("missing_credentials", "send 'Authorization: Bearer <token>'")
+
+
+def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
+    """Sign a snapshot naming `targets_version` and a timestamp naming that snapshot (repository lock held)."""
+    now = hub.clock()
+    signers = hub.keys.online_signers
+    previous = tx.latest_metadata("snapshot")
+    snap = signing.snapshot(
+        targets_version,
+        version=1 if previous is None else previous[0] + 1,
+        now=now,
+        lifetime=hub.settings.snapshot_lifetime,
+        signer=signers["snapshot"],
+    )
+    tx.insert_metadata("snapshot", snap.version, snap.body, now=now)
+    _sign_timestamp(hub, tx, snap)
+
+
+def _sign_timestamp(hub: Hub, tx: Tx, snap: signing.Stored) -> None:
+    now = hub.clock()
+    previous = tx.latest_metadata("timestamp")
+    stamp = signing.timestamp(
+        snap,
+        version=1 if previous is None else previous[0] + 1,
+        now=now,
+        lifetime=hub.settings.timestamp_lifetime,
+        signer=hub.keys.online_signers["timestamp"],
+    )
+    tx.insert_metadata("timestamp", stamp.version, stamp.body, now=now)
+
+
+def _stale(hub: Hub, tx: Tx) -> tuple[bool, bool]:
+    """(snapshot stale, timestamp stale) as of now."""
+    now = hub.clock()
+    snap, stamp = tx.latest_metadata("snapshot"), tx.latest_metadata("timestamp")
+    if snap is None or stamp is None:
+        return False, False
+    snap_stale = signing.stale(signing.parse_stored(snap[1]).signed.expires, now, hub.settings.snapshot_lifetime)
+    stamp_stale = signing.stale(signing.parse_stored(stamp[1]).signed.expires, now, hub.settings.timestamp_lifetime)
+    return snap_stale, stamp_stale
+
+
+def refresh(hub: Hub) -> None:
+    """Re-sign snapshot and timestamp when less than half their lifetime is left."""
+    with hub.store.transaction(readonly=True) as tx:
+        if not any(_stale(hub, tx)):
+            return
+    with hub.store.transaction() as tx:
+        tx.lock_repository()
+        snap_stale, stamp_stale = _stale(hub, tx)
+        targets = tx.latest_metadata("targets")
+        if snap_stale and targets is not None:
+            publish(hub, tx, targets[0])
+        elif stamp_stale:
+            latest = tx.latest_metadata("snapshot")
+            if latest is not None:
+                meta = signing.parse_stored(latest[1]).signed
+                _sign_timestamp(hub, tx, signing.Stored(latest[0], latest[1], meta.expires))
+
+
+def read(hub: Hub, caller: Caller, name: str) -> bytes:
+    """One metadata file of the image repository by its TUF name."""
+    check_reader(hub, caller)
+    match = METADATA_NAME.match(name)
+    if match is None:
+        raise NotFoundError("metadata_not_found", "no such metadata file")
+    role, version = match["role"], match["version"]
+    if role == "timestamp":
+        if version is not None:
+            raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
+        refresh(hub)
+    with hub.store.transaction(readonly=True) as tx:
+        if version is None:
+            latest = tx.latest_metadata(role)
+            body = None if latest is None else latest[1]
+        else:
+            body = tx.get_metadata(role, int(version))
+    if body is None:
+        raise NotFoundError("metadata_not_found", f"no {name} in this repository")
+    return body.encode()
+
+
+def artifact(hub: Hub, caller: Caller, path: str) -> Path:
+    """The file of a target named ``DIR/SHA256.NAME`` (consistent-snapshot form), if the caller may read it.
+
+    A device may fetch only artifacts of releases assigned to it; operators, and anyone when
+    the repository is public, may fetch any.
+    """
+    check_reader(hub, caller)
+    match = TARGET_NAME.match(path.rsplit("/", 1)[-1])
+    if match is None or not SHA256_HEX.match(match["sha256"]):
+        raise NotFoundError("artifact_not_found", "targets are fetched as DIR/SHA256.NAME")
+    digest = match["sha256"]
+    if isinstance(caller, DeviceCaller) and not hub.settings.public_repository:
+        with hub.store.transaction(readonly=True) as tx:
+            allowed = any(
+                release is not None and digest in release.artifacts
+                for release in (tx.get_release(a.app, a.version) for a in tx.list_assignments(caller.device.id))
+            )
+        if not allowed:
+            raise ForbiddenError("artifact_not_assigned", "this artifact is not part of a release assigned to you")
+    store = ArtifactStore(hub.settings.artifacts_path())
+    if store.size(digest) is None:
+        raise NotFoundError("artifact_not_found", "no such artifact")
+    return store.path(digest)
+
+
+def current_targets(tx: Tx) -> dict[str, dict[str, object]]:
+    """The target entries of the newest targets metadata (empty before the first push)."""
+    latest = tx.latest_metadata("targets")
+    if latest is None:
+        return {}
+    targets: dict[str, dict[str, object]] = json.loads(latest[1])["signed"].get("targets", {})
+    return targets

@@ -1,0 +1,109 @@
+"""How a release appears in TUF metadata: target paths and the custom fields publisher, hub and agent check.
+
+A release APP@VERSION is a set of image-repository targets under ``APP/VERSION/``: the
+manifest (``compose.yaml``) and, when bundled, one OCI archive per image. The manifest
+target's custom field names the release, its release counter (per app, increasing with
+every release the publisher signs) and its architectures. The director's per-device
+target repeats the fields that must match, plus the device and the rollback mark.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, ValidationError
+
+from edgefleet.protocol import Arch, DeviceId, WireModel
+
+CUSTOM_KEY = "edgefleet"
+DEVICE_FIELD = "x-edgefleet-device"
+"""Field of a director's targets naming the device they are for (Uptane: never replayed to another device)."""
+MANIFEST_NAME = "compose.yaml"
+MAX_RELEASE_COUNTER = 2**31 - 1
+MAX_BUNDLES = 32
+
+AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+\-]{0,63}$")]
+Counter = Annotated[int, Field(ge=1, le=MAX_RELEASE_COUNTER)]
+ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._\-/:]{0,254}@sha256:[0-9a-f]{64}$")]
+TARGET_PATH_PATTERN = (
+    r"^[a-z0-9][a-z0-9\-]{0,62}/[0-9][0-9A-Za-z.+\-]{0,63}"
+    r"/[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}(?:/[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127})?$"
+)
+TargetPath = Annotated[str, StringConstraints(pattern=TARGET_PATH_PATTERN)]
+TARGET_PATH = re.compile(TARGET_PATH_PATTERN)
+"""APP/VERSION/NAME or APP/VERSION/DIR/NAME; no '..', no leading dots, nothing absolute."""
+
+
+class ManifestTarget(WireModel):
+    """Custom field of a release's manifest target, signed by the publisher."""
+
+    kind: Literal["manifest"] = "manifest"
+    app: AppName
+    version: Version
+    release_counter: Counter
+    architectures: Annotated[tuple[Arch, ...], Field(min_length=1, max_length=8)]
+    bundles: Annotated[tuple[TargetPath, ...], Field(max_length=MAX_BUNDLES)] = ()
+
+
+class BundleTarget(WireModel):
+    """Custom field of an OCI archive target (an image exported for hubs without a registry)."""
+
+    kind: Literal["bundle"] = "bundle"
+    app: AppName
+    version: Version
+    image: ImageRef
+
+
+class DirectorTarget(WireModel):
+    """Custom field of a director target: the same release facts, plus whom it is for."""
+
+    kind: Literal["manifest"] = "manifest"
+    app: AppName
+    version: Version
+    release_counter: Counter
+    device_id: DeviceId
+    arch: Arch
+    rollback: bool = False
+
+
+def manifest_path(app: str, version: str) -> str:
+    """Target path of a release's manifest."""
+    return f"{app}/{version}/{MANIFEST_NAME}"
+
+
+def bundle_path(app: str, version: str, image: str) -> str:
+    """Target path of the OCI archive of `image` (pinned by digest) in a release."""
+    digest = image.rsplit("@sha256:", 1)[-1]
+    return f"{app}/{version}/images/sha256-{digest}.tar"
+
+
+def parse_custom(custom: dict[str, Any] | None) -> ManifestTarget | BundleTarget | None:
+    """The edgefleet custom field of an image-repository target; None when it has none.
+
+    Raises:
+        ValueError: present but malformed.
+    """
+    if not custom or CUSTOM_KEY not in custom:
+        return None
+    raw = custom[CUSTOM_KEY]
+    try:
+        if isinstance(raw, dict) and raw.get("kind") == "bundle":
+            return BundleTarget.model_validate(raw)
+        return ManifestTarget.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"malformed {CUSTOM_KEY} custom field: {exc.errors()[0].get('msg', 'invalid')}") from exc
+
+
+def parse_director_custom(custom: dict[str, Any] | None) -> DirectorTarget:
+    """The edgefleet custom field of a director target.
+
+    Raises:
+        ValueError: missing or malformed.
+    """
+    raw = (custom or {}).get(CUSTOM_KEY)
+    try:
+        return DirectorTarget.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"malformed director custom field: {exc.errors()[0].get('msg', 'invalid')}") from exc

@@ -21,9 +21,11 @@ from tuf.ngclient import FetcherInterface
 
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore, VerifiedRelease
-from edgefleet.publisher.keys import init_keys, key_from_wire, load_index, load_signers
+from edgefleet.publisher.keys import Role, init_keys, key_from_wire, load_index, load_signers
 from edgefleet.publisher.metadata import make_root, sign_root
 from edgefleet.publisher.release import build, sign
+from edgefleet.publisher.rotation import Rotation, rotate
+from edgefleet.publisher.state import save_root
 
 IMAGE = "registry.example/acme/sensor@sha256:" + "a" * 64
 
@@ -79,6 +81,14 @@ class Publisher:
     def push_root(self, root: Metadata[Any]) -> None:
         response = self.fleet.call("POST", "/repository/root", json=root.to_dict())
         assert response.status_code == 201, response.text
+        save_root(self.keys, root)
+
+    def rotate(self, role: Role, **kwargs: Any) -> Rotation:
+        def push(kind: str, body: dict[str, Any]) -> None:
+            response = self.fleet.call("POST", f"/repository/{kind}", json=body)
+            assert response.status_code == 201, response.text
+
+        return rotate(self.keys, role, push, now=datetime.now(UTC), **kwargs)
 
     def build(self, app: str = "sensor", version: str = "1.0.0", *, bundle: bool = False, **kwargs: Any) -> Path:
         app_dir = self.tmp / f"app-{app}-{version}"

@@ -13,11 +13,12 @@ from edgefleet.cli.common import EXIT_USAGE, CaFile, CliError, HubClient, HubUrl
 from edgefleet.publisher.errors import KeyStoreError, PublisherError
 from edgefleet.publisher.keys import key_from_wire, load_index, load_signers
 from edgefleet.publisher.metadata import make_root, sign_root
+from edgefleet.publisher.state import save_root
 
 app = typer.Typer(help="The hub's image repository (publisher side).", no_args_is_help=True)
 
 
-def _online_keys(client: HubClient) -> dict[str, Key]:
+def online_keys(client: HubClient) -> dict[str, Key]:
     raw = client.call("GET", "/repository/online-keys")
     try:
         return {role: key_from_wire(data) for role, data in raw.items()}
@@ -35,7 +36,7 @@ def init(
 ) -> None:
     """Sign root version 1 with the publisher's root keys, naming the hub's online keys, and push it (admin)."""
     client = HubClient(hub, token, ca)
-    online = _online_keys(client)
+    online = online_keys(client)
     try:
         metadata = make_root(
             load_index(keys), online, now=datetime.now(UTC), lifetime=timedelta(seconds=parse_duration(expires))
@@ -44,4 +45,5 @@ def init(
     except PublisherError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
     accepted = client.call("POST", "/repository/root", body=signed.to_dict())
+    save_root(keys, signed)
     out.print(f"image repository root version {accepted['version']} accepted; expires {accepted['expires']}")

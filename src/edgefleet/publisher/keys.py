@@ -130,3 +130,54 @@ def load_signers(directory: Path, role: Role) -> list[CryptoSigner]:
             raise KeyStoreError(f"{keyid}: unsupported key in {INDEX}")
         signers.append(CryptoSigner(private, public))
     return signers
+
+
+PENDING = "pending"
+RETIRED = "retired"
+
+
+def stage_rotation(
+    directory: Path, role: Role, *, threshold: int, count: int | None = None, key_type: KeyType = "ed25519"
+) -> tuple[RoleKeys, list[CryptoSigner]]:
+    """New keys for `role`, written under KEYS/pending/<role>/ until `commit_rotation`.
+
+    They are on disk before any root naming them leaves this machine, so a crash after the
+    push can never lose the only keys the repository trusts.
+
+    Raises:
+        KeyStoreError: bad threshold/count, or a rotation of `role` is already pending.
+    """
+    count = threshold if count is None else count
+    if not 1 <= threshold <= count <= MAX_KEYS:
+        raise KeyStoreError(f"need 1 <= threshold <= keys <= {MAX_KEYS} (got threshold {threshold}, keys {count})")
+    pending = directory / PENDING / role
+    if pending.exists() and any(pending.iterdir()):
+        raise KeyStoreError(f"a {role} rotation is already pending in {pending}; finish or remove it")
+    pending.mkdir(parents=True, exist_ok=True, mode=0o700)
+    signers = [_generate(key_type) for _ in range(count)]
+    for signer in signers:
+        write_private_file(pending / f"{signer.public_key.keyid}.key", signer.private_bytes)
+    return RoleKeys(threshold=threshold, keys=tuple(s.public_key for s in signers)), signers
+
+
+def commit_rotation(directory: Path, role: Role, new_keys: RoleKeys) -> None:
+    """Make the pending keys of `role` current; the old private keys move to KEYS/retired/<role>/."""
+    retired = directory / RETIRED / role
+    retired.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in (directory / role).glob("*.key"):
+        os.replace(path, retired / path.name)
+    for path in (directory / PENDING / role).glob("*.key"):
+        os.replace(path, directory / role / path.name)
+    roles = load_index(directory)
+    roles[role] = new_keys
+    _write_index(directory, roles)
+    (directory / PENDING / role).rmdir()
+
+
+def discard_rotation(directory: Path, role: Role) -> None:
+    """Forget a pending rotation that was never published."""
+    pending = directory / PENDING / role
+    for path in pending.glob("*.key"):
+        path.unlink()
+    if pending.exists():
+        pending.rmdir()

@@ -1,4 +1,4 @@
-"""Image-repository metadata the publisher signs offline: root (who may sign what) and, later, targets.
+"""Image-repository root metadata the publisher signs offline: the first root and each rotation.
 
 Values in, signed `tuf.api.metadata.Metadata` out; no network and no files but the keys the
 caller loaded. The hub's online keys are named for snapshot and timestamp, so the hub can
@@ -7,6 +7,7 @@ keep those current without ever holding a root or targets key.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -72,3 +73,28 @@ def sign_root(metadata: Metadata[Root], signers: Sequence[Signer], *, trusted: R
     except UnsignedMetadataError as exc:
         raise MetadataSigningError(f"root: {exc}") from exc
     return metadata
+
+
+def rotated_root(
+    current: Root,
+    role: Role,
+    new_keys: RoleKeys,
+    *,
+    now: datetime,
+    lifetime: timedelta = ROOT_LIFETIME,
+) -> Metadata[Root]:
+    """The next root version: `role` now trusts `new_keys` (and only them); everything else unchanged.
+
+    Sign it with `sign_root(..., trusted=current)`: for a root rotation the old threshold
+    and the new keys' threshold must both sign it, so devices that trust `current` accept it.
+    """
+    # to_dict() shares lists with `current`: copy deeply so the trusted root stays as it was.
+    root = Root.from_dict(copy.deepcopy(current.to_dict()))
+    for keyid in list(root.roles[role].keyids):
+        root.revoke_key(keyid, role)
+    for key in new_keys.keys:
+        root.add_key(key, role)
+    root.roles[role].threshold = new_keys.threshold
+    root.version = current.version + 1
+    root.expires = (now + lifetime).replace(microsecond=0)
+    return Metadata(root)

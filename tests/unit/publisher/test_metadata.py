@@ -55,3 +55,27 @@ def test_a_new_root_must_also_satisfy_the_trusted_root(tmp_path, hub_online):
     rotated = make_root(load_index(new), online, now=NOW, version=2)
     signed = sign_root(rotated, [*load_signers(old, "root"), *load_signers(new, "root")], trusted=trusted)
     assert signed.signed.version == 2
+
+
+def test_rotated_root_needs_old_and_new_thresholds_and_leaves_the_trusted_root_alone(tmp_path, hub_online):
+    from edgefleet.publisher.keys import stage_rotation
+    from edgefleet.publisher.metadata import rotated_root
+
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    online = {r: s.public_key for r, s in hub_online.items()}
+    current = sign_root(make_root(load_index(keys), online, now=NOW), load_signers(keys, "root")).signed
+    before = current.to_dict()
+    new_keys, new_signers = stage_rotation(keys, "root", threshold=2, count=2)
+
+    with pytest.raises(MetadataSigningError):  # new keys alone: the trusted root's threshold is not met
+        sign_root(rotated_root(current, "root", new_keys, now=NOW), new_signers, trusted=current)
+    with pytest.raises(MetadataSigningError):  # old key alone: the new root's own threshold is not met
+        sign_root(rotated_root(current, "root", new_keys, now=NOW), load_signers(keys, "root"), trusted=current)
+    rotated = sign_root(
+        rotated_root(current, "root", new_keys, now=NOW), load_signers(keys, "root") + new_signers, trusted=current
+    )
+
+    assert rotated.signed.version == 2
+    assert set(rotated.signed.roles["root"].keyids) == {k.keyid for k in new_keys.keys}
+    assert current.to_dict() == before

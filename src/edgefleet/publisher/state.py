@@ -1,0 +1,92 @@
+"""The key directory's copy of what it last signed for the repository, and signing targets with its keys.
+
+``KEYS/repository/root.json`` is written when a root is pushed, ``KEYS/repository/targets.json``
+when targets are signed; they are the publisher's own record, trusted as the key directory
+itself is, so a new release or a rotation starts from them and never from what a hub says.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from securesystemslib.exceptions import FormatError, UnverifiedSignatureError, VerificationError
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import Metadata, Root, Targets
+
+from edgefleet.crypto import write_public_file
+from edgefleet.publisher.errors import KeyStoreError
+from edgefleet.publisher.keys import load_index, load_signers
+
+ROOT = Path("repository") / "root.json"
+TARGETS = Path("repository") / "targets.json"
+TARGETS_LIFETIME = timedelta(days=365)
+
+
+def save_root(keys_dir: Path, root: Metadata[Root]) -> None:
+    (keys_dir / ROOT).parent.mkdir(mode=0o700, exist_ok=True)
+    write_public_file(keys_dir / ROOT, json.dumps(root.to_dict(), indent=1, sort_keys=True).encode())
+
+
+def load_root(keys_dir: Path) -> Metadata[Root]:
+    """The last root this key directory signed and pushed.
+
+    Raises:
+        KeyStoreError: missing (run `edgefleet repo init` first) or unreadable.
+    """
+    path = keys_dir / ROOT
+    try:
+        return Metadata[Root].from_bytes(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise KeyStoreError(f"{path} is missing: this key directory has not initialised a repository") from exc
+    except (OSError, ValueError, RepositoryError, FormatError) as exc:
+        raise KeyStoreError(f"{path} is unusable: {exc}") from exc
+
+
+def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
+    """Sign with every targets key present, check the threshold, record the result; returns the JSON.
+
+    Raises:
+        KeyStoreError: fewer valid signatures than the targets threshold in keys.json.
+    """
+    metadata.signatures.clear()
+    for signer in load_signers(keys_dir, "targets"):
+        metadata.sign(signer, append=True)
+    role = load_index(keys_dir)["targets"]
+    keys = {key.keyid: key for key in role.keys}
+    valid = 0
+    for keyid, signature in metadata.signatures.items():
+        if keyid not in keys:
+            continue
+        try:
+            keys[keyid].verify_signature(signature, metadata.signed_bytes)
+            valid += 1
+        except (UnverifiedSignatureError, VerificationError):
+            continue
+    if valid < role.threshold:
+        raise KeyStoreError(f"targets signed by {valid} of the {role.threshold} keys needed; bring more targets keys")
+    body = json.dumps(metadata.to_dict(), indent=1, sort_keys=True).encode()
+    (keys_dir / TARGETS).parent.mkdir(mode=0o700, exist_ok=True)
+    write_public_file(keys_dir / TARGETS, body)
+    return body
+
+
+def resign_targets(
+    keys_dir: Path, *, now: datetime, lifetime: timedelta = TARGETS_LIFETIME
+) -> Metadata[Targets] | None:
+    """The recorded targets as a new version signed with the current targets keys (after a rotation).
+
+    Returns None when this key directory has not signed targets yet.
+    """
+    path = keys_dir / TARGETS
+    if not path.exists():
+        return None
+    try:
+        metadata = Metadata[Targets].from_bytes(path.read_bytes())
+    except (OSError, ValueError, RepositoryError, FormatError) as exc:
+        raise KeyStoreError(f"{path} is unusable: {exc}") from exc
+    metadata.signed.version += 1
+    metadata.signed.expires = (now + lifetime).replace(microsecond=0)
+    sign_targets(keys_dir, metadata)
+    return metadata

@@ -188,7 +188,7 @@ class Fleet:
         return local
 
     def device_call(self, identity: LocalIdentity, method: str, path: str, **kwargs: Any) -> Any:
-        headers = auth(identity.token(now=self.clock()))
+        headers = {**auth(identity.token(now=self.clock())), **kwargs.pop("headers", {})}
         return self.api.request(method, f"/api/v1{path}", headers=headers, **kwargs)
 
     def counts(self) -> dict[str, int]:

@@ -68,7 +68,7 @@ def _fresh_postgres() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_hub(tmp_path: Path, database_url: str | None) -> Iterator[RunningHub]:
+def start_hub(tmp_path: Path, database_url: str | None, env: dict[str, str] | None = None) -> Iterator[RunningHub]:
     data_dir = tmp_path / "hub"
     db_args = ["--database-url", database_url] if database_url else []
     init = edgefleet("hub", "init", "--data-dir", str(data_dir), "--hostname", "hub.test", *db_args)
@@ -92,6 +92,7 @@ def start_hub(tmp_path: Path, database_url: str | None) -> Iterator[RunningHub]:
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(data_dir / "ca.crt"))
@@ -136,3 +137,9 @@ def running_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runn
 @pytest.fixture
 def sqlite_hub(tmp_path: Path) -> Iterator[RunningHub]:
     yield from start_hub(tmp_path, None)
+
+
+@pytest.fixture
+def public_hub(tmp_path: Path) -> Iterator[RunningHub]:
+    """A hub whose image repository anyone may read (as a mirror or CDN would serve it)."""
+    yield from start_hub(tmp_path, None, env={"EDGEFLEET_PUBLIC_REPOSITORY": "true"})

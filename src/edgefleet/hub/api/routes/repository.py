@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
 from edgefleet.hub.api.routes import ERRORS
 from edgefleet.hub.api.schemas import ArtifactStored, OnlineKeys, ReleaseOut, RootAccepted, TargetsAccepted
+from edgefleet.hub.errors import BadRequestError
 from edgefleet.hub.services import metadata, releases, repository
 from edgefleet.hub.services.operators import authorize
 from edgefleet.releases import AppName
@@ -61,6 +63,10 @@ async def upload_artifact(
         async for chunk in request.stream():
             await run_in_threadpool(upload.write, chunk)
         length = await run_in_threadpool(upload.finish)
+    except ClientDisconnect as exc:
+        # The client went away, or the body limit cut it off (and already answered 413).
+        upload.abort()
+        raise BadRequestError("upload_incomplete", "the upload ended before its body did") from exc
     except BaseException:
         upload.abort()
         raise

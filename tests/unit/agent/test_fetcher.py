@@ -1,0 +1,87 @@
+"""The agent's TUF fetcher over real sockets: resumes a dropped download with Range, maps HTTP errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import httpx
+import pytest
+from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
+
+from edgefleet.agent.fetcher import HttpxFetcher
+
+BODY = bytes(range(256)) * 4096  # 1 MiB
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Serves BODY with Range support; the first `drops` answers are cut off half-way."""
+
+    drops = 0
+    requests: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        if self.path == "/missing":
+            self.send_error(404)
+            return
+        if self.path == "/no-range" and self.headers.get("Range"):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+            return
+        Flaky.requests.append(self.headers.get("Range"))
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(BODY) - start))
+        self.end_headers()
+        if Flaky.drops > 0:
+            Flaky.drops -= 1
+            self.wfile.write(BODY[start : start + 300_000])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(BODY[start:])
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Flaky.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_dropped_download_resumes_with_range(server: str) -> None:
+    Flaky.drops = 2
+    with httpx.Client() as http:
+        data = HttpxFetcher(http, lambda: "tok").download_bytes(f"{server}/blob", len(BODY))
+    assert data == BODY
+    assert Flaky.requests[0] is None
+    assert len(Flaky.requests) == 3
+    assert all(r is not None and r.startswith("bytes=") for r in Flaky.requests[1:])
+
+
+def test_gives_up_after_its_resume_budget(server: str) -> None:
+    Flaky.drops = 10
+    with httpx.Client() as http, pytest.raises(DownloadError, match="connection lost"):
+        HttpxFetcher(http, resumes=2).download_bytes(f"{server}/blob", len(BODY))
+
+
+def test_http_errors_and_length_bound(server: str) -> None:
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http)
+        with pytest.raises(DownloadHTTPError) as caught:
+            fetcher.download_bytes(f"{server}/missing", 100)
+        assert caught.value.status_code == 404
+        with pytest.raises(DownloadLengthMismatchError):
+            fetcher.download_bytes(f"{server}/blob", 1000)
+        with pytest.raises(DownloadError):
+            fetcher.download_bytes("http://127.0.0.1:9/none", 100)

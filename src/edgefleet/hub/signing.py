@@ -47,6 +47,11 @@ def expiry(now: datetime, lifetime: timedelta) -> datetime:
     return (now + lifetime).replace(microsecond=0)
 
 
+def next_version(latest: tuple[int, str] | None) -> int:
+    """The version after the newest stored one (1 for the first)."""
+    return 1 if latest is None else latest[0] + 1
+
+
 def stale(expires: datetime, now: datetime, lifetime: timedelta) -> bool:
     """True when less than half the lifetime is left: time to sign a fresh version."""
     return expires - now < lifetime / 2

@@ -257,3 +257,17 @@ def test_assignments_are_audited_and_listed(fleet: Fleet, publisher: Publisher, 
     assert {e["detail"]["app"] for e in entries} == {"sensor", "analytics"}
     director = Metadata.from_bytes(fleet.device_call(device.identity, "GET", "/tuf/director/targets.json").content)
     assert sorted(director.signed.targets) == ["analytics/0.3.0/compose.yaml", "sensor/1.0.0/compose.yaml"]
+
+
+def test_a_published_releases_bundles_cannot_change(fleet: Fleet, publisher: Publisher) -> None:
+    publisher.publish("sensor", "1.0.0", bundle=True)
+    other = b"other image bytes"
+    digest = hashlib.sha256(other).hexdigest()
+    assert fleet.call("PUT", f"/repository/artifacts/{digest}", content=other).status_code == 201
+
+    def swap_bundle(signed: dict[str, Any]) -> None:
+        bundle = next(p for p in signed["targets"] if p.startswith("sensor/1.0.0/images/"))
+        signed["targets"][bundle].update(length=len(other), hashes={"sha256": digest})
+
+    message = refused(fleet, publisher, signed_targets(publisher, swap_bundle), 409, "targets_rejected")
+    assert "bump the version" in message

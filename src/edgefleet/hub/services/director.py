@@ -148,36 +148,32 @@ def _needs(hub: Hub, tx: Tx, device: Device) -> bool:
     ) or signing.stale(signing.parse_stored(stamp[1]).signed.expires, now, settings.timestamp_lifetime)
 
 
-def _next(latest: tuple[int, str] | None) -> int:
-    return 1 if latest is None else latest[0] + 1
-
-
 def _resign(hub: Hub, tx: Tx, device: Device) -> None:
     """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp."""
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
     root = tx.latest_metadata(ROOT_ROLE)
     if root is None or signing.stale(signing.parse_stored(root[1]).signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
-        fresh = signing.director_root(signer.public_key, version=_next(root), now=now, signer=signer)
+        fresh = signing.director_root(signer.public_key, version=signing.next_version(root), now=now, signer=signer)
         tx.insert_metadata(ROOT_ROLE, fresh.version, fresh.body, now=now)
     targets = signing.director_targets(
         device.id,
         _wanted(tx, device),
-        version=_next(tx.latest_director(device.id, "targets")),
+        version=signing.next_version(tx.latest_director(device.id, "targets")),
         now=now,
         lifetime=settings.director_lifetime,
         signer=signer,
     )
     snap = signing.snapshot(
         targets.version,
-        version=_next(tx.latest_director(device.id, "snapshot")),
+        version=signing.next_version(tx.latest_director(device.id, "snapshot")),
         now=now,
         lifetime=settings.director_lifetime,
         signer=signer,
     )
     stamp = signing.timestamp(
         snap,
-        version=_next(tx.latest_director(device.id, "timestamp")),
+        version=signing.next_version(tx.latest_director(device.id, "timestamp")),
         now=now,
         lifetime=settings.timestamp_lifetime,
         signer=signer,

@@ -39,10 +39,9 @@ def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
     """Sign a snapshot naming `targets_version` and a timestamp naming that snapshot (repository lock held)."""
     now = hub.clock()
     signers = hub.keys.online_signers
-    previous = tx.latest_metadata("snapshot")
     snap = signing.snapshot(
         targets_version,
-        version=1 if previous is None else previous[0] + 1,
+        version=signing.next_version(tx.latest_metadata("snapshot")),
         now=now,
         lifetime=hub.settings.snapshot_lifetime,
         signer=signers["snapshot"],
@@ -53,10 +52,9 @@ def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
 
 def _sign_timestamp(hub: Hub, tx: Tx, snap: signing.Stored) -> None:
     now = hub.clock()
-    previous = tx.latest_metadata("timestamp")
     stamp = signing.timestamp(
         snap,
-        version=1 if previous is None else previous[0] + 1,
+        version=signing.next_version(tx.latest_metadata("timestamp")),
         now=now,
         lifetime=hub.settings.timestamp_lifetime,
         signer=hub.keys.online_signers["timestamp"],

@@ -70,6 +70,10 @@ def _artifact_problem(store: ArtifactStore, target: TargetFile) -> str | None:
     return None
 
 
+def _digest(target: TargetFile | None) -> str | None:
+    return None if target is None else target.hashes.get("sha256")
+
+
 def _release_of(
     store: ArtifactStore, path: str, target: TargetFile, info: ManifestTarget, targets: dict[str, TargetFile]
 ) -> tuple[list[str], list[str]]:
@@ -118,13 +122,15 @@ def _check_targets(hub: Hub, tx: Tx, signed: Targets, signer_keyids: tuple[str, 
             continue
         if not isinstance(info, ManifestTarget):
             continue
-        release_problems, digests = _release_of(store, path, target, info, signed.targets)
-        problems.extend(release_problems)
         existing = tx.get_release(info.app, info.version)
         if existing is not None:
-            if existing.manifest_sha256 != digests[0] or existing.release_counter != info.release_counter:
+            # Checked when first published; it may only stay exactly as it was, bundles included.
+            artifacts = (target.hashes["sha256"], *(_digest(signed.targets.get(b)) for b in info.bundles))
+            if existing.artifacts != artifacts or existing.release_counter != info.release_counter:
                 problems.append(f"{path}: {info.app}@{info.version} was published with other content; bump the version")
             continue
+        release_problems, digests = _release_of(store, path, target, info, signed.targets)
+        problems.extend(release_problems)
         floor = counters.get(info.app, tx.max_release_counter(info.app))
         if info.release_counter <= floor:
             problems.append(f"{path}: release_counter {info.release_counter} must be above {floor} for {info.app}")

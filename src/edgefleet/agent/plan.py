@@ -1,0 +1,229 @@
+"""The reconcile planner: (what the engine has, what the device must run) -> ordered steps, as data.
+
+A pure function: no engine calls, no clock, no I/O. Executors (`agent.engine`) carry the
+steps out; `edgefleet agent plan` prints them. Rules:
+
+- Each app is planned on its own; an app's steps never name another app's objects.
+- A service is recreated only when its definition (`config_digest`) changed; a matching
+  container that is stopped is started again; extra containers of a service are removed.
+- Images are fetched before anything is stopped (download-then-kill).
+- Stops run in reverse `depends_on` order, starts in `depends_on` order.
+- Apps no longer assigned lose their containers and network; named volumes are kept, as
+  they are across releases (data survives; removing it is a separate, explicit act).
+- Only objects carrying the agent's labels are ever observed, so nothing else is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+# --- inputs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTarget:
+    """One service as it must run: the engine definition is summarised by `config_digest`."""
+
+    app: str
+    service: str
+    release: str
+    image: str
+    config_digest: str
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppTarget:
+    """One app's target release."""
+
+    app: str
+    release: str
+    services: tuple[ServiceTarget, ...]
+    volumes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedContainer:
+    """A container the agent created, as its labels and the engine describe it."""
+
+    id: str
+    app: str
+    service: str
+    release: str
+    config_digest: str
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything of the agent's that the engine has."""
+
+    containers: tuple[ObservedContainer, ...] = ()
+    networks: frozenset[str] = frozenset()
+    """Apps that have their network."""
+    volumes: frozenset[tuple[str, str]] = frozenset()
+    """(app, volume) pairs."""
+    images: frozenset[str] = frozenset()
+    """Images present, by digest reference."""
+
+
+# --- steps --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchImage:
+    image: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork:
+    app: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVolume:
+    app: str
+    volume: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateContainer:
+    target: ServiceTarget
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    app: str
+    service: str
+    container_id: str | None = None
+    """None for a container created earlier in the same plan (the executor looks it up by labels)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopContainer:
+    app: str
+    service: str
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveContainer:
+    app: str
+    service: str
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNetwork:
+    app: str
+
+
+Step = (
+    FetchImage
+    | CreateNetwork
+    | CreateVolume
+    | CreateContainer
+    | StartContainer
+    | StopContainer
+    | RemoveContainer
+    | RemoveNetwork
+)
+
+
+class PlanError(ValueError):
+    """The target itself is inconsistent (a dependency cycle or an unknown dependency)."""
+
+
+# --- planning -----------------------------------------------------------------------
+
+
+def dependency_order(services: Iterable[ServiceTarget]) -> list[ServiceTarget]:
+    """Services so that each comes after what it depends on (ties by name, so plans are stable).
+
+    Raises:
+        PlanError: unknown dependency or a cycle.
+    """
+    by_name = {s.service: s for s in services}
+    ordered: list[ServiceTarget] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise PlanError("depends_on forms a cycle: " + " -> ".join((*path, name)))
+        if name not in by_name:
+            raise PlanError(f"{path[-1] if path else '?'} depends on unknown service {name}")
+        state[name] = 1
+        for dep in sorted(by_name[name].depends_on):
+            visit(dep, (*path, name))
+        state[name] = 2
+        ordered.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name, ())
+    return ordered
+
+
+def _plan_app(target: AppTarget, observed: Observed, fetch: list[Step]) -> list[Step]:
+    mine = [c for c in observed.containers if c.app == target.app]
+    setup: list[Step] = []
+    if target.app not in observed.networks:
+        setup.append(CreateNetwork(target.app))
+    setup.extend(CreateVolume(target.app, v) for v in sorted(target.volumes) if (target.app, v) not in observed.volumes)
+
+    stops: list[Step] = []
+    removes: list[Step] = []
+    creates: list[Step] = []
+    starts: list[Step] = []
+    order = dependency_order(target.services)
+    wanted = {s.service for s in order}
+    for service in order:
+        existing = sorted((c for c in mine if c.service == service.service), key=lambda c: c.id)
+        keep = next((c for c in existing if c.config_digest == service.config_digest), None)
+        for container in existing:
+            if container is keep:
+                continue
+            if container.running:
+                stops.append(StopContainer(container.app, container.service, container.id))
+            removes.append(RemoveContainer(container.app, container.service, container.id))
+        if keep is None:
+            if service.image not in observed.images and FetchImage(service.image) not in fetch:
+                fetch.append(FetchImage(service.image))
+            creates.append(CreateContainer(service))
+            starts.append(StartContainer(service.app, service.service))
+        elif not keep.running:
+            starts.append(StartContainer(keep.app, keep.service, keep.id))
+    for container in sorted(mine, key=lambda c: (c.service, c.id)):
+        if container.service not in wanted:
+            if container.running:
+                stops.append(StopContainer(container.app, container.service, container.id))
+            removes.append(RemoveContainer(container.app, container.service, container.id))
+    # Dependents stop first; `stops` was built in dependency order.
+    return [*setup, *reversed(stops), *removes, *creates, *starts]
+
+
+def _plan_removal(app: str, observed: Observed) -> list[Step]:
+    mine = sorted((c for c in observed.containers if c.app == app), key=lambda c: (c.service, c.id))
+    steps: list[Step] = [StopContainer(c.app, c.service, c.id) for c in mine if c.running]
+    steps.extend(RemoveContainer(c.app, c.service, c.id) for c in mine)
+    if app in observed.networks:
+        steps.append(RemoveNetwork(app))
+    return steps
+
+
+def plan(observed: Observed, targets: Mapping[str, AppTarget]) -> tuple[Step, ...]:
+    """The steps that take the engine from `observed` to running exactly `targets` (one entry per app).
+
+    Raises:
+        PlanError: a target with a dependency cycle or an unknown dependency.
+    """
+    fetch: list[Step] = []
+    per_app: list[Step] = []
+    for app in sorted(targets):
+        per_app.extend(_plan_app(targets[app], observed, fetch))
+    present = {c.app for c in observed.containers} | set(observed.networks)
+    for app in sorted(present - set(targets)):
+        per_app.extend(_plan_removal(app, observed))
+    return (*fetch, *per_app)

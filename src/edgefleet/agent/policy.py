@@ -1,0 +1,108 @@
+"""The device owner's permission policy: which permissions releases may use on this device.
+
+A TOML file outside any release (``/etc/edgefleet/policy.toml`` by default)::
+
+    allow = ["network", "network-bind:8080", "serial-port:/dev/ttyUSB0", "camera"]
+    deny = ["host-write:*"]
+
+A permission is granted only if an `allow` entry matches it and no `deny` entry does
+(deny wins). An entry is a permission string, or a kind with ``:*`` for any argument of
+that kind. Nothing is allowed by default (snap-style: plugs are denied unless connected).
+Checking is pure: a release and a policy in, the refusals out.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.manifest import Permission, Release, parse_permission
+
+ARGUMENT_KINDS = ("network-bind", "serial-port", "gpio", "i2c", "host-read", "host-write")
+MAX_POLICY_BYTES = 64 * 1024
+MAX_ENTRIES = 256
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A permission a release asked for that the policy does not grant."""
+
+    service: str
+    permission: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    allow: frozenset[str] = frozenset()
+    deny: frozenset[str] = frozenset()
+
+    def grants(self, permission: Permission) -> bool:
+        def matches(entries: frozenset[str]) -> bool:
+            return str(permission) in entries or f"{permission.kind}:*" in entries
+
+        return matches(self.allow) and not matches(self.deny)
+
+
+def _entry(text: object) -> str:
+    if not isinstance(text, str):
+        raise PolicyError(f"policy entries are strings, got {text!r}")
+    kind, sep, arg = text.partition(":")
+    if sep and arg == "*":
+        if kind not in ARGUMENT_KINDS:
+            raise PolicyError(f"policy entry {text!r}: {kind} takes no argument to match")
+        return text
+    try:
+        return str(parse_permission(text))
+    except ValueError as exc:
+        raise PolicyError(f"policy entry {text!r}: {exc}") from exc
+
+
+def parse_policy(text: str, *, source: str = "policy.toml") -> Policy:
+    """Parse a policy file's text.
+
+    Raises:
+        PolicyError: not TOML, unknown keys, or entries that are not permissions.
+    """
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: not valid TOML: {exc}") from exc
+    unknown = set(data) - {"allow", "deny"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown keys: {', '.join(sorted(unknown))}")
+    lists = {key: data.get(key, []) for key in ("allow", "deny")}
+    for key, entries in lists.items():
+        if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+            raise PolicyError(f"{source}: {key} must be a list of at most {MAX_ENTRIES} permissions")
+    return Policy(allow=frozenset(_entry(e) for e in lists["allow"]), deny=frozenset(_entry(e) for e in lists["deny"]))
+
+
+def load_policy(path: Path) -> Policy:
+    """The policy at `path`; a missing file is the empty policy (nothing granted).
+
+    Raises:
+        PolicyError: unreadable or malformed.
+    """
+    try:
+        return parse_policy(path.read_text(), source=str(path))
+    except FileNotFoundError:
+        return Policy()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+
+
+def refusals(release: Release, policy: Policy) -> list[Refusal]:
+    """Every (service, permission) of the release that the policy does not grant; empty means go."""
+    return [
+        Refusal(service.name, str(permission))
+        for service in release.services
+        for permission in service.policy.permissions
+        if not policy.grants(permission)
+    ]

@@ -1,0 +1,199 @@
+"""What the engine must create for each service: a hardened container definition, from manifest + grants.
+
+Pure: a verified `Release`, the permissions the device's policy granted, and facts about
+the host (which device nodes exist) in; frozen `ContainerSpec`s out. Every container gets
+the same confinement (see docs/confinement.md and notes/container-hardening.md): all
+capabilities dropped, no-new-privileges, read-only root with small tmpfs mounts, memory /
+CPU / pids limits, an init process, bounded logs and restarts, private namespaces, ports
+bound to the address the manifest names. Each permission adds exactly its engine settings.
+
+`config_digest` hashes everything that shapes the container except the release version,
+so a new release recreates only the services whose definition changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+from edgefleet.manifest import Permission, Port, Release, Service
+
+HARDENING_VERSION = 1
+"""Bumped whenever the fixed confinement below changes, so existing containers are recreated."""
+TMPFS = (("/tmp", "size=64m,mode=1777"), ("/run", "size=16m,mode=755"))  # noqa: S108  # container paths
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILES = 3
+DEFAULT_RESTARTS = 5
+NOFILE = 4096
+LABEL_PREFIX = "io.edgefleet."
+LOW_PORT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """Device nodes present on this host that permissions may map to."""
+
+    video_devices: tuple[str, ...] = ()
+    gpio_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    kind: Literal["volume", "bind"]
+    source: str
+    """Volume name (app-scoped by the engine adapter) or host path."""
+    target: str
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    test: tuple[str, ...]
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """One container as the agent will create it."""
+
+    app: str
+    service: str
+    release: str
+    image: str
+    command: tuple[str, ...] | None
+    entrypoint: tuple[str, ...] | None
+    environment: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+    egress: bool
+    """Also attached to the app's egress network (outbound access, published ports)."""
+    ports: tuple[Port, ...]
+    mounts: tuple[Mount, ...]
+    devices: tuple[str, ...]
+    device_cgroup_rules: tuple[str, ...]
+    cap_add: tuple[str, ...]
+    memory: int
+    nano_cpus: int
+    pids: int
+    restart_max: int
+    """0: never restarted by the engine."""
+    health: Health | None
+    depends_on: tuple[str, ...]
+    config_digest: str = field(default="", compare=False)
+
+
+def _argv(value: str | list[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+
+
+def _restarts(policy: str) -> int:
+    if policy == "no":
+        return 0
+    _, _, count = policy.partition(":")
+    return int(count) if count else DEFAULT_RESTARTS
+
+
+def _grants(permissions: tuple[Permission, ...], facts: HostFacts) -> tuple[list[Mount], list[str], list[str]]:
+    """(binds, devices, device cgroup rules) for the granted permissions."""
+    binds: list[Mount] = []
+    devices: list[str] = []
+    rules: list[str] = []
+    for permission in permissions:
+        kind, arg = permission.kind, permission.arg
+        if kind == "serial-port" and arg:
+            devices.append(f"{arg}:{arg}:rwm")
+        elif kind == "camera":
+            devices.extend(f"{d}:{d}:rwm" for d in facts.video_devices)
+        elif kind == "gpio":
+            devices.extend(f"{d}:{d}:rwm" for d in facts.gpio_devices)
+        elif kind == "i2c" and arg is not None:
+            devices.append(f"/dev/i2c-{arg}:/dev/i2c-{arg}:rwm")
+        elif kind == "raw-usb":
+            binds.append(Mount("bind", "/dev/bus/usb", "/dev/bus/usb", read_only=False))
+            rules.append("c 189:* rwm")
+        elif kind == "hardware-observe":
+            binds.append(Mount("bind", "/sys/class/thermal", "/sys/class/thermal", read_only=True))
+        elif kind == "removable-media":
+            binds.append(Mount("bind", "/media", "/media", read_only=False))
+        elif kind == "log-observe":
+            binds.append(Mount("bind", "/var/log", "/var/log", read_only=True))
+        elif kind in ("host-read", "host-write") and arg:
+            binds.append(Mount("bind", arg, arg, read_only=kind == "host-read"))
+    return binds, devices, rules
+
+
+def digest(spec: ContainerSpec) -> str:
+    """SHA-256 of everything that shapes the container, except the release version."""
+    shape = asdict(spec)
+    shape.pop("release")
+    shape.pop("config_digest")
+    shape["hardening"] = HARDENING_VERSION
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def service_spec(
+    release: Release,
+    service: Service,
+    *,
+    facts: HostFacts,
+    environment: dict[str, str] | None = None,
+) -> ContainerSpec:
+    """The container for one service of a release whose permissions the policy granted.
+
+    Args:
+        release: the verified release.
+        service: one of its services.
+        facts: device nodes present on this host.
+        environment: operator-set values (fleet, then device) layered over the manifest's.
+    """
+    compose, policy = service.compose, service.policy
+    binds, devices, rules = _grants(policy.permissions, facts)
+    kinds = {p.kind for p in policy.permissions}
+    mounts = [Mount("volume", v.source, v.target, v.read_only) for v in compose.volumes]
+    low_ports = any(port.target < LOW_PORT for port in compose.ports)
+    health = compose.healthcheck
+    spec = ContainerSpec(
+        app=release.app,
+        service=service.name,
+        release=release.version,
+        image=compose.image,
+        command=_argv(compose.command),
+        entrypoint=_argv(compose.entrypoint),
+        environment=tuple(sorted({**compose.environment, **(environment or {})}.items())),
+        labels=tuple(sorted((k, v) for k, v in compose.labels.items() if not k.startswith(LABEL_PREFIX))),
+        egress="network" in kinds or bool(compose.ports),
+        ports=tuple(compose.ports),
+        mounts=tuple(mounts + binds),
+        devices=tuple(sorted(set(devices))),
+        device_cgroup_rules=tuple(sorted(set(rules))),
+        cap_add=("NET_BIND_SERVICE",) if low_ports else (),
+        memory=policy.resources.memory,
+        nano_cpus=int(policy.resources.cpus * 1e9),
+        pids=policy.resources.pids,
+        restart_max=_restarts(compose.restart),
+        health=None
+        if health is None or health.disable
+        else Health(
+            test=tuple(health.test) if isinstance(health.test, list) else ("CMD-SHELL", health.test),
+            interval=health.interval,
+            timeout=health.timeout,
+            retries=health.retries,
+            start_period=health.start_period,
+        ),
+        depends_on=tuple(sorted(compose.depends_on)),
+    )
+    return replace(spec, config_digest=digest(spec))
+
+
+def release_specs(
+    release: Release, *, facts: HostFacts, environment: dict[str, str] | None = None
+) -> tuple[ContainerSpec, ...]:
+    """Every service's container, in manifest order."""
+    return tuple(service_spec(release, s, facts=facts, environment=environment) for s in release.services)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from edgefleet.cli.common import (
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CaFile,
     CliError,
@@ -24,16 +25,33 @@ from edgefleet.cli.common import (
     print_table,
 )
 from edgefleet.publisher.errors import PublisherError
+from edgefleet.publisher.registry import RegistryClient, RegistryUnavailableError
 from edgefleet.publisher.release import Build, build, load_build, sign
 
 app = typer.Typer(help="Releases: build, sign (offline keys), push to the hub, list.", no_args_is_help=True)
 KeysDir = Annotated[Path, typer.Option("--keys", help="Publisher key directory (edgefleet keys init)")]
 Expires = Annotated[str, typer.Option("--expires", help="Lifetime of the signed targets, e.g. 365d")]
+Bundle = Annotated[
+    bool,
+    typer.Option("--bundle", help="Export every image as an OCI archive into BUILD/images (hubs without a registry)"),
+]
+InsecureRegistry = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST:PORT",
+        help="Reach this registry over plain HTTP (repeatable); every other registry only over HTTPS",
+    ),
+]
 
 
-def _build(app_dir: Path, out_dir: Path) -> Build:
+def _build(app_dir: Path, out_dir: Path, *, bundle: bool, insecure: list[str] | None) -> Build:
+    """Build with tags resolved (and images exported, with `bundle`) through the images' registries."""
     try:
-        return build(app_dir, out_dir)
+        with RegistryClient(insecure=insecure or ()) as registry:
+            return build(app_dir, out_dir, resolver=registry.resolve, exporter=registry.export if bundle else None)
+    except RegistryUnavailableError as exc:
+        raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE, hint="check the registry, or try again later") from exc
     except PublisherError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
 
@@ -64,9 +82,11 @@ def _push(client: HubClient, build_dir: Path) -> dict[str, Any]:
 def build_command(
     app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="Directory with compose.yaml")],
     out_dir: Annotated[Path, typer.Option("--out", help="New build directory")],
+    bundle: Bundle = False,
+    insecure_registry: InsecureRegistry = None,
 ) -> None:
-    """Validate the manifest and write a build directory."""
-    release = _build(app_dir, out_dir)
+    """Validate the manifest, pin image tags to digests, and write a build directory (docs/publishing.md)."""
+    release = _build(app_dir, out_dir, bundle=bundle, insecure=insecure_registry)
     out.print(f"built {release.ref} ({', '.join(release.architectures)}) in {out_dir}")
 
 
@@ -96,6 +116,8 @@ def publish_command(
     app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR")],
     keys: KeysDir,
     expires: Expires = "365d",
+    bundle: Bundle = False,
+    insecure_registry: InsecureRegistry = None,
     hub: HubUrl = None,
     token: Token = None,
     ca: CaFile = None,
@@ -104,7 +126,7 @@ def publish_command(
     client = HubClient(hub, token, ca)
     with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as tmp:
         build_dir = Path(tmp) / "build"
-        release = _build(app_dir, build_dir)
+        release = _build(app_dir, build_dir, bundle=bundle, insecure=insecure_registry)
         _sign(build_dir, keys, expires)
         accepted = _push(client, build_dir)
     out.print(f"published {release.ref} in targets version {accepted['version']}")

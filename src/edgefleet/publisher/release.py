@@ -16,29 +16,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.exceptions import FormatError, UnverifiedSignatureError, VerificationError
-from securesystemslib.signer import Key
-from tuf.api.exceptions import RepositoryError
+import yaml
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.crypto import write_public_file
-from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.manifest import MAX_MANIFEST_BYTES, ManifestError, Release, parse_manifest
 from edgefleet.publisher.errors import PublisherError
-from edgefleet.publisher.keys import load_index, load_signers
+from edgefleet.publisher.registry import ARCHITECTURES, Resolved
+from edgefleet.publisher.state import load_targets, sign_targets
 from edgefleet.releases import CUSTOM_KEY, BundleTarget, ManifestTarget, bundle_path, manifest_path, parse_custom
 
 TARGETS_LIFETIME = timedelta(days=365)
 MANIFEST_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-STATE = Path("repository") / "targets.json"
 
 Exporter = Callable[[str, Path], None]
 """(image pinned by digest, destination) -> writes the image as an OCI archive."""
+Resolver = Callable[[str], Resolved]
+"""Image reference as written -> the image pinned by digest and the architectures it has."""
+_YAML_STR = "tag:yaml.org,2002:str"
 
 
 class BuildError(PublisherError):
@@ -74,25 +76,65 @@ def _find_manifest(app_dir: Path) -> Path:
     raise BuildError(f"{app_dir}: no {' or '.join(MANIFEST_NAMES[:2])}")
 
 
-def build(app_dir: Path, out: Path, *, exporter: Exporter | None = None) -> Build:
+def build(app_dir: Path, out: Path, *, exporter: Exporter | None = None, resolver: Resolver | None = None) -> Build:
     """Validate the app's manifest and write a build directory (bundling images when `exporter` is given).
 
+    Without `resolver`, every image must be pinned by digest and the manifest must list
+    its architectures. With `resolver` (`RegistryClient.resolve`), images may be given by
+    tag: each is resolved and rewritten as ``name@sha256:...`` in the written compose.yaml.
+    Every resolved image must then have each architecture the manifest lists; when it lists
+    none, the release's architectures are those all its images have (images already pinned
+    are looked up for this; with architectures listed they are taken as written).
+
     Raises:
-        BuildError: invalid manifest (every problem listed), no architectures, or `out` not empty.
+        BuildError: invalid manifest (every problem listed), no architectures, an image without
+            one of them, or `out` not empty.
+        RegistryError: from `resolver` or `exporter`: an image cannot be resolved or exported.
     """
     source = _find_manifest(app_dir)
     raw = source.read_bytes()
+    looked_up: dict[str, tuple[str, Resolved]] = {}
+    if resolver is not None:
+        raw, looked_up = _pin_tags(raw, resolver)
     try:
         release = parse_manifest(raw, source=str(source))
     except ManifestError as exc:
         raise BuildError(str(exc)) from exc
-    if not release.architectures:
-        raise BuildError(
-            f"{source}: x-edgefleet.architectures: required (the architectures every image of the release supports)"
-        )
+    if resolver is None:
+        if not release.architectures:
+            raise BuildError(
+                f"{source}: x-edgefleet.architectures: required (the architectures every image of the release supports)"
+            )
+        architectures = release.architectures
+    else:
+        if not release.architectures:
+            for image in _images(release):
+                if image not in looked_up:
+                    looked_up[image] = (image, resolver(image))
+        architectures = _check_architectures(source, release.architectures, looked_up.values())
     if out.exists() and any(out.iterdir()):
         raise BuildError(f"{out} already exists and is not empty")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _write_build(out, raw, release, architectures, exporter)
+    except BaseException:
+        # A half-written build (say, an export that failed) must not look like a build.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        raise
+    return result
+
+
+def _write_build(
+    out: Path, raw: bytes, release: Release, architectures: tuple[str, ...], exporter: Exporter | None
+) -> Build:
     files = {manifest_path(release.app, release.version): "compose.yaml"}
     (out / "compose.yaml").write_bytes(raw)
     bundles: dict[str, str] = {}
@@ -104,7 +146,7 @@ def build(app_dir: Path, out: Path, *, exporter: Exporter | None = None) -> Buil
             exporter(image, out / name)
             files[target] = name
             bundles[target] = image
-    result = Build(out, release.app, release.version, release.architectures, files, bundles)
+    result = Build(out, release.app, release.version, architectures, files, bundles)
     description = {
         "app": result.app,
         "version": result.version,
@@ -114,6 +156,75 @@ def build(app_dir: Path, out: Path, *, exporter: Exporter | None = None) -> Buil
     }
     write_public_file(out / "release.json", json.dumps(description, indent=2, sort_keys=True).encode())
     return result
+
+
+def _image_nodes(root: yaml.Node | None) -> Iterator[yaml.ScalarNode]:
+    """The string scalars under services.*.image of a composed (not constructed) YAML document."""
+    if not isinstance(root, yaml.MappingNode):
+        return
+    for key, services in root.value:
+        if key.value != "services" or not isinstance(services, yaml.MappingNode):
+            continue
+        for _, service in services.value:
+            if not isinstance(service, yaml.MappingNode):
+                continue
+            for field, value in service.value:
+                if field.value == "image" and isinstance(value, yaml.ScalarNode) and value.tag == _YAML_STR:
+                    yield value
+
+
+def _pin_tags(raw: bytes, resolver: Resolver) -> tuple[bytes, dict[str, tuple[str, Resolved]]]:
+    """Resolve every image given by tag and rewrite it in place as name@sha256:..., keeping the file's comments.
+
+    Returns the new text and, for each image as now written, (image as it was written, what the resolver said).
+    Anything unparsable is returned unchanged for `parse_manifest` to report.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        return raw, {}
+    try:
+        text = raw.decode()
+        # Composing builds the node graph without constructing values (aliases stay shared nodes).
+        nodes = list(_image_nodes(yaml.compose(text, Loader=yaml.SafeLoader)))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return raw, {}
+    resolved: dict[str, tuple[str, Resolved]] = {}
+    by_written: dict[str, Resolved] = {}
+    edits: list[tuple[int, int, str]] = []
+    for node in nodes:
+        written = str(node.value)
+        if "@" in written:
+            continue  # pinned by digest already: kept as written
+        if written not in by_written:
+            by_written[written] = resolver(written)
+        info = by_written[written]
+        resolved[info.image] = (written, info)
+        # A double-quoted scalar is valid in block and flow context alike.
+        edits.append((node.start_mark.index, node.end_mark.index, json.dumps(info.image)))
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text.encode(), resolved
+
+
+def _check_architectures(
+    source: Path, declared: tuple[str, ...] | None, images: Iterable[tuple[str, Resolved]]
+) -> tuple[str, ...]:
+    """The release's architectures: the declared ones, each present in every image; else what all images share."""
+    checked = sorted(images, key=lambda item: item[0])
+    if declared:
+        for written, info in checked:
+            missing = [arch for arch in declared if arch not in info.architectures]
+            if missing:
+                raise BuildError(
+                    f"{source}: image {written} has no {', '.join(missing)} variant "
+                    f"(it has {', '.join(info.architectures) or 'no known architecture'}); "
+                    "remove it from x-edgefleet.architectures or publish the image for it"
+                )
+        return declared
+    common = tuple(arch for arch in ARCHITECTURES if all(arch in info.architectures for _, info in checked))
+    if not common:
+        found = "; ".join(f"{written}: {', '.join(info.architectures) or 'none known'}" for written, info in checked)
+        raise BuildError(f"{source}: the images have no architecture in common ({found})")
+    return common
 
 
 def _images(release: Release) -> list[str]:
@@ -152,21 +263,6 @@ def _target_file(path: str, file: Path, custom: dict[str, Any]) -> TargetFile:
     )
 
 
-def load_state(keys_dir: Path) -> Metadata[Targets] | None:
-    """The last targets metadata this key directory signed, if any.
-
-    Raises:
-        SigningError: present but unreadable.
-    """
-    path = keys_dir / STATE
-    if not path.exists():
-        return None
-    try:
-        return Metadata[Targets].from_bytes(path.read_bytes())
-    except (OSError, ValueError, RepositoryError, FormatError) as exc:
-        raise SigningError(f"{path} is unusable: {exc}") from exc
-
-
 def next_counter(base: Targets | None, app: str) -> int:
     """One above the highest release counter of `app` in `base`."""
     highest = 0
@@ -191,7 +287,7 @@ def sign(
         KeyStoreError: unusable keys.
     """
     release = load_build(build_dir)
-    base = load_state(keys_dir)
+    base = load_targets(keys_dir)
     signed = Targets(version=1, expires=(now + lifetime).replace(microsecond=0))
     if base is not None:
         signed = base.signed
@@ -218,27 +314,5 @@ def sign(
             )
         signed.targets[path] = _target_file(path, file, {CUSTOM_KEY: info.model_dump(mode="json")})
     metadata = Metadata(signed)
-    index = load_index(keys_dir)["targets"]
-    for signer in load_signers(keys_dir, "targets"):
-        metadata.sign(signer, append=True)
-    _check_threshold(metadata, index.threshold, {key.keyid: key for key in index.keys})
-    body = json.dumps(metadata.to_dict(), indent=1, sort_keys=True).encode()
-    write_public_file(build_dir / "targets.json", body)
-    (keys_dir / STATE).parent.mkdir(mode=0o700, exist_ok=True)
-    write_public_file(keys_dir / STATE, body)
+    write_public_file(build_dir / "targets.json", sign_targets(keys_dir, metadata))
     return metadata
-
-
-def _check_threshold(metadata: Metadata[Targets], threshold: int, keys: dict[str, Key]) -> None:
-    valid = 0
-    for keyid, signature in metadata.signatures.items():
-        key = keys.get(keyid)
-        if key is None:
-            continue
-        try:
-            key.verify_signature(signature, metadata.signed_bytes)
-            valid += 1
-        except (UnverifiedSignatureError, VerificationError):
-            continue
-    if valid < threshold:
-        raise SigningError(f"targets signed by {valid} of the {threshold} keys needed; bring more targets keys")

@@ -72,6 +72,21 @@ def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
     return body
 
 
+def load_targets(keys_dir: Path) -> Metadata[Targets] | None:
+    """The last targets metadata this key directory signed, if any.
+
+    Raises:
+        KeyStoreError: present but unreadable.
+    """
+    path = keys_dir / TARGETS
+    if not path.exists():
+        return None
+    try:
+        return Metadata[Targets].from_bytes(path.read_bytes())
+    except (OSError, ValueError, RepositoryError, FormatError) as exc:
+        raise KeyStoreError(f"{path} is unusable: {exc}") from exc
+
+
 def resign_targets(
     keys_dir: Path, *, now: datetime, lifetime: timedelta = TARGETS_LIFETIME
 ) -> Metadata[Targets] | None:
@@ -79,13 +94,9 @@ def resign_targets(
 
     Returns None when this key directory has not signed targets yet.
     """
-    path = keys_dir / TARGETS
-    if not path.exists():
+    metadata = load_targets(keys_dir)
+    if metadata is None:
         return None
-    try:
-        metadata = Metadata[Targets].from_bytes(path.read_bytes())
-    except (OSError, ValueError, RepositoryError, FormatError) as exc:
-        raise KeyStoreError(f"{path} is unusable: {exc}") from exc
     metadata.signed.version += 1
     metadata.signed.expires = (now + lifetime).replace(microsecond=0)
     sign_targets(keys_dir, metadata)

@@ -72,3 +72,17 @@ def test_build_needs_architectures_and_a_valid_manifest(tmp_path: Path) -> None:
     (source / "compose.yaml").write_text(compose().replace("restart: unless-stopped", "privileged: true"))
     with pytest.raises(BuildError, match="privileged"):
         build(source, tmp_path / "out")
+
+
+def test_a_failed_export_leaves_no_build(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "compose.yaml").write_text(compose())
+
+    def failing(_image: str, destination: Path) -> None:
+        destination.write_bytes(b"half an archive")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        build(source, tmp_path / "out", exporter=failing)
+    assert not (tmp_path / "out").exists()

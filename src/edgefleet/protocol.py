@@ -80,3 +80,28 @@ class ErrorBody(WireModel):
 
     code: str
     message: str
+
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+EnvValue = Annotated[str, StringConstraints(max_length=4096)]
+Environment = Annotated[dict[EnvName, EnvValue], Field(max_length=128)]
+
+
+class AppTarget(WireModel):
+    """One app's assigned release, as the target-state poll summarises it."""
+
+    version: Annotated[str, StringConstraints(max_length=64)]
+    release_counter: int
+    rollback: bool = False
+
+
+class TargetState(WireModel):
+    """What a device must run: the cheap long-poll answer that tells the agent to look again.
+
+    It is only a hint: the agent acts solely on the director's signed metadata (which
+    carries the same assignments and environment) after verifying it.
+    """
+
+    device_id: DeviceId
+    apps: Annotated[dict[str, AppTarget], Field(max_length=64)]
+    environment: Environment = Field(default_factory=dict)

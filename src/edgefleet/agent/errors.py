@@ -7,7 +7,8 @@ Tree::
      ├── HubRefusedError          the hub answered 4xx with a code: fix the input, do not retry
      │    └── DeviceNotAcceptedError  still pending, or rejected/revoked
      ├── IdentityError            the device's own key or identity files are unusable
-     └── UpdateRefusedError       a release failed verification (reason code); nothing was installed
+     ├── UpdateRefusedError       a release failed verification (reason code); nothing was installed
+     └── EngineError              the container engine failed an operation (retryable or not)
 """
 
 from __future__ import annotations
@@ -62,3 +63,12 @@ class UpdateRefusedError(AgentError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class EngineError(AgentError):
+    """The container engine refused or failed an operation; `retryable` when it may pass later."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable

@@ -184,12 +184,12 @@ def _write_config(root: Path, port: int, storage: Path, extra: dict[str, Any], *
 
 @contextmanager
 def run_registry(
-    root: Path, storage: Path, extra: dict[str, Any] | None = None, *, readonly: bool = False
+    root: Path, storage: Path, extra: dict[str, Any] | None = None, *, readonly: bool = False, port: int | None = None
 ) -> Iterator[str]:
-    """Run `docker-registry serve` on a free 127.0.0.1 port until `/v2/` answers; stop it afterwards."""
+    """Run `docker-registry serve` on 127.0.0.1 (`port`, or a free one) until `/v2/` answers; stop it afterwards."""
     if not REGISTRY_BIN.exists():
         pytest.fail(f"{REGISTRY_BIN} is missing: scripts/setup installs Debian's docker-registry package")
-    port = free_port()
+    port = port or free_port()
     config = _write_config(root, port, storage, extra or {}, readonly=readonly)
     log_path = root / f"registry-{port}.log"
     with log_path.open("wb") as log:

@@ -1,0 +1,1 @@
+"""Container engines the agent drives; the only package that imports the Docker SDK (docker-py)."""

@@ -1,0 +1,288 @@
+"""The Docker Engine API adapter (docker-py): observe what the agent owns, and carry out planned steps.
+
+Works with Docker, Moby, balenaEngine and Podman's Docker-compatible socket. Everything it
+creates carries the agent's labels (``io.edgefleet.managed``, app, service, release,
+config digest), and it only ever lists, changes or removes objects with those labels, so
+containers, networks and volumes it did not create are never touched.
+
+Names: containers ``edgefleet_APP_SERVICE_DIGEST8``, networks ``edgefleet_APP`` (internal:
+no route out) and ``edgefleet_APP_egress`` (for services with the `network` permission
+or published ports), volumes ``edgefleet_APP_VOLUME``. Each app has its own networks, so
+apps cannot reach each other. docker-py errors become `EngineError` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import EndpointConfig, LogConfig, Mount, Ulimit
+
+from edgefleet.agent.errors import EngineError
+from edgefleet.agent.plan import (
+    CreateContainer,
+    CreateNetwork,
+    CreateVolume,
+    FetchImage,
+    Observed,
+    ObservedContainer,
+    RemoveContainer,
+    RemoveNetwork,
+    StartContainer,
+    Step,
+    StopContainer,
+)
+from edgefleet.agent.spec import LOG_MAX_FILES, LOG_MAX_SIZE, NOFILE, TMPFS, ContainerSpec
+
+MANAGED = "io.edgefleet.managed"
+APP, SERVICE, RELEASE, DIGEST, VOLUME = (
+    f"io.edgefleet.{name}" for name in ("app", "service", "release", "config-digest", "volume")
+)
+NPROC = 4096
+"""Set together with nofile: Podman otherwise fills in an nproc above some hosts' hard limit."""
+API_VERSION = "1.41"
+STOP_TIMEOUT = 10
+LOG_CONFIG = LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)})
+
+
+def network_name(app: str, *, egress: bool = False) -> str:
+    return f"edgefleet_{app}_egress" if egress else f"edgefleet_{app}"
+
+
+def volume_name(app: str, volume: str) -> str:
+    return f"edgefleet_{app}_{volume}"
+
+
+def container_name(spec: ContainerSpec) -> str:
+    return f"edgefleet_{spec.app}_{spec.service}_{spec.config_digest[:8]}"
+
+
+@contextlib.contextmanager
+def _converted(what: str) -> Iterator[None]:
+    """docker-py and transport errors -> EngineError (client errors are not retryable)."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        status = exc.status_code or 500
+        raise EngineError(f"{what}: {exc.explanation or exc}", retryable=status >= 500) from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(f"{what}: {exc}") from exc
+
+
+@dataclass
+class DockerEngine:
+    """One engine endpoint (e.g. ``unix:///run/podman/podman.sock``)."""
+
+    base_url: str
+    timeout: float = 120.0
+    bundles: dict[str, Path] = field(default_factory=dict)
+    """Image (name@sha256:...) -> a verified OCI archive to load instead of pulling."""
+    _client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with _converted(f"connect to {self.base_url}"):
+                self._client = docker.DockerClient(base_url=self.base_url, version=API_VERSION, timeout=self.timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # --- observe ------------------------------------------------------------------
+
+    def _managed(self) -> list[Container]:
+        with _converted("list containers"):
+            found: list[Container] = self.client.containers.list(all=True, filters={"label": f"{MANAGED}=true"})
+        return found
+
+    def observe(self, images: frozenset[str] = frozenset()) -> Observed:
+        """The agent's containers, networks and volumes, and which of `images` are present."""
+        containers = []
+        for container in self._managed():
+            labels = container.labels
+            containers.append(
+                ObservedContainer(
+                    id=container.id or "",
+                    app=labels.get(APP, ""),
+                    service=labels.get(SERVICE, ""),
+                    release=labels.get(RELEASE, ""),
+                    config_digest=labels.get(DIGEST, ""),
+                    running=container.status in ("running", "restarting"),
+                )
+            )
+        with _converted("list networks"):
+            networks = self.client.networks.list(filters={"label": f"{MANAGED}=true"})
+        with _converted("list volumes"):
+            volumes = self.client.volumes.list(filters={"label": f"{MANAGED}=true"})
+        return Observed(
+            containers=tuple(containers),
+            networks=frozenset(
+                n.attrs.get("Labels", {}).get(APP, "") for n in networks if not n.name.endswith("_egress")
+            ),
+            volumes=frozenset(
+                (v.attrs.get("Labels", {}).get(APP, ""), v.attrs.get("Labels", {}).get(VOLUME, "")) for v in volumes
+            ),
+            images=frozenset(image for image in images if self._has_image(image)),
+        )
+
+    def _has_image(self, image: str) -> bool:
+        try:
+            with _converted(f"inspect {image}"):
+                self.client.images.get(image)
+        except EngineError:
+            return False
+        return True
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's full description of one of the agent's containers."""
+        with _converted(f"inspect {container_id}"):
+            attrs: dict[str, Any] = self.client.containers.get(container_id).attrs
+        return attrs
+
+    # --- act --------------------------------------------------------------------------
+
+    def execute(self, step: Step, specs: Mapping[tuple[str, str], ContainerSpec]) -> None:
+        """Carry out one step; `specs` gives each (app, service)'s container definition."""
+        match step:
+            case FetchImage(image=image):
+                self._fetch(image)
+            case CreateNetwork(app=app):
+                self._ensure_network(app, egress=False)
+            case CreateVolume(app=app, volume=volume):
+                with _converted(f"create volume {volume}"):
+                    self.client.volumes.create(
+                        volume_name(app, volume), labels={MANAGED: "true", APP: app, VOLUME: volume}
+                    )
+            case CreateContainer(target=target):
+                self._create(specs[(target.app, target.service)])
+            case StartContainer(app=app, service=service, container_id=cid):
+                container = self._container(cid) if cid else self._created(app, service)
+                with _converted(f"start {app}/{service}"):
+                    container.start()
+            case StopContainer(app=app, service=service, container_id=cid):
+                with _converted(f"stop {app}/{service}"):
+                    self._container(cid).stop(timeout=STOP_TIMEOUT)
+            case RemoveContainer(app=app, service=service, container_id=cid):
+                with _converted(f"remove {app}/{service}"):
+                    self._container(cid).remove(force=True)
+            case RemoveNetwork(app=app):
+                for name in (network_name(app), network_name(app, egress=True)):
+                    with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
+                        network = self.client.networks.get(name)
+                        if network.attrs.get("Labels", {}).get(MANAGED) == "true":
+                            network.remove()
+
+    def _container(self, container_id: str) -> Container:
+        with _converted(f"find container {container_id}"):
+            container: Container = self.client.containers.get(container_id)
+        if container.labels.get(MANAGED) != "true":
+            raise EngineError(f"container {container_id} is not the agent's", retryable=False)
+        return container
+
+    def _created(self, app: str, service: str) -> Container:
+        found = [
+            c
+            for c in self._managed()
+            if c.labels.get(APP) == app and c.labels.get(SERVICE) == service and c.status in ("created", "exited")
+        ]
+        if len(found) != 1:
+            raise EngineError(f"expected one new container for {app}/{service}, found {len(found)}")
+        return found[0]
+
+    def _ensure_network(self, app: str, *, egress: bool) -> str:
+        name = network_name(app, egress=egress)
+        with _converted(f"network {name}"):
+            try:
+                self.client.networks.get(name)
+            except docker.errors.NotFound:
+                self.client.networks.create(name, internal=not egress, labels={MANAGED: "true", APP: app})
+        return name
+
+    def _fetch(self, image: str) -> None:
+        archive = self.bundles.get(image)
+        if archive is not None:
+            with _converted(f"load {archive.name}"), archive.open("rb") as data:
+                self.client.images.load(data)
+        else:
+            name, _, digest = image.partition("@")
+            with _converted(f"pull {image}"):
+                self.client.images.pull(name, tag=digest)
+        if not self._has_image(image):
+            raise EngineError(f"{image} is not present by its digest after fetching it", retryable=False)
+
+    def _create(self, spec: ContainerSpec) -> None:
+        internal = self._ensure_network(spec.app, egress=False)
+        egress = self._ensure_network(spec.app, egress=True) if spec.egress else None
+        mounts = [
+            Mount(
+                target=m.target,
+                source=volume_name(spec.app, m.source) if m.kind == "volume" else m.source,
+                type=m.kind,
+                read_only=m.read_only,
+            )
+            for m in spec.mounts
+        ]
+        health = None
+        if spec.health is not None:
+            health = {
+                "test": list(spec.health.test),
+                "interval": int(spec.health.interval * 1e9),
+                "timeout": int(spec.health.timeout * 1e9),
+                "retries": spec.health.retries,
+                "start_period": int(spec.health.start_period * 1e9),
+            }
+        labels = {
+            **dict(spec.labels),
+            MANAGED: "true",
+            APP: spec.app,
+            SERVICE: spec.service,
+            RELEASE: spec.release,
+            DIGEST: spec.config_digest,
+        }
+        with _converted(f"create {spec.app}/{spec.service}"):
+            container = self.client.containers.create(
+                spec.image,
+                command=list(spec.command) if spec.command is not None else None,
+                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+                name=container_name(spec),
+                hostname=spec.service,
+                environment=dict(spec.environment),
+                labels=labels,
+                network=internal,
+                networking_config={internal: EndpointConfig(API_VERSION, aliases=[spec.service])},
+                ports={f"{p.target}/{p.protocol}": (p.host_ip, p.published) for p in spec.ports},
+                mounts=mounts,
+                devices=list(spec.devices),
+                device_cgroup_rules=list(spec.device_cgroup_rules),
+                cap_drop=["ALL"],
+                cap_add=list(spec.cap_add),
+                security_opt=["no-new-privileges"],
+                privileged=False,
+                read_only=True,
+                tmpfs=dict(TMPFS),
+                mem_limit=spec.memory,
+                memswap_limit=spec.memory,
+                nano_cpus=spec.nano_cpus,
+                pids_limit=spec.pids,
+                init=True,
+                ulimits=[Ulimit(name="nofile", soft=NOFILE, hard=NOFILE), Ulimit(name="nproc", soft=NPROC, hard=NPROC)],
+                log_config=LogConfig(
+                    type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}
+                ),
+                restart_policy={"Name": "on-failure", "MaximumRetryCount": spec.restart_max}
+                if spec.restart_max
+                else {"Name": "no"},
+                healthcheck=health,
+            )
+            if egress is not None:
+                self.client.networks.get(egress).connect(container, aliases=[spec.service])

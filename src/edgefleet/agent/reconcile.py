@@ -1,0 +1,94 @@
+"""One reconcile: observe the engine, plan against the verified releases, carry the steps out in order.
+
+The deciding part is `agent.plan.plan` (pure); this module only joins it to an engine. A
+release whose permissions the device's policy does not grant is refused before any step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgefleet.agent.plan import AppTarget, Observed, ServiceTarget, Step, plan
+from edgefleet.agent.policy import Policy, Refusal, refusals
+from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
+from edgefleet.manifest import Release
+
+Specs = dict[tuple[str, str], ContainerSpec]
+
+
+class Engine(Protocol):
+    """The port the reconciler drives (`agent.engine.docker.DockerEngine` is the real one)."""
+
+    def observe(self, images: frozenset[str] = frozenset()) -> Observed: ...
+
+    def execute(self, step: Step, specs: Mapping[tuple[str, str], ContainerSpec]) -> None: ...
+
+
+class PermissionRefusedError(Exception):
+    """A release asks for permissions the device's policy does not grant; nothing was changed."""
+
+    def __init__(self, app: str, refused: list[Refusal]) -> None:
+        names = ", ".join(f"{r.service}: {r.permission}" for r in refused)
+        super().__init__(f"{app}: permissions not granted by this device's policy: {names}")
+        self.app = app
+        self.refused = refused
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the device must run: per app a verified release, plus the facts specs depend on."""
+
+    releases: Mapping[str, Release]
+    policy: Policy
+    facts: HostFacts
+    environment: Mapping[str, str]
+
+
+def targets(desired: Desired) -> tuple[dict[str, AppTarget], Specs]:
+    """The planner's targets and the container definitions behind them.
+
+    Raises:
+        PermissionRefusedError: a release needs a permission the policy does not grant.
+    """
+    apps: dict[str, AppTarget] = {}
+    specs: Specs = {}
+    for app, release in sorted(desired.releases.items()):
+        refused = refusals(release, desired.policy)
+        if refused:
+            raise PermissionRefusedError(app, refused)
+        made = release_specs(release, facts=desired.facts, environment=dict(desired.environment))
+        for spec in made:
+            specs[(app, spec.service)] = spec
+        apps[app] = AppTarget(
+            app=app,
+            release=release.version,
+            services=tuple(
+                ServiceTarget(app, s.service, s.release, s.image, s.config_digest, s.depends_on) for s in made
+            ),
+            volumes=release.volumes,
+        )
+    return apps, specs
+
+
+def plan_for(engine: Engine, desired: Desired) -> tuple[tuple[Step, ...], Specs]:
+    """Observe and plan, without acting (`edgefleet agent plan`)."""
+    apps, specs = targets(desired)
+    images = frozenset(spec.image for spec in specs.values())
+    return plan(engine.observe(images), apps), specs
+
+
+def reconcile(engine: Engine, desired: Desired, *, on_step: Callable[[Step], None] | None = None) -> tuple[Step, ...]:
+    """Bring the engine to `desired`; returns the steps taken (none when already there).
+
+    Raises:
+        PermissionRefusedError: before any step.
+        EngineError: a step failed; later steps were not taken (the next reconcile resumes).
+    """
+    steps, specs = plan_for(engine, desired)
+    for step in steps:
+        if on_step is not None:
+            on_step(step)
+        engine.execute(step, specs)
+    return steps

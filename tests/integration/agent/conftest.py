@@ -1,0 +1,156 @@
+"""Real Podman for agent tests: a Docker-compatible API socket of our own, a registry, a busybox image.
+
+Podman's storage is the machine's, so every test works on apps named for it alone and
+removes what it made. All Podman tests run in one xdist worker (group "podman"): the
+pull-by-digest registry listens on the one loopback port scripts/setup marks insecure.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from edgefleet.agent.engine.docker import APP, MANAGED, DockerEngine
+from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry, sha256
+
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+REGISTRY_PORT = 5099
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "sleep", "echo", "cat", "nc", "wget", "httpd", "ls", "env", "true", "id", "touch", "grep", "test")
+
+
+@pytest.fixture(scope="session")
+def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`podman system service` on a socket of this session's."""
+    if not Path(PODMAN).exists():
+        pytest.fail("podman is missing: scripts/setup installs it")
+    root = tmp_path_factory.mktemp("podman")
+    socket = root / "podman.sock"
+    log = (root / "service.log").open("wb")
+    process = subprocess.Popen(
+        [PODMAN, "system", "service", "--time=0", f"unix://{socket}"], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"unix://{socket}"
+    deadline = time.monotonic() + 30
+    while True:
+        if socket.exists():
+            try:
+                client = docker.DockerClient(base_url=url, version="1.41", timeout=5)
+                client.ping()
+                client.close()
+                break
+            except docker.errors.DockerException:
+                pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"podman system service did not start: {(root / 'service.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("pull-registry")
+    with run_registry(root, root / "storage", port=REGISTRY_PORT) as host:
+        registry = Registry(host=host, storage=root / "storage")
+        yield registry
+        registry.http.close()
+
+
+def busybox_layer(marker: str) -> tuple[bytes, str]:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        directory = tarfile.TarInfo("bin")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(directory)
+        data = BUSYBOX.read_bytes()
+        binary = tarfile.TarInfo("bin/busybox")
+        binary.size, binary.mode = len(data), 0o755
+        archive.addfile(binary, io.BytesIO(data))
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            archive.addfile(link)
+        note = marker.encode()
+        info = tarfile.TarInfo("etc/image")
+        info.size = len(note)
+        archive.addfile(info, io.BytesIO(note))
+    return gzip.compress(raw.getvalue(), mtime=0), sha256(raw.getvalue())
+
+
+def push_busybox(registry: Registry, marker: str) -> str:
+    """A static-busybox image in the registry; returns it pinned by digest."""
+    repo = "edgefleet-test/busybox"
+    layer, diff_id = busybox_layer(marker)
+    layer_descriptor = registry.push_blob(repo, layer, OCI_LAYER)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    config_descriptor = registry.push_blob(repo, json.dumps(config).encode(), OCI_CONFIG)
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_descriptor, "layers": [layer_descriptor]}
+    ).encode()
+    manifest = registry.push_manifest(repo, marker, body, OCI_MANIFEST)
+    return f"{registry.host}/{repo}@{manifest['digest']}"
+
+
+@pytest.fixture(scope="session")
+def busybox(test_registry: Registry) -> str:
+    if not BUSYBOX.exists():
+        pytest.fail("/bin/busybox is missing: scripts/setup installs busybox-static")
+    return push_busybox(test_registry, "main")
+
+
+@pytest.fixture
+def apps(podman_socket: str) -> Iterator[list[str]]:
+    """Unique app names for one test; whatever the agent made for them is removed afterwards."""
+    names: list[str] = []
+    yield names
+    client = docker.DockerClient(base_url=podman_socket, version="1.41", timeout=60)
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}):
+            if container.labels.get(APP) in names:
+                container.remove(force=True)
+        for network in client.networks.list(filters={"label": f"{MANAGED}=true"}):
+            if network.attrs.get("Labels", {}).get(APP) in names:
+                network.remove()
+        for volume in client.volumes.list(filters={"label": f"{MANAGED}=true"}):
+            if volume.attrs.get("Labels", {}).get(APP) in names:
+                volume.remove(force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def engine(podman_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
+    instance = DockerEngine(podman_socket)
+    yield instance
+    instance.close()
+
+
+def app_name(apps: list[str], stem: str) -> str:
+    name = f"{stem}-{secrets.token_hex(3)}"
+    apps.append(name)
+    return name

@@ -1,0 +1,227 @@
+"""The agent's engine adapter and reconciler on real Podman (Docker-compatible API): confinement,
+minimal recreation, volumes across updates, isolation between apps, and never touching others' objects."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from edgefleet.agent.engine.docker import MANAGED, DockerEngine
+from edgefleet.agent.policy import Policy, parse_policy
+from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
+from edgefleet.agent.spec import HostFacts
+from edgefleet.manifest import Release, parse_manifest
+from edgefleet.publisher.registry import RegistryClient
+from tests.integration.agent.conftest import app_name, push_busybox
+from tests.integration.registry.conftest import Registry
+
+pytestmark = pytest.mark.xdist_group("podman")
+
+ALLOW_ALL = parse_policy('allow = ["network", "network-bind:*", "host-read:*"]')
+
+
+def manifest(
+    app: str,
+    image: str,
+    *,
+    version: str = "1.0.0",
+    web_env: str = "MODE: one",
+    db_env: str = "V: '1'",
+    port: int | None = None,
+    permissions: str = "[]",
+) -> Release:
+    ports = f'    ports: ["127.0.0.1:{port}:8080"]\n' if port else ""
+    web_permissions = f'["network-bind:{port}"]' if port else permissions
+    return parse_manifest(f"""
+services:
+  db:
+    image: {image}
+    command: ["/bin/sh", "-c", "echo db > /data/hello; while true; do nc -l -p 8080 < /data/hello; done"]
+    environment: {{{db_env}}}
+    volumes: ["data:/data"]
+  web:
+    image: {image}
+    command: ["/bin/sh", "-c", "while true; do echo web | nc -l -p 8080; done"]
+    environment: {{{web_env}}}
+    depends_on: [db]
+{ports}volumes: {{data: }}
+x-edgefleet:
+  app: {app}
+  version: {version}
+  architectures: [amd64]
+  services:
+    db:
+      resources: {{memory: 32m, cpus: 0.25, pids: 32}}
+    web:
+      resources: {{memory: 48m, cpus: 0.5, pids: 64}}
+      permissions: {web_permissions}
+""")
+
+
+def desired(*releases: Release, policy: Policy = ALLOW_ALL) -> Desired:
+    return Desired(
+        releases={r.app: r for r in releases}, policy=policy, facts=HostFacts(), environment={"FLEET": "lab"}
+    )
+
+
+def containers(engine: DockerEngine, app: str) -> dict[str, docker.models.containers.Container]:
+    found = engine.client.containers.list(all=True, filters={"label": [f"{MANAGED}=true", f"io.edgefleet.app={app}"]})
+    return {c.labels["io.edgefleet.service"]: c for c in found}
+
+
+def sh(container: docker.models.containers.Container, command: str) -> tuple[int, str]:
+    code, output = container.exec_run(["/bin/sh", "-c", command])
+    return code, output.decode(errors="replace")
+
+
+def wait_running(engine: DockerEngine, app: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running = [c for c in containers(engine, app).values() if c.status == "running"]
+        if len(running) == count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{app}: not all {count} containers running")
+
+
+def test_two_service_release_runs_confined(engine: DockerEngine, apps: list[str], busybox: str) -> None:
+    app = app_name(apps, "shop")
+    steps = reconcile(engine, desired(manifest(app, busybox, port=18081)))
+    assert steps
+    wait_running(engine, app, 2)
+    web = containers(engine, app)["web"]
+    host = web.attrs["HostConfig"]
+
+    assert host["ReadonlyRootfs"] is True
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Privileged"] is False
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (48 * 1024**2, 500_000_000, 64)
+    assert host["Init"] is True
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+    assert set(host["Tmpfs"]) >= {"/tmp", "/run"}
+    assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18081"}]}
+    assert {u["Name"]: u["Soft"] for u in host["Ulimits"]} == {"RLIMIT_NOFILE": 4096, "RLIMIT_NPROC": 4096}
+    assert host["PidMode"] in ("", "private")
+    assert host["IpcMode"] in ("", "private", "shareable")
+    assert not host.get("Devices")
+    assert all(m["Type"] in ("volume", "tmpfs") for m in web.attrs["Mounts"])
+    # Inside: no capabilities at all, a read-only root, the limits in force.
+    assert sh(web, "grep CapEff /proc/self/status")[1].split()[-1] == "0000000000000000"
+    assert sh(web, "touch /etc/x")[0] != 0
+    assert sh(web, "touch /tmp/x")[0] == 0
+    assert sh(web, "env")[1].count("FLEET=lab") == 1
+    # Services of one app reach each other by name, over the app's own network.
+    assert sh(web, "nc -w 3 db 8080")[1].strip() == "db"
+
+
+def test_changing_one_service_recreates_only_it_and_volumes_survive(
+    engine: DockerEngine, apps: list[str], busybox: str
+) -> None:
+    app = app_name(apps, "shop")
+    reconcile(engine, desired(manifest(app, busybox)))
+    wait_running(engine, app, 2)
+    before = {name: c.id for name, c in containers(engine, app).items()}
+    assert sh(containers(engine, app)["db"], "echo kept > /data/state")[0] == 0
+
+    steps = reconcile(engine, desired(manifest(app, busybox, version="1.1.0", web_env="MODE: two")))
+
+    assert {type(s).__name__ for s in steps} == {
+        "StopContainer",
+        "RemoveContainer",
+        "CreateContainer",
+        "StartContainer",
+    }
+    wait_running(engine, app, 2)
+    after = {name: c.id for name, c in containers(engine, app).items()}
+    assert after["db"] == before["db"]
+    assert after["web"] != before["web"]
+    assert reconcile(engine, desired(manifest(app, busybox, version="1.1.0", web_env="MODE: two"))) == ()
+
+    # A release that changes db as well: the volume, and what it holds, carry over.
+    reconcile(engine, desired(manifest(app, busybox, version="2.0.0", web_env="MODE: two", db_env="V: '2'")))
+    wait_running(engine, app, 2)
+    db = containers(engine, app)["db"]
+    assert db.id != before["db"]
+    assert sh(db, "cat /data/state")[1].strip() == "kept"
+
+
+def test_apps_cannot_reach_each_other_and_updates_stay_inside_one_app(
+    engine: DockerEngine, apps: list[str], busybox: str
+) -> None:
+    one, two = app_name(apps, "vendor"), app_name(apps, "customer")
+    # Neither app has the `network` permission: each has only its internal network.
+    reconcile(engine, desired(manifest(one, busybox), manifest(two, busybox)))
+    wait_running(engine, one, 2)
+    wait_running(engine, two, 2)
+    theirs = containers(engine, two)
+    their_ips = [
+        network["IPAddress"]
+        for container in theirs.values()
+        for network in container.attrs["NetworkSettings"]["Networks"].values()
+    ]
+    assert len(their_ips) == 2
+    mine = containers(engine, one)["web"]
+    for ip in their_ips:
+        assert "db" not in sh(mine, f"nc -w 2 {ip} 8080")[1]
+        assert "web" not in sh(mine, f"nc -w 2 {ip} 8080")[1]
+    assert sh(mine, "nc -w 2 db 8080")[1].strip() == "db"  # its own db, by name
+
+    ids = {c.id for c in theirs.values()}
+    reconcile(engine, desired(manifest(one, busybox, version="1.1.0", web_env="MODE: new"), manifest(two, busybox)))
+    assert {c.id for c in containers(engine, two).values()} == ids
+
+
+def test_restarted_agent_finds_its_containers_and_never_touches_others(
+    engine: DockerEngine, apps: list[str], busybox: str, podman_socket: str
+) -> None:
+    app = app_name(apps, "shop")
+    reconcile(engine, desired(manifest(app, busybox)))
+    wait_running(engine, app, 2)
+    foreign = engine.client.containers.run(busybox, ["/bin/sleep", "300"], detach=True, labels={"owner": "someone"})
+    try:
+        fresh = DockerEngine(podman_socket)  # a restarted agent: nothing in memory
+        assert reconcile(fresh, desired(manifest(app, busybox))) == ()
+        reconcile(fresh, desired())  # nothing assigned any more: the app goes, the stranger stays
+        assert containers(fresh, app) == {}
+        foreign.reload()
+        assert foreign.status == "running"
+        assert fresh.client.volumes.get(f"edgefleet_{app}_data")  # data is kept
+        fresh.close()
+    finally:
+        foreign.remove(force=True)
+
+
+def test_denied_permission_changes_nothing(engine: DockerEngine, apps: list[str], busybox: str) -> None:
+    app = app_name(apps, "shop")
+    reconcile(engine, desired(manifest(app, busybox)))
+    before = {c.id for c in containers(engine, app).values()}
+    greedy = manifest(app, busybox, version="2.0.0", permissions='["host-read:/srv"]')
+    with pytest.raises(PermissionRefusedError) as refused:
+        reconcile(engine, desired(greedy, policy=parse_policy('allow = ["network"]')))
+    assert [(r.service, r.permission) for r in refused.value.refused] == [("web", "host-read:/srv")]
+    assert {c.id for c in containers(engine, app).values()} == before
+
+
+def test_images_are_pulled_by_digest_or_loaded_from_a_verified_bundle(
+    engine: DockerEngine, apps: list[str], test_registry: Registry, tmp_path: Path
+) -> None:
+    pulled = push_busybox(test_registry, f"pull-{time.time_ns()}")
+    bundled = push_busybox(test_registry, f"bundle-{time.time_ns()}")
+    archive = tmp_path / "image.tar"
+    with RegistryClient(insecure=[test_registry.host]) as registry:
+        registry.export(bundled, archive)
+    engine.bundles[bundled] = archive
+    try:
+        for image in (pulled, bundled):
+            app = app_name(apps, "img")
+            reconcile(engine, desired(manifest(app, image)))
+            wait_running(engine, app, 2)
+            assert engine.client.images.get(image).id
+    finally:
+        for image in (pulled, bundled):
+            for container in engine.client.containers.list(all=True, filters={"ancestor": image}):
+                container.remove(force=True)
+            engine.client.images.remove(image, force=True)

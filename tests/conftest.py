@@ -43,6 +43,8 @@ TABLES = (
     "releases",
     "assignments",
     "director_metadata",
+    "fleet_environment",
+    "device_environment",
 )
 
 

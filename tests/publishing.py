@@ -90,10 +90,18 @@ class Publisher:
 
         return rotate(self.keys, role, push, now=datetime.now(UTC), **kwargs)
 
-    def build(self, app: str = "sensor", version: str = "1.0.0", *, bundle: bool = False, **kwargs: Any) -> Path:
+    def build(
+        self,
+        app: str = "sensor",
+        version: str = "1.0.0",
+        *,
+        bundle: bool = False,
+        text: str | None = None,
+        **kwargs: Any,
+    ) -> Path:
         app_dir = self.tmp / f"app-{app}-{version}"
         app_dir.mkdir(exist_ok=True)
-        (app_dir / "compose.yaml").write_text(compose(app, version, **kwargs))
+        (app_dir / "compose.yaml").write_text(text if text is not None else compose(app, version, **kwargs))
         out = self.tmp / f"build-{app}-{version}"
         build(app_dir, out, exporter=fake_oci_archive if bundle else None)
         return out

@@ -4,7 +4,8 @@ A release APP@VERSION is a set of image-repository targets under ``APP/VERSION/`
 manifest (``compose.yaml``) and, when bundled, one OCI archive per image. The manifest
 target's custom field names the release, its release counter (per app, increasing with
 every release the publisher signs) and its architectures. The director's per-device
-target repeats the fields that must match, plus the device and the rollback mark.
+target repeats the fields that must match, plus the device, the rollback mark and the
+device's operator-set environment.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
 
-from edgefleet.protocol import Arch, DeviceId, WireModel
+from edgefleet.protocol import Arch, DeviceId, Environment, WireModel
 
 CUSTOM_KEY = "edgefleet"
 DEVICE_FIELD = "x-edgefleet-device"
@@ -57,7 +58,12 @@ class BundleTarget(WireModel):
 
 
 class DirectorTarget(WireModel):
-    """Custom field of a director target: the same release facts, plus whom it is for."""
+    """Custom field of a director target: the same release facts, plus whom it is for.
+
+    `environment` is the device's effective operator-set environment (fleet values
+    overlaid by the device's own), the same in each of the device's targets; the agent
+    takes it from here only, after verifying the director's signature.
+    """
 
     kind: Literal["manifest"] = "manifest"
     app: AppName
@@ -66,6 +72,7 @@ class DirectorTarget(WireModel):
     device_id: DeviceId
     arch: Arch
     rollback: bool = False
+    environment: Environment = Field(default_factory=dict)
 
 
 def manifest_path(app: str, version: str) -> str:

@@ -17,7 +17,7 @@ import httpx
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest
+from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest, TargetState
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
@@ -59,6 +59,11 @@ class DeviceClient:
             response = self._http.request(method, API_PREFIX + path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
+        return self._checked(response)
+
+    @staticmethod
+    def _checked(response: httpx.Response) -> dict[str, Any]:
+        """The JSON body of a 2xx answer; hub errors become agent errors."""
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise HubUnreachableError("hub answer too large")
         if response.status_code >= 500:
@@ -105,6 +110,29 @@ class DeviceClient:
                 raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
             roots.append(response.content)
         return roots[0], roots[1]
+
+    def target_state(
+        self, identity: LocalIdentity, *, wait: float = 0, etag: str | None = None
+    ) -> tuple[TargetState | None, str | None]:
+        """Long-poll what this device must run: (state, its ETag), or (None, etag) when unchanged (304)."""
+        headers = {"Authorization": f"Bearer {identity.token(now=self._clock())}"}
+        if etag:
+            headers["If-None-Match"] = etag
+        # The hub holds the request up to `wait`; the read timeout must outlast that.
+        read = (self._http.timeout.read or 30.0) + wait
+        try:
+            response = self._http.get(
+                API_PREFIX + "/device/target",
+                params={"wait": wait} if wait else None,
+                headers=headers,
+                timeout=httpx.Timeout(self._http.timeout.connect or 30.0, read=read),
+            )
+        except httpx.HTTPError as exc:
+            raise HubUnreachableError(f"hub unreachable: {exc}") from exc
+        if response.status_code == 304:
+            return None, etag
+        data = self._checked(response)
+        return TargetState.model_validate(data), response.headers.get("ETag")
 
     def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:
         return self._call("GET", f"/devices/{device_id or identity.device_id}/twin", identity=identity)

@@ -227,3 +227,24 @@ def plan(observed: Observed, targets: Mapping[str, AppTarget]) -> tuple[Step, ..
     for app in sorted(present - set(targets)):
         per_app.extend(_plan_removal(app, observed))
     return (*fetch, *per_app)
+
+
+def describe(step: Step) -> str:
+    """One line for people (`edgefleet agent plan`, the agent's log)."""
+    match step:
+        case FetchImage(image=image):
+            return f"fetch {image}"
+        case CreateNetwork(app=app):
+            return f"create network {app}"
+        case CreateVolume(app=app, volume=volume):
+            return f"create volume {app}/{volume}"
+        case CreateContainer(target=t):
+            return f"create {t.app}/{t.service} (release {t.release}, definition {t.config_digest[:8]})"
+        case StartContainer(app=app, service=service):
+            return f"start {app}/{service}"
+        case StopContainer(app=app, service=service, container_id=cid):
+            return f"stop {app}/{service} ({cid[:12]})"
+        case RemoveContainer(app=app, service=service, container_id=cid):
+            return f"remove {app}/{service} ({cid[:12]})"
+        case RemoveNetwork(app=app):
+            return f"remove network {app}"

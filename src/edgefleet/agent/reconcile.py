@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from edgefleet.agent.plan import AppTarget, Observed, ServiceTarget, Step, plan
@@ -20,6 +21,9 @@ Specs = dict[tuple[str, str], ContainerSpec]
 
 class Engine(Protocol):
     """The port the reconciler drives (`agent.engine.docker.DockerEngine` is the real one)."""
+
+    bundles: dict[str, Path]
+    """Image -> verified OCI archive to load instead of pulling."""
 
     def observe(self, images: frozenset[str] = frozenset()) -> Observed: ...
 

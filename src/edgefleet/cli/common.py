@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import httpx
 import typer
 from rich.console import Console
@@ -140,3 +141,25 @@ def parse_duration(text: str) -> int:
     if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
         raise CliError(f"bad duration {text!r}", exit_code=EXIT_USAGE, hint="use e.g. 90s, 15m, 24h, 7d")
     return int(number) * _UNITS[unit]
+
+
+def run_app(app: typer.Typer, argv: list[str] | None) -> int:
+    """Run a Typer app; user errors print one line (and a hint) on stderr, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except CliError as exc:
+        err.print(f"error: {' '.join(exc.message.split())}")  # one line, whatever a driver said
+        if exc.hint:
+            err.print(f"hint: {exc.hint}")
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except click.ClickException as exc:  # usage errors
+        exc.show()
+        return exc.exit_code
+    return 0

@@ -1,9 +1,11 @@
-"""`edgefleet device list|show|tag|accept|reject|revoke`: the device registry."""
+"""`edgefleet device list|show|tag|accept|reject|revoke|assign|assignments|env`: the device registry."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -20,6 +22,7 @@ from edgefleet.cli.common import (
     print_json,
     print_table,
 )
+from edgefleet.cli.fleets import env_commands, say
 
 app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 COLUMNS = ("id", "fleet", "status", "arch", "tags", "last_seen_at")
@@ -57,15 +60,48 @@ def list_devices(
 def show(
     device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
 ) -> None:
-    """Show one device and its twin."""
+    """Show one device: its record, each app's assigned release beside what the device reports, its last error."""
     client = HubClient(hub, token, ca)
-    device = client.call("GET", f"/devices/{device_id}")
-    device["reported"] = client.call("GET", f"/devices/{device_id}/twin")["reported"]
+    device = client.call("GET", f"/devices/{quote(device_id, safe='')}")
+    state = client.call("GET", f"/devices/{quote(device_id, safe='')}/state")
     if json_out:
-        print_json(device)
+        keys = ("apps", "environment", "last_error", "reported")
+        print_json({**device, **{key: state[key] for key in keys}})
         return
     for key, value in device.items():
-        out.print(f"{key + ':':18} {value}")
+        say(f"{key + ':':18} {_cell(value)}")
+    say(f"{'environment:':18} {', '.join(state['environment']) or '-'}")
+    say("apps (desired -> reported):")
+    if not state["apps"]:
+        say("  (none assigned or reported)")
+    width = max((len(app["app"]) for app in state["apps"]), default=0)
+    for app_state in state["apps"]:
+        mark = "ok" if app_state["in_sync"] else "differs"
+        desired, reported = app_state["desired"] or "-", app_state["reported"] or "-"
+        services = _services(app_state["services"])
+        line = f"  {app_state['app'].ljust(width)}  {desired} -> {reported}  [{mark}]"
+        say(f"{line}  {services}" if services else line)
+    if state["last_error"] is not None:
+        say(f"{'last_error:':18} {_cell(state['last_error'])}")
+    others = {k: v for k, v in state["reported"].items() if k not in ("apps", "last_error")}
+    for key, value in others.items():
+        say(f"{'reported.' + key + ':':18} {_cell(value)}")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _services(services: dict[str, object]) -> str:
+    """`name=state` per service; the state is whatever the device reported (its strings, joined)."""
+    parts = []
+    for name, status in services.items():
+        if isinstance(status, dict):
+            status = "/".join(str(v) for v in status.values() if isinstance(v, str | int | float | bool))
+        parts.append(f"{name}={status}")
+    return ", ".join(parts)
 
 
 @app.command("tag")
@@ -136,3 +172,9 @@ def assignments(
         print_json(rows)
         return
     print_table(rows, ("app", "version", "release_counter", "rollback", "assigned_by", "assigned_at"))
+
+
+app.add_typer(
+    env_commands(noun="device", metavar="ID", path=lambda device: f"/devices/{quote(device, safe='')}/environment"),
+    name="env",
+)

@@ -7,8 +7,8 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import audit, devices, hub, keys, release, repo, tokens, users
-from edgefleet.cli.common import CliError, err
+from edgefleet.cli import agent, audit, devices, fleets, hub, keys, release, repo, tokens, users
+from edgefleet.cli.common import run_app
 
 app = typer.Typer(
     name="edgefleet",
@@ -20,12 +20,14 @@ app = typer.Typer(
 app.add_typer(hub.app, name="hub")
 app.add_typer(tokens.app, name="token")
 app.add_typer(devices.app, name="device")
+app.add_typer(fleets.app, name="fleet")
 app.add_typer(users.users, name="user")
 app.add_typer(users.apitokens, name="apitoken")
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
 app.add_typer(repo.app, name="repo")
 app.add_typer(release.app, name="release")
+app.add_typer(agent.app, name="agent")
 
 
 @app.command("version")
@@ -36,28 +38,7 @@ def version() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line (and a hint) on stderr, never a traceback."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except CliError as exc:
-        err.print(f"error: {' '.join(exc.message.split())}")  # one line, whatever a driver said
-        if exc.hint:
-            err.print(f"hint: {exc.hint}")
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        err.print("aborted")
-        return 130
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # click usage errors and the like arrive here
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

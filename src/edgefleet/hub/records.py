@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[Role, int] = {"viewer": 0, "operator": 1, "admin": 2}
+EnvScope = Literal["fleet", "device"]
+"""Where an operator sets environment variables: a whole fleet, or one device (which overrides its fleet)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,3 +234,18 @@ def test_an_apps_steps_never_touch_another_apps_containers(world: tuple[Observed
         if isinstance(step, StopContainer | RemoveContainer) and step.app in targets:
             kept = [c for c in observed.containers if c.app == step.app]
             assert kept  # only an app's own containers are ever stopped for it
+
+
+def test_every_step_has_a_one_line_description() -> None:
+    from edgefleet.agent.plan import describe
+
+    steps = plan(Observed(), {"sensor": AppTarget("sensor", "1", (svc("db"),), volumes=("data",))})
+    assert [describe(s) for s in steps] == [
+        f"fetch {IMG}",
+        "create network sensor",
+        "create volume sensor/data",
+        "create sensor/db (release 1.0.0, definition d1)",
+        "start sensor/db",
+    ]
+    assert describe(StopContainer("a", "b", "0123456789abcdef")) == "stop a/b (0123456789ab)"
+    assert describe(RemoveNetwork("a")) == "remove network a"

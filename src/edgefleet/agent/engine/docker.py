@@ -143,6 +143,20 @@ class DockerEngine:
             return False
         return True
 
+    def status(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per app and service: state, health, restart count and image, for the device's report."""
+        report: dict[str, dict[str, dict[str, Any]]] = {}
+        for container in self._managed():
+            labels, state = container.labels, container.attrs.get("State", {})
+            report.setdefault(labels.get(APP, ""), {})[labels.get(SERVICE, "")] = {
+                "state": container.status,
+                "health": (state.get("Health") or {}).get("Status"),
+                "restarts": container.attrs.get("RestartCount", 0),
+                "release": labels.get(RELEASE),
+                "image": container.attrs.get("Config", {}).get("Image"),
+            }
+        return report
+
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""
         with _converted(f"inspect {container_id}"):

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgefleet import __version__
 from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from edgefleet.hub.api.routes import audit, device, devices, repository, system, tokens, tuf, users
+from edgefleet.hub.api.routes import audit, device, devices, environment, repository, system, tokens, tuf, users
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubConfigError, HubError
 from edgefleet.protocol import API_PREFIX, ErrorBody
@@ -77,7 +77,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
     app.include_router(system.router)
-    for module in (device, devices, tokens, users, audit, repository, tuf):
+    for module in (device, devices, environment, tokens, users, audit, repository, tuf):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

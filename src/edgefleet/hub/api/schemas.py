@@ -7,7 +7,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
-from edgefleet.protocol import Arch, DeviceStatus, FleetName, RequestModel, TagKey, Tags, WireModel
+from edgefleet.protocol import (
+    Arch,
+    DeviceStatus,
+    Environment,
+    EnvName,
+    EnvValue,
+    FleetName,
+    RequestModel,
+    TagKey,
+    Tags,
+    WireModel,
+)
 from edgefleet.releases import AppName
 from edgefleet.releases import Version as ReleaseVersion
 
@@ -204,3 +215,51 @@ class AssignmentOut(ReadModel):
     rollback: bool
     assigned_by: str
     assigned_at: datetime
+
+
+class AppStateOut(ReadModel):
+    """One app: the assigned release (desired) beside what the device reports running."""
+
+    app: str
+    desired: str | None = Field(description="Assigned version; null when the app is no longer assigned.")
+    release_counter: int | None
+    rollback: bool
+    reported: str | None = Field(description="Version the device reports in `reported.apps`; null when not reported.")
+    services: dict[str, Any] = Field(description="Per-service status as the device reports it.")
+    in_sync: bool
+
+
+class DeviceStateOut(WireModel):
+    """Desired (assignments, effective environment) beside reported (the twin) for one device."""
+
+    device_id: str
+    status: DeviceStatus
+    last_seen_at: datetime | None
+    apps: list[AppStateOut]
+    environment: dict[str, str] = Field(description="Effective environment: the fleet's overlaid by the device's.")
+    last_error: Any = Field(default=None, description="`reported.last_error`, as the device wrote it.")
+    reported: dict[str, Any]
+
+
+class EnvironmentChange(RequestModel):
+    """Set and remove environment variables in one step."""
+
+    set: Environment = Field(default_factory=dict)
+    unset: Annotated[list[EnvName], Field(max_length=128)] = Field(default_factory=list)
+
+
+class EnvironmentValue(RequestModel):
+    value: EnvValue
+
+
+class FleetEnvironmentOut(WireModel):
+    fleet: str
+    environment: dict[str, str]
+
+
+class DeviceEnvironmentOut(WireModel):
+    device_id: str
+    fleet: str
+    environment: dict[str, str] = Field(description="Set on the device itself; overrides the fleet's.")
+    fleet_environment: dict[str, str] = Field(description="Set on the device's fleet.")
+    effective: dict[str, str] = Field(description="What the device's apps get: the fleet's overlaid by its own.")

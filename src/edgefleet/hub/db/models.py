@@ -185,3 +185,23 @@ class DirectorMetadataRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class FleetEnvironmentRow(Base):
+    """One environment variable an operator set for every device of a fleet."""
+
+    __tablename__ = "fleet_environment"
+
+    fleet: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DeviceEnvironmentRow(Base):
+    """One environment variable an operator set for one device; it overrides the fleet's."""
+
+    __tablename__ = "device_environment"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

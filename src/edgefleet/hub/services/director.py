@@ -2,9 +2,11 @@
 
 An operator assigns APP@VERSION to a device (audited). The director's targets for that
 device list one manifest target per assigned app, with the image repository's length and
-hash and custom fields naming the device, its architecture, the release counter and
-whether this is a deliberate rollback. They are signed with the hub's online director key
-and served only to that device; its own ID is inside, so they cannot be replayed to another.
+hash and custom fields naming the device, its architecture, the release counter, whether
+this is a deliberate rollback, and the device's effective environment (so a change of
+environment is a new, signed targets version). They are signed with the hub's online
+director key and served only to that device; its own ID is inside, so they cannot be
+replayed to another.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from edgefleet.hub.errors import ConflictError, NotFoundError
 from edgefleet.hub.records import Assignment, Device
 from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services.audit import record
+from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
 from edgefleet.releases import CUSTOM_KEY, DEVICE_FIELD, DirectorTarget
 
 ROOT_ROLE = "director-root"
 """Role name of the director's root in the repository metadata table (shared by all devices)."""
 DEVICE_ROLES = ("targets", "snapshot", "timestamp")
+MAX_APPS = 64
+"""Apps assigned to one device (what the target-state poll may list)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
     Raises:
         NotFoundError: no such device or release.
         ConflictError: device not accepted, release withdrawn or without the device's
-            architecture, or an older release without `rollback`.
+            architecture, an older release without `rollback`, or one app too many.
     """
     with operator_action(hub, operator, "operator", action="device.assign", target=f"device:{device_id}") as tx:
         device = tx.get_device(device_id, for_update=True)
@@ -58,7 +63,10 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
                 "architecture_unsupported",
                 f"{app}@{version} has images for {', '.join(release.architectures)}, the device is {device.arch}",
             )
-        previous = next((a for a in tx.list_assignments(device_id) if a.app == app), None)
+        current = tx.list_assignments(device_id)
+        previous = next((a for a in current if a.app == app), None)
+        if previous is None and len(current) >= MAX_APPS:
+            raise ConflictError("too_many_apps", f"a device runs at most {MAX_APPS} apps")
         older = previous is not None and release.release_counter < previous.release_counter
         if older and not rollback:
             raise ConflictError(
@@ -105,6 +113,7 @@ def list_assignments(hub: Hub, operator: Operator, device_id: str) -> list[Assig
 
 def _wanted(tx: Tx, device: Device) -> list[TargetFile]:
     entries = []
+    environment = effective_for(tx, device)
     for assignment in tx.list_assignments(device.id):
         release = tx.get_release(assignment.app, assignment.version)
         if release is None:  # pragma: no cover - releases are never deleted
@@ -116,6 +125,7 @@ def _wanted(tx: Tx, device: Device) -> list[TargetFile]:
             device_id=device.id,
             arch=device.arch,
             rollback=assignment.rollback,
+            environment=environment,
         )
         entries.append(
             TargetFile(

@@ -1,25 +1,29 @@
-"""Device-facing routes: enroll, ask about oneself, renew the certificate, read and report the twin."""
+"""Device-facing routes: enroll, ask about oneself, poll the target state, renew the certificate, the twin."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, HubDep
+from edgefleet.hub.api.longpoll import NOT_MODIFIED, IfNoneMatch, Wait
 from edgefleet.hub.api.routes import ERRORS
 from edgefleet.hub.api.schemas import TwinOut
-from edgefleet.hub.services import devices, enrollment
-from edgefleet.protocol import DeviceId, DeviceIdentity, EnrollRequest, RenewRequest, ReportedProperties
+from edgefleet.hub.services import device_state, devices, enrollment
+from edgefleet.protocol import (
+    DeviceId,
+    DeviceIdentity,
+    EnrollRequest,
+    RenewRequest,
+    ReportedProperties,
+    TargetState,
+)
 
 router = APIRouter(tags=["device"], responses=ERRORS)
 DevicePath = Annotated[DeviceId, Path(description="Device UUID")]
-LONG_POLL_INTERVAL = 1.0
-"""How often a held request re-reads the registry (seconds)."""
 
 
 @router.post("/enroll", response_model=DeviceIdentity, status_code=201)
@@ -28,38 +32,59 @@ def enroll(hub: HubDep, body: EnrollRequest) -> DeviceIdentity:
     return enrollment.enroll(hub, body)
 
 
-@router.get(
-    "/device/self",
-    response_model=DeviceIdentity,
-    responses={304: {"description": "Unchanged during the whole wait (If-None-Match matched)"}},
-)
+@router.get("/device/self", response_model=DeviceIdentity, responses=NOT_MODIFIED)
 async def device_self(
     hub: HubDep,
     caller: AnyStatusDeviceDep,
     response: Response,
-    wait: Annotated[float, Query(ge=0, le=3600, description="Long-poll: seconds to wait for a change")] = 0,
-    if_none_match: Annotated[str | None, Header(max_length=128)] = None,
+    wait: Wait = 0,
+    if_none_match: IfNoneMatch = None,
 ) -> DeviceIdentity | Response:
     """The calling device's status and certificate; a pending device long-polls this until accepted.
 
     With `If-None-Match` set to the ETag of its last answer and `wait`, the hub holds the
     request until the identity changes or the wait (capped by `long_poll_max_seconds`) ends.
     """
-    identity = enrollment.identity_of(hub, caller.device)
-    deadline = time.monotonic() + min(wait, hub.settings.long_poll_max_seconds)
-    while if_none_match == _etag(identity):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=304, headers={"ETag": if_none_match})
-        await asyncio.sleep(min(LONG_POLL_INTERVAL, remaining))
-        device = await run_in_threadpool(devices.reload, hub, caller.device.id)
-        identity = enrollment.identity_of(hub, device)
-    response.headers["ETag"] = _etag(identity)
-    return identity
+
+    def reread() -> DeviceIdentity:
+        return enrollment.identity_of(hub, devices.reload(hub, caller.device.id))
+
+    return await longpoll.hold(
+        response,
+        enrollment.identity_of(hub, caller.device),
+        reread,
+        if_none_match=if_none_match,
+        wait=wait,
+        max_seconds=hub.settings.long_poll_max_seconds,
+    )
 
 
-def _etag(identity: DeviceIdentity) -> str:
-    return '"' + hashlib.sha256(identity.model_dump_json().encode()).hexdigest()[:32] + '"'
+@router.get("/device/target", response_model=TargetState, responses=NOT_MODIFIED)
+async def device_target(
+    hub: HubDep,
+    caller: DeviceDep,
+    response: Response,
+    wait: Wait = 0,
+    if_none_match: IfNoneMatch = None,
+) -> TargetState | Response:
+    """What the calling device must run: its assignments per app and its effective environment.
+
+    A hint only: the agent acts on the signed director metadata, which states the same.
+    With `If-None-Match` and `wait`, the hub holds the request until either changes or the
+    wait (capped by `long_poll_max_seconds`) ends, then answers 304 with no body.
+    """
+
+    def reread() -> TargetState:
+        return device_state.target_state(hub, caller.device.id)
+
+    return await longpoll.hold(
+        response,
+        await run_in_threadpool(reread),
+        reread,
+        if_none_match=if_none_match,
+        wait=wait,
+        max_seconds=hub.settings.long_poll_max_seconds,
+    )
 
 
 @router.post("/device/certificate", response_model=DeviceIdentity)

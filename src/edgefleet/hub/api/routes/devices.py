@@ -1,4 +1,4 @@
-"""Operator routes for the device registry: list, show, tag, accept, reject, revoke."""
+"""Operator routes for the device registry: list, show, desired vs reported, tag, assign, accept, reject, revoke."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from fastapi import APIRouter, Path, Query
 
 from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
 from edgefleet.hub.api.routes import ERRORS
-from edgefleet.hub.api.schemas import AssignmentIn, AssignmentOut, DeviceOut, DevicePage, TagUpdate
-from edgefleet.hub.services import devices, director
+from edgefleet.hub.api.schemas import (
+    AppStateOut,
+    AssignmentIn,
+    AssignmentOut,
+    DeviceOut,
+    DevicePage,
+    DeviceStateOut,
+    TagUpdate,
+)
+from edgefleet.hub.services import device_state, devices, director
 from edgefleet.protocol import DeviceId, DeviceStatus, FleetName
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
@@ -36,6 +44,21 @@ def list_devices(
 def show_device(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> DeviceOut:
     """One device."""
     return DeviceOut.model_validate(devices.show_device(hub, operator, device_id))
+
+
+@router.get("/{device_id}/state", response_model=DeviceStateOut)
+def show_state(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> DeviceStateOut:
+    """Desired beside reported: each app's assignment and reported release, the effective environment, the twin."""
+    state = device_state.device_state(hub, operator, device_id)
+    return DeviceStateOut(
+        device_id=state.device.id,
+        status=state.device.status,
+        last_seen_at=state.device.last_seen_at,
+        apps=[AppStateOut.model_validate(app) for app in state.apps],
+        environment=state.environment,
+        last_error=state.last_error,
+        reported=state.device.reported,
+    )
 
 
 @router.patch("/{device_id}/tags", response_model=DeviceOut)

@@ -1,0 +1,74 @@
+"""Agent settings: a TOML file (``/etc/edgefleet/agent.toml``), then command-line flags, then defaults.
+
+Every bound the agent keeps (long-poll wait, backoff, download and report sizes) is here::
+
+    hub_url = "https://hub.example.com:8443"
+    ca = "/etc/edgefleet/ca.crt"
+    enrollment_token = "efe_..."          # used once, at first start
+    data_dir = "/var/lib/edgefleet"
+    engine = "unix:///run/podman/podman.sock"
+    policy = "/etc/edgefleet/policy.toml"
+    # repository_root = "/etc/edgefleet/root.json"   # pin the publisher's root instead of trusting the hub once
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefleet.protocol import Arch
+
+DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+class AgentConfigError(ValueError):
+    """The configuration file or flags are unusable."""
+
+
+class AgentSettings(BaseModel):
+    """Configuration of one agent process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hub_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    ca: Path | None = None
+    enrollment_token: str | None = Field(default=None, max_length=256)
+    data_dir: Path = Path("/var/lib/edgefleet")
+    engine: str = "unix:///run/podman/podman.sock"
+    policy: Path = Path("/etc/edgefleet/policy.toml")
+    repository_root: Path | None = None
+    arch: Arch | None = None
+    poll_wait: float = Field(default=60.0, ge=0, le=900)
+    """Seconds the hub may hold a target-state poll."""
+    backoff_initial: float = Field(default=1.0, gt=0, le=60)
+    backoff_max: float = Field(default=300.0, gt=0, le=3600)
+    request_timeout: float = Field(default=30.0, gt=0, le=300)
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings:
+    """Settings from the file at `path` (if it exists or was named) with non-None `overrides` on top.
+
+    Raises:
+        AgentConfigError: unreadable or invalid, naming the file and the field.
+    """
+    data: dict[str, Any] = {}
+    source = path or DEFAULT_CONFIG
+    if path is not None or source.exists():
+        try:
+            raw = source.read_bytes()
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise AgentConfigError(f"{source}: larger than {MAX_CONFIG_BYTES} bytes")
+            data = tomllib.loads(raw.decode())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise AgentConfigError(f"{source}: {exc}") from exc
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return AgentSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "config"
+        raise AgentConfigError(f"{source}: {where}: {first.get('msg', 'invalid')}") from exc

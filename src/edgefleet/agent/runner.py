@@ -1,0 +1,258 @@
+"""The agent's loop: poll the target state, verify, reconcile, report; back off while the hub is away.
+
+One cycle at a time (no concurrency inside the agent): long-poll `/device/target` (the hub
+holds it until the assignment changes or the wait ends); when something changed, verify
+the director's assignment and each assigned release (`agent.verify`), check the device's
+policy, reconcile the engine, and report. While the hub is unreachable the last verified
+releases keep running (the engine is still reconciled against them) and the wait grows
+exponentially with full jitter up to a ceiling. Only outbound connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet import __version__
+from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.errors import AgentError, EngineError, HubUnreachableError, UpdateRefusedError
+from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.plan import describe
+from edgefleet.agent.policy import Policy
+from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, reconcile
+from edgefleet.agent.spec import HostFacts
+from edgefleet.agent.verify import ReleaseVerifier, TrustStore
+from edgefleet.manifest import ManifestError, Release, parse_manifest
+
+log = logging.getLogger(__name__)
+STATE_FILE = "installed.json"
+
+
+def next_delay(attempt: int, *, initial: float, ceiling: float, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(ceiling, initial * 2**attempt)]."""
+    return float(rand() * min(ceiling, initial * 2.0 ** min(attempt, 32)))
+
+
+def host_facts() -> HostFacts:
+    """Device nodes present on this machine that permissions may map to."""
+    dev = Path("/dev")
+    return HostFacts(
+        video_devices=tuple(sorted(str(p) for p in dev.glob("video*"))),
+        gpio_devices=tuple(sorted(str(p) for p in dev.glob("gpiochip*"))),
+    )
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A verified release the device keeps on disk, per app."""
+
+    version: str
+    release_counter: int
+    directory: str
+
+
+@dataclass
+class LocalState:
+    """What the device last verified: per app the installed release, and the signed environment."""
+
+    apps: dict[str, Installed] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def releases(self) -> dict[str, Release]:
+        """The installed releases' manifests (each was verified before it was installed)."""
+        releases = {}
+        for app, entry in self.apps.items():
+            try:
+                releases[app] = parse_manifest(
+                    (Path(entry.directory) / "compose.yaml").read_bytes(), source=entry.directory
+                )
+            except (OSError, ManifestError) as exc:
+                log.error("installed release of %s is unusable: %s", app, exc)
+        return releases
+
+
+def load_state(data_dir: Path) -> LocalState:
+    try:
+        raw = json.loads((data_dir / STATE_FILE).read_text())
+        return LocalState(
+            apps={app: Installed(**entry) for app, entry in raw["apps"].items()},
+            environment={str(k): str(v) for k, v in raw.get("environment", {}).items()},
+        )
+    except FileNotFoundError:
+        return LocalState()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("ignoring unreadable %s: %s", STATE_FILE, exc)
+        return LocalState()
+
+
+def save_state(data_dir: Path, state: LocalState) -> None:
+    """Atomically: temp file in the same directory, fsync, rename."""
+    body = json.dumps(
+        {"apps": {app: vars(entry) for app, entry in state.apps.items()}, "environment": state.environment},
+        indent=1,
+        sort_keys=True,
+    )
+    with tempfile.NamedTemporaryFile("w", dir=data_dir, delete=False, prefix=".installed-") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, data_dir / STATE_FILE)
+
+
+def trust_store(data_dir: Path) -> TrustStore:
+    """Where the device keeps its trusted TUF metadata."""
+    return TrustStore(data_dir / "tuf")
+
+
+@dataclass
+class Agent:
+    """One device's agent: identity, hub connection, engine, policy and local state."""
+
+    client: DeviceClient
+    identity: LocalIdentity
+    engine: Engine
+    data_dir: Path
+    policy: Policy
+    arch: str
+    facts: HostFacts = field(default_factory=host_facts)
+    poll_wait: float = 60.0
+    etag: str | None = None
+    last_error: str | None = None
+    state: LocalState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = load_state(self.data_dir)
+
+    def _bundles(self) -> dict[str, Path]:
+        bundles = {}
+        for entry in self.state.apps.values():
+            for archive in (Path(entry.directory) / "images").glob("sha256-*.tar"):
+                bundles[archive.stem.replace("sha256-", "sha256:")] = archive
+        return bundles
+
+    def update(self) -> None:
+        """Verify the director's assignment and download every release that changed (nothing runs yet)."""
+        verifier = ReleaseVerifier(
+            hub_url=self.client.base_url,
+            trust=trust_store(self.data_dir),
+            fetcher=self.client.fetcher(self.identity),
+            device_id=self.identity.device_id,
+            arch=self.arch,
+        )
+        assigned = verifier.assignments()
+        installed = dict(self.state.apps)
+        for app, assignment in sorted(assigned.items()):
+            custom = assignment.custom
+            current = installed.get(app)
+            if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
+                continue
+            directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
+            if directory.exists():
+                shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
+            release = verifier.verify(
+                app, installed_counter=current.release_counter if current else None, install_dir=directory
+            )
+            installed[app] = Installed(release.version, release.release_counter, str(release.directory))
+        for app in set(installed) - set(assigned):
+            del installed[app]
+        environment = next((dict(a.custom.environment) for a in assigned.values()), {})
+        self.state = LocalState(apps=installed, environment=environment)
+        save_state(self.data_dir, self.state)
+
+    def apply(self) -> int:
+        """Reconcile the engine to the installed releases; returns the number of steps taken."""
+        self.engine.bundles.update(self._bundles())
+        desired = Desired(
+            releases=self.state.releases(), policy=self.policy, facts=self.facts, environment=self.state.environment
+        )
+        return len(reconcile(self.engine, desired, on_step=lambda step: log.info("%s", describe(step))))
+
+    def cycle(self) -> bool:
+        """One poll-verify-reconcile-report round; returns whether the target changed.
+
+        Raises:
+            HubUnreachableError: the hub could not be reached (the caller backs off).
+        """
+        target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
+        changed = target is not None
+        if changed:
+            try:
+                self.update()
+                self.last_error = None
+            except UpdateRefusedError as exc:
+                self.last_error = f"update refused ({exc.reason}): {exc.message}"[:500]
+                log.error("%s", self.last_error)
+            self.etag = etag
+        try:
+            self.apply()
+        except PermissionRefusedError as exc:
+            self.last_error = str(exc)[:500]
+            log.error("%s", self.last_error)
+        except EngineError as exc:
+            self.last_error = f"engine: {exc.message}"[:500]
+            log.error("%s", self.last_error)
+        self.report()
+        return changed
+
+    def report(self) -> None:
+        """State the device's twin: running releases, services, agent, host, last error."""
+        apps: dict[str, Any] = {}
+        for app, entry in self.state.apps.items():
+            apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
+        status = getattr(self.engine, "status", None)
+        if callable(status):
+            for app, services in status().items():
+                apps.setdefault(app, {})["services"] = services
+        usage = shutil.disk_usage(self.data_dir)
+        properties = {
+            "apps": apps,
+            "agent_version": __version__,
+            "os": f"{platform.system()} {platform.release()}"[:64],
+            "arch": self.arch,
+            "disk_free": usage.free,
+            "mem_available": _mem_available(),
+            "last_error": self.last_error,
+        }
+        try:
+            self.client.report(self.identity, properties)
+        except AgentError as exc:
+            log.warning("report failed: %s", exc)
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run(
+    agent: Agent, *, initial: float, ceiling: float, sleep: Callable[[float], None], stop: Callable[[], bool]
+) -> None:
+    """Cycle until `stop()`; while the hub is unreachable, keep the engine reconciled and back off."""
+    attempt = 0
+    while not stop():
+        try:
+            agent.cycle()
+            attempt = 0
+        except HubUnreachableError as exc:
+            delay = next_delay(attempt, initial=initial, ceiling=ceiling)
+            log.warning("hub unreachable (%s); retrying in %.1fs", exc, delay)
+            attempt += 1
+            try:
+                agent.apply()
+            except (PermissionRefusedError, EngineError) as apply_error:
+                log.error("%s", apply_error)
+            sleep(delay)

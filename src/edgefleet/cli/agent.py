@@ -1,0 +1,145 @@
+"""`edgefleet agent run|plan` (also `edgefleet-agent`): the device agent, and a dry run of its next steps.
+
+`edgefleet-agent` is this group alone as its own command, so a device's agent process never
+imports the hub (FastAPI, SQLAlchemy, ...): that keeps its memory footprint down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.config import AgentConfigError, AgentSettings, load_settings
+from edgefleet.agent.engine.docker import DockerEngine
+from edgefleet.agent.enroll import enroll, host_arch, refresh
+from edgefleet.agent.errors import AgentError
+from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.plan import describe
+from edgefleet.agent.policy import PolicyError, load_policy
+from edgefleet.agent.reconcile import Desired, plan_for
+from edgefleet.agent.runner import Agent, host_facts, load_state, run, trust_store
+from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, out, run_app
+
+app = typer.Typer(help="The device agent.", no_args_is_help=True)
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Agent config (default /etc/edgefleet/agent.toml)")]
+HubOpt = Annotated[str | None, typer.Option("--hub", help="Hub URL")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="Fleet CA certificate")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Enrollment token (first start only)")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="Agent state directory")]
+EngineOpt = Annotated[
+    str | None, typer.Option("--engine", help="Engine API socket, e.g. unix:///run/podman/podman.sock")
+]
+
+
+def _settings(config: Path | None, **flags: object) -> AgentSettings:
+    try:
+        return load_settings(config, flags)
+    except AgentConfigError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+
+
+def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        policy = load_policy(settings.policy)
+        identity: LocalIdentity = enroll(
+            client, settings.data_dir, token=settings.enrollment_token or "", arch=settings.arch
+        )
+        if identity.identity is not None and identity.identity.status == "pending":
+            identity = refresh(client, settings.data_dir, identity)
+        trust = trust_store(settings.data_dir)
+        if not trust.is_bootstrapped():
+            repository_root, director_root = client.tuf_roots(identity)
+            if settings.repository_root is not None:
+                repository_root = settings.repository_root.read_bytes()
+            trust.bootstrap(repository_root=repository_root, director_root=director_root)
+    except PolicyError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+    except (AgentError, OSError) as exc:
+        raise CliError(f"cannot start: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
+    return Agent(
+        client=client,
+        identity=identity,
+        engine=DockerEngine(settings.engine),
+        data_dir=settings.data_dir,
+        policy=policy,
+        arch=settings.arch or host_arch(),
+        poll_wait=settings.poll_wait,
+    )
+
+
+@app.command("run")
+def run_command(
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    ca: CaOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataOpt = None,
+    engine: EngineOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="One cycle, then exit")] = False,
+) -> None:
+    """Enroll if needed, then poll the hub, verify, reconcile and report until stopped (SIGTERM)."""
+    settings = _settings(config, hub_url=hub, ca=ca, enrollment_token=token, data_dir=data_dir, engine=engine)
+    if settings.hub_url is None:
+        raise CliError("no hub URL", exit_code=EXIT_USAGE, hint="set hub_url in the config or pass --hub")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopping: list[int] = []
+
+    def stop_on(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop_on)
+    signal.signal(signal.SIGINT, stop_on)
+    with DeviceClient.connect(settings.hub_url, ca=settings.ca, timeout=settings.request_timeout) as client:
+        agent = _agent(settings, client)
+        out.print(f"agent for device {agent.identity.device_id} following {settings.hub_url}")
+        cycles = iter(range(1)) if once else None
+        run(
+            agent,
+            initial=settings.backoff_initial,
+            ceiling=settings.backoff_max,
+            sleep=time.sleep,
+            stop=lambda: bool(stopping) or (cycles is not None and next(cycles, None) is None),
+        )
+
+
+@app.command("plan")
+def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: EngineOpt = None) -> None:
+    """Print the steps the agent would take now to run its installed releases, without taking them."""
+    settings = _settings(config, data_dir=data_dir, engine=engine)
+    try:
+        policy = load_policy(settings.policy)
+    except PolicyError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+    engine_client = DockerEngine(settings.engine)
+    state = load_state(settings.data_dir)
+    try:
+        steps, _ = plan_for(
+            engine_client,
+            Desired(releases=state.releases(), policy=policy, facts=host_facts(), environment=state.environment),
+        )
+    except AgentError as exc:
+        raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE) from exc
+    finally:
+        engine_client.close()
+    for step in steps:
+        out.print(describe(step))
+    if not steps:
+        out.print("nothing to do")
+
+
+def main() -> None:
+    """The `edgefleet-agent` command."""
+    sys.exit(run_app(app, None))
+
+
+if __name__ == "__main__":
+    main()

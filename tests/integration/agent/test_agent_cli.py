@@ -1,0 +1,80 @@
+"""`edgefleet agent run|plan` as a device owner runs them: config file, a hub over HTTPS, real Podman."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import RunningHub, edgefleet, start_hub
+from tests.integration.agent.conftest import app_name
+from tests.integration.agent.test_agent_runner import app_text
+from tests.integration.agent.test_engine_podman import containers, wait_running
+
+pytestmark = pytest.mark.xdist_group("podman")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    yield from start_hub(tmp_path, None)
+
+
+def agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli.main", "agent", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_agent_run_once_then_plan(
+    hub: RunningHub, tmp_path: Path, podman_socket: str, busybox: str, apps: list[str], engine: object
+) -> None:
+    keys = tmp_path / "keys"
+    assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
+    assert hub.cli("repo", "init", "--keys", str(keys)).returncode == 0
+    app = app_name(apps, "cli")
+    source = tmp_path / "app"
+    source.mkdir()
+    (source / "compose.yaml").write_text(app_text(app, "1.0.0", busybox))
+    published = hub.cli("release", "publish", str(source), "--keys", str(keys))
+    assert published.returncode == 0, published.stderr
+    token = json.loads(hub.cli("token", "create", "--fleet", "lab", "--json").stdout)["token"]
+    (tmp_path / "policy.toml").write_text('allow = ["network"]\n')
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{tmp_path / "dev"}"\n'
+        f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+    )
+
+    first = agent("run", "--config", str(config), "--once")
+    assert first.returncode == 0, first.stderr
+    device = json.loads(hub.cli("device", "list", "--json").stdout)[0]["id"]
+    assert (tmp_path / "dev" / "device.key").stat().st_mode & 0o777 == 0o600
+    assert hub.cli("device", "assign", device, f"{app}@1.0.0").returncode == 0
+
+    second = agent("run", "--config", str(config), "--once")
+    assert second.returncode == 0, second.stderr
+    wait_running(engine, app, 2)  # type: ignore[arg-type]
+    assert "nothing to do" in agent("plan", "--config", str(config)).stdout
+
+    for container in containers(engine, app).values():  # type: ignore[arg-type]
+        container.stop(timeout=1)
+    planned = agent("plan", "--config", str(config)).stdout
+    assert sorted(planned.split()[i + 1] for i, w in enumerate(planned.split()) if w == "start") == [
+        f"{app}/db",
+        f"{app}/web",
+    ]
+    assert len(containers(engine, app)) == 2  # type: ignore[arg-type]  # plan took no step
+
+
+def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('hub_url = "ftp://x"\n')
+    result = agent("run", "--config", str(tmp_path / "bad.toml"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:")
+    assert "hub_url" in result.stderr
+    missing = agent("run", "--config", str(tmp_path / "none.toml"))
+    assert missing.returncode == 2

@@ -1,0 +1,151 @@
+"""The agent's cycle end to end on one machine: an in-process hub, the agent library, real Podman.
+
+Publish -> assign -> the agent polls, verifies, reconciles and reports; a new release
+recreates only what changed; the hub going away leaves the containers running; a
+restarted agent changes nothing; a denied permission changes nothing and the hub hears why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.engine.docker import DockerEngine
+from edgefleet.agent.errors import HubUnreachableError
+from edgefleet.agent.policy import parse_policy
+from edgefleet.agent.runner import Agent, run, trust_store
+from tests.conftest import Fleet
+from tests.integration.agent.conftest import app_name
+from tests.integration.agent.test_engine_podman import containers, wait_running
+from tests.publishing import Publisher, assign
+
+pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+
+POLICY = parse_policy('allow = ["network"]')
+
+
+def app_text(app: str, version: str, image: str, *, web_env: str = "one", extra_permission: str = "") -> str:
+    permissions = f'["{extra_permission}"]' if extra_permission else "[]"
+    return f"""
+services:
+  db:
+    image: {image}
+    command: ["/bin/sh", "-c", "while true; do echo db | nc -l -p 8080; done"]
+    volumes: ["data:/data"]
+  web:
+    image: {image}
+    command: ["/bin/sh", "-c", "while true; do echo web | nc -l -p 8080; done"]
+    environment: {{MODE: {web_env}}}
+    depends_on: [db]
+volumes: {{data: }}
+x-edgefleet:
+  app: {app}
+  version: {version}
+  architectures: [amd64, arm64]
+  services:
+    db: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
+    web:
+      resources: {{memory: 32m, cpus: 0.25, pids: 32}}
+      permissions: {permissions}
+"""
+
+
+@pytest.fixture
+def publisher(fleet: Fleet, tmp_path: Path) -> Publisher:
+    return Publisher.create(fleet, tmp_path)
+
+
+@pytest.fixture
+def agent(fleet: Fleet, tmp_path: Path, podman_socket: str, publisher: Publisher) -> Any:
+    identity = fleet.enroll()  # an arm64 device, as the fleet helper enrolls them
+    data_dir = tmp_path / "agent"
+    data_dir.mkdir()
+    client = fleet.device_client()
+    repository_root, director_root = _roots(fleet, client, identity)
+    trust_store(data_dir).bootstrap(repository_root=repository_root, director_root=director_root)
+    engine = DockerEngine(podman_socket)
+    made = Agent(
+        client=client, identity=identity, engine=engine, data_dir=data_dir, policy=POLICY, arch="arm64", poll_wait=0
+    )
+    yield made
+    engine.close()
+
+
+def _roots(fleet: Fleet, client: DeviceClient, identity: Any) -> tuple[bytes, bytes]:
+    return client.tuf_roots(identity)
+
+
+def twin(fleet: Fleet, device_id: str) -> dict[str, Any]:
+    reported: dict[str, Any] = fleet.call("GET", f"/devices/{device_id}/twin").json()["reported"]
+    return reported
+
+
+def test_agent_follows_its_assignment(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str, podman_socket: str
+) -> None:
+    app = app_name(apps, "plant")
+    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
+    device = agent.identity.device_id
+    # Nothing assigned yet: a cycle changes nothing.
+    assert agent.cycle() is True
+    assert containers(agent.engine, app) == {}  # type: ignore[arg-type]
+
+    assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
+    assert agent.cycle() is True
+    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
+    first = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    reported = twin(fleet, device)
+    assert reported["apps"][app]["version"] == "1.0.0"
+    assert set(reported["apps"][app]["services"]) == {"db", "web"}
+    assert reported.get("last_error") is None  # null removes it from the twin
+    assert agent.cycle() is False  # unchanged: a 304, and nothing to do
+
+    # A new release changing only web's environment.
+    publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web_env="two"))
+    assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
+    assert agent.cycle() is True
+    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
+    second = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    assert second["db"] == first["db"]
+    assert second["web"] != first["web"]
+
+    # The hub goes away: the agent backs off, the containers keep running.
+    reachable = agent.client
+    agent.client = DeviceClient.connect("http://127.0.0.1:9", ca=None, timeout=1)
+    with pytest.raises(HubUnreachableError):
+        agent.cycle()
+    rounds = iter(range(3))
+    delays: list[float] = []
+    run(agent, initial=0.01, ceiling=0.05, sleep=delays.append, stop=lambda: next(rounds, None) is None)
+    assert len(delays) == 3
+    assert all(0 <= d <= 0.05 for d in delays)
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+    agent.client = reachable
+
+    # A restarted agent (same data dir, nothing in memory) changes nothing.
+    restarted = Agent(
+        client=reachable,
+        identity=agent.identity,
+        engine=DockerEngine(podman_socket),
+        data_dir=agent.data_dir,
+        policy=POLICY,
+        arch="arm64",
+        poll_wait=0,
+    )
+    assert restarted.apply() == 0
+    assert restarted.cycle() is True  # its first poll always fetches the target
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+
+    # A release asking for a permission this device's policy does not grant: nothing changes.
+    publisher.publish(
+        app, "2.0.0", text=app_text(app, "2.0.0", busybox, web_env="three", extra_permission="host-read:/srv")
+    )
+    assert assign(fleet, device, f"{app}@2.0.0").status_code == 200
+    restarted.cycle()
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+    error = twin(fleet, device)["last_error"]
+    assert "host-read:/srv" in error
+    assert "web" in error

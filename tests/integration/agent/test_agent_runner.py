@@ -112,6 +112,15 @@ def test_agent_follows_its_assignment(
     assert second["db"] == first["db"]
     assert second["web"] != first["web"]
 
+    # Operator-set environment reaches the containers, signed inside the director's assignment.
+    changed = fleet.call("PATCH", f"/devices/{device}/environment", json={"set": {"SITE": "plant-7"}})
+    assert changed.status_code == 200, changed.text
+    assert agent.cycle() is True
+    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
+    second = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    for container in containers(agent.engine, app).values():  # type: ignore[arg-type]
+        assert "SITE=plant-7" in container.attrs["Config"]["Env"]
+
     # The hub goes away: the agent backs off, the containers keep running.
     reachable = agent.client
     agent.client = DeviceClient.connect("http://127.0.0.1:9", ca=None, timeout=1)

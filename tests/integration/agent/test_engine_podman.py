@@ -3,6 +3,7 @@ minimal recreation, volumes across updates, isolation between apps, and never to
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
 from edgefleet.agent.spec import HostFacts
 from edgefleet.manifest import Release, parse_manifest
 from edgefleet.publisher.registry import RegistryClient
-from tests.integration.agent.conftest import app_name, push_busybox
+from tests.integration.agent.conftest import PODMAN, app_name, push_busybox
 from tests.integration.registry.conftest import Registry
 
 pytestmark = pytest.mark.xdist_group("podman")
@@ -107,6 +108,11 @@ def test_two_service_release_runs_confined(engine: DockerEngine, apps: list[str]
     assert host["PidMode"] in ("", "private")
     assert host["IpcMode"] in ("", "private", "shareable")
     assert not host.get("Devices")
+    # The compatible API does not echo log options back; Podman's own inspect shows the cap.
+    native = subprocess.run(
+        [PODMAN, "inspect", web.id, "--format", "{{.HostConfig.LogConfig.Size}}"], capture_output=True, text=True
+    )
+    assert native.stdout.strip() == "10MB"
     assert all(m["Type"] in ("volume", "tmpfs") for m in web.attrs["Mounts"])
     # Inside: no capabilities at all, a read-only root, the limits in force.
     assert sh(web, "grep CapEff /proc/self/status")[1].split()[-1] == "0000000000000000"

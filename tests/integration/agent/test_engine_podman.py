@@ -79,13 +79,17 @@ def sh(container: docker.models.containers.Container, command: str) -> tuple[int
 
 
 def wait_running(engine: DockerEngine, app: str, count: int) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         running = [c for c in containers(engine, app).values() if c.status == "running"]
         if len(running) == count:
             return
         time.sleep(0.2)
-    pytest.fail(f"{app}: not all {count} containers running")
+    found = {
+        name: (c.status, c.attrs.get("State", {}).get("Error"), c.logs(tail=5)[-300:])
+        for name, c in containers(engine, app).items()
+    }
+    pytest.fail(f"{app}: not all {count} containers running: {found}")
 
 
 def test_two_service_release_runs_confined(engine: DockerEngine, apps: list[str], busybox: str) -> None:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import edgefleet, start_hub  # noqa: E402
-from tests.integration.agent.conftest import REGISTRY_PORT, push_busybox  # noqa: E402
+from tests.integration.agent.conftest import podman_service, push_busybox  # noqa: E402
 from tests.integration.registry.conftest import Registry, run_registry  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -79,13 +79,13 @@ def main() -> None:  # one straight-line scenario
     args = parser.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        registry_host = stack.enter_context(run_registry(tmp, tmp / "registry", port=REGISTRY_PORT))
+        registry_host = stack.enter_context(run_registry(tmp, tmp / "registry"))
         image = push_busybox(Registry(host=registry_host, storage=tmp / "registry"), f"bench-{time.time_ns()}")
         hubs = start_hub(tmp, None)
         hub = next(hubs)
         stack.callback(hubs.close)  # stops the hub process
         socket = tmp / "podman.sock"
-        podman = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"])
+        podman = podman_service(tmp, registry_host)
         stack.callback(podman.terminate)
         while not socket.exists():
             time.sleep(0.1)

@@ -76,3 +76,11 @@ def load_identity(data_dir: Path) -> LocalIdentity:
     except (OSError, ValueError) as exc:
         raise IdentityError(f"{path} is unreadable: {exc}") from exc
     return LocalIdentity(key=key, identity=identity)
+
+
+def saved_device_id(data_dir: Path) -> str | None:
+    """The enrolled device's ID from its saved identity, without touching the key (None before enrolling)."""
+    try:
+        return DeviceIdentity.model_validate(json.loads((data_dir / IDENTITY_FILE).read_text())).device_id
+    except (OSError, ValueError):
+        return None

@@ -21,7 +21,7 @@ from edgefleet.agent.config import AgentConfigError, AgentSettings, load_setting
 from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.enroll import enroll, host_arch, refresh
 from edgefleet.agent.errors import AgentError
-from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
 from edgefleet.agent.reconcile import Desired, plan_for
@@ -68,7 +68,7 @@ def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
     return Agent(
         client=client,
         identity=identity,
-        engine=DockerEngine(settings.engine),
+        engine=DockerEngine(settings.engine, owner=identity.device_id),
         data_dir=settings.data_dir,
         policy=policy,
         arch=settings.arch or host_arch(),
@@ -119,7 +119,7 @@ def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: Eng
         policy = load_policy(settings.policy)
     except PolicyError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
-    engine_client = DockerEngine(settings.engine)
+    engine_client = DockerEngine(settings.engine, owner=saved_device_id(settings.data_dir) or "default")
     state = load_state(settings.data_dir)
     try:
         steps, _ = plan_for(

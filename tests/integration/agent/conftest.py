@@ -1,8 +1,8 @@
 """Real Podman for agent tests: a Docker-compatible API socket of our own, a registry, a busybox image.
 
-Podman's storage is the machine's, so every test works on apps named for it alone and
-removes what it made. All Podman tests run in one xdist worker (group "podman"): the
-pull-by-digest registry listens on the one loopback port scripts/setup marks insecure.
+Podman's storage is the machine's, so every test works on apps named for it alone, with an
+engine owner label of its own, and removes what it made. The session's plain-HTTP registry
+is marked insecure only for this session's Podman service (CONTAINERS_REGISTRIES_CONF).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -25,22 +26,31 @@ from edgefleet.agent.engine.docker import APP, MANAGED, DockerEngine
 from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry, sha256
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
-REGISTRY_PORT = 5099
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "echo", "cat", "nc", "wget", "httpd", "ls", "env", "true", "id", "touch", "grep", "test")
 
 
+def podman_service(root: Path, registry_host: str) -> subprocess.Popen[bytes]:
+    """`podman system service` on ROOT/podman.sock, trusting the plain-HTTP registry at `registry_host`."""
+    registries = root / "registries.conf"
+    registries.write_text(f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n')
+    log = (root / "service.log").open("wb")
+    return subprocess.Popen(
+        [PODMAN, "system", "service", "--time=0", f"unix://{root / 'podman.sock'}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries)},
+    )
+
+
 @pytest.fixture(scope="session")
-def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def podman_socket(tmp_path_factory: pytest.TempPathFactory, test_registry: Registry) -> Iterator[str]:
     """`podman system service` on a socket of this session's."""
     if not Path(PODMAN).exists():
         pytest.fail("podman is missing: scripts/setup installs it")
     root = tmp_path_factory.mktemp("podman")
     socket = root / "podman.sock"
-    log = (root / "service.log").open("wb")
-    process = subprocess.Popen(
-        [PODMAN, "system", "service", "--time=0", f"unix://{socket}"], stdout=log, stderr=subprocess.STDOUT
-    )
+    process = podman_service(root, test_registry.host)
     url = f"unix://{socket}"
     deadline = time.monotonic() + 30
     while True:
@@ -64,13 +74,12 @@ def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")
 def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("pull-registry")
-    with run_registry(root, root / "storage", port=REGISTRY_PORT) as host:
+    with run_registry(root, root / "storage") as host:
         registry = Registry(host=host, storage=root / "storage")
         yield registry
         registry.http.close()
@@ -145,7 +154,7 @@ def apps(podman_socket: str) -> Iterator[list[str]]:
 
 @pytest.fixture
 def engine(podman_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
-    instance = DockerEngine(podman_socket)
+    instance = DockerEngine(podman_socket, owner=f"test-{secrets.token_hex(4)}")
     yield instance
     instance.close()
 

@@ -66,7 +66,7 @@ def agent(fleet: Fleet, tmp_path: Path, podman_socket: str, publisher: Publisher
     client = fleet.device_client()
     repository_root, director_root = _roots(fleet, client, identity)
     trust_store(data_dir).bootstrap(repository_root=repository_root, director_root=director_root)
-    engine = DockerEngine(podman_socket)
+    engine = DockerEngine(podman_socket, owner=identity.device_id)
     made = Agent(
         client=client, identity=identity, engine=engine, data_dir=data_dir, policy=POLICY, arch="arm64", poll_wait=0
     )
@@ -138,7 +138,7 @@ def test_agent_follows_its_assignment(
     restarted = Agent(
         client=reachable,
         identity=agent.identity,
-        engine=DockerEngine(podman_socket),
+        engine=DockerEngine(podman_socket, owner=agent.identity.device_id),
         data_dir=agent.data_dir,
         policy=POLICY,
         arch="arm64",

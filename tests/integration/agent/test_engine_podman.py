@@ -192,7 +192,7 @@ def test_restarted_agent_finds_its_containers_and_never_touches_others(
     wait_running(engine, app, 2)
     foreign = engine.client.containers.run(busybox, ["/bin/sleep", "300"], detach=True, labels={"owner": "someone"})
     try:
-        fresh = DockerEngine(podman_socket)  # a restarted agent: nothing in memory
+        fresh = DockerEngine(podman_socket, owner=engine.owner)  # a restarted agent: nothing in memory
         assert reconcile(fresh, desired(manifest(app, busybox))) == ()
         reconcile(fresh, desired())  # nothing assigned any more: the app goes, the stranger stays
         assert containers(fresh, app) == {}

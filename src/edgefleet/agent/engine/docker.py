@@ -1,9 +1,9 @@
 """The Docker Engine API adapter (docker-py): observe what the agent owns, and carry out planned steps.
 
 Works with Docker, Moby, balenaEngine and Podman's Docker-compatible socket. Everything it
-creates carries the agent's labels (``io.edgefleet.managed``, app, service, release,
-config digest), and it only ever lists, changes or removes objects with those labels, so
-containers, networks and volumes it did not create are never touched.
+creates carries the agent's labels (``io.edgefleet.managed``, owner = the device ID, app,
+service, release, config digest), and it only ever lists, changes or removes objects with
+its own owner label, so containers, networks and volumes it did not create are never touched.
 
 Names: containers ``edgefleet_APP_SERVICE_DIGEST8``, networks ``edgefleet_APP`` (internal:
 no route out) and ``edgefleet_APP_egress`` (for services with the `network` permission
@@ -26,6 +26,7 @@ from docker.models.containers import Container
 from docker.types import EndpointConfig, LogConfig, Mount, Ulimit
 
 from edgefleet.agent.errors import EngineError
+from edgefleet.agent.health import ServiceHealth
 from edgefleet.agent.plan import (
     CreateContainer,
     CreateNetwork,
@@ -42,8 +43,8 @@ from edgefleet.agent.plan import (
 from edgefleet.agent.spec import LOG_MAX_FILES, LOG_MAX_SIZE, NOFILE, TMPFS, ContainerSpec
 
 MANAGED = "io.edgefleet.managed"
-APP, SERVICE, RELEASE, DIGEST, VOLUME = (
-    f"io.edgefleet.{name}" for name in ("app", "service", "release", "config-digest", "volume")
+APP, SERVICE, RELEASE, DIGEST, VOLUME, OWNER = (
+    f"io.edgefleet.{name}" for name in ("app", "service", "release", "config-digest", "volume", "owner")
 )
 NPROC = 4096
 """Set together with nofile: Podman otherwise fills in an nproc above some hosts' hard limit."""
@@ -81,10 +82,20 @@ class DockerEngine:
     """One engine endpoint (e.g. ``unix:///run/podman/podman.sock``)."""
 
     base_url: str
+    owner: str = "default"
+    """This agent's name for what it creates (the device ID): another agent's objects are not its own."""
     timeout: float = 120.0
     bundles: dict[str, Path] = field(default_factory=dict)
     """Image (name@sha256:...) -> a verified OCI archive to load instead of pulling."""
     _client: docker.DockerClient | None = None
+
+    @property
+    def _labels(self) -> dict[str, str]:
+        return {MANAGED: "true", OWNER: self.owner}
+
+    @property
+    def _mine(self) -> list[str]:
+        return [f"{MANAGED}=true", f"{OWNER}={self.owner}"]
 
     @property
     def client(self) -> docker.DockerClient:
@@ -102,7 +113,7 @@ class DockerEngine:
 
     def _managed(self) -> list[Container]:
         with _converted("list containers"):
-            found: list[Container] = self.client.containers.list(all=True, filters={"label": f"{MANAGED}=true"})
+            found: list[Container] = self.client.containers.list(all=True, filters={"label": self._mine})
         return found
 
     def observe(self, images: frozenset[str] = frozenset()) -> Observed:
@@ -121,9 +132,9 @@ class DockerEngine:
                 )
             )
         with _converted("list networks"):
-            networks = self.client.networks.list(filters={"label": f"{MANAGED}=true"})
+            networks = self.client.networks.list(filters={"label": self._mine})
         with _converted("list volumes"):
-            volumes = self.client.volumes.list(filters={"label": f"{MANAGED}=true"})
+            volumes = self.client.volumes.list(filters={"label": self._mine})
         return Observed(
             containers=tuple(containers),
             networks=frozenset(
@@ -157,6 +168,26 @@ class DockerEngine:
             }
         return report
 
+    def find(self, app: str, service: str, config_digest: str) -> str | None:
+        """The id of the agent's container for this service definition, if there is one."""
+        for container in self._managed():
+            labels = container.labels
+            if (labels.get(APP), labels.get(SERVICE), labels.get(DIGEST)) == (app, service, config_digest):
+                return str(container.id)
+        return None
+
+    def health(self, container_id: str) -> ServiceHealth:
+        """State, health, restart count and exit code of one of the agent's containers."""
+        attrs = self.inspect(container_id)
+        state = attrs.get("State", {})
+        return ServiceHealth(
+            service=attrs.get("Config", {}).get("Labels", {}).get(SERVICE, ""),
+            state=str(state.get("Status", "unknown")),
+            health=(state.get("Health") or {}).get("Status") or None,
+            restarts=int(attrs.get("RestartCount", 0) or 0),
+            exit_code=state.get("ExitCode"),
+        )
+
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""
         with _converted(f"inspect {container_id}"):
@@ -175,7 +206,7 @@ class DockerEngine:
             case CreateVolume(app=app, volume=volume):
                 with _converted(f"create volume {volume}"):
                     self.client.volumes.create(
-                        volume_name(app, volume), labels={MANAGED: "true", APP: app, VOLUME: volume}
+                        volume_name(app, volume), labels={**self._labels, APP: app, VOLUME: volume}
                     )
             case CreateContainer(target=target):
                 self._create(specs[(target.app, target.service)])
@@ -193,14 +224,14 @@ class DockerEngine:
                 for name in (network_name(app), network_name(app, egress=True)):
                     with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
                         network = self.client.networks.get(name)
-                        if network.attrs.get("Labels", {}).get(MANAGED) == "true":
+                        if network.attrs.get("Labels", {}).get(OWNER) == self.owner:
                             network.remove()
 
     def _container(self, container_id: str) -> Container:
         with _converted(f"find container {container_id}"):
             container: Container = self.client.containers.get(container_id)
-        if container.labels.get(MANAGED) != "true":
-            raise EngineError(f"container {container_id} is not the agent's", retryable=False)
+        if container.labels.get(MANAGED) != "true" or container.labels.get(OWNER) != self.owner:
+            raise EngineError(f"container {container_id} is not this agent's", retryable=False)
         return container
 
     def _created(self, app: str, service: str) -> Container:
@@ -219,7 +250,7 @@ class DockerEngine:
             try:
                 self.client.networks.get(name)
             except docker.errors.NotFound:
-                self.client.networks.create(name, internal=not egress, labels={MANAGED: "true", APP: app})
+                self.client.networks.create(name, internal=not egress, labels={**self._labels, APP: app})
         return name
 
     def _fetch(self, image: str) -> None:
@@ -257,7 +288,7 @@ class DockerEngine:
             }
         labels = {
             **dict(spec.labels),
-            MANAGED: "true",
+            **self._labels,
             APP: spec.app,
             SERVICE: spec.service,
             RELEASE: spec.release,

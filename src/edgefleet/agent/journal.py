@@ -1,0 +1,247 @@
+"""The agent's update journal: one SQLite file (WAL, synchronous=FULL), each phase written before its effect.
+
+An update of one app is a transaction that moves through
+
+    verified -> downloading -> downloaded -> staged -> switching -> probing -> committed
+
+and from any unfinished phase to ``rolling-back -> rolled-back``. A phase is committed
+to disk (fsync) before the agent acts on it, so after a crash or power loss the agent
+knows exactly where each update stood and completes or undoes it before anything else.
+Every unfinished phase has a deadline: nothing can stay "updating" forever. At most one
+unfinished transaction per app.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+Phase = Literal[
+    "verified",
+    "downloading",
+    "downloaded",
+    "staged",
+    "switching",
+    "probing",
+    "committed",
+    "rolling-back",
+    "rolled-back",
+]
+FORWARD: tuple[Phase, ...] = ("verified", "downloading", "downloaded", "staged", "switching", "probing", "committed")
+FINAL: frozenset[Phase] = frozenset({"committed", "rolled-back"})
+MAX_ERROR = 2000
+MAX_DETAIL_BYTES = 16 * 1024
+KEEP_FINISHED = 200
+"""Finished transactions kept for reports and history; older ones are pruned."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    from_release TEXT,
+    to_release TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    deadline TEXT,
+    error TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transactions_open ON transactions (app, phase);
+"""
+
+
+class JournalError(Exception):
+    """An impossible transition, a second open transaction for an app, or an unusable journal file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One app's update, as the journal last recorded it."""
+
+    id: int
+    app: str
+    from_release: str | None
+    """The release running before (APP's version), None for a first install."""
+    to_release: str
+    strategy: str
+    phase: Phase
+    deadline: datetime | None
+    error: str | None
+    detail: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINAL
+
+    def overdue(self, now: datetime) -> bool:
+        return not self.finished and self.deadline is not None and now > self.deadline
+
+
+def allowed(current: Phase, new: Phase) -> bool:
+    """Forward one phase at a time (downloading may repeat, for resumed downloads); or roll back."""
+    if current in FINAL:
+        return False
+    if new == "rolling-back":
+        return True
+    if current == "rolling-back":
+        return new == "rolled-back"
+    if new == current == "downloading":
+        return True
+    return current in FORWARD and new in FORWARD and FORWARD.index(new) == FORWARD.index(current) + 1
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Journal:
+    """The journal file of one agent; every write is a durable SQLite transaction."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: unusable journal: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._db.close()
+
+    def begin(
+        self, app: str, *, from_release: str | None, to_release: str, strategy: str, timeout: timedelta
+    ) -> Transaction:
+        """Record a verified update of `app` (the first phase); refused while another is unfinished.
+
+        Raises:
+            JournalError: `app` has an unfinished transaction.
+        """
+        now = self._clock()
+        with self._write():
+            if self._open(app) is not None:
+                raise JournalError(f"{app} already has an unfinished update")
+            cursor = self._db.execute(
+                "INSERT INTO transactions (app, from_release, to_release, strategy, phase, deadline, started_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'verified', ?, ?, ?)",
+                (
+                    app,
+                    from_release,
+                    to_release,
+                    strategy,
+                    (now + timeout).isoformat(),
+                    now.isoformat(),
+                    now.isoformat(),
+                ),
+            )
+            row_id = cursor.lastrowid
+        return self.get(int(row_id or 0))
+
+    def advance(
+        self,
+        transaction: Transaction,
+        phase: Phase,
+        *,
+        timeout: timedelta | None = None,
+        error: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Transaction:
+        """Record that `transaction` now is in `phase` (before the phase's effect is taken).
+
+        Raises:
+            JournalError: not an allowed transition from the phase on disk.
+        """
+        now = self._clock()
+        merged = {**transaction.detail, **(detail or {})}
+        encoded = json.dumps(merged, sort_keys=True)
+        if len(encoded) > MAX_DETAIL_BYTES:
+            raise JournalError("transaction detail too large")
+        with self._write():
+            current = self._row(transaction.id)
+            if not allowed(current.phase, phase):
+                raise JournalError(f"{transaction.app}: cannot go from {current.phase} to {phase}")
+            deadline = None if phase in FINAL or timeout is None else (now + timeout).isoformat()
+            self._db.execute(
+                "UPDATE transactions SET phase = ?, deadline = ?, error = COALESCE(?, error), detail = ?,"
+                " updated_at = ? WHERE id = ?",
+                (phase, deadline, error[:MAX_ERROR] if error else None, encoded, now.isoformat(), transaction.id),
+            )
+            if phase in FINAL:
+                self._prune()
+        return self.get(transaction.id)
+
+    def get(self, transaction_id: int) -> Transaction:
+        return self._row(transaction_id)
+
+    def unfinished(self) -> list[Transaction]:
+        """Every transaction that neither committed nor rolled back, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM transactions WHERE phase NOT IN ('committed', 'rolled-back') ORDER BY id"
+        ).fetchall()
+        return [_transaction(row) for row in rows]
+
+    def last(self, app: str) -> Transaction | None:
+        row = self._db.execute("SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)).fetchone()
+        return None if row is None else _transaction(row)
+
+    def _open(self, app: str) -> Transaction | None:
+        row = self._db.execute(
+            "SELECT * FROM transactions WHERE app = ? AND phase NOT IN ('committed', 'rolled-back')", (app,)
+        ).fetchone()
+        return None if row is None else _transaction(row)
+
+    def _row(self, transaction_id: int) -> Transaction:
+        row = self._db.execute("SELECT * FROM transactions WHERE id = ?", (transaction_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"no transaction {transaction_id}")
+        return _transaction(row)
+
+    def _prune(self) -> None:
+        self._db.execute(
+            "DELETE FROM transactions WHERE phase IN ('committed', 'rolled-back') AND id NOT IN"
+            " (SELECT id FROM transactions WHERE phase IN ('committed', 'rolled-back') ORDER BY id DESC LIMIT ?)",
+            (KEEP_FINISHED,),
+        )
+
+    def _write(self) -> _Immediate:
+        return _Immediate(self._db)
+
+
+class _Immediate:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error): one durable write."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> None:
+        self._db.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+def _transaction(row: sqlite3.Row) -> Transaction:
+    return Transaction(
+        id=row["id"],
+        app=row["app"],
+        from_release=row["from_release"],
+        to_release=row["to_release"],
+        strategy=row["strategy"],
+        phase=row["phase"],
+        deadline=datetime.fromisoformat(row["deadline"]) if row["deadline"] else None,
+        error=row["error"],
+        detail=json.loads(row["detail"]),
+        started_at=datetime.fromisoformat(row["started_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )

@@ -1,0 +1,105 @@
+"""The update journal: durable phases, allowed transitions, one open update per app, deadlines."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edgefleet.agent.journal import FORWARD, Journal, JournalError, allowed
+
+T0 = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_transaction_walks_forward_and_survives_reopening(tmp_path: Path) -> None:
+    clock = Clock()
+    journal = Journal(tmp_path / "journal.db", clock=clock)
+    tx = journal.begin(
+        "sensor", from_release="1.0.0", to_release="1.1.0", strategy="download-then-kill", timeout=timedelta(minutes=5)
+    )
+    for phase in FORWARD[1:-1]:
+        tx = journal.advance(tx, phase, timeout=timedelta(minutes=5), detail={phase: True})
+    journal.close()
+
+    reopened = Journal(tmp_path / "journal.db", clock=clock)
+    (open_tx,) = reopened.unfinished()
+    assert (open_tx.phase, open_tx.from_release, open_tx.to_release) == ("probing", "1.0.0", "1.1.0")
+    assert open_tx.detail == dict.fromkeys(FORWARD[1:-1], True)
+    done = reopened.advance(open_tx, "committed")
+    assert done.finished
+    assert done.deadline is None
+    assert reopened.unfinished() == []
+    assert reopened.last("sensor") == done
+
+
+def test_only_allowed_transitions(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    tx = journal.begin("a", from_release=None, to_release="1", strategy="s", timeout=timedelta(minutes=1))
+    with pytest.raises(JournalError, match="cannot go from verified to staged"):
+        journal.advance(tx, "staged")
+    tx = journal.advance(tx, "downloading")
+    tx = journal.advance(tx, "downloading")  # a resumed download
+    tx = journal.advance(tx, "rolling-back", error="disk full")
+    with pytest.raises(JournalError):
+        journal.advance(tx, "committed")
+    tx = journal.advance(tx, "rolled-back")
+    assert tx.error == "disk full"
+    with pytest.raises(JournalError):
+        journal.advance(tx, "rolling-back")
+    assert allowed("probing", "committed")
+    assert not allowed("committed", "rolling-back")
+
+
+def test_one_unfinished_update_per_app(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    journal.begin("a", from_release=None, to_release="1", strategy="s", timeout=timedelta(minutes=1))
+    with pytest.raises(JournalError, match="unfinished"):
+        journal.begin("a", from_release=None, to_release="2", strategy="s", timeout=timedelta(minutes=1))
+    journal.begin("b", from_release=None, to_release="1", strategy="s", timeout=timedelta(minutes=1))
+    assert [t.app for t in journal.unfinished()] == ["a", "b"]
+
+
+def test_every_unfinished_phase_has_a_deadline(tmp_path: Path) -> None:
+    clock = Clock()
+    journal = Journal(tmp_path / "j.db", clock=clock)
+    tx = journal.begin("a", from_release=None, to_release="1", strategy="s", timeout=timedelta(minutes=2))
+    assert not tx.overdue(clock.now + timedelta(minutes=1))
+    assert tx.overdue(clock.now + timedelta(minutes=3))
+
+
+def test_the_journal_is_wal_and_synchronous(tmp_path: Path) -> None:
+    Journal(tmp_path / "j.db").close()
+    db = sqlite3.connect(tmp_path / "j.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_phase_is_on_disk_when_advance_returns(tmp_path: Path) -> None:
+    """A process killed right after `advance` leaves that phase behind for the next start."""
+    script = (
+        "import os, signal, sys; from datetime import timedelta; from pathlib import Path;"
+        "from edgefleet.agent.journal import Journal;"
+        "j = Journal(Path(sys.argv[1]));"
+        "t = j.begin('a', from_release=None, to_release='1', strategy='s', timeout=timedelta(minutes=1));"
+        "j.advance(t, 'downloading'); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "j.db")], check=False)
+    (tx,) = Journal(tmp_path / "j.db").unfinished()
+    assert tx.phase == "downloading"
+
+
+def test_an_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "j.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(JournalError, match="unusable journal"):
+        Journal(tmp_path / "j.db")

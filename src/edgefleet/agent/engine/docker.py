@@ -14,6 +14,7 @@ apps cannot reach each other. docker-py errors become `EngineError` here.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,24 @@ class DockerEngine:
             restarts=int(attrs.get("RestartCount", 0) or 0),
             exit_code=state.get("ExitCode"),
         )
+
+    def probe(self, container_id: str, argv: tuple[str, ...], *, timeout: float) -> bool:
+        """Run a health probe inside the container; True when it exits 0 within `timeout`.
+
+        The agent runs Compose healthchecks itself while it watches a new release, because not
+        every engine runs them (Podman needs systemd timers for that).
+        """
+        result: list[int] = []
+
+        def run() -> None:
+            with contextlib.suppress(EngineError), _converted(f"probe {container_id}"):
+                code, _ = self._container(container_id).exec_run(list(argv))
+                result.append(int(code if code is not None else 1))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout)
+        return result == [0]
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""

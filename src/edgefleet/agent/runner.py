@@ -19,22 +19,26 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.errors import AgentError, EngineError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.journal import Journal
 from edgefleet.agent.plan import describe
-from edgefleet.agent.policy import Policy
+from edgefleet.agent.policy import Policy, refusals
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, reconcile
-from edgefleet.agent.spec import HostFacts
+from edgefleet.agent.spec import HostFacts, release_specs
+from edgefleet.agent.transaction import TransactionEngine, Updater
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 
 log = logging.getLogger(__name__)
 STATE_FILE = "installed.json"
+JOURNAL_FILE = "journal.db"
 
 
 def next_delay(attempt: int, *, initial: float, ceiling: float, rand: Callable[[], float] = random.random) -> float:
@@ -60,12 +64,18 @@ class Installed:
     directory: str
 
 
+class AgentEngine(Engine, TransactionEngine, Protocol):
+    """Everything the agent asks of its engine (reconciling and update transactions)."""
+
+
 @dataclass
 class LocalState:
     """What the device last verified: per app the installed release, and the signed environment."""
 
     apps: dict[str, Installed] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    """App -> "COUNTER-VERSION" of a release that failed here: not tried again until something else is assigned."""
 
     def releases(self) -> dict[str, Release]:
         """The installed releases' manifests (each was verified before it was installed)."""
@@ -86,6 +96,7 @@ def load_state(data_dir: Path) -> LocalState:
         return LocalState(
             apps={app: Installed(**entry) for app, entry in raw["apps"].items()},
             environment={str(k): str(v) for k, v in raw.get("environment", {}).items()},
+            failed={str(k): str(v) for k, v in raw.get("failed", {}).items()},
         )
     except FileNotFoundError:
         return LocalState()
@@ -97,7 +108,11 @@ def load_state(data_dir: Path) -> LocalState:
 def save_state(data_dir: Path, state: LocalState) -> None:
     """Atomically: temp file in the same directory, fsync, rename."""
     body = json.dumps(
-        {"apps": {app: vars(entry) for app, entry in state.apps.items()}, "environment": state.environment},
+        {
+            "apps": {app: vars(entry) for app, entry in state.apps.items()},
+            "environment": state.environment,
+            "failed": state.failed,
+        },
         indent=1,
         sort_keys=True,
     )
@@ -119,7 +134,7 @@ class Agent:
 
     client: DeviceClient
     identity: LocalIdentity
-    engine: Engine
+    engine: AgentEngine
     data_dir: Path
     policy: Policy
     arch: str
@@ -128,9 +143,20 @@ class Agent:
     etag: str | None = None
     last_error: str | None = None
     state: LocalState = field(init=False)
+    journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = load_state(self.data_dir)
+        self.journal = Journal(self.data_dir / JOURNAL_FILE)
+
+    def updater(self) -> Updater:
+        return Updater(self.engine, self.journal, clock=lambda: datetime.now(UTC))
+
+    def recover(self) -> None:
+        """Before anything else: roll back any update a crash or power loss interrupted."""
+        for tx in self.updater().recover():
+            self.last_error = f"update of {tx.app} to {tx.to_release} was interrupted and rolled back"
+            log.warning("%s", self.last_error)
 
     def _bundles(self) -> dict[str, Path]:
         bundles = {}
@@ -149,24 +175,58 @@ class Agent:
             arch=self.arch,
         )
         assigned = verifier.assignments()
+        environment = next((dict(a.custom.environment) for a in assigned.values()), {})
         installed = dict(self.state.apps)
+        failed = {app: mark for app, mark in self.state.failed.items() if app in assigned}
         for app, assignment in sorted(assigned.items()):
             custom = assignment.custom
+            mark = f"{custom.release_counter}-{custom.version}"
             current = installed.get(app)
             if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
                 continue
-            directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
+            if failed.get(app) == mark:
+                # Failed here before: stay on the previous release, and keep saying so, until something
+                # else is assigned (no retry loops).
+                staying = current.version if current else "nothing"
+                self.last_error = f"{app} {custom.version} failed on this device; staying on {staying}"
+                continue
+            failed.pop(app, None)
+            directory = self.data_dir / "releases" / app / mark
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
             release = verifier.verify(
                 app, installed_counter=current.release_counter if current else None, install_dir=directory
             )
-            installed[app] = Installed(release.version, release.release_counter, str(release.directory))
+            if self._switch(app, release.manifest, current, environment):
+                installed[app] = Installed(release.version, release.release_counter, str(release.directory))
+            else:
+                failed[app] = mark
         for app in set(installed) - set(assigned):
             del installed[app]
-        environment = next((dict(a.custom.environment) for a in assigned.values()), {})
-        self.state = LocalState(apps=installed, environment=environment)
+        self.state = LocalState(apps=installed, environment=environment, failed=failed)
         save_state(self.data_dir, self.state)
+
+    def _switch(self, app: str, release: Release, current: Installed | None, environment: dict[str, str]) -> bool:
+        """Move `app` to a verified release as a transaction; False (and the reason reported) when it rolled back."""
+        refused = refusals(release, self.policy)
+        if refused:
+            raise PermissionRefusedError(app, refused)
+        specs = {s.service: s for s in release_specs(release, facts=self.facts, environment=environment)}
+        outcome = self.updater().update(
+            app,
+            specs,
+            from_release=current.version if current else None,
+            to_release=release.version,
+            volumes=release.volumes,
+            health_window=release.update.health_window,
+            restart_limit=min((s.restart_max for s in specs.values()), default=0),
+        )
+        if not outcome.committed:
+            self.last_error = (
+                f"update of {app} to {release.version} failed and was rolled back: {outcome.transaction.error}"[:500]
+            )
+            log.error("%s", self.last_error)
+        return outcome.committed
 
     def apply(self) -> int:
         """Reconcile the engine to the installed releases; returns the number of steps taken."""
@@ -185,11 +245,14 @@ class Agent:
         target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
         changed = target is not None
         if changed:
+            self.last_error = None
             try:
                 self.update()
-                self.last_error = None
             except UpdateRefusedError as exc:
                 self.last_error = f"update refused ({exc.reason}): {exc.message}"[:500]
+                log.error("%s", self.last_error)
+            except PermissionRefusedError as exc:
+                self.last_error = str(exc)[:500]
                 log.error("%s", self.last_error)
             self.etag = etag
         try:

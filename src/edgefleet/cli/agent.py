@@ -65,7 +65,7 @@ def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
     except (AgentError, OSError) as exc:
         raise CliError(f"cannot start: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
-    return Agent(
+    agent = Agent(
         client=client,
         identity=identity,
         engine=DockerEngine(settings.engine, owner=identity.device_id),
@@ -74,6 +74,8 @@ def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
         arch=settings.arch or host_arch(),
         poll_wait=settings.poll_wait,
     )
+    agent.recover()
+    return agent
 
 
 @app.command("run")

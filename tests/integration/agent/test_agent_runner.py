@@ -27,7 +27,15 @@ pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.parametrize("databa
 POLICY = parse_policy('allow = ["network"]')
 
 
-def app_text(app: str, version: str, image: str, *, web_env: str = "one", extra_permission: str = "") -> str:
+def app_text(
+    app: str,
+    version: str,
+    image: str,
+    *,
+    web_env: str = "one",
+    extra_permission: str = "",
+    web: str = "while true; do echo web | nc -l -p 8080; done",
+) -> str:
     permissions = f'["{extra_permission}"]' if extra_permission else "[]"
     return f"""
 services:
@@ -37,7 +45,7 @@ services:
     volumes: ["data:/data"]
   web:
     image: {image}
-    command: ["/bin/sh", "-c", "while true; do echo web | nc -l -p 8080; done"]
+    command: ["/bin/sh", "-c", "{web}"]
     environment: {{MODE: {web_env}}}
     depends_on: [db]
 volumes: {{data: }}
@@ -45,6 +53,7 @@ x-edgefleet:
   app: {app}
   version: {version}
   architectures: [amd64, arm64]
+  update: {{health_window: 2s}}
   services:
     db: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
     web:
@@ -158,3 +167,33 @@ def test_agent_follows_its_assignment(
     error = twin(fleet, device)["last_error"]
     assert "host-read:/srv" in error
     assert "web" in error
+
+
+def test_a_failing_release_rolls_back_is_reported_and_not_retried(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str
+) -> None:
+    app = app_name(apps, "plant")
+    device = agent.identity.device_id
+    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
+    assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
+    before = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+
+    publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web="exit 4"))
+    assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
+    agent.cycle()
+
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+    reported = twin(fleet, device)
+    assert reported["apps"][app]["version"] == "1.0.0"
+    assert "failed and was rolled back" in reported["last_error"]
+    assert "exited with code 4" in reported["last_error"]
+    assert agent.journal.last(app).phase == "rolled-back"  # type: ignore[union-attr]
+    attempts = agent.journal.last(app).id  # type: ignore[union-attr]
+
+    agent.etag = None  # the next poll answers in full again: still no second attempt
+    agent.cycle()
+    assert agent.journal.last(app).id == attempts  # type: ignore[union-attr]
+    assert "failed on this device; staying on 1.0.0" in twin(fleet, device)["last_error"]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]

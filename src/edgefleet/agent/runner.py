@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
@@ -142,6 +142,8 @@ class Agent:
     poll_wait: float = 60.0
     etag: str | None = None
     last_error: str | None = None
+    retry: bool = False
+    """An update could not be carried out (engine or disk trouble): poll afresh next cycle."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
 
@@ -159,10 +161,15 @@ class Agent:
             log.warning("%s", self.last_error)
 
     def _bundles(self) -> dict[str, Path]:
+        """Image reference (name@sha256:...) -> its verified OCI archive, for every installed release."""
         bundles = {}
-        for entry in self.state.apps.values():
-            for archive in (Path(entry.directory) / "images").glob("sha256-*.tar"):
-                bundles[archive.stem.replace("sha256-", "sha256:")] = archive
+        for app, release in self.state.releases().items():
+            directory = Path(self.state.apps[app].directory) / "images"
+            for service in release.services:
+                image = service.compose.image
+                archive = directory / f"sha256-{image.rsplit('@sha256:', 1)[-1]}.tar"
+                if archive.is_file():
+                    bundles[image] = archive
         return bundles
 
     def update(self) -> None:
@@ -197,17 +204,23 @@ class Agent:
             release = verifier.verify(
                 app, installed_counter=current.release_counter if current else None, install_dir=directory
             )
-            if self._switch(app, release.manifest, current, environment):
+            outcome = self._switch(app, release.manifest, current, environment)
+            if outcome == "committed":
                 installed[app] = Installed(release.version, release.release_counter, str(release.directory))
-            else:
+            elif outcome == "failed":
                 failed[app] = mark
+            # Recorded per app: a later app's trouble never undoes an update that already committed.
+            self.state = LocalState(apps=dict(installed), environment=environment, failed=dict(failed))
+            save_state(self.data_dir, self.state)
         for app in set(installed) - set(assigned):
             del installed[app]
         self.state = LocalState(apps=installed, environment=environment, failed=failed)
         save_state(self.data_dir, self.state)
 
-    def _switch(self, app: str, release: Release, current: Installed | None, environment: dict[str, str]) -> bool:
-        """Move `app` to a verified release as a transaction; False (and the reason reported) when it rolled back."""
+    def _switch(
+        self, app: str, release: Release, current: Installed | None, environment: dict[str, str]
+    ) -> Literal["committed", "failed", "retry"]:
+        """Move `app` to a verified release as a transaction; on failure the reason is reported."""
         refused = refusals(release, self.policy)
         if refused:
             raise PermissionRefusedError(app, refused)
@@ -221,12 +234,16 @@ class Agent:
             health_window=release.update.health_window,
             restart_limit=min((s.restart_max for s in specs.values()), default=0),
         )
-        if not outcome.committed:
-            self.last_error = (
-                f"update of {app} to {release.version} failed and was rolled back: {outcome.transaction.error}"[:500]
-            )
-            log.error("%s", self.last_error)
-        return outcome.committed
+        if outcome.committed:
+            return "committed"
+        self.last_error = (
+            f"update of {app} to {release.version} failed and was rolled back: {outcome.transaction.error}"[:500]
+        )
+        log.error("%s", self.last_error)
+        if outcome.retryable:
+            self.retry = True
+            return "retry"
+        return "failed"
 
     def apply(self) -> int:
         """Reconcile the engine to the installed releases; returns the number of steps taken."""
@@ -244,17 +261,23 @@ class Agent:
         """
         target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
         changed = target is not None
-        if changed:
-            self.last_error = None
+        if changed or self.retry:
+            self.last_error, self.retry = None, False
             try:
                 self.update()
             except UpdateRefusedError as exc:
                 self.last_error = f"update refused ({exc.reason}): {exc.message}"[:500]
-                log.error("%s", self.last_error)
             except PermissionRefusedError as exc:
                 self.last_error = str(exc)[:500]
+            except HubUnreachableError:
+                self.retry = True  # the poll said "changed"; a 304 next time must not hide that
+                raise
+            except (AgentError, OSError) as exc:
+                self.last_error, self.retry = f"update could not be carried out: {exc}"[:500], True
+            if self.last_error:
                 log.error("%s", self.last_error)
-            self.etag = etag
+            if not self.retry:
+                self.etag = etag
         try:
             self.apply()
         except PermissionRefusedError as exc:

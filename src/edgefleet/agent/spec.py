@@ -151,7 +151,8 @@ def service_spec(
         release: the verified release.
         service: one of its services.
         facts: device nodes present on this host.
-        environment: operator-set values (fleet, then device) layered over the manifest's.
+        environment: operator-set values (fleet, then device); each replaces the value of a
+            variable the manifest declares, and names it does not declare are ignored.
     """
     compose, policy = service.compose, service.policy
     binds, devices, rules = _grants(policy.permissions, facts)
@@ -166,7 +167,16 @@ def service_spec(
         image=compose.image,
         command=_argv(compose.command),
         entrypoint=_argv(compose.entrypoint),
-        environment=tuple(sorted({**compose.environment, **(environment or {})}.items())),
+        # Operators may set values only for variables the publisher's manifest declares: a name it
+        # does not mention (LD_PRELOAD, BASH_ENV, ...) would let the hub run code nobody signed.
+        environment=tuple(
+            sorted(
+                {
+                    **compose.environment,
+                    **{k: v for k, v in (environment or {}).items() if k in compose.environment},
+                }.items()
+            )
+        ),
         labels=tuple(sorted((k, v) for k, v in compose.labels.items() if not k.startswith(LABEL_PREFIX))),
         egress="network" in kinds or bool(compose.ports),
         ports=tuple(compose.ports),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
 from edgefleet.agent.journal import Journal, Phase, Transaction
 from edgefleet.agent.plan import (
@@ -103,6 +104,8 @@ class Outcome:
     committed: bool
     transaction: Transaction
     verdict: Verdict | None
+    retryable: bool = False
+    """The update could not be carried out (engine or disk trouble), not judged: try again later."""
 
 
 class Updater:
@@ -139,11 +142,33 @@ class Updater:
         health_window: float,
         restart_limit: int,
     ) -> Outcome:
-        """Move `app` to the release whose containers are `specs` (service -> spec), or back on failure."""
-        keyed = {(app, name): spec for name, spec in specs.items()}
+        """Move `app` to the release whose containers are `specs` (service -> spec), or back on failure.
+
+        An engine or disk failure on the way rolls back too, with a retryable outcome.
+        """
         tx = self._journal.begin(
             app, from_release=from_release, to_release=to_release, strategy="download-then-kill", timeout=PHASE_TIMEOUT
         )
+        try:
+            return self._carry_out(tx, app, specs, volumes, health_window=health_window, restart_limit=restart_limit)
+        except (EngineError, OSError, RuntimeError) as exc:
+            log.error("%s: update to %s could not be carried out: %s", app, to_release, exc)
+            current = self._journal.get(tx.id)
+            return Outcome(
+                False, self.rollback(current, f"could not be carried out: {exc}"[:500]), None, retryable=True
+            )
+
+    def _carry_out(
+        self,
+        tx: Transaction,
+        app: str,
+        specs: Mapping[str, ContainerSpec],
+        volumes: tuple[str, ...],
+        *,
+        health_window: float,
+        restart_limit: int,
+    ) -> Outcome:
+        keyed = {(app, name): spec for name, spec in specs.items()}
         self._fault("verified")
         tx = self._advance(tx, "downloading")
         change = plan_change(self._engine.observe(frozenset(s.image for s in specs.values())), app, specs, volumes)

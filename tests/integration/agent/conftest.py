@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from edgefleet.agent.engine.docker import APP, MANAGED, DockerEngine
+from edgefleet.agent.engine.docker import APP, DockerEngine
 from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry, sha256
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
@@ -139,15 +139,19 @@ def apps(podman_socket: str) -> Iterator[list[str]]:
     yield names
     client = docker.DockerClient(base_url=podman_socket, version="1.41", timeout=60)
     try:
-        for container in client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}):
-            if container.labels.get(APP) in names:
-                container.remove(force=True)
-        for network in client.networks.list(filters={"label": f"{MANAGED}=true"}):
-            if network.attrs.get("Labels", {}).get(APP) in names:
-                network.remove()
-        for volume in client.volumes.list(filters={"label": f"{MANAGED}=true"}):
-            if volume.attrs.get("Labels", {}).get(APP) in names:
-                volume.remove(force=True)
+        # Only this test's apps (one label per filter, checked again: Podman's volume listing ignores
+        # a list of label filters), so other workers' objects are never touched.
+        for name in names:
+            mine = {"label": f"{APP}={name}"}
+            for container in client.containers.list(all=True, sparse=True, filters=mine):
+                if (container.attrs.get("Labels") or {}).get(APP) == name:
+                    client.api.remove_container(container.id, force=True)
+            for network in client.networks.list(filters=mine):
+                if (network.attrs.get("Labels") or {}).get(APP) == name:
+                    network.remove()
+            for volume in client.volumes.list(filters=mine):
+                if (volume.attrs.get("Labels") or {}).get(APP) == name:
+                    volume.remove(force=True)
     finally:
         client.close()
 

@@ -46,7 +46,7 @@ services:
   web:
     image: {image}
     command: ["/bin/sh", "-c", "{web}"]
-    environment: {{MODE: {web_env}}}
+    environment: {{MODE: {web_env}, SITE: unset}}
     depends_on: [db]
 volumes: {{data: }}
 x-edgefleet:
@@ -127,8 +127,9 @@ def test_agent_follows_its_assignment(
     assert agent.cycle() is True
     wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
     second = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
-    for container in containers(agent.engine, app).values():  # type: ignore[arg-type]
-        assert "SITE=plant-7" in container.attrs["Config"]["Env"]
+    running = containers(agent.engine, app)  # type: ignore[arg-type]
+    assert "SITE=plant-7" in running["web"].attrs["Config"]["Env"]
+    assert not any(e.startswith("SITE=") for e in running["db"].attrs["Config"]["Env"])  # db does not declare it
 
     # The hub goes away: the agent backs off, the containers keep running.
     reachable = agent.client

@@ -72,6 +72,8 @@ def test_digest_ignores_the_release_version_but_not_the_definition() -> None:
     assert a.config_digest == b.config_digest
     assert len({a.config_digest, c.config_digest, d.config_digest}) == 3
     assert dict(d.environment)["A"] == "3"
+    (e,) = release_specs(base, facts=HostFacts(), environment={"LD_PRELOAD": "/tmp/x.so", "A": "4"})
+    assert dict(e.environment) == {"A": "4"}  # only variables the publisher declared can be set
 
 
 def test_policy_grants_only_what_is_allowed_and_not_denied() -> None:

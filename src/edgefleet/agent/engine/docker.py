@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,24 @@ NPROC = 4096
 """Set together with nofile: Podman otherwise fills in an nproc above some hosts' hard limit."""
 API_VERSION = "1.41"
 STOP_TIMEOUT = 10
+REMOVE_ATTEMPTS = 5
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)})
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """One of the agent's containers as a listing shows it."""
+
+    id: str
+    labels: dict[str, str]
+    status: str
+
+
+def _state(value: object) -> str:
+    """The state word of a listing entry (a string there, a mapping in a full inspect)."""
+    if isinstance(value, dict):
+        return str(value.get("Status", "unknown"))
+    return str(value or "unknown").lower()
 
 
 def network_name(app: str, *, egress: bool = False) -> str:
@@ -98,6 +116,9 @@ class DockerEngine:
     def _mine(self) -> list[str]:
         return [f"{MANAGED}=true", f"{OWNER}={self.owner}"]
 
+    def _owns(self, labels: dict[str, str] | None) -> bool:
+        return labels is not None and labels.get(MANAGED) == "true" and labels.get(OWNER) == self.owner
+
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
@@ -112,10 +133,17 @@ class DockerEngine:
 
     # --- observe ------------------------------------------------------------------
 
-    def _managed(self) -> list[Container]:
+    def _managed(self) -> list[_Listed]:
+        """The agent's own containers, from one listing.
+
+        Sparse: no inspect per container, so a container someone removes meanwhile cannot fail it.
+        """
         with _converted("list containers"):
-            found: list[Container] = self.client.containers.list(all=True, filters={"label": self._mine})
-        return found
+            found = self.client.containers.list(all=True, sparse=True, filters={"label": self._mine})
+        return [
+            _Listed(str(c.attrs.get("Id", c.id)), dict(c.attrs.get("Labels") or {}), _state(c.attrs.get("State")))
+            for c in found
+        ]
 
     def observe(self, images: frozenset[str] = frozenset()) -> Observed:
         """The agent's containers, networks and volumes, and which of `images` are present."""
@@ -124,7 +152,7 @@ class DockerEngine:
             labels = container.labels
             containers.append(
                 ObservedContainer(
-                    id=container.id or "",
+                    id=container.id,
                     app=labels.get(APP, ""),
                     service=labels.get(SERVICE, ""),
                     release=labels.get(RELEASE, ""),
@@ -133,9 +161,15 @@ class DockerEngine:
                 )
             )
         with _converted("list networks"):
-            networks = self.client.networks.list(filters={"label": self._mine})
+            networks = [
+                n
+                for n in self.client.networks.list(filters={"label": f"{OWNER}={self.owner}"})
+                if self._owns(n.attrs.get("Labels"))
+            ]
         with _converted("list volumes"):
-            volumes = self.client.volumes.list(filters={"label": self._mine})
+            # One label per filter, and checked again here: Podman's volume listing ignores a list of them.
+            listed = self.client.volumes.list(filters={"label": f"{OWNER}={self.owner}"})
+        volumes = [v for v in listed if self._owns(v.attrs.get("Labels"))]
         return Observed(
             containers=tuple(containers),
             networks=frozenset(
@@ -158,23 +192,27 @@ class DockerEngine:
     def status(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per app and service: state, health, restart count and image, for the device's report."""
         report: dict[str, dict[str, dict[str, Any]]] = {}
-        for container in self._managed():
-            labels, state = container.labels, container.attrs.get("State", {})
-            report.setdefault(labels.get(APP, ""), {})[labels.get(SERVICE, "")] = {
-                "state": container.status,
+        for listed in self._managed():
+            try:
+                attrs = self.inspect(listed.id)
+            except EngineError:
+                continue  # removed since the listing
+            state = attrs.get("State", {})
+            report.setdefault(listed.labels.get(APP, ""), {})[listed.labels.get(SERVICE, "")] = {
+                "state": listed.status,
                 "health": (state.get("Health") or {}).get("Status"),
-                "restarts": container.attrs.get("RestartCount", 0),
-                "release": labels.get(RELEASE),
-                "image": container.attrs.get("Config", {}).get("Image"),
+                "restarts": attrs.get("RestartCount", 0),
+                "release": listed.labels.get(RELEASE),
+                "image": attrs.get("Config", {}).get("Image"),
             }
         return report
 
     def find(self, app: str, service: str, config_digest: str) -> str | None:
         """The id of the agent's container for this service definition, if there is one."""
-        for container in self._managed():
-            labels = container.labels
+        for listed in self._managed():
+            labels = listed.labels
             if (labels.get(APP), labels.get(SERVICE), labels.get(DIGEST)) == (app, service, config_digest):
-                return str(container.id)
+                return listed.id
         return None
 
     def health(self, container_id: str) -> ServiceHealth:
@@ -237,14 +275,27 @@ class DockerEngine:
                 with _converted(f"stop {app}/{service}"):
                     self._container(cid).stop(timeout=STOP_TIMEOUT)
             case RemoveContainer(app=app, service=service, container_id=cid):
-                with _converted(f"remove {app}/{service}"):
-                    self._container(cid).remove(force=True)
+                self._remove(self._container(cid), f"{app}/{service}")
             case RemoveNetwork(app=app):
                 for name in (network_name(app), network_name(app, egress=True)):
                     with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
                         network = self.client.networks.get(name)
                         if network.attrs.get("Labels", {}).get(OWNER) == self.owner:
                             network.remove()
+
+    def _remove(self, container: Container, what: str) -> None:
+        """Remove, retrying briefly: Podman refuses while a container is between restarts."""
+        for attempt in range(REMOVE_ATTEMPTS):
+            try:
+                with _converted(f"remove {what}"):
+                    container.remove(force=True)
+                return
+            except EngineError:
+                if attempt == REMOVE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5)
+                with contextlib.suppress(EngineError), _converted(f"stop {what}"):
+                    container.stop(timeout=1)
 
     def _container(self, container_id: str) -> Container:
         with _converted(f"find container {container_id}"):
@@ -261,7 +312,7 @@ class DockerEngine:
         ]
         if len(found) != 1:
             raise EngineError(f"expected one new container for {app}/{service}, found {len(found)}")
-        return found[0]
+        return self._container(found[0].id)
 
     def _ensure_network(self, app: str, *, egress: bool) -> str:
         name = network_name(app, egress=egress)

@@ -34,6 +34,18 @@ IMAGE_BY_DIGEST = re.compile(
 )
 SENSITIVE_HOST_PATHS = ("/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr")
 ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock", "/var/run/balena-engine.sock")
+PROTECTED_HOST_PATHS = (
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/lib/containers",
+    "/var/lib/balena-engine",
+    "/var/lib/edgefleet",
+    "/etc/edgefleet",
+    "/root",
+)
+"""Engine sockets and state, and the agent's own state: never shared, nor any directory above them."""
+SERIAL_PORT = re.compile(r"^/dev/(tty(USB|ACM|S|AMA|mxc|O)[0-9]{1,3}|serial[0-9]{1,2}|rfcomm[0-9]{1,2})$")
 
 FORBIDDEN_KEYS: dict[str, str] = {
     "privileged": "privileged mode is never granted; ask for the specific permission "
@@ -146,8 +158,8 @@ def parse_permission(text: str) -> Permission:
         return Permission(kind, str(int(arg)))
     if kind == "serial-port":
         path = _clean_host_path(arg)
-        if not path.startswith("/dev/") or path.count("/") != 2:
-            raise ValueError("serial-port needs a device path like /dev/ttyUSB0")
+        if not SERIAL_PORT.fullmatch(path):
+            raise ValueError("serial-port needs a serial device such as /dev/ttyUSB0, /dev/ttyACM0 or /dev/ttyS1")
         return Permission(kind, path)
     if kind in ("gpio", "i2c"):
         limit = 1023 if kind == "gpio" else 255
@@ -160,6 +172,9 @@ def parse_permission(text: str) -> Permission:
             raise ValueError("the container engine's socket is never shared")
         if any(path == p or (p != "/" and path.startswith(p + "/")) for p in SENSITIVE_HOST_PATHS):
             raise ValueError(f"{path} is a sensitive host path and cannot be shared")
+        for protected in (*PROTECTED_HOST_PATHS, *ENGINE_SOCKETS):
+            if path == protected or path.startswith(protected + "/") or protected.startswith(path + "/"):
+                raise ValueError(f"{path} is or holds the container engine's or edgefleet's state and cannot be shared")
         return Permission(kind, path)
     raise ValueError(f"unknown permission {text!r}")
 

@@ -209,7 +209,15 @@ def test_dependency_cycles_are_refused():
     ("text", "error"),
     [
         ("serial-port:/dev/../etc/shadow", "'..'"),
-        ("serial-port:/tmp/x", "device path"),
+        ("serial-port:/tmp/x", "serial device"),
+        ("serial-port:/dev/sda", "serial device"),
+        ("serial-port:/dev/mem", "serial device"),
+        ("host-read:/run", "engine"),
+        ("host-read:/run/podman", "engine"),
+        ("host-read:/var", "engine"),
+        ("host-write:/var/lib", "engine"),
+        ("host-read:/var/lib/edgefleet", "engine"),
+        ("host-read:/var/lib/containers/storage", "engine"),
         ("host-write:/etc/passwd", "sensitive"),
         ("host-read:/", "sensitive"),
         ("host-read:/var/run/docker.sock", "socket"),
@@ -291,3 +299,10 @@ def test_arbitrary_changes_to_a_good_file_parse_or_fail_cleanly(path, key, value
 def test_arbitrary_bytes_never_crash_the_parser(data):
     with contextlib.suppress(ManifestError):
         parse_manifest(data)
+
+
+@pytest.mark.parametrize(
+    "text", ["serial-port:/dev/ttyACM0", "serial-port:/dev/ttyS1", "host-read:/srv/config", "host-write:/var/spool/app"]
+)
+def test_good_permissions(text):
+    assert str(parse_permission(text)) == text

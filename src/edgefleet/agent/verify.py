@@ -245,7 +245,9 @@ class ReleaseVerifier:
         staging.mkdir(mode=0o700)
         try:
             manifest = self._download(image, info, staging)
+            _sync_tree(staging)  # durable before it is named: power loss must not leave a torn release
             os.replace(staging, install_dir)
+            _sync_dir(install_dir.parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -279,3 +281,22 @@ class ReleaseVerifier:
             with _refusals():
                 self._image.download_target(bundle, filepath=str(staging / "images" / path.rsplit("/", 1)[-1]))
         return manifest
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """Fsync every file and directory below `root`."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _sync_dir(path)
+    _sync_dir(root)

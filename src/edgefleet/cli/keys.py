@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edgefleet.cli.common import (
+    EXIT_REFUSED,
     EXIT_USAGE,
     CaFile,
     CliError,
@@ -22,7 +23,7 @@ from edgefleet.cli.common import (
 )
 from edgefleet.publisher.errors import KeyStoreError, PublisherError
 from edgefleet.publisher.keys import ROLES, KeyType, Role, init_keys
-from edgefleet.publisher.rotation import rotate
+from edgefleet.publisher.rotation import PushRefusedError, rotate
 
 app = typer.Typer(help="Publisher keys (kept offline; the hub never sees them).", no_args_is_help=True)
 
@@ -82,7 +83,12 @@ def rotate_command(
     client = HubClient(hub, token, ca)
 
     def push(kind: str, body: dict[str, Any]) -> None:
-        client.call("POST", f"/repository/{kind}", body=body)
+        try:
+            client.call("POST", f"/repository/{kind}", body=body)
+        except CliError as exc:
+            if exc.exit_code == EXIT_REFUSED:
+                raise PushRefusedError(exc.message) from exc
+            raise
 
     try:
         done = rotate(

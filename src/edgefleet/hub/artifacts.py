@@ -28,7 +28,7 @@ class ArtifactStore:
 
     def path(self, sha256: str) -> Path:
         """Where the artifact with this digest lives (whether or not it exists)."""
-        if not SHA256_HEX.match(sha256):
+        if not SHA256_HEX.fullmatch(sha256):
             raise BadRequestError("invalid_digest", "artifact digests are 64 lowercase hex characters")
         return self.root / "sha256" / sha256
 

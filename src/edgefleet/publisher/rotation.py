@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.keys import (
     KeyType,
     Role,
@@ -26,7 +27,11 @@ from edgefleet.publisher.metadata import ROOT_LIFETIME, rotated_root, sign_root
 from edgefleet.publisher.state import load_root, resign_targets, save_root
 
 Push = Callable[[Literal["root", "targets"], dict[str, Any]], None]
-"""Publishes signed metadata (to the hub); raises to abort."""
+"""Publishes signed metadata (to the hub); raises `PushRefusedError` when the hub definitely refused."""
+
+
+class PushRefusedError(PublisherError):
+    """The hub answered and refused the metadata (so it does not hold it)."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,21 @@ def rotate(
         root = rotated_root(current.signed, role, new_keys, now=now, lifetime=lifetime)
         signers = load_signers(keys_dir, "root") + (new_signers if role == "root" else [])
         signed = sign_root(root, signers, trusted=current.signed)
-        push("root", signed.to_dict())
     except BaseException:
         discard_rotation(keys_dir, role)
         raise
+    try:
+        push("root", signed.to_dict())
+    except PushRefusedError:
+        discard_rotation(keys_dir, role)  # the hub does not hold this root: the new keys were never trusted
+        raise
+    except BaseException as exc:
+        # Maybe the hub stored the root and only its answer was lost: the new keys may already be
+        # the trusted ones, so they stay in KEYS/pending/ for the publisher to check and finish.
+        raise PublisherError(
+            f"the hub's answer to the new root was lost ({exc}); the new keys stay in {keys_dir / 'pending' / role}: "
+            "compare the hub's newest root (GET /api/v1/repository/root) before deciding what to keep"
+        ) from exc
     save_root(keys_dir, signed)
     commit_rotation(keys_dir, role, new_keys)
     targets_version = None

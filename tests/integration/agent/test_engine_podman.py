@@ -11,6 +11,7 @@ import docker
 import pytest
 
 from edgefleet.agent.engine.docker import MANAGED, DockerEngine
+from edgefleet.agent.errors import EngineError
 from edgefleet.agent.policy import Policy, parse_policy
 from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
 from edgefleet.agent.spec import HostFacts
@@ -236,3 +237,14 @@ def test_images_are_pulled_by_digest_or_loaded_from_a_verified_bundle(
             for container in engine.client.containers.list(all=True, filters={"ancestor": image}):
                 container.remove(force=True)
             engine.client.images.remove(image, force=True)
+
+
+def test_a_network_the_agent_did_not_make_is_never_adopted(engine: DockerEngine, apps: list[str], busybox: str) -> None:
+    app = app_name(apps, "squat")
+    squatter = engine.client.networks.create(f"edgefleet_{app}", internal=False, labels={"owner": "someone"})
+    try:
+        with pytest.raises(EngineError, match="not this agent's"):
+            reconcile(engine, desired(manifest(app, busybox)))
+        assert containers(engine, app) == {}
+    finally:
+        squatter.remove()

@@ -51,7 +51,9 @@ def test_first_root_then_a_rotation_signed_by_old_and_new_keys(fleet, tmp_path):
     assert actions.count("repository.root") == 3  # two accepted, one refused
 
 
-@pytest.mark.parametrize("problem", ["skip-version", "expired", "foreign-online-keys", "unsigned", "garbage"])
+@pytest.mark.parametrize(
+    "problem", ["skip-version", "expired", "foreign-online-keys", "unsigned", "garbage", "no-consistent-snapshot"]
+)
 def test_bad_roots_are_refused_and_nothing_is_stored(fleet, tmp_path, problem):
     keys = tmp_path / "keys"
     init_keys(keys)
@@ -62,6 +64,12 @@ def test_bad_roots_are_refused_and_nothing_is_stored(fleet, tmp_path, problem):
     elif problem == "foreign-online-keys":
         stranger = {r: CryptoSigner.generate_ed25519().public_key for r in ("snapshot", "timestamp")}
         body, status, code = signed_root(fleet, keys, online_keys=stranger), 409, "online_keys_mismatch"
+    elif problem == "no-consistent-snapshot":
+        md = make_root(load_index(keys), online(fleet), now=fleet.clock())
+        md.signed.consistent_snapshot = False
+        for signer in load_signers(keys, "root"):
+            md.sign(signer, append=True)
+        body, status, code = md.to_dict(), 409, "consistent_snapshot_required"
     elif problem == "unsigned":
         body, status, code = signed_root(fleet, keys, signers=[]), 403, "signature_threshold"
     else:

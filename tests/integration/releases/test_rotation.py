@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.keys import load_index
+from edgefleet.publisher.rotation import PushRefusedError, rotate
 from tests.conftest import Fleet
 from tests.publishing import Device, Publisher, assign
 
@@ -43,17 +45,29 @@ def test_devices_follow_root_and_targets_rotation(fleet: Fleet, tmp_path: Path) 
 def test_a_refused_rotation_changes_nothing(fleet: Fleet, tmp_path: Path) -> None:
     publisher = Publisher.create(fleet, tmp_path)
     before = load_index(publisher.keys)
-    refused = PublisherError("hub said no")
 
-    def push(_kind: str, _body: dict[str, object]) -> None:
-        raise refused
+    def refuse(_kind: str, _body: dict[str, object]) -> None:
+        raise PushRefusedError("hub said no")
 
-    from datetime import UTC, datetime
-
-    from edgefleet.publisher.rotation import rotate
-
-    with pytest.raises(PublisherError):
-        rotate(publisher.keys, "root", push, now=datetime.now(UTC))
+    with pytest.raises(PushRefusedError):
+        rotate(publisher.keys, "root", refuse, now=datetime.now(UTC))
     assert load_index(publisher.keys) == before
     assert not list((publisher.keys / "pending").rglob("*.key"))
     assert fleet.call("GET", "/repository/root").json()["signed"]["version"] == 1
+
+
+def test_a_lost_answer_keeps_the_new_keys(fleet: Fleet, tmp_path: Path) -> None:
+    """The hub may have stored the new root: its keys must not be thrown away."""
+    publisher = Publisher.create(fleet, tmp_path)
+    before = load_index(publisher.keys)
+
+    def stored_then_lost(kind: str, body: dict[str, object]) -> None:
+        assert fleet.call("POST", f"/repository/{kind}", json=body).status_code == 201
+        raise OSError("connection reset")
+
+    with pytest.raises(PublisherError, match="stay in"):
+        rotate(publisher.keys, "root", stored_then_lost, now=datetime.now(UTC))
+    assert fleet.call("GET", "/repository/root").json()["signed"]["version"] == 2
+    pending = {p.stem for p in (publisher.keys / "pending" / "root").glob("*.key")}
+    assert pending == set(fleet.call("GET", "/repository/root").json()["signed"]["roles"]["root"]["keyids"])
+    assert load_index(publisher.keys) == before  # nothing switched behind the publisher's back

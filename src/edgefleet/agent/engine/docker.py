@@ -318,9 +318,13 @@ class DockerEngine:
         name = network_name(app, egress=egress)
         with _converted(f"network {name}"):
             try:
-                self.client.networks.get(name)
+                network = self.client.networks.get(name)
             except docker.errors.NotFound:
-                self.client.networks.create(name, internal=not egress, labels={**self._labels, APP: app})
+                network = self.client.networks.create(name, internal=not egress, labels={**self._labels, APP: app})
+            network.reload()
+        # Never adopt someone else's network of that name, nor one that would give outbound access.
+        if not self._owns(network.attrs.get("Labels")) or bool(network.attrs.get("Internal")) == egress:
+            raise EngineError(f"network {name} exists and is not this agent's {app} network", retryable=False)
         return name
 
     def _fetch(self, image: str) -> None:

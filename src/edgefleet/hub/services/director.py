@@ -205,7 +205,7 @@ def refresh(hub: Hub, device: Device) -> None:
 
 def read(hub: Hub, device: Device, name: str) -> bytes:
     """One director metadata file for this device, by TUF name."""
-    match = repo_metadata.METADATA_NAME.match(name)
+    match = repo_metadata.METADATA_NAME.fullmatch(name)
     if match is None:
         raise NotFoundError("metadata_not_found", "no such metadata file")
     role, version = match["role"], match["version"]

@@ -94,7 +94,7 @@ def refresh(hub: Hub) -> None:
 def read(hub: Hub, caller: Caller, name: str) -> bytes:
     """One metadata file of the image repository by its TUF name."""
     check_reader(hub, caller)
-    match = METADATA_NAME.match(name)
+    match = METADATA_NAME.fullmatch(name)
     if match is None:
         raise NotFoundError("metadata_not_found", "no such metadata file")
     role, version = match["role"], match["version"]
@@ -120,8 +120,8 @@ def artifact(hub: Hub, caller: Caller, path: str) -> Path:
     the repository is public, may fetch any.
     """
     check_reader(hub, caller)
-    match = TARGET_NAME.match(path.rsplit("/", 1)[-1])
-    if match is None or not SHA256_HEX.match(match["sha256"]):
+    match = TARGET_NAME.fullmatch(path.rsplit("/", 1)[-1])
+    if match is None or not SHA256_HEX.fullmatch(match["sha256"]):
         raise NotFoundError("artifact_not_found", "targets are fetched as DIR/SHA256.NAME")
     digest = match["sha256"]
     if isinstance(caller, DeviceCaller) and not hub.settings.public_repository:

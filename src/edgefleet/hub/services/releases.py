@@ -71,7 +71,7 @@ def _artifact_problem(store: ArtifactStore, target: TargetFile) -> str | None:
 
 
 def _digest(target: TargetFile | None) -> str | None:
-    return None if target is None else target.hashes.get("sha256")
+    return None if target is None else target.hashes.get("sha256")  # a missing one never equals a stored digest
 
 
 def _release_of(
@@ -92,13 +92,18 @@ def _release_of(
         problems.append(str(exc)[:300])
     for bundle in info.bundles:
         entry = targets.get(bundle)
-        custom = parse_custom(entry.custom) if entry is not None else None
+        try:
+            custom = parse_custom(entry.custom) if entry is not None else None
+        except ValueError:
+            custom = None  # reported below, and as its own target's problem
         if entry is None or not isinstance(custom, BundleTarget):
             problems.append(f"{path}: bundle {bundle} is not a bundle target of this metadata")
         elif (custom.app, custom.version) != (info.app, info.version) or bundle != bundle_path(
             info.app, info.version, custom.image
         ):
             problems.append(f"{bundle}: belongs to {custom.app}@{custom.version}, not {info.app}@{info.version}")
+        elif "sha256" not in entry.hashes:
+            problems.append(f"{bundle}: must carry a sha256 hash")
         else:
             digests.append(entry.hashes["sha256"])
     return problems, digests
@@ -111,7 +116,7 @@ def _check_targets(hub: Hub, tx: Tx, signed: Targets, signer_keyids: tuple[str, 
     added: list[ReleaseRecord] = []
     counters: dict[str, int] = {}
     for path, target in signed.targets.items():
-        problem = _artifact_problem(store, target) if TARGET_PATH.match(path) else "not a valid target path"
+        problem = _artifact_problem(store, target) if TARGET_PATH.fullmatch(path) else "not a valid target path"
         if problem is not None:
             problems.append(f"{path}: {problem}")
             continue

@@ -57,6 +57,9 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
     with operator_action(hub, operator, "admin", action="repository.root", target="repository:root") as tx:
         metadata, signed_bytes = _parse_root(body)
         root = metadata.signed
+        if not root.consistent_snapshot:
+            raise ConflictError("consistent_snapshot_required", "the hub serves consistent snapshots only")
+        tx.lock_repository()
         current = tx.latest_metadata("root", for_update=True)
         expected_version = 1 if current is None else current[0] + 1
         if root.version != expected_version or root.version > MAX_ROOT_VERSION:

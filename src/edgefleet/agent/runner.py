@@ -246,11 +246,19 @@ class Agent:
         return "failed"
 
     def apply(self) -> int:
-        """Reconcile the engine to the installed releases; returns the number of steps taken."""
+        """Reconcile the engine to the installed releases; returns the number of steps taken.
+
+        Raises:
+            EngineError: an installed release is unreadable; nothing is touched rather than its app removed.
+        """
+        releases = self.state.releases()
+        unreadable = sorted(set(self.state.apps) - set(releases))
+        if unreadable:
+            raise EngineError(
+                f"installed release of {', '.join(unreadable)} is unreadable; leaving the engine as it is"
+            )
         self.engine.bundles.update(self._bundles())
-        desired = Desired(
-            releases=self.state.releases(), policy=self.policy, facts=self.facts, environment=self.state.environment
-        )
+        desired = Desired(releases=releases, policy=self.policy, facts=self.facts, environment=self.state.environment)
         return len(reconcile(self.engine, desired, on_step=lambda step: log.info("%s", describe(step))))
 
     def cycle(self) -> bool:

@@ -198,3 +198,20 @@ def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     assert agent.journal.last(app).id == attempts  # type: ignore[union-attr]
     assert "failed on this device; staying on 1.0.0" in twin(fleet, device)["last_error"]
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+
+
+def test_an_unreadable_installed_release_leaves_the_engine_alone(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str
+) -> None:
+    app = app_name(apps, "plant")
+    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
+    assert assign(fleet, agent.identity.device_id, f"{app}@1.0.0").status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
+    before = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    (Path(agent.state.apps[app].directory) / "compose.yaml").write_text("torn by a power loss")
+
+    agent.cycle()
+
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+    assert "unreadable" in twin(fleet, agent.identity.device_id)["last_error"]

@@ -173,7 +173,7 @@ class Agent:
         return bundles
 
     def update(self) -> None:
-        """Verify the director's assignment and download every release that changed (nothing runs yet)."""
+        """Verify the director's assignment; move each app whose release changed to it, as a transaction."""
         verifier = ReleaseVerifier(
             hub_url=self.client.base_url,
             trust=trust_store(self.data_dir),

@@ -3,6 +3,7 @@ recover from a crash at any phase onto exactly the old release (issue 5, first p
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_a_healthy_release_commits_and_retires_only_what_changed(
 @pytest.mark.parametrize(
     ("web", "healthcheck", "reason"),
     [
-        ("exit 3", "", "exited with code 3"),
+        # Depending on how quickly the engine restarts it, the first look sees the exit or the restarts.
+        ("exit 3", "", "exited with code 3|restarted [0-9]+ times"),
         (
             SERVE.format(word="new"),
             '    healthcheck: {test: ["CMD", "/bin/false"], interval: 1s, retries: 2}',
@@ -106,7 +108,7 @@ def test_a_failing_release_rolls_back_by_itself(
 
     assert not outcome.committed
     assert outcome.transaction.phase == "rolled-back"
-    assert reason in (outcome.transaction.error or "")
+    assert re.search(reason, outcome.transaction.error or "")
     assert outcome.verdict is not None
     assert outcome.verdict.service == "web"
     wait_running(engine, app, 2)

@@ -87,7 +87,7 @@ def test_a_healthy_release_commits_and_retires_only_what_changed(
         (
             SERVE.format(word="new"),
             '    healthcheck: {test: ["CMD", "/bin/false"], interval: 1s, retries: 2}',
-            "healthcheck",
+            "healthcheck reports unhealthy|not healthy by the end",
         ),
         ("sleep 1; exit 1", "", "web"),
     ],

@@ -35,9 +35,7 @@ def fake_oci_archive(image: str, destination: Path) -> None:
     destination.write_bytes(b"OCI archive of " + image.encode() + b"\n" + bytes(range(256)) * 64)
 
 
-def compose(
-    app: str = "sensor", version: str = "1.0.0", *, architectures: str = "[amd64, arm64]", extra: str = ""
-) -> str:
+def compose(app: str = "sensor", version: str = "1.0.0", *, architectures: str = "[amd64, arm64]") -> str:
     return f"""
 services:
   main:

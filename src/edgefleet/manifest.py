@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.protocol import Arch
+from edgefleet.protocol import IMAGE_BY_DIGEST_PATTERN, AppName, Arch
 
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_YAML_DEPTH = 32
@@ -29,9 +29,7 @@ SEMVER = re.compile(
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
-IMAGE_BY_DIGEST = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._\-/:][a-z0-9]+)*)(?::(?P<tag>[\w][\w.\-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
-)
+IMAGE_BY_DIGEST = re.compile(IMAGE_BY_DIGEST_PATTERN)
 SENSITIVE_HOST_PATHS = ("/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr")
 ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock", "/var/run/balena-engine.sock")
 PROTECTED_HOST_PATHS = (
@@ -424,7 +422,7 @@ class UpdatePolicy(_Strict):
 class EdgefleetBlock(_Strict):
     """The x-edgefleet block."""
 
-    app: Name
+    app: AppName  # the same rule the signed targets and the hub apply
     version: str
     architectures: Annotated[tuple[Arch, ...], Field(min_length=1, max_length=8)] | None = None
     update: UpdatePolicy = Field(default_factory=UpdatePolicy)

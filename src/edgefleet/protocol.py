@@ -18,6 +18,13 @@ Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64)]
 FleetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
+AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
+"""An app's name: also a target-path segment and part of engine object names."""
+IMAGE_BY_DIGEST_PATTERN = (
+    r"^(?P<repo>[a-z0-9]+(?:[._\-/:][a-z0-9]+)*)(?::(?P<tag>[\w][\w.\-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
+)
+ImageRef = Annotated[str, StringConstraints(pattern=IMAGE_BY_DIGEST_PATTERN)]
+"""An image pinned by digest, as manifests and signed targets name it."""
 Arch = Literal["amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x"]
 DeviceStatus = Literal["pending", "accepted", "rejected", "revoked"]
 

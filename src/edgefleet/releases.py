@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
 
-from edgefleet.protocol import Arch, DeviceId, Environment, WireModel
+from edgefleet.protocol import AppName, Arch, DeviceId, Environment, ImageRef, WireModel
 
 CUSTOM_KEY = "edgefleet"
 DEVICE_FIELD = "x-edgefleet-device"
@@ -24,10 +24,8 @@ MANIFEST_NAME = "compose.yaml"
 MAX_RELEASE_COUNTER = 2**31 - 1
 MAX_BUNDLES = 32
 
-AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+\-]{0,63}$")]
 Counter = Annotated[int, Field(ge=1, le=MAX_RELEASE_COUNTER)]
-ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._\-/:]{0,254}@sha256:[0-9a-f]{64}$")]
 TARGET_PATH_PATTERN = (
     r"^[a-z0-9][a-z0-9\-]{0,62}/[0-9][0-9A-Za-z.+\-]{0,63}"
     r"/[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}(?:/[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127})?$"

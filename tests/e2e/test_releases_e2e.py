@@ -173,7 +173,6 @@ def test_edgefleet_tuf_client_speaks_the_conformance_protocol(public_hub: Runnin
     assert missing.returncode == 1
     assert "not a target" in missing.stderr
     other_root = tmp_path / "other"
-    ok(edgefleet("keys", "init", "--dir", str(tmp_path / "k2")))
     (other_root / "meta").mkdir(parents=True)
     forged = json.loads((tmp_path / "trusted.json").read_text())
     forged["signatures"] = []

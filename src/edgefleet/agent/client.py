@@ -49,17 +49,20 @@ class DeviceClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _call(
-        self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        headers = {}
+    def _send(self, method: str, path: str, *, identity: LocalIdentity | None = None, **kwargs: Any) -> httpx.Response:
+        """One request to the API, signed by the device when `identity` is given; transport errors converted."""
+        headers = dict(kwargs.pop("headers", {}))
         if identity is not None:
             headers["Authorization"] = f"Bearer {identity.token(now=self._clock())}"
         try:
-            response = self._http.request(method, API_PREFIX + path, json=body, headers=headers)
+            return self._http.request(method, API_PREFIX + path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
-        return self._checked(response)
+
+    def _call(
+        self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return self._checked(self._send(method, path, identity=identity, json=body))
 
     @staticmethod
     def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -103,9 +106,7 @@ class DeviceClient:
         """(image repository root v1, director root) as the hub serves them: trusted on first use only."""
         roots = []
         for path in ("/tuf/repository/1.root.json", "/tuf/director/root.json"):
-            response = self._http.get(
-                API_PREFIX + path, headers={"Authorization": f"Bearer {identity.token(now=self._clock())}"}
-            )
+            response = self._send("GET", path, identity=identity)
             if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
                 raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
             roots.append(response.content)
@@ -115,20 +116,16 @@ class DeviceClient:
         self, identity: LocalIdentity, *, wait: float = 0, etag: str | None = None
     ) -> tuple[TargetState | None, str | None]:
         """Long-poll what this device must run: (state, its ETag), or (None, etag) when unchanged (304)."""
-        headers = {"Authorization": f"Bearer {identity.token(now=self._clock())}"}
-        if etag:
-            headers["If-None-Match"] = etag
         # The hub holds the request up to `wait`; the read timeout must outlast that.
         read = (self._http.timeout.read or 30.0) + wait
-        try:
-            response = self._http.get(
-                API_PREFIX + "/device/target",
-                params={"wait": wait} if wait else None,
-                headers=headers,
-                timeout=httpx.Timeout(self._http.timeout.connect or 30.0, read=read),
-            )
-        except httpx.HTTPError as exc:
-            raise HubUnreachableError(f"hub unreachable: {exc}") from exc
+        response = self._send(
+            "GET",
+            "/device/target",
+            identity=identity,
+            params={"wait": wait} if wait else None,
+            headers={"If-None-Match": etag} if etag else {},
+            timeout=httpx.Timeout(self._http.timeout.connect or 30.0, read=read),
+        )
         if response.status_code == 304:
             return None, etag
         data = self._checked(response)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 # --- inputs -------------------------------------------------------------------------
 
@@ -138,14 +139,27 @@ class PlanError(ValueError):
 # --- planning -----------------------------------------------------------------------
 
 
-def dependency_order(services: Iterable[ServiceTarget]) -> list[ServiceTarget]:
+class Dependent(Protocol):
+    """Anything with a service name and the services it depends on (targets, container specs)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
+
+
+D = TypeVar("D", bound=Dependent)
+
+
+def dependency_order(services: Iterable[D]) -> list[D]:
     """Services so that each comes after what it depends on (ties by name, so plans are stable).
 
     Raises:
         PlanError: unknown dependency or a cycle.
     """
     by_name = {s.service: s for s in services}
-    ordered: list[ServiceTarget] = []
+    ordered: list[D] = []
     state: dict[str, int] = {}
 
     def visit(name: str, path: tuple[str, ...]) -> None:

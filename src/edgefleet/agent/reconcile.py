@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from edgefleet.agent.plan import AppTarget, Observed, ServiceTarget, Step, plan
+from edgefleet.agent.plan import AppTarget, Observed, Step, plan
 from edgefleet.agent.policy import Policy, Refusal, refusals
 from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
 from edgefleet.manifest import Release
@@ -50,6 +50,20 @@ class Desired:
     environment: Mapping[str, str]
 
 
+def checked_specs(
+    release: Release, policy: Policy, *, facts: HostFacts, environment: Mapping[str, str]
+) -> tuple[ContainerSpec, ...]:
+    """The release's containers, once the policy grants everything it asks for.
+
+    Raises:
+        PermissionRefusedError: a permission the policy does not grant.
+    """
+    refused = refusals(release, policy)
+    if refused:
+        raise PermissionRefusedError(release.app, refused)
+    return release_specs(release, facts=facts, environment=dict(environment))
+
+
 def targets(desired: Desired) -> tuple[dict[str, AppTarget], Specs]:
     """The planner's targets and the container definitions behind them.
 
@@ -59,18 +73,13 @@ def targets(desired: Desired) -> tuple[dict[str, AppTarget], Specs]:
     apps: dict[str, AppTarget] = {}
     specs: Specs = {}
     for app, release in sorted(desired.releases.items()):
-        refused = refusals(release, desired.policy)
-        if refused:
-            raise PermissionRefusedError(app, refused)
-        made = release_specs(release, facts=desired.facts, environment=dict(desired.environment))
+        made = checked_specs(release, desired.policy, facts=desired.facts, environment=desired.environment)
         for spec in made:
             specs[(app, spec.service)] = spec
         apps[app] = AppTarget(
             app=app,
             release=release.version,
-            services=tuple(
-                ServiceTarget(app, s.service, s.release, s.image, s.config_digest, s.depends_on) for s in made
-            ),
+            services=tuple(s.target() for s in made),
             volumes=release.volumes,
         )
     return apps, specs

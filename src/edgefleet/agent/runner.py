@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +27,14 @@ from edgefleet.agent.errors import AgentError, EngineError, HubUnreachableError,
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.journal import Journal
 from edgefleet.agent.plan import describe
-from edgefleet.agent.policy import Policy, refusals
-from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, reconcile
-from edgefleet.agent.spec import HostFacts, release_specs
+from edgefleet.agent.policy import Policy
+from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
+from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import TransactionEngine, Updater
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
+from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.releases import bundle_path
 
 log = logging.getLogger(__name__)
 STATE_FILE = "installed.json"
@@ -65,7 +65,20 @@ class Installed:
 
 
 class AgentEngine(Engine, TransactionEngine, Protocol):
-    """Everything the agent asks of its engine (reconciling and update transactions)."""
+    """Everything the agent asks of its engine (reconciling, update transactions, reports)."""
+
+    def status(self) -> dict[str, dict[str, dict[str, Any]]]: ...
+
+
+def bundles_of(release: Release, directory: Path) -> dict[str, Path]:
+    """Image reference (name@sha256:...) -> the verified OCI archive of it in an installed release."""
+    found = {}
+    for service in release.services:
+        image = service.compose.image
+        archive = directory / bundle_path(release.app, release.version, image).split("/", 2)[2]
+        if archive.is_file():
+            found[image] = archive
+    return found
 
 
 @dataclass
@@ -76,18 +89,40 @@ class LocalState:
     environment: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """App -> "COUNTER-VERSION" of a release that failed here: not tried again until something else is assigned."""
+    _parsed: dict[str, Release] | None = field(default=None, repr=False, compare=False)
 
     def releases(self) -> dict[str, Release]:
-        """The installed releases' manifests (each was verified before it was installed)."""
-        releases = {}
-        for app, entry in self.apps.items():
-            try:
-                releases[app] = parse_manifest(
-                    (Path(entry.directory) / "compose.yaml").read_bytes(), source=entry.directory
-                )
-            except (OSError, ManifestError) as exc:
-                log.error("installed release of %s is unusable: %s", app, exc)
-        return releases
+        """The installed releases' manifests (each was verified before it was installed), read once."""
+        if self._parsed is None:
+            self._parsed = {}
+            for app, entry in self.apps.items():
+                try:
+                    self._parsed[app] = parse_manifest(
+                        (Path(entry.directory) / "compose.yaml").read_bytes(), source=entry.directory
+                    )
+                except (OSError, ManifestError) as exc:
+                    log.error("installed release of %s is unusable: %s", app, exc)
+        return self._parsed
+
+    def desired(self, policy: Policy, facts: HostFacts) -> Desired:
+        """What the engine must run now.
+
+        Raises:
+            EngineError: an installed release is unreadable; nothing is touched rather than its app removed.
+        """
+        releases = self.releases()
+        unreadable = sorted(set(self.apps) - set(releases))
+        if unreadable:
+            names = ", ".join(unreadable)
+            raise EngineError(f"installed release of {names} is unreadable; leaving the engine as it is")
+        return Desired(releases=releases, policy=policy, facts=facts, environment=self.environment)
+
+    def bundles(self) -> dict[str, Path]:
+        """Every installed release's verified OCI archives, by image reference."""
+        found: dict[str, Path] = {}
+        for app, release in self.releases().items():
+            found.update(bundles_of(release, Path(self.apps[app].directory)))
+        return found
 
 
 def load_state(data_dir: Path) -> LocalState:
@@ -106,21 +141,10 @@ def load_state(data_dir: Path) -> LocalState:
 
 
 def save_state(data_dir: Path, state: LocalState) -> None:
-    """Atomically: temp file in the same directory, fsync, rename."""
-    body = json.dumps(
-        {
-            "apps": {app: vars(entry) for app, entry in state.apps.items()},
-            "environment": state.environment,
-            "failed": state.failed,
-        },
-        indent=1,
-        sort_keys=True,
-    )
-    with tempfile.NamedTemporaryFile("w", dir=data_dir, delete=False, prefix=".installed-") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, data_dir / STATE_FILE)
+    """Atomically (temp file, fsync, rename)."""
+    body: dict[str, Any] = {"apps": {app: vars(entry) for app, entry in state.apps.items()}}
+    body |= {"environment": state.environment, "failed": state.failed}
+    write_public_file(data_dir / STATE_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
 
 
 def trust_store(data_dir: Path) -> TrustStore:
@@ -160,18 +184,6 @@ class Agent:
             self.last_error = f"update of {tx.app} to {tx.to_release} was interrupted and rolled back"
             log.warning("%s", self.last_error)
 
-    def _bundles(self) -> dict[str, Path]:
-        """Image reference (name@sha256:...) -> its verified OCI archive, for every installed release."""
-        bundles = {}
-        for app, release in self.state.releases().items():
-            directory = Path(self.state.apps[app].directory) / "images"
-            for service in release.services:
-                image = service.compose.image
-                archive = directory / f"sha256-{image.rsplit('@sha256:', 1)[-1]}.tar"
-                if archive.is_file():
-                    bundles[image] = archive
-        return bundles
-
     def update(self) -> None:
         """Verify the director's assignment; move each app whose release changed to it, as a transaction."""
         verifier = ReleaseVerifier(
@@ -204,6 +216,8 @@ class Agent:
             release = verifier.verify(
                 app, installed_counter=current.release_counter if current else None, install_dir=directory
             )
+            # The new release's bundled images are loaded from its verified archives, not pulled.
+            self.engine.bundles.update(bundles_of(release.manifest, release.directory))
             outcome = self._switch(app, release.manifest, current, environment)
             if outcome == "committed":
                 installed[app] = Installed(release.version, release.release_counter, str(release.directory))
@@ -221,10 +235,8 @@ class Agent:
         self, app: str, release: Release, current: Installed | None, environment: dict[str, str]
     ) -> Literal["committed", "failed", "retry"]:
         """Move `app` to a verified release as a transaction; on failure the reason is reported."""
-        refused = refusals(release, self.policy)
-        if refused:
-            raise PermissionRefusedError(app, refused)
-        specs = {s.service: s for s in release_specs(release, facts=self.facts, environment=environment)}
+        made = checked_specs(release, self.policy, facts=self.facts, environment=environment)
+        specs = {s.service: s for s in made}
         outcome = self.updater().update(
             app,
             specs,
@@ -251,14 +263,8 @@ class Agent:
         Raises:
             EngineError: an installed release is unreadable; nothing is touched rather than its app removed.
         """
-        releases = self.state.releases()
-        unreadable = sorted(set(self.state.apps) - set(releases))
-        if unreadable:
-            raise EngineError(
-                f"installed release of {', '.join(unreadable)} is unreadable; leaving the engine as it is"
-            )
-        self.engine.bundles.update(self._bundles())
-        desired = Desired(releases=releases, policy=self.policy, facts=self.facts, environment=self.state.environment)
+        desired = self.state.desired(self.policy, self.facts)
+        self.engine.bundles.update(self.state.bundles())
         return len(reconcile(self.engine, desired, on_step=lambda step: log.info("%s", describe(step))))
 
     def cycle(self) -> bool:
@@ -302,10 +308,8 @@ class Agent:
         apps: dict[str, Any] = {}
         for app, entry in self.state.apps.items():
             apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
-        status = getattr(self.engine, "status", None)
-        if callable(status):
-            for app, services in status().items():
-                apps.setdefault(app, {})["services"] = services
+        for app, services in self.engine.status().items():
+            apps.setdefault(app, {})["services"] = services
         usage = shutil.disk_usage(self.data_dir)
         properties = {
             "apps": apps,

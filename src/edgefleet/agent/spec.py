@@ -19,6 +19,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from edgefleet.agent.plan import ServiceTarget
 from edgefleet.manifest import Permission, Port, Release, Service
 
 HARDENING_VERSION = 1
@@ -85,6 +86,10 @@ class ContainerSpec:
     health: Health | None
     depends_on: tuple[str, ...]
     config_digest: str = field(default="", compare=False)
+
+    def target(self) -> ServiceTarget:
+        """What the planner needs to know of this container."""
+        return ServiceTarget(self.app, self.service, self.release, self.image, self.config_digest, self.depends_on)
 
 
 def _argv(value: str | list[str] | None) -> tuple[str, ...] | None:

@@ -35,10 +35,10 @@ from edgefleet.agent.plan import (
     FetchImage,
     Observed,
     RemoveContainer,
-    ServiceTarget,
     StartContainer,
     Step,
     StopContainer,
+    dependency_order,
 )
 from edgefleet.agent.spec import ContainerSpec, Health
 
@@ -58,7 +58,7 @@ class TransactionEngine(Protocol):
 
     def execute(self, step: Step, specs: Mapping[tuple[str, str], ContainerSpec]) -> None: ...
 
-    def find(self, app: str, service: str, config_digest: str) -> str | None: ...
+    def ids(self, app: str) -> dict[tuple[str, str], str]: ...
 
     def health(self, container_id: str) -> ServiceHealth: ...
 
@@ -188,13 +188,19 @@ class Updater:
         for volume in change.volumes:
             self._engine.execute(CreateVolume(app, volume), keyed)
         for spec in change.create:
-            target = ServiceTarget(app, spec.service, spec.release, spec.image, spec.config_digest, spec.depends_on)
-            self._engine.execute(CreateContainer(target), keyed)
+            self._engine.execute(CreateContainer(spec.target()), keyed)
         tx = self._advance(tx, "switching")
         for service, container_id in reversed(change.retire):
             self._engine.execute(StopContainer(app, service, container_id), keyed)
-        for spec in _in_dependency_order(change.create):
-            self._engine.execute(StartContainer(app, spec.service, self._new_id(app, spec)), keyed)
+        staged = self._engine.ids(app)
+        created = {spec.service for spec in change.create}
+        for spec in dependency_order(specs.values()):
+            if spec.service not in created:
+                continue
+            new_id = staged.get((spec.service, spec.config_digest))
+            if new_id is None:
+                raise RuntimeError(f"{app}/{spec.service}: staged container is gone")
+            self._engine.execute(StartContainer(app, spec.service, new_id), keyed)
         tx = self._advance(tx, "probing")
         result = self._probe(app, specs, health_window=health_window, restart_limit=restart_limit)
         if result.outcome != "healthy":
@@ -205,12 +211,6 @@ class Updater:
             self._engine.execute(RemoveContainer(app, service, container_id), keyed)
         return Outcome(True, tx, result)
 
-    def _new_id(self, app: str, spec: ContainerSpec) -> str:
-        found = self._engine.find(app, spec.service, spec.config_digest)
-        if found is None:
-            raise RuntimeError(f"{app}/{spec.service}: staged container is gone")
-        return found
-
     def _probe(
         self, app: str, specs: Mapping[str, ContainerSpec], *, health_window: float, restart_limit: int
     ) -> Verdict:
@@ -219,9 +219,10 @@ class Updater:
         checks: dict[str, _Check] = {}
         while True:
             now = self._clock()
+            ids = self._engine.ids(app)  # one listing per round, whatever the number of services
             states = []
             for spec in specs.values():
-                state = self._service_health(app, spec, checks, now - started)
+                state = self._service_health(ids.get((spec.service, spec.config_digest)), spec, checks, now - started)
                 if state is None:
                     return Verdict("failed", spec.service, "its container is gone")
                 states.append(state)
@@ -231,10 +232,9 @@ class Updater:
             self._sleep(PROBE_INTERVAL)
 
     def _service_health(
-        self, app: str, spec: ContainerSpec, checks: dict[str, _Check], elapsed: timedelta
+        self, container_id: str | None, spec: ContainerSpec, checks: dict[str, _Check], elapsed: timedelta
     ) -> ServiceHealth | None:
         """The engine's view of the service, with its healthcheck run by the agent when the engine does not."""
-        container_id = self._engine.find(app, spec.service, spec.config_digest)
         if container_id is None:
             return None
         state = self._engine.health(container_id)
@@ -253,14 +253,15 @@ class Updater:
         new: dict[str, str] = tx.detail.get("new", {})
         old: dict[str, str] = tx.detail.get("old", {})
         none: Mapping[tuple[str, str], ContainerSpec] = {}
+        ids = self._engine.ids(tx.app)
         for service, digest in sorted(new.items()):
-            container_id = self._engine.find(tx.app, service, digest)
+            container_id = ids.get((service, digest))
             if container_id is not None:
                 self._engine.execute(RemoveContainer(tx.app, service, container_id), none)
         for service, container_id in sorted(old.items()):
             try:
                 self._engine.execute(StartContainer(tx.app, service, container_id), none)
-            except Exception as exc:  # noqa: BLE001  # keep starting the others; reconcile repairs the rest
+            except EngineError as exc:  # keep starting the others; the next reconcile repairs the rest
                 log.error("rollback: cannot start %s/%s: %s", tx.app, service, exc)
         log.warning("%s: rolled back %s -> %s: %s", tx.app, tx.to_release, tx.from_release, reason)
         return self._journal.advance(tx, "rolled-back")
@@ -293,15 +294,3 @@ def _probe_argv(test: tuple[str, ...]) -> tuple[str, ...]:
     if test and test[0] == "CMD":
         return test[1:]
     return test
-
-
-def _in_dependency_order(specs: tuple[ContainerSpec, ...]) -> list[ContainerSpec]:
-    names = {s.service for s in specs}
-    done: list[ContainerSpec] = []
-    remaining = list(specs)
-    while remaining:
-        ready = [s for s in remaining if not (set(s.depends_on) & names - {d.service for d in done})]
-        batch = ready or remaining[:1]
-        done.extend(batch)
-        remaining = [s for s in remaining if s not in batch]
-    return done

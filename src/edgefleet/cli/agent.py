@@ -24,7 +24,7 @@ from edgefleet.agent.errors import AgentError
 from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
-from edgefleet.agent.reconcile import Desired, plan_for
+from edgefleet.agent.reconcile import plan_for
 from edgefleet.agent.runner import Agent, host_facts, load_state, run, trust_store
 from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, out, run_app
 
@@ -124,10 +124,7 @@ def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: Eng
     engine_client = DockerEngine(settings.engine, owner=saved_device_id(settings.data_dir) or "default")
     state = load_state(settings.data_dir)
     try:
-        steps, _ = plan_for(
-            engine_client,
-            Desired(releases=state.releases(), policy=policy, facts=host_facts(), environment=state.environment),
-        )
+        steps, _ = plan_for(engine_client, state.desired(policy, host_facts()))
     except AgentError as exc:
         raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE) from exc
     finally:

@@ -121,15 +121,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
-    """`key=value` pairs into a dict; a pair without '=' is a usage error."""
-    tags: dict[str, str] = {}
+def parse_pairs(pairs: Sequence[str], *, what: str, hint: str) -> dict[str, str]:
+    """`key=value` arguments into a dict (the value may be empty or hold '='); anything else is a usage error."""
+    values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"bad tag {pair!r}", exit_code=EXIT_USAGE, hint="write tags as key=value")
-        tags[key] = value
-    return tags
+            raise CliError(f"bad {what} {pair!r}", exit_code=EXIT_USAGE, hint=hint)
+        values[key] = value
+    return values
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """`key=value` tags into a dict; a pair without '=' is a usage error."""
+    return parse_pairs(pairs, what="tag", hint="write tags as key=value")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -12,7 +12,16 @@ from urllib.parse import quote
 
 import typer
 
-from edgefleet.cli.common import EXIT_USAGE, CaFile, CliError, HubClient, HubUrl, JsonFlag, Token, out, print_json
+from edgefleet.cli.common import (
+    CaFile,
+    HubClient,
+    HubUrl,
+    JsonFlag,
+    Token,
+    out,
+    parse_pairs,
+    print_json,
+)
 
 app = typer.Typer(help="Fleets: settings shared by all their devices.", no_args_is_help=True)
 
@@ -23,18 +32,8 @@ def say(text: str) -> None:
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
-    """`KEY=VALUE` arguments into a dict; the value may be empty or contain '='.
-
-    Raises:
-        CliError: an argument without '=' or with an empty name (usage error).
-    """
-    values: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise CliError(f"bad variable {pair!r}", exit_code=EXIT_USAGE, hint="write KEY=VALUE, e.g. LOG_LEVEL=debug")
-        values[name] = value
-    return values
+    """`KEY=VALUE` arguments into a dict; the value may be empty or contain '='."""
+    return parse_pairs(pairs, what="variable", hint="write KEY=VALUE, e.g. LOG_LEVEL=debug")
 
 
 def print_environment(answer: dict[str, Any]) -> None:

@@ -50,9 +50,7 @@ def init_keys(
     Raises:
         KeyStoreError: bad threshold/count, or the directory exists and is not empty.
     """
-    count = threshold if count is None else count
-    if not 1 <= threshold <= count <= MAX_KEYS:
-        raise KeyStoreError(f"need 1 <= threshold <= keys <= {MAX_KEYS} (got threshold {threshold}, keys {count})")
+    count = _checked_count(threshold, count)
     if directory.exists() and any(directory.iterdir()):
         raise KeyStoreError(f"{directory} already exists and is not empty; refusing to overwrite keys")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -60,12 +58,24 @@ def init_keys(
     roles: dict[Role, RoleKeys] = {}
     for role in ROLES:
         (directory / role).mkdir(mode=0o700)
-        signers = [_generate(key_type) for _ in range(count)]
-        for signer in signers:
-            write_private_file(directory / role / f"{signer.public_key.keyid}.key", signer.private_bytes)
-        roles[role] = RoleKeys(threshold=threshold, keys=tuple(s.public_key for s in signers))
+        roles[role], _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
     _write_index(directory, roles)
     return roles
+
+
+def _checked_count(threshold: int, count: int | None) -> int:
+    count = threshold if count is None else count
+    if not 1 <= threshold <= count <= MAX_KEYS:
+        raise KeyStoreError(f"need 1 <= threshold <= keys <= {MAX_KEYS} (got threshold {threshold}, keys {count})")
+    return count
+
+
+def _new_keys(directory: Path, *, threshold: int, count: int, key_type: KeyType) -> tuple[RoleKeys, list[CryptoSigner]]:
+    """`count` new private keys written into `directory` (0600), and their public half."""
+    signers = [_generate(key_type) for _ in range(count)]
+    for signer in signers:
+        write_private_file(directory / f"{signer.public_key.keyid}.key", signer.private_bytes)
+    return RoleKeys(threshold=threshold, keys=tuple(s.public_key for s in signers)), signers
 
 
 def _write_index(directory: Path, roles: dict[Role, RoleKeys]) -> None:
@@ -147,17 +157,12 @@ def stage_rotation(
     Raises:
         KeyStoreError: bad threshold/count, or a rotation of `role` is already pending.
     """
-    count = threshold if count is None else count
-    if not 1 <= threshold <= count <= MAX_KEYS:
-        raise KeyStoreError(f"need 1 <= threshold <= keys <= {MAX_KEYS} (got threshold {threshold}, keys {count})")
+    count = _checked_count(threshold, count)
     pending = directory / PENDING / role
     if pending.exists() and any(pending.iterdir()):
         raise KeyStoreError(f"a {role} rotation is already pending in {pending}; finish or remove it")
     pending.mkdir(parents=True, exist_ok=True, mode=0o700)
-    signers = [_generate(key_type) for _ in range(count)]
-    for signer in signers:
-        write_private_file(pending / f"{signer.public_key.keyid}.key", signer.private_bytes)
-    return RoleKeys(threshold=threshold, keys=tuple(s.public_key for s in signers)), signers
+    return _new_keys(pending, threshold=threshold, count=count, key_type=key_type)
 
 
 def commit_rotation(directory: Path, role: Role, new_keys: RoleKeys) -> None:

@@ -604,7 +604,8 @@ class RegistryClient:
                     raise RegistryError(f"{ref}: index entry {entry.digest} is a {entry.media_type}, not an image")
                 child = self._manifest(ref, entry.digest, descriptor=entry)
                 writer.add_bytes(blob_path(child.digest), child.body)
-                assert isinstance(child.content, _ImageManifest)  # noqa: S101  # media type checked above
+                if not isinstance(child.content, _ImageManifest):
+                    raise RegistryError(f"{ref}: index entry {entry.digest} is not an image manifest")
                 images.append(child.content)
         else:
             images.append(top.content)

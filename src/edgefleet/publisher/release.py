@@ -30,10 +30,9 @@ from edgefleet.crypto import write_public_file
 from edgefleet.manifest import MAX_MANIFEST_BYTES, ManifestError, Release, parse_manifest
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.registry import ARCHITECTURES, Resolved
-from edgefleet.publisher.state import load_targets, sign_targets
+from edgefleet.publisher.state import TARGETS_LIFETIME, load_targets, sign_targets
 from edgefleet.releases import CUSTOM_KEY, BundleTarget, ManifestTarget, bundle_path, manifest_path, parse_custom
 
-TARGETS_LIFETIME = timedelta(days=365)
 MANIFEST_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 Exporter = Callable[[str, Path], None]

@@ -34,13 +34,13 @@ def podman_service(root: Path, registry_host: str) -> subprocess.Popen[bytes]:
     """`podman system service` on ROOT/podman.sock, trusting the plain-HTTP registry at `registry_host`."""
     registries = root / "registries.conf"
     registries.write_text(f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n')
-    log = (root / "service.log").open("wb")
-    return subprocess.Popen(
-        [PODMAN, "system", "service", "--time=0", f"unix://{root / 'podman.sock'}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries)},
-    )
+    with (root / "service.log").open("wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [PODMAN, "system", "service", "--time=0", f"unix://{root / 'podman.sock'}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries)},
+        )
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.engine.docker import DockerEngine
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub
 from tests.integration.agent.conftest import app_name
 from tests.integration.agent.test_agent_runner import app_text
@@ -24,13 +24,11 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli.main", "agent", *args], capture_output=True, text=True, timeout=120
-    )
+    return edgefleet("agent", *args, timeout=120)
 
 
 def test_agent_run_once_then_plan(
-    hub: RunningHub, tmp_path: Path, podman_socket: str, busybox: str, apps: list[str], engine: object
+    hub: RunningHub, tmp_path: Path, podman_socket: str, busybox: str, apps: list[str], engine: DockerEngine
 ) -> None:
     keys = tmp_path / "keys"
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
@@ -57,17 +55,17 @@ def test_agent_run_once_then_plan(
 
     second = agent("run", "--config", str(config), "--once")
     assert second.returncode == 0, second.stderr
-    wait_running(engine, app, 2)  # type: ignore[arg-type]
+    wait_running(engine, app, 2)
     assert "nothing to do" in agent("plan", "--config", str(config)).stdout
 
-    for container in containers(engine, app).values():  # type: ignore[arg-type]
+    for container in containers(engine, app).values():
         container.stop(timeout=1)
     planned = agent("plan", "--config", str(config)).stdout
     assert sorted(planned.split()[i + 1] for i, w in enumerate(planned.split()) if w == "start") == [
         f"{app}/db",
         f"{app}/web",
     ]
-    assert len(containers(engine, app)) == 2  # type: ignore[arg-type]  # plan took no step
+    assert len(containers(engine, app)) == 2  # plan took no step
 
 
 def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:

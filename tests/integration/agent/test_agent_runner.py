@@ -74,7 +74,7 @@ def agent(fleet: Fleet, tmp_path: Path, podman_socket: str, publisher: Publisher
     data_dir = tmp_path / "agent"
     data_dir.mkdir()
     client = fleet.device_client()
-    repository_root, director_root = _roots(fleet, client, identity)
+    repository_root, director_root = client.tuf_roots(identity)
     trust_store(data_dir).bootstrap(repository_root=repository_root, director_root=director_root)
     engine = DockerEngine(podman_socket, owner=identity.device_id)
     made = Agent(
@@ -84,8 +84,17 @@ def agent(fleet: Fleet, tmp_path: Path, podman_socket: str, publisher: Publisher
     engine.close()
 
 
-def _roots(fleet: Fleet, client: DeviceClient, identity: Any) -> tuple[bytes, bytes]:
-    return client.tuf_roots(identity)
+def replace_agent(agent: Agent) -> Agent:
+    """The same device's agent after a restart: nothing kept in memory."""
+    return Agent(
+        client=agent.client,
+        identity=agent.identity,
+        engine=agent.engine,
+        data_dir=agent.data_dir,
+        policy=agent.policy,
+        arch=agent.arch,
+        poll_wait=agent.poll_wait,
+    )
 
 
 def twin(fleet: Fleet, device_id: str) -> dict[str, Any]:
@@ -101,12 +110,12 @@ def test_agent_follows_its_assignment(
     device = agent.identity.device_id
     # Nothing assigned yet: a cycle changes nothing.
     assert agent.cycle() is True
-    assert containers(agent.engine, app) == {}  # type: ignore[arg-type]
+    assert containers(agent.engine, app) == {}
 
     assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
     assert agent.cycle() is True
-    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
-    first = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    wait_running(agent.engine, app, 2)
+    first = {name: c.id for name, c in containers(agent.engine, app).items()}
     reported = twin(fleet, device)
     assert reported["apps"][app]["version"] == "1.0.0"
     assert set(reported["apps"][app]["services"]) == {"db", "web"}
@@ -117,8 +126,8 @@ def test_agent_follows_its_assignment(
     publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web_env="two"))
     assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
     assert agent.cycle() is True
-    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
-    second = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    wait_running(agent.engine, app, 2)
+    second = {name: c.id for name, c in containers(agent.engine, app).items()}
     assert second["db"] == first["db"]
     assert second["web"] != first["web"]
 
@@ -126,9 +135,9 @@ def test_agent_follows_its_assignment(
     changed = fleet.call("PATCH", f"/devices/{device}/environment", json={"set": {"SITE": "plant-7"}})
     assert changed.status_code == 200, changed.text
     assert agent.cycle() is True
-    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
-    second = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
-    running = containers(agent.engine, app)  # type: ignore[arg-type]
+    wait_running(agent.engine, app, 2)
+    second = {name: c.id for name, c in containers(agent.engine, app).items()}
+    running = containers(agent.engine, app)
     assert "SITE=plant-7" in running["web"].attrs["Config"]["Env"]
     assert not any(e.startswith("SITE=") for e in running["db"].attrs["Config"]["Env"])  # db does not declare it
 
@@ -142,7 +151,7 @@ def test_agent_follows_its_assignment(
     run(agent, initial=0.01, ceiling=0.05, sleep=delays.append, stop=lambda: next(rounds, None) is None)
     assert len(delays) == 3
     assert all(0 <= d <= 0.05 for d in delays)
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second
     agent.client = reachable
 
     # A restarted agent (same data dir, nothing in memory) changes nothing.
@@ -157,7 +166,7 @@ def test_agent_follows_its_assignment(
     )
     assert restarted.apply() == 0
     assert restarted.cycle() is True  # its first poll always fetches the target
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second
 
     # A release asking for a permission this device's policy does not grant: nothing changes.
     publisher.publish(
@@ -165,7 +174,7 @@ def test_agent_follows_its_assignment(
     )
     assert assign(fleet, device, f"{app}@2.0.0").status_code == 200
     restarted.cycle()
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == second
     error = twin(fleet, device)["last_error"]
     assert "host-read:/srv" in error
     assert "web" in error
@@ -179,26 +188,26 @@ def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
     assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
     agent.cycle()
-    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
-    before = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    wait_running(agent.engine, app, 2)
+    before = {name: c.id for name, c in containers(agent.engine, app).items()}
 
     publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web="exit 4"))
     assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
     agent.cycle()
 
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
     reported = twin(fleet, device)
     assert reported["apps"][app]["version"] == "1.0.0"
     assert "failed and was rolled back" in reported["last_error"]
     assert re.search("exited with code 4|restarted [0-9]+ times", reported["last_error"])
-    assert agent.journal.last(app).phase == "rolled-back"  # type: ignore[union-attr]
-    attempts = agent.journal.last(app).id  # type: ignore[union-attr]
+    assert agent.journal.last(app).phase == "rolled-back"
+    attempts = agent.journal.last(app).id
 
     agent.etag = None  # the next poll answers in full again: still no second attempt
     agent.cycle()
-    assert agent.journal.last(app).id == attempts  # type: ignore[union-attr]
+    assert agent.journal.last(app).id == attempts
     assert "failed on this device; staying on 1.0.0" in twin(fleet, device)["last_error"]
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
 
 
 def test_an_unreadable_installed_release_leaves_the_engine_alone(
@@ -208,11 +217,12 @@ def test_an_unreadable_installed_release_leaves_the_engine_alone(
     publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
     assert assign(fleet, agent.identity.device_id, f"{app}@1.0.0").status_code == 200
     agent.cycle()
-    wait_running(agent.engine, app, 2)  # type: ignore[arg-type]
-    before = {name: c.id for name, c in containers(agent.engine, app).items()}  # type: ignore[arg-type]
+    wait_running(agent.engine, app, 2)
+    before = {name: c.id for name, c in containers(agent.engine, app).items()}
     (Path(agent.state.apps[app].directory) / "compose.yaml").write_text("torn by a power loss")
+    agent = replace_agent(agent)  # the device comes back up after the power loss
 
     agent.cycle()
 
-    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before  # type: ignore[arg-type]
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
     assert "unreadable" in twin(fleet, agent.identity.device_id)["last_error"]

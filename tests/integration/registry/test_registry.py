@@ -229,7 +229,7 @@ def check_layout(archive: Path, image: str) -> dict[str, bytes]:
     """Assert `archive` is a complete OCI image layout of `image`; return its files."""
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
-        files = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}  # type: ignore[union-attr]
+        files = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}
     for member in members:
         assert not member.name.startswith("/")
         assert ".." not in member.name.split("/")

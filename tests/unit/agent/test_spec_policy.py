@@ -11,7 +11,7 @@ from edgefleet.manifest import Release, parse_manifest
 IMAGE = "reg.example/acme/app@sha256:" + "a" * 64
 
 
-def release(permissions: str = "[]", extra: str = "", version: str = "1.0.0", env: str = "A: '1'") -> Release:
+def release(permissions: str = "[]", version: str = "1.0.0", env: str = "A: '1'") -> Release:
     return parse_manifest(f"""
 services:
   web:
@@ -21,7 +21,6 @@ services:
     ports: ["127.0.0.1:80:80"]
     volumes: ["data:/var/lib/web"]
     restart: on-failure:3
-{extra}
 volumes: {{data: }}
 x-edgefleet:
   app: shop

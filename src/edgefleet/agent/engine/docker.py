@@ -207,13 +207,13 @@ class DockerEngine:
             }
         return report
 
-    def find(self, app: str, service: str, config_digest: str) -> str | None:
-        """The id of the agent's container for this service definition, if there is one."""
-        for listed in self._managed():
-            labels = listed.labels
-            if (labels.get(APP), labels.get(SERVICE), labels.get(DIGEST)) == (app, service, config_digest):
-                return listed.id
-        return None
+    def ids(self, app: str) -> dict[tuple[str, str], str]:
+        """(service, config digest) -> container id of each of the agent's containers of `app`, from one listing."""
+        return {
+            (listed.labels.get(SERVICE, ""), listed.labels.get(DIGEST, "")): listed.id
+            for listed in self._managed()
+            if listed.labels.get(APP) == app
+        }
 
     def health(self, container_id: str) -> ServiceHealth:
         """State, health, restart count and exit code of one of the agent's containers."""
@@ -280,7 +280,7 @@ class DockerEngine:
                 for name in (network_name(app), network_name(app, egress=True)):
                     with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
                         network = self.client.networks.get(name)
-                        if network.attrs.get("Labels", {}).get(OWNER) == self.owner:
+                        if self._owns(network.attrs.get("Labels")):
                             network.remove()
 
     def _remove(self, container: Container, what: str) -> None:
@@ -300,7 +300,7 @@ class DockerEngine:
     def _container(self, container_id: str) -> Container:
         with _converted(f"find container {container_id}"):
             container: Container = self.client.containers.get(container_id)
-        if container.labels.get(MANAGED) != "true" or container.labels.get(OWNER) != self.owner:
+        if not self._owns(container.labels):
             raise EngineError(f"container {container_id} is not this agent's", retryable=False)
         return container
 
@@ -395,9 +395,7 @@ class DockerEngine:
                 pids_limit=spec.pids,
                 init=True,
                 ulimits=[Ulimit(name="nofile", soft=NOFILE, hard=NOFILE), Ulimit(name="nproc", soft=NPROC, hard=NPROC)],
-                log_config=LogConfig(
-                    type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}
-                ),
+                log_config=LOG_CONFIG,
                 restart_policy={"Name": "on-failure", "MaximumRetryCount": spec.restart_max}
                 if spec.restart_max
                 else {"Name": "no"},

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
 
 from edgefleet.protocol import (
+    AppName,
     Arch,
     DeviceStatus,
     Environment,
@@ -19,7 +20,6 @@ from edgefleet.protocol import (
     Tags,
     WireModel,
 )
-from edgefleet.releases import AppName
 from edgefleet.releases import Version as ReleaseVersion
 
 Role = Literal["viewer", "operator", "admin"]

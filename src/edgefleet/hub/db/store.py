@@ -321,8 +321,12 @@ class Tx:
         SQLite already holds its one write lock (BEGIN IMMEDIATE); PostgreSQL takes an
         advisory lock, so two replicas never sign the same version twice.
         """
+        self._advisory_lock(_PG_REPOSITORY_LOCK)
+
+    def _advisory_lock(self, lock_id: int) -> None:
+        """PostgreSQL: a lock held until the transaction ends. SQLite: BEGIN IMMEDIATE already serialises writers."""
         if self._s.get_bind().dialect.name == "postgresql":
-            self._s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_REPOSITORY_LOCK})
+            self._s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
     # --- releases, assignments, director metadata -----------------------------------------
 
@@ -443,8 +447,7 @@ class Tx:
         two concurrent writers must not both check against the old values. SQLite already
         holds its one write lock (BEGIN IMMEDIATE); PostgreSQL takes an advisory lock.
         """
-        if self._s.get_bind().dialect.name == "postgresql":
-            self._s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_ENVIRONMENT_LOCK})
+        self._advisory_lock(_PG_ENVIRONMENT_LOCK)
 
     # --- audit chain -------------------------------------------------------------------
 

@@ -11,8 +11,6 @@ replayed to another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tuf.api.metadata import TargetFile
 
 from edgefleet.hub import signing
@@ -33,13 +31,7 @@ MAX_APPS = 64
 """Apps assigned to one device (what the target-state poll may list)."""
 
 
-@dataclass(frozen=True, slots=True)
-class AssignResult:
-    assignment: Assignment
-    previous: Assignment | None
-
-
-def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: str, rollback: bool) -> AssignResult:
+def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: str, rollback: bool) -> Assignment:
     """Set what `app` on the device must run (operator).
 
     Raises:
@@ -97,7 +89,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
                 "previous": None if previous is None else previous.version,
             },
         )
-    return AssignResult(assignment=assignment, previous=previous)
+    return assignment
 
 
 def list_assignments(hub: Hub, operator: Operator, device_id: str) -> list[Assignment]:
@@ -211,7 +203,8 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
     role, version = match["role"], match["version"]
     if role == "timestamp" and version is not None:
         raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
-    refresh(hub, device)
+    if version is None:
+        refresh(hub, device)  # versioned files never change: only the unversioned ones need to be current
     with hub.store.transaction(readonly=True) as tx:
         if role == "root":
             row = tx.latest_metadata(ROOT_ROLE)

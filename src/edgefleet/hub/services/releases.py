@@ -15,8 +15,9 @@ from typing import Any
 
 from securesystemslib.exceptions import FormatError
 from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
-from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from edgefleet.hub import signing
 from edgefleet.hub.artifacts import ArtifactStore, Upload
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
@@ -180,7 +181,7 @@ def push_targets(hub: Hub, operator: Operator, body: dict[str, Any]) -> TargetsA
         root_row = tx.latest_metadata("root")
         if root_row is None:
             raise ConflictError("no_root", "the repository has no root yet: run `edgefleet repo init`")
-        root = Metadata[Root].from_bytes(root_row[1].encode()).signed
+        root = signing.parse_stored(root_row[1]).signed
         current = tx.latest_metadata("targets")
         floor = 0 if current is None else current[0]
         if not floor < signed.version <= MAX_TARGETS_VERSION:
@@ -194,7 +195,7 @@ def push_targets(hub: Hub, operator: Operator, body: dict[str, Any]) -> TargetsA
         trusted = set(root.roles[Targets.type].keyids)
         signer_keyids = tuple(sorted(keyid for keyid in metadata.signatures if keyid in trusted))
         added = _check_targets(hub, tx, signed, signer_keyids)
-        stored = json.dumps(metadata.to_dict(), sort_keys=True, separators=(",", ":"))
+        stored = signing.to_text(metadata)
         tx.insert_metadata("targets", signed.version, stored, now=hub.clock())
         for release in added:
             tx.insert_release(release)

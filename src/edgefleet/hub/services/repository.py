@@ -15,6 +15,7 @@ from securesystemslib.exceptions import FormatError
 from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 
+from edgefleet.hub import signing
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from edgefleet.hub.services.audit import record
@@ -61,7 +62,7 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
             raise ConflictError("consistent_snapshot_required", "the hub serves consistent snapshots only")
         tx.lock_repository()
         current = tx.latest_metadata("root", for_update=True)
-        expected_version = 1 if current is None else current[0] + 1
+        expected_version = signing.next_version(current)
         if root.version != expected_version or root.version > MAX_ROOT_VERSION:
             raise ConflictError("wrong_version", f"root version must be {expected_version}, got {root.version}")
         if root.is_expired(hub.clock()):
@@ -70,11 +71,11 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
         try:
             root.verify_delegate(Root.type, signed_bytes, metadata.signatures)
             if current is not None:
-                trusted = Metadata[Root].from_bytes(current[1].encode()).signed
+                trusted = signing.parse_stored(current[1]).signed
                 trusted.verify_delegate(Root.type, signed_bytes, metadata.signatures)
         except (UnsignedMetadataError, ValueError, TypeError, KeyError, FormatError) as exc:
             raise ForbiddenError("signature_threshold", f"root signatures: {exc}") from exc
-        stored = json.dumps(metadata.to_dict(), sort_keys=True, separators=(",", ":"))
+        stored = signing.to_text(metadata)
         tx.insert_metadata("root", root.version, stored, now=hub.clock())
         record(
             hub,

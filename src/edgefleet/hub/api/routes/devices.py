@@ -79,7 +79,7 @@ def list_assignments(hub: HubDep, operator: OperatorDep, device_id: DevicePath) 
 def assign(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: AssignmentIn) -> AssignmentOut:
     """Assign APP@VERSION to the device (per app; audited). Older releases need `rollback`."""
     result = director.assign(hub, operator, device_id, app=body.app, version=body.version, rollback=body.rollback)
-    return AssignmentOut.model_validate(result.assignment)
+    return AssignmentOut.model_validate(result)
 
 
 @router.post("/{device_id}/{verb}", response_model=DeviceOut)

@@ -15,7 +15,7 @@ from edgefleet.hub.api.schemas import ArtifactStored, OnlineKeys, ReleaseOut, Ro
 from edgefleet.hub.errors import BadRequestError
 from edgefleet.hub.services import metadata, releases, repository
 from edgefleet.hub.services.operators import authorize
-from edgefleet.releases import AppName
+from edgefleet.protocol import AppName
 
 router = APIRouter(prefix="/repository", tags=["repository"], responses=ERRORS)
 

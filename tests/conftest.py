@@ -45,6 +45,8 @@ TABLES = (
     "director_metadata",
     "fleet_environment",
     "device_environment",
+    "device_updates",
+    "device_event_cursors",
 )
 
 

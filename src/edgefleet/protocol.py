@@ -5,10 +5,19 @@ Every field is bounded so that a hostile peer cannot make the other side allocat
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 API_PREFIX = "/api/v1"
 
@@ -20,6 +29,10 @@ DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
 """An app's name: also a target-path segment and part of engine object names."""
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+\-]{0,63}$")]
+"""A release's version: also a target-path segment."""
+ServiceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")]
+"""A service's name inside a release, as its Compose file names it."""
 IMAGE_BY_DIGEST_PATTERN = (
     r"^(?P<repo>[a-z0-9]+(?:[._\-/:][a-z0-9]+)*)(?::(?P<tag>[\w][\w.\-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
 )
@@ -30,6 +43,13 @@ DeviceStatus = Literal["pending", "accepted", "rejected", "revoked"]
 
 MAX_REPORTED_BYTES = 16 * 1024
 """Upper bound on the serialized reported properties of one device."""
+MAX_EVENTS_PER_BATCH = 100
+MAX_EVENTS_BODY_BYTES = 2 * 1024 * 1024
+"""Default bound on one serialized `DeviceEvents` batch (the hub's `max_events_bytes`)."""
+MAX_SEQ = 2**63 - 1
+MAX_RETRY = 2**31 - 1
+RetryGeneration = Annotated[int, Field(ge=0, le=MAX_RETRY)]
+"""An assignment's retry generation: each operator retry bumps it; it never decreases for a device's app."""
 
 
 class WireModel(BaseModel):
@@ -100,6 +120,7 @@ class AppTarget(WireModel):
     version: Annotated[str, StringConstraints(max_length=64)]
     release_counter: int
     rollback: bool = False
+    retry: RetryGeneration = Field(default=0, description="The director's signed targets carry the same.")
 
 
 class TargetState(WireModel):
@@ -112,3 +133,66 @@ class TargetState(WireModel):
     device_id: DeviceId
     apps: Annotated[dict[str, AppTarget], Field(max_length=64)]
     environment: Environment = Field(default_factory=dict)
+
+
+# --- device events: what the agent buffers while offline and delivers in batches -----------
+
+UpdateStatus = Literal["committed", "failed", "rolled-back", "interrupted", "no-space"]
+"""How an update transaction ended on the device."""
+Seq = Annotated[int, Field(ge=1, le=MAX_SEQ)]
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; other control characters (log colours) may stay
+
+
+def _iso_text(value: Any) -> Any:
+    # Lax datetime parsing would take 12345 as a Unix time: only ISO 8601 text (or a datetime) is a time here.
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("a time is an ISO 8601 string with a UTC offset")
+
+
+def _as_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+        raise ValueError("time out of range") from exc
+
+
+EventTime = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_iso_text), AfterValidator(_as_utc)]
+"""A time the device stamped (its clock, in UTC), sent as ISO 8601 with an offset."""
+
+
+class DeviceEvent(RequestModel):
+    """One outcome the device recorded, numbered by the device: `seq` increases and is never reused."""
+
+    seq: Seq
+    at: EventTime
+    kind: Literal["update"] = "update"
+    app: AppName
+    from_release: Version | None = Field(default=None, description="The release before; none on a first install.")
+    to_release: Version
+    status: UpdateStatus
+    service: ServiceName | None = Field(default=None, description="The service that failed, when one did.")
+    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)] | None = None
+    logs: Annotated[str, StringConstraints(max_length=8192, pattern=_NO_NUL)] | None = Field(
+        default=None, description="The failing service's last log lines."
+    )
+
+
+class DeviceEvents(RequestModel):
+    """A batch of buffered events, oldest first; `dropped` counts events discarded before them (buffer full)."""
+
+    events: Annotated[list[DeviceEvent], Field(max_length=MAX_EVENTS_PER_BATCH)] = Field(default_factory=list)
+    dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+
+    @model_validator(mode="after")
+    def _increasing(self) -> DeviceEvents:
+        for earlier, later in zip(self.events, self.events[1:], strict=False):
+            if later.seq <= earlier.seq:
+                raise ValueError(f"events must be in increasing seq order ({later.seq} after {earlier.seq})")
+        return self
+
+
+class EventsAck(WireModel):
+    """The hub's answer: every event up to this seq is recorded (0 when none ever was)."""
+
+    acknowledged: Annotated[int, Field(ge=0, le=MAX_SEQ)]

@@ -4,8 +4,8 @@ A release APP@VERSION is a set of image-repository targets under ``APP/VERSION/`
 manifest (``compose.yaml``) and, when bundled, one OCI archive per image. The manifest
 target's custom field names the release, its release counter (per app, increasing with
 every release the publisher signs) and its architectures. The director's per-device
-target repeats the fields that must match, plus the device, the rollback mark and the
-device's operator-set environment.
+target repeats the fields that must match, plus the device, the rollback mark, the
+device's operator-set environment and the operator's retry generation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
 
-from edgefleet.protocol import AppName, Arch, DeviceId, Environment, ImageRef, WireModel
+from edgefleet.protocol import AppName, Arch, DeviceId, Environment, ImageRef, RetryGeneration, WireModel
+from edgefleet.protocol import Version as Version  # re-exported: where release versions were defined first
 
 CUSTOM_KEY = "edgefleet"
 DEVICE_FIELD = "x-edgefleet-device"
@@ -24,7 +25,6 @@ MANIFEST_NAME = "compose.yaml"
 MAX_RELEASE_COUNTER = 2**31 - 1
 MAX_BUNDLES = 32
 
-Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+\-]{0,63}$")]
 Counter = Annotated[int, Field(ge=1, le=MAX_RELEASE_COUNTER)]
 TARGET_PATH_PATTERN = (
     r"^[a-z0-9][a-z0-9\-]{0,62}/[0-9][0-9A-Za-z.+\-]{0,63}"
@@ -60,7 +60,9 @@ class DirectorTarget(WireModel):
 
     `environment` is the device's effective operator-set environment (fleet values
     overlaid by the device's own), the same in each of the device's targets; the agent
-    takes it from here only, after verifying the director's signature.
+    takes it from here only, after verifying the director's signature. `retry` is the
+    assignment's retry generation: an operator bumps it to have the device try a release
+    that failed there before; it never decreases for a device's app.
     """
 
     kind: Literal["manifest"] = "manifest"
@@ -71,6 +73,7 @@ class DirectorTarget(WireModel):
     arch: Arch
     rollback: bool = False
     environment: Environment = Field(default_factory=dict)
+    retry: RetryGeneration = 0
 
 
 def manifest_path(app: str, version: str) -> str:

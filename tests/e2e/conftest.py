@@ -68,10 +68,14 @@ def _fresh_postgres() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_hub(tmp_path: Path, database_url: str | None, env: dict[str, str] | None = None) -> Iterator[RunningHub]:
+def start_hub(
+    tmp_path: Path, database_url: str | None, env: dict[str, str] | None = None, *, bind: str = "127.0.0.1"
+) -> Iterator[RunningHub]:
+    """`edgefleet hub serve` on `bind` (its certificate names that address too), until the test ends."""
     data_dir = tmp_path / "hub"
     db_args = ["--database-url", database_url] if database_url else []
-    init = edgefleet("hub", "init", "--data-dir", str(data_dir), "--hostname", "hub.test", *db_args)
+    names = ["--hostname", "hub.test"] + (["--hostname", bind] if bind != "127.0.0.1" else [])
+    init = edgefleet("hub", "init", "--data-dir", str(data_dir), *names, *db_args)
     assert init.returncode == 0, init.stderr
     token = next(line.split()[-1] for line in init.stdout.splitlines() if line.startswith("admin token:"))
     port = free_port()
@@ -86,7 +90,7 @@ def start_hub(tmp_path: Path, database_url: str | None, env: dict[str, str] | No
             "--data-dir",
             str(data_dir),
             "--bind",
-            f"127.0.0.1:{port}",
+            f"{bind}:{port}",
             *db_args,
         ],
         stdout=log,
@@ -94,7 +98,7 @@ def start_hub(tmp_path: Path, database_url: str | None, env: dict[str, str] | No
         text=True,
         env={**os.environ, **(env or {})},
     )
-    url = f"https://127.0.0.1:{port}"
+    url = f"https://{bind}:{port}"
     context = ssl.create_default_context(cafile=str(data_dir / "ca.crt"))
     deadline = time.monotonic() + 30
     while True:

@@ -1,8 +1,9 @@
-"""`edgefleet device list|show|tag|accept|reject|revoke|assign|assignments|env`: the device registry."""
+"""`edgefleet device list|show|tag|accept|reject|revoke|assign|retry|assignments|env`: the device registry."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -60,12 +61,12 @@ def list_devices(
 def show(
     device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
 ) -> None:
-    """Show one device: its record, each app's assigned release beside what the device reports, its last error."""
+    """Show one device: its record, each app's assigned and reported release, its last error, its update outcomes."""
     client = HubClient(hub, token, ca)
     device = client.call("GET", f"/devices/{quote(device_id, safe='')}")
     state = client.call("GET", f"/devices/{quote(device_id, safe='')}/state")
     if json_out:
-        keys = ("apps", "environment", "last_error", "reported")
+        keys = ("apps", "environment", "last_error", "updates", "reported")
         print_json({**device, **{key: state[key] for key in keys}})
         return
     for key, value in device.items():
@@ -83,9 +84,32 @@ def show(
         say(f"{line}  {services}" if services else line)
     if state["last_error"] is not None:
         say(f"{'last_error:':18} {_cell(state['last_error'])}")
+    if state["updates"]:
+        say("updates (latest per app):")
+    for app_name, update in state["updates"].items():
+        say(f"  {_update_line(app_name, update)}")
+        for line in (update["logs"] or "").splitlines()[-LOG_LINES:]:
+            say(f"    | {_printable(line)}")
     others = {k: v for k, v in state["reported"].items() if k not in ("apps", "last_error")}
     for key, value in others.items():
         say(f"{'reported.' + key + ':':18} {_cell(value)}")
+
+
+LOG_LINES = 10
+"""Log lines `device show` prints per update outcome (`--json` has all the device sent)."""
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """One line of device-written text without control characters (a log's escape codes must not drive the terminal)."""
+    return _CONTROL.sub("?", text)
+
+
+def _update_line(app_name: str, update: dict[str, object]) -> str:
+    """`APP  STATUS  FROM -> TO  at TIME  SERVICE: REASON`."""
+    line = f"{app_name}  {update['status']}  {update['from_release'] or '-'} -> {update['to_release']}"
+    why = ": ".join(str(part) for part in (update["service"], update["reason"]) if part)
+    return _printable(f"{line}  at {update['at']}  {why}".rstrip())
 
 
 def _cell(value: object) -> str:
@@ -162,6 +186,25 @@ def assign(
     out.print(f"{device_id}: {result['app']} -> {result['version']}{marker}")
 
 
+@app.command("retry")
+def retry(
+    device_id: DeviceArg,
+    app_name: Annotated[str | None, typer.Option("--app", help="Only this app (default: every assigned app)")] = None,
+    hub: HubUrl = None,
+    token: Token = None,
+    ca: CaFile = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Have the device try its assigned release again, even one that failed there (audited)."""
+    body = {} if app_name is None else {"app": app_name}
+    rows = HubClient(hub, token, ca).call("POST", f"/devices/{quote(device_id, safe='')}/retry", body=body)
+    if json_out:
+        print_json(rows)
+        return
+    for row in rows:
+        say(f"{device_id}: {row['app']}@{row['version']} retry {row['retry']}: the device tries it again")
+
+
 @app.command("assignments")
 def assignments(
     device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
@@ -171,7 +214,7 @@ def assignments(
     if json_out:
         print_json(rows)
         return
-    print_table(rows, ("app", "version", "release_counter", "rollback", "assigned_by", "assigned_at"))
+    print_table(rows, ("app", "version", "release_counter", "rollback", "retry", "assigned_by", "assigned_at"))
 
 
 app.add_typer(

@@ -117,3 +117,21 @@ class Assignment:
     rollback: bool
     assigned_by: str
     assigned_at: datetime
+    retry: int = 0
+    """Retry generation: an operator's retry bumps it; it never decreases for a device's app."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    """The latest update outcome a device reported for one app, from its event with number `seq`."""
+
+    device_id: str
+    app: str
+    seq: int
+    at: datetime
+    status: str
+    from_release: str | None
+    to_release: str
+    service: str | None
+    reason: str | None
+    logs: str | None

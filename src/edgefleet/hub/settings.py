@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefleet.protocol import MAX_EVENTS_BODY_BYTES
+
 
 class HubSettings(BaseSettings):
     """Configuration of one hub process."""
@@ -33,6 +35,9 @@ class HubSettings(BaseSettings):
         default=4 * 1024 * 1024, ge=64 * 1024, le=5 * 1024 * 1024, description="Largest targets metadata accepted."
     )
     max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024, le=64 * 1024**3)
+    max_events_bytes: int = Field(
+        default=MAX_EVENTS_BODY_BYTES, ge=64 * 1024, le=16 * 1024 * 1024, description="Largest device events batch."
+    )
     artifacts_dir: Path | None = Field(
         default=None, description="Where artifacts are kept; DATA_DIR/artifacts when unset."
     )

@@ -59,7 +59,7 @@ def test_target_state_lists_assignments_and_environment_with_an_etag(fleet: Flee
     assert answer.status_code == 200
     assert answer.json() == {
         "device_id": device.device_id,
-        "apps": {"sensor": {"version": "1.0.0", "release_counter": 1, "rollback": False}},
+        "apps": {"sensor": {"version": "1.0.0", "release_counter": 1, "rollback": False, "retry": 0}},
         "environment": {"MODE": "eco"},
     }
     assert answer.headers["etag"] != empty.headers["etag"]

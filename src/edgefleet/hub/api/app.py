@@ -90,6 +90,7 @@ def create_app(hub: Hub) -> FastAPI:
         larger={
             f"{API_PREFIX}/repository/artifacts/": hub.settings.max_artifact_bytes,
             f"{API_PREFIX}/repository/targets": hub.settings.max_targets_bytes,
+            f"{API_PREFIX}/device/events": hub.settings.max_events_bytes,
         },
     )
     return app

@@ -18,9 +18,10 @@ from edgefleet.protocol import (
     RequestModel,
     TagKey,
     Tags,
+    UpdateStatus,
     WireModel,
 )
-from edgefleet.releases import Version as ReleaseVersion
+from edgefleet.protocol import Version as ReleaseVersion
 
 Role = Literal["viewer", "operator", "admin"]
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
@@ -213,8 +214,25 @@ class AssignmentOut(ReadModel):
     version: str
     release_counter: int
     rollback: bool
+    retry: int = Field(description="Retry generation: bumped by each operator retry, signed into the director targets.")
     assigned_by: str
     assigned_at: datetime
+
+
+class RetryIn(RequestModel):
+    app: AppName | None = Field(default=None, description="Only this app's assignment; all of them when absent.")
+
+
+class UpdateOut(ReadModel):
+    """The latest update outcome the device reported for one app (from its events)."""
+
+    status: UpdateStatus
+    from_release: str | None
+    to_release: str
+    service: str | None
+    reason: str | None
+    logs: str | None
+    at: datetime = Field(description="When the device recorded it, by its own clock.")
 
 
 class AppStateOut(ReadModel):
@@ -238,6 +256,7 @@ class DeviceStateOut(WireModel):
     apps: list[AppStateOut]
     environment: dict[str, str] = Field(description="Effective environment: the fleet's overlaid by the device's.")
     last_error: Any = Field(default=None, description="`reported.last_error`, as the device wrote it.")
+    updates: dict[str, UpdateOut] = Field(description="Per app, the latest update outcome from the device's events.")
     reported: dict[str, Any]
 
 

@@ -173,6 +173,7 @@ class AssignmentRow(Base):
     rollback: Mapped[bool] = mapped_column(Boolean)
     assigned_by: Mapped[str] = mapped_column(String(128))
     assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    retry: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class DirectorMetadataRow(Base):
@@ -205,3 +206,29 @@ class DeviceEnvironmentRow(Base):
     device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class DeviceUpdateRow(Base):
+    """The latest update outcome one device reported for one app."""
+
+    __tablename__ = "device_updates"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    from_release: Mapped[str | None] = mapped_column(String(64))
+    to_release: Mapped[str] = mapped_column(String(64))
+    service: Mapped[str | None] = mapped_column(String(63))
+    reason: Mapped[str | None] = mapped_column(Text)
+    logs: Mapped[str | None] = mapped_column(Text)
+
+
+class DeviceEventCursorRow(Base):
+    """The highest event number recorded for one device: events up to it are never recorded again."""
+
+    __tablename__ = "device_event_cursors"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    acknowledged: Mapped[int] = mapped_column(BigInteger)

@@ -21,8 +21,11 @@ from edgefleet.hub.db.models import (
     AssignmentRow,
     AuditHeadRow,
     AuditRow,
+    Base,
     DeviceEnvironmentRow,
+    DeviceEventCursorRow,
     DeviceRow,
+    DeviceUpdateRow,
     DirectorMetadataRow,
     EnrollmentTokenRow,
     FleetEnvironmentRow,
@@ -40,6 +43,7 @@ from edgefleet.hub.records import (
     EnvScope,
     ReleaseRecord,
     Role,
+    UpdateOutcome,
     User,
 )
 
@@ -133,7 +137,12 @@ def _assignment(row: AssignmentRow) -> Assignment:
         rollback=row.rollback,
         assigned_by=row.assigned_by,
         assigned_at=row.assigned_at,
+        retry=row.retry,
     )
+
+
+def _update_outcome(row: DeviceUpdateRow) -> UpdateOutcome:
+    return UpdateOutcome(**{name: getattr(row, name) for name in UpdateOutcome.__slots__})
 
 
 def _audit(row: AuditRow) -> AuditEntry:
@@ -351,15 +360,19 @@ class Tx:
         value = self._s.scalar(select(func.max(ReleaseRow.release_counter)).where(ReleaseRow.app == app))
         return int(value or 0)
 
-    def put_assignment(self, assignment: Assignment) -> None:
-        row = self._s.get(AssignmentRow, (assignment.device_id, assignment.app))
-        values = {f: getattr(assignment, f) for f in Assignment.__slots__}
+    def _put(self, table: type[Base], key: tuple[str, ...], values: dict[str, Any]) -> None:
+        """Insert the row, or overwrite the one with this primary key."""
+        row = self._s.get(table, key)
         if row is None:
-            self._s.add(AssignmentRow(**values))
+            self._s.add(table(**values))
         else:
             for name, value in values.items():
                 setattr(row, name, value)
         self._s.flush()
+
+    def put_assignment(self, assignment: Assignment) -> None:
+        values = {f: getattr(assignment, f) for f in Assignment.__slots__}
+        self._put(AssignmentRow, (assignment.device_id, assignment.app), values)
 
     def list_assignments(self, device_id: str) -> list[Assignment]:
         query = select(AssignmentRow).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
@@ -387,6 +400,30 @@ class Tx:
             )
         )
         self._s.flush()
+
+    # --- device events -------------------------------------------------------------------
+
+    def events_acknowledged(self, device_id: str) -> int:
+        """The highest event number recorded for the device (0 when none was)."""
+        row = self._s.get(DeviceEventCursorRow, device_id)
+        return 0 if row is None else row.acknowledged
+
+    def acknowledge_events(self, device_id: str, seq: int) -> None:
+        row = self._s.get(DeviceEventCursorRow, device_id)
+        if row is None:
+            self._s.add(DeviceEventCursorRow(device_id=device_id, acknowledged=seq))
+        else:
+            row.acknowledged = seq
+        self._s.flush()
+
+    def put_update_outcome(self, outcome: UpdateOutcome) -> None:
+        """Replace the device's latest outcome for the outcome's app."""
+        values = {name: getattr(outcome, name) for name in UpdateOutcome.__slots__}
+        self._put(DeviceUpdateRow, (outcome.device_id, outcome.app), values)
+
+    def list_update_outcomes(self, device_id: str) -> list[UpdateOutcome]:
+        query = select(DeviceUpdateRow).where(DeviceUpdateRow.device_id == device_id).order_by(DeviceUpdateRow.app)
+        return [_update_outcome(row) for row in self._s.scalars(query)]
 
     # --- environment variables -----------------------------------------------------------
 

@@ -3,8 +3,9 @@
 `target_state` answers the agent's long-poll: its assignments and effective environment,
 only a hint to fetch and verify the signed director metadata again. `device_state` puts
 each app's assignment beside what the device reported in its twin (``reported.apps``:
-app -> {"version", "services"}; ``reported.last_error``); `compare` does that pairing as a
-pure function, reading the device-written twin defensively.
+app -> {"version", "services"}; ``reported.last_error``) and the latest update outcome per
+app from the device's events; `compare` does that pairing as a pure function, reading the
+device-written twin defensively.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import ForbiddenError, NotFoundError
-from edgefleet.hub.records import Assignment, Device
+from edgefleet.hub.records import Assignment, Device, UpdateOutcome
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize
 from edgefleet.protocol import AppTarget, TargetState
@@ -45,6 +46,8 @@ class DeviceState:
     apps: list[AppState]
     environment: dict[str, str]
     last_error: Any
+    updates: dict[str, UpdateOutcome]
+    """Per app, the latest update outcome from the device's events."""
 
 
 def compare(assignments: Sequence[Assignment], reported: Mapping[str, Any]) -> list[AppState]:
@@ -92,7 +95,8 @@ def target_state(hub: Hub, device_id: str) -> TargetState:
         assignments = tx.list_assignments(device_id)
         environment = effective_for(tx, device)
     apps = {
-        a.app: AppTarget(version=a.version, release_counter=a.release_counter, rollback=a.rollback) for a in assignments
+        a.app: AppTarget(version=a.version, release_counter=a.release_counter, rollback=a.rollback, retry=a.retry)
+        for a in assignments
     }
     return TargetState(device_id=device_id, apps=apps, environment=environment)
 
@@ -110,9 +114,11 @@ def device_state(hub: Hub, operator: Operator, device_id: str) -> DeviceState:
             raise NotFoundError("device_not_found", f"no device {device_id}")
         assignments = tx.list_assignments(device_id)
         environment = effective_for(tx, device)
+        updates = {outcome.app: outcome for outcome in tx.list_update_outcomes(device_id)}
     return DeviceState(
         device=device,
         apps=compare(assignments, device.reported),
         environment=environment,
         last_error=device.reported.get("last_error"),
+        updates=updates,
     )

@@ -3,13 +3,16 @@
 An operator assigns APP@VERSION to a device (audited). The director's targets for that
 device list one manifest target per assigned app, with the image repository's length and
 hash and custom fields naming the device, its architecture, the release counter, whether
-this is a deliberate rollback, and the device's effective environment (so a change of
-environment is a new, signed targets version). They are signed with the hub's online
-director key and served only to that device; its own ID is inside, so they cannot be
-replayed to another.
+this is a deliberate rollback, the device's effective environment (so a change of
+environment is a new, signed targets version) and the assignment's retry generation (an
+operator's retry bumps it, so the device tries again a release that failed there). They
+are signed with the hub's online director key and served only to that device; its own ID
+is inside, so they cannot be replayed to another.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from tuf.api.metadata import TargetFile
 
@@ -22,6 +25,7 @@ from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services.audit import record
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
+from edgefleet.protocol import MAX_RETRY
 from edgefleet.releases import CUSTOM_KEY, DEVICE_FIELD, DirectorTarget
 
 ROOT_ROLE = "director-root"
@@ -29,6 +33,21 @@ ROOT_ROLE = "director-root"
 DEVICE_ROLES = ("targets", "snapshot", "timestamp")
 MAX_APPS = 64
 """Apps assigned to one device (what the target-state poll may list)."""
+
+
+def _accepted_device(tx: Tx, device_id: str) -> Device:
+    """The device, its row locked for the change.
+
+    Raises:
+        NotFoundError: no such device.
+        ConflictError: the device is not accepted.
+    """
+    device = tx.get_device(device_id, for_update=True)
+    if device is None:
+        raise NotFoundError("device_not_found", "no such device")
+    if device.status != "accepted":
+        raise ConflictError("device_not_accepted", f"the device is {device.status}")
+    return device
 
 
 def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: str, rollback: bool) -> Assignment:
@@ -40,11 +59,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             architecture, an older release without `rollback`, or one app too many.
     """
     with operator_action(hub, operator, "operator", action="device.assign", target=f"device:{device_id}") as tx:
-        device = tx.get_device(device_id, for_update=True)
-        if device is None:
-            raise NotFoundError("device_not_found", "no such device")
-        if device.status != "accepted":
-            raise ConflictError("device_not_accepted", f"the device is {device.status}")
+        device = _accepted_device(tx, device_id)
         release = tx.get_release(app, version)
         if release is None:
             raise NotFoundError("release_not_found", f"no release {app}@{version}")
@@ -74,6 +89,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             rollback=older,
             assigned_by=operator.actor,
             assigned_at=hub.clock(),
+            retry=0 if previous is None else previous.retry,  # never decreases: the agent compares generations
         )
         tx.put_assignment(assignment)
         record(
@@ -90,6 +106,39 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             },
         )
     return assignment
+
+
+def retry(hub: Hub, operator: Operator, device_id: str, *, app: str | None) -> list[Assignment]:
+    """Bump the retry generation of the device's assignments (only `app`'s when given), then re-sign (operator).
+
+    The device tries a release again once its retry generation is new, even where that
+    release failed before.
+
+    Raises:
+        NotFoundError: no such device, or no assignment (for `app`).
+        ConflictError: the device is not accepted, or a generation is at its bound.
+    """
+    with operator_action(hub, operator, "operator", action="device.retry", target=f"device:{device_id}") as tx:
+        device = _accepted_device(tx, device_id)
+        chosen = [a for a in tx.list_assignments(device_id) if app is None or a.app == app]
+        if not chosen:
+            what = "any app" if app is None else app
+            raise NotFoundError("assignment_not_found", f"nothing is assigned to {what} on this device; assign first")
+        if any(a.retry >= MAX_RETRY for a in chosen):
+            raise ConflictError("retry_limit", f"the retry generation is at its bound ({MAX_RETRY})")
+        bumped = [replace(a, retry=a.retry + 1) for a in chosen]
+        for assignment in bumped:
+            tx.put_assignment(assignment)
+        record(
+            hub,
+            tx,
+            actor=operator.actor,
+            action="device.retry",
+            target=f"device:{device_id}",
+            detail={"apps": {a.app: {"version": a.version, "retry": a.retry} for a in bumped}},
+        )
+    refresh(hub, device)
+    return bumped
 
 
 def list_assignments(hub: Hub, operator: Operator, device_id: str) -> list[Assignment]:
@@ -118,6 +167,7 @@ def _wanted(tx: Tx, device: Device) -> list[TargetFile]:
             arch=device.arch,
             rollback=assignment.rollback,
             environment=environment,
+            retry=assignment.retry,
         )
         entries.append(
             TargetFile(

@@ -1,4 +1,4 @@
-"""Device-facing routes: enroll, ask about oneself, poll the target state, renew the certificate, the twin."""
+"""Device-facing routes: enroll, ask about oneself, poll the target state, renew the certificate, the twin, events."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, Hub
 from edgefleet.hub.api.longpoll import NOT_MODIFIED, IfNoneMatch, Wait
 from edgefleet.hub.api.routes import ERRORS
 from edgefleet.hub.api.schemas import TwinOut
-from edgefleet.hub.services import device_state, devices, enrollment
+from edgefleet.hub.services import device_state, devices, enrollment, events
 from edgefleet.protocol import (
+    DeviceEvents,
     DeviceId,
     DeviceIdentity,
     EnrollRequest,
+    EventsAck,
     RenewRequest,
     ReportedProperties,
     TargetState,
@@ -91,6 +93,17 @@ async def device_target(
 def renew(hub: HubDep, caller: DeviceDep, body: RenewRequest) -> DeviceIdentity:
     """Renew the calling device's certificate before it expires (a new key is allowed)."""
     return devices.renew_certificate(hub, caller, csr=body.csr, key_change_proof=body.key_change_proof)
+
+
+@router.post("/device/events", response_model=EventsAck)
+def device_events(hub: HubDep, caller: DeviceDep, body: DeviceEvents) -> EventsAck:
+    """Record the calling device's buffered events, oldest first; answers the highest `seq` recorded.
+
+    Idempotent: events whose `seq` is not above the last one recorded are skipped, so a
+    batch re-sent after a lost answer is recorded once. Each new event is audited with the
+    device as actor and kept as the device's latest update outcome for its app.
+    """
+    return events.record_events(hub, caller, body)
 
 
 @router.get("/devices/{device_id}/twin", response_model=TwinOut)

@@ -1,4 +1,4 @@
-"""Operator routes for the device registry: list, show, desired vs reported, tag, assign, accept, reject, revoke."""
+"""Operator routes for the device registry: list, show, desired vs reported, tag, assign, retry, decide."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from edgefleet.hub.api.schemas import (
     DeviceOut,
     DevicePage,
     DeviceStateOut,
+    RetryIn,
     TagUpdate,
+    UpdateOut,
 )
 from edgefleet.hub.services import device_state, devices, director
 from edgefleet.protocol import DeviceId, DeviceStatus, FleetName
@@ -57,6 +59,7 @@ def show_state(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> Dev
         apps=[AppStateOut.model_validate(app) for app in state.apps],
         environment=state.environment,
         last_error=state.last_error,
+        updates={app: UpdateOut.model_validate(outcome) for app, outcome in state.updates.items()},
         reported=state.device.reported,
     )
 
@@ -80,6 +83,18 @@ def assign(hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: Assi
     """Assign APP@VERSION to the device (per app; audited). Older releases need `rollback`."""
     result = director.assign(hub, operator, device_id, app=body.app, version=body.version, rollback=body.rollback)
     return AssignmentOut.model_validate(result)
+
+
+@router.post("/{device_id}/retry", response_model=list[AssignmentOut])
+def retry(
+    hub: HubDep, operator: OperatorDep, device_id: DevicePath, body: RetryIn | None = None
+) -> list[AssignmentOut]:
+    """Have the device try its assigned release again (one app, or all), even where it failed before (audited).
+
+    Bumps each assignment's retry generation, which the director signs into the device's targets.
+    """
+    bumped = director.retry(hub, operator, device_id, app=None if body is None else body.app)
+    return [AssignmentOut.model_validate(a) for a in bumped]
 
 
 @router.post("/{device_id}/{verb}", response_model=DeviceOut)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.protocol import IMAGE_BY_DIGEST_PATTERN, AppName, Arch
@@ -390,11 +390,57 @@ class Resources(_Strict):
         return size
 
 
+class HttpProbe(_Strict):
+    """GET http://SERVICE:port/path from the agent; any 2xx or 3xx answer passes."""
+
+    port: Annotated[int, Field(ge=1, le=65535)]
+    path: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?\-]{0,255}$")] = "/"
+
+
+class TcpProbe(_Strict):
+    """A TCP connection to SERVICE:port from the agent passes."""
+
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class Probe(_Strict):
+    """One x-edgefleet health probe: exactly one of http, tcp or exec, and how to judge it.
+
+    Run by the agent during a new release's health window only, like a Compose
+    healthcheck: healthy once it passes, unhealthy after `retries` failures in a row
+    (failures during `start_period` do not count).
+    """
+
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    exec: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=1024)]], Field(min_length=1, max_length=64)] | None
+    ) = None
+    timeout: float = 2.0
+    retries: Annotated[int, Field(ge=1, le=100)] = 3
+    start_period: float = 0.0
+
+    @field_validator("timeout", "start_period", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if not 0 <= seconds <= 600:
+            raise ValueError("must be between 0s and 10m")
+        return seconds
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Probe:
+        if sum(kind is not None for kind in (self.http, self.tcp, self.exec)) != 1:
+            raise ValueError("a probe is exactly one of http, tcp or exec")
+        return self
+
+
 class ServicePolicy(_Strict):
-    """x-edgefleet.services.<name>: what the service needs from the device."""
+    """x-edgefleet.services.<name>: what the service needs from the device, and how to tell it is healthy."""
 
     resources: Resources
     permissions: tuple[Permission, ...] = Field(default=(), max_length=32)
+    probes: tuple[Probe, ...] = Field(default=(), max_length=8)
 
     @field_validator("permissions", mode="before")
     @classmethod
@@ -475,6 +521,14 @@ def _cross_problems(compose: ComposeFile) -> Iterator[tuple[str, str]]:
                 yield (
                     f"services.{name}.ports.{index}",
                     f"publishing port {port.published} needs the permission 'network-bind:{port.published}'",
+                )
+    if compose.x_edgefleet.update.strategy == "hand-over":
+        for name, service in compose.services.items():
+            if service.ports:
+                yield (
+                    f"services.{name}.ports",
+                    "hand-over runs the old and new release side by side, and a host port cannot be bound twice;"
+                    " use download-then-kill",
                 )
     for cycle in _cycle(compose):
         yield "services", "depends_on forms a cycle: " + " -> ".join(cycle)

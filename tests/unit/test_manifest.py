@@ -40,10 +40,15 @@ GOOD = {
         "app": "sensor",
         "version": "1.2.0-rc.1+build.5",
         "architectures": ["amd64", "arm64"],
-        "update": {"strategy": "hand-over", "health_window": "2m"},
+        "update": {"strategy": "kill-then-download", "health_window": "2m"},
         "services": {
             "sensor": {
                 "resources": {"memory": "64m", "cpus": 0.5, "pids": 64},
+                "probes": [
+                    {"http": {"port": 8080, "path": "/healthz?deep=1"}, "timeout": "1s"},
+                    {"tcp": {"port": 9000}, "retries": 5, "start_period": "10s"},
+                    {"exec": ["/bin/sensor", "--self-test"]},
+                ],
                 "permissions": [
                     "network",
                     "network-bind:8080",
@@ -89,7 +94,11 @@ def test_good_manifest_parses_into_a_normalised_release():
     release = parse_manifest(dump(GOOD))
     assert release.ref == "sensor@1.2.0-rc.1+build.5"
     assert release.architectures == ("amd64", "arm64")
-    assert (release.update.strategy, release.update.health_window) == ("hand-over", 120.0)
+    assert (release.update.strategy, release.update.health_window) == ("kill-then-download", 120.0)
+    probes = release.services[0].policy.probes
+    assert (probes[0].http.port, probes[0].http.path, probes[0].timeout) == (8080, "/healthz?deep=1", 1.0)
+    assert (probes[1].tcp.port, probes[1].retries, probes[1].start_period) == (9000, 5, 10.0)
+    assert (probes[2].exec, probes[2].timeout, probes[2].retries) == (["/bin/sensor", "--self-test"], 2.0, 3)
     sensor = release.services[0].compose
     assert sensor.environment == {"LEVEL": "info", "DEBUG": "false", "EMPTY": ""}
     assert [(p.host_ip, p.published, p.target, p.protocol) for p in sensor.ports] == [
@@ -185,6 +194,61 @@ def test_each_confinement_bypass_is_refused_with_a_pointer(key):
             "no such service",
         ),
         ("x-edgefleet.extra", 1, "x-edgefleet.extra", "unknown key"),
+        (
+            "x-edgefleet.update",
+            {"strategy": "hand-over"},
+            "services.sensor.ports",
+            "a host port cannot be bound twice",
+        ),
+        ("x-edgefleet.services.sensor.probes", [{}], "x-edgefleet.services.sensor.probes.0", "exactly one of"),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"tcp": {"port": 1}, "exec": ["x"]}],
+            "x-edgefleet.services.sensor.probes.0",
+            "exactly one of",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"tcp": {"port": 0}}],
+            "x-edgefleet.services.sensor.probes.0.tcp.port",
+            "greater",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"http": {"port": 80, "path": "no-slash"}}],
+            "x-edgefleet.services.sensor.probes.0.http.path",
+            "pattern",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"http": {"port": 80, "path": "/a b"}}],
+            "x-edgefleet.services.sensor.probes.0.http.path",
+            "pattern",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"exec": []}],
+            "x-edgefleet.services.sensor.probes.0.exec",
+            "at least 1",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"tcp": {"port": 1}, "timeout": "1h"}],
+            "x-edgefleet.services.sensor.probes.0.timeout",
+            "between",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"tcp": {"port": port}} for port in range(1, 10)],
+            "x-edgefleet.services.sensor.probes",
+            "at most 8",
+        ),
+        (
+            "x-edgefleet.services.sensor.probes",
+            [{"tcp": {"port": 1}, "shell": "x"}],
+            "x-edgefleet.services.sensor.probes.0.shell",
+            "unknown key",
+        ),
         ("networks", {"front": {}}, "networks", "one network of its own"),
     ],
 )

@@ -4,11 +4,21 @@ python-tuf's ngclient asks a `FetcherInterface` for URLs and bounds what it read
 signed lengths; this one sends the device's short-lived token, verifies the hub against
 the fleet CA (through the given `httpx.Client`), and when a connection drops mid-body asks
 again with ``Range: bytes=N-`` so a large artifact resumes instead of starting over.
+
+With a `partial_dir`, what was received of a target file is also kept on disk, so a
+download cut off for longer (the link is down, the agent restarts) resumes on the next
+attempt. Only target URLs are kept that way: with consistent snapshots their names carry
+their hash, so the same URL always means the same bytes. ngclient still checks the whole
+file against its signed length and hash before anything uses it; a partial file is
+removed once its download completes, so a bad one costs one failed attempt, never a use.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
@@ -16,15 +26,25 @@ from tuf.ngclient import FetcherInterface
 
 CHUNK = 64 * 1024
 RESUMES = 3
+MAX_PARTIALS = 8
+"""Partial downloads kept at most; the oldest go first."""
 
 
 class HttpxFetcher(FetcherInterface):
     """Fetch over an `httpx.Client`, with a bearer token from `token` when given."""
 
-    def __init__(self, http: httpx.Client, token: Callable[[], str] | None = None, *, resumes: int = RESUMES) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        token: Callable[[], str] | None = None,
+        *,
+        resumes: int = RESUMES,
+        partial_dir: Path | None = None,
+    ) -> None:
         self._http = http
         self._token = token
         self._resumes = resumes
+        self._partial_dir = partial_dir
 
     def _headers(self, offset: int) -> dict[str, str]:
         headers = {}
@@ -36,8 +56,37 @@ class HttpxFetcher(FetcherInterface):
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         # Open the first response eagerly so HTTP errors surface from fetch(), as ngclient expects.
-        first = self._open(url, 0)
-        return self._chunks(url, first)
+        partial = self._partial(url)
+        kept = partial.stat().st_size if partial is not None and partial.exists() else 0
+        if kept:
+            try:
+                first = self._open(url, kept)
+            except DownloadHTTPError as exc:
+                if exc.status_code != 416:
+                    raise
+                kept = 0
+            except DownloadError:
+                kept = 0  # the server ignored the range: start over
+            if not kept and partial is not None:
+                partial.unlink(missing_ok=True)
+                first = self._open(url, 0)
+        else:
+            first = self._open(url, 0)
+        return self._chunks(url, first, partial, kept)
+
+    def _partial(self, url: str) -> Path | None:
+        """Where a target's bytes are kept while it downloads (None: not kept)."""
+        if self._partial_dir is None or "/targets/" not in url:
+            return None
+        self._partial_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self._partial_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
+
+    def _prune(self) -> None:
+        if self._partial_dir is None:
+            return
+        kept = sorted(self._partial_dir.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[MAX_PARTIALS:]:
+            old.unlink(missing_ok=True)
 
     def _open(self, url: str, offset: int) -> httpx.Response:
         request = self._http.build_request("GET", url, headers=self._headers(offset))
@@ -53,21 +102,37 @@ class HttpxFetcher(FetcherInterface):
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
         return response
 
-    def _chunks(self, url: str, response: httpx.Response) -> Iterator[bytes]:
-        received = 0
+    def _chunks(self, url: str, response: httpx.Response, partial: Path | None, kept: int) -> Iterator[bytes]:
+        received = kept
         resumes = 0
+        sink: BinaryIO | None = None
         try:
+            if partial is not None:
+                if kept:
+                    with partial.open("rb") as earlier:
+                        while chunk := earlier.read(CHUNK):
+                            yield chunk
+                sink = partial.open("ab")
+                self._prune()
             while True:
                 try:
                     for chunk in response.iter_bytes(CHUNK):
                         received += len(chunk)
+                        if sink is not None:
+                            sink.write(chunk)
                         yield chunk
+                    if partial is not None:
+                        partial.unlink(missing_ok=True)
                     return
                 except (httpx.TransportError, httpx.StreamError) as exc:
                     response.close()
                     resumes += 1
                     if resumes > self._resumes:
                         raise DownloadError(f"{url}: connection lost after {received} bytes") from exc
+                    if sink is not None:
+                        sink.flush()
                     response = self._open(url, received)
         finally:
             response.close()
+            if sink is not None:
+                sink.close()

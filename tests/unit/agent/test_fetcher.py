@@ -26,7 +26,7 @@ class Flaky(BaseHTTPRequestHandler):
         if self.path == "/missing":
             self.send_error(404)
             return
-        if self.path == "/no-range" and self.headers.get("Range"):
+        if self.path.startswith("/no-range") and self.headers.get("Range"):
             self.send_response(200)
             self.send_header("Content-Length", str(len(BODY)))
             self.end_headers()
@@ -85,3 +85,49 @@ def test_http_errors_and_length_bound(server: str) -> None:
             fetcher.download_bytes(f"{server}/blob", 1000)
         with pytest.raises(DownloadError):
             fetcher.download_bytes("http://127.0.0.1:9/none", 100)
+
+
+def test_a_download_given_up_resumes_on_the_next_attempt_from_what_was_kept(server: str, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    Flaky.drops = 10
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, resumes=1, partial_dir=partial)
+        with pytest.raises(DownloadError, match="connection lost"):
+            fetcher.download_bytes(f"{server}/targets/blob", len(BODY))
+        (kept,) = partial.iterdir()
+        size = kept.stat().st_size
+        assert size > 0
+        assert kept.read_bytes() == BODY[:size]
+        Flaky.requests.clear()
+        Flaky.drops = 0
+        assert fetcher.download_bytes(f"{server}/targets/blob", len(BODY)) == BODY
+    assert Flaky.requests == [f"bytes={size}-"]  # only the rest was asked for
+    assert list(partial.iterdir()) == []  # nothing kept once complete
+
+
+def test_a_kept_partial_is_never_used_for_another_url_nor_for_metadata(server: str, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    Flaky.drops = 10
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, resumes=0, partial_dir=partial)
+        with pytest.raises(DownloadError):
+            fetcher.download_bytes(f"{server}/1.root.json", len(BODY))
+        assert not partial.exists() or list(partial.iterdir()) == []  # metadata is never kept
+        with pytest.raises(DownloadError):
+            fetcher.download_bytes(f"{server}/targets/a", len(BODY))
+        Flaky.requests.clear()
+        Flaky.drops = 0
+        assert fetcher.download_bytes(f"{server}/targets/b", len(BODY)) == BODY
+    assert Flaky.requests == [None]
+
+
+def test_a_partial_the_server_will_not_continue_is_dropped_and_the_download_starts_over(server: str, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, partial_dir=partial)
+        url = f"{server}/no-range/targets/x"
+        partial.mkdir()
+        fetcher_path = fetcher._partial(url)
+        fetcher_path.write_bytes(b"garbage that is not the start of the file")
+        assert fetcher.download_bytes(url, len(BODY)) == BODY
+    assert list(partial.iterdir()) == []

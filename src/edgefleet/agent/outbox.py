@@ -1,0 +1,110 @@
+"""Events the device must tell the hub, kept on disk until the hub acknowledges them (bounded, in order).
+
+One SQLite file (WAL, synchronous=FULL) next to the journal. Each event gets a sequence
+number that only grows; the hub records events idempotently by that number, so a batch
+re-sent after a lost answer is not recorded twice. When the outbox is full the oldest
+events are dropped and counted; the count travels with the next batch so the hub knows
+what it missed. The latest state report is kept too (a newer one replaces it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_EVENTS = 1000
+MAX_EVENT_BYTES = 16 * 1024
+BATCH = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS report (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox file is unusable, or an event is too large to keep."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Events waiting for the hub, oldest first, and how many were dropped before them."""
+
+    events: tuple[tuple[int, dict[str, Any]], ...]
+    dropped: int
+
+
+class Outbox:
+    """The outbox file of one agent."""
+
+    def __init__(self, path: Path, *, limit: int = MAX_EVENTS) -> None:
+        self._limit = limit
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{path}: unusable outbox: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, event: Mapping[str, Any]) -> int:
+        """Keep `event` (a JSON object without `seq`); returns its sequence number. Drops the oldest when full."""
+        body = json.dumps(dict(event), sort_keys=True)
+        if len(body) > MAX_EVENT_BYTES:
+            raise OutboxError(f"event of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = int(self._db.execute("INSERT INTO events (body) VALUES (?)", (body,)).lastrowid or 0)
+            (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+            excess = count - self._limit
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,)
+                )
+                self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('dropped', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (excess,),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return seq
+
+    def pending(self, limit: int = BATCH) -> Pending:
+        rows = self._db.execute("SELECT seq, body FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return Pending(tuple((int(seq), json.loads(body)) for seq, body in rows), self.dropped())
+
+    def dropped(self) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        return int(row[0]) if row else 0
+
+    def acknowledge(self, through: int, *, dropped: int) -> None:
+        """The hub has every event up to `through`, and was told of `dropped` dropped ones."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+        self._db.execute("UPDATE counters SET value = MAX(0, value - ?) WHERE name = 'dropped'", (dropped,))
+        self._db.execute("COMMIT")
+
+    def keep_report(self, properties: Mapping[str, Any]) -> None:
+        """The latest state report, until it is delivered (a newer one replaces it)."""
+        body = json.dumps(dict(properties), sort_keys=True, default=str)
+        self._db.execute("INSERT OR REPLACE INTO report (id, body) VALUES (1, ?)", (body,))
+
+    def report(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT body FROM report WHERE id = 1").fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def delivered_report(self, properties: Mapping[str, Any]) -> None:
+        """Forget the kept report if it still is `properties` (a newer one stays)."""
+        body = json.dumps(dict(properties), sort_keys=True, default=str)
+        self._db.execute("DELETE FROM report WHERE id = 1 AND body = ?", (body,))

@@ -98,9 +98,12 @@ class DeviceClient:
     def base_url(self) -> str:
         return str(self._http.base_url).rstrip("/")
 
-    def fetcher(self, identity: LocalIdentity) -> HttpxFetcher:
-        """A TUF fetcher over this connection, sending the device's token with every request."""
-        return HttpxFetcher(self._http, lambda: identity.token(now=self._clock()))
+    def fetcher(self, identity: LocalIdentity, *, partial_dir: Path | None = None) -> HttpxFetcher:
+        """A TUF fetcher over this connection, sending the device's token with every request.
+
+        With `partial_dir`, interrupted target downloads resume on a later attempt (`agent.fetcher`).
+        """
+        return HttpxFetcher(self._http, lambda: identity.token(now=self._clock()), partial_dir=partial_dir)
 
     def tuf_roots(self, identity: LocalIdentity) -> tuple[bytes, bytes]:
         """(image repository root v1, director root) as the hub serves them: trusted on first use only."""
@@ -143,3 +146,11 @@ class DeviceClient:
             identity=identity,
             body={"properties": properties},
         )
+
+    def events(self, identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> int:
+        """Deliver update events (oldest first); returns the highest sequence number the hub has recorded."""
+        data = self._call("POST", "/device/events", identity=identity, body={"events": events, "dropped": dropped})
+        acknowledged = data.get("acknowledged")
+        if not isinstance(acknowledged, int) or isinstance(acknowledged, bool):
+            raise HubUnreachableError("hub answered events without an acknowledgement")
+        return acknowledged

@@ -47,6 +47,8 @@ class AgentSettings(BaseModel):
     backoff_initial: float = Field(default=1.0, gt=0, le=60)
     backoff_max: float = Field(default=300.0, gt=0, le=3600)
     request_timeout: float = Field(default=30.0, gt=0, le=300)
+    disk_reserve: int = Field(default=256 * 1024**2, ge=0, le=1024**4)
+    """Bytes of the engine's storage an update must leave free (beyond the new images)."""
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings:

@@ -27,6 +27,8 @@ class ServiceHealth:
     """healthy, unhealthy, starting, or None without a healthcheck."""
     restarts: int
     exit_code: int | None = None
+    failing: str | None = None
+    """The x-edgefleet probe that made it unhealthy (None: its Compose healthcheck)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,8 @@ def verdict(services: Iterable[ServiceHealth], *, restart_limit: int, window_ove
             code = "" if service.exit_code is None else f" with code {service.exit_code}"
             return Verdict("failed", service.service, f"exited{code}")
         if service.health == "unhealthy":
-            return Verdict("failed", service.service, "its healthcheck reports unhealthy")
+            what = service.failing or "its healthcheck"
+            return Verdict("failed", service.service, f"{what} reports unhealthy")
         if pending is None and (service.state != "running" or service.health not in (None, "healthy")):
             pending = service
     if not window_over:

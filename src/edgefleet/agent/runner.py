@@ -1,11 +1,17 @@
 """The agent's loop: poll the target state, verify, reconcile, report; back off while the hub is away.
 
-One cycle at a time (no concurrency inside the agent): long-poll `/device/target` (the hub
-holds it until the assignment changes or the wait ends); when something changed, verify
-the director's assignment and each assigned release (`agent.verify`), check the device's
-policy, reconcile the engine, and report. While the hub is unreachable the last verified
-releases keep running (the engine is still reconciled against them) and the wait grows
-exponentially with full jitter up to a ceiling. Only outbound connections.
+One cycle at a time (no concurrency inside the agent): deliver buffered events, long-poll
+`/device/target` (the hub holds it until the assignment changes or the wait ends); when
+something changed, verify the director's assignment and each assigned release
+(`agent.verify`), check the device's policy, move each changed app as a transaction
+(`agent.transaction`), reconcile the engine, and report. Every update outcome becomes an
+event in the on-disk outbox (`agent.outbox`), delivered in order when the hub is reachable.
+While the hub is unreachable the last verified releases keep running (the engine is still
+reconciled against them), events and the latest state report wait on disk, and the wait
+grows exponentially with full jitter up to a ceiling. Only outbound connections.
+
+After a commit the agent keeps the new and the previous release of the app (files and
+images, so rolling back needs no network) and removes older ones.
 """
 
 from __future__ import annotations
@@ -15,22 +21,23 @@ import logging
 import platform
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
-from edgefleet.agent.errors import AgentError, EngineError, HubUnreachableError, UpdateRefusedError
+from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.agent.journal import Journal
+from edgefleet.agent.journal import Journal, Transaction
+from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
-from edgefleet.agent.transaction import TransactionEngine, Updater
+from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Outcome, TransactionEngine, Updater
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
@@ -39,6 +46,7 @@ from edgefleet.releases import bundle_path
 log = logging.getLogger(__name__)
 STATE_FILE = "installed.json"
 JOURNAL_FILE = "journal.db"
+OUTBOX_FILE = "outbox.db"
 
 
 def next_delay(attempt: int, *, initial: float, ceiling: float, rand: Callable[[], float] = random.random) -> float:
@@ -62,12 +70,16 @@ class Installed:
     version: str
     release_counter: int
     directory: str
+    previous: str | None = None
+    """Directory of the release that ran before, kept (with its images) so rolling back needs no network."""
 
 
 class AgentEngine(Engine, TransactionEngine, Protocol):
     """Everything the agent asks of its engine (reconciling, update transactions, reports)."""
 
     def status(self) -> dict[str, dict[str, dict[str, Any]]]: ...
+
+    def remove_image(self, image: str) -> bool: ...
 
 
 def bundles_of(release: Release, directory: Path) -> dict[str, Path]:
@@ -152,6 +164,34 @@ def trust_store(data_dir: Path) -> TrustStore:
     return TrustStore(data_dir / "tuf")
 
 
+def release_mark(counter: int, version: str, retry: int) -> str:
+    """Names one assignment of a release: an operator's retry makes a new mark for the same release."""
+    return f"{counter}-{version}" + (f"-retry{retry}" if retry else "")
+
+
+EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
+"""Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
+
+
+def printable(text: str, limit: int) -> str:
+    """Text the hub accepts: no NUL, valid UTF-8, at most `limit` characters (the end is kept: it says most)."""
+    clean = text.replace("\x00", "").encode("utf-8", errors="replace").decode("utf-8", errors="replace")
+    return clean[-limit:]
+
+
+def event(tx: Transaction | None, app: str, status: str, **fields: Any) -> dict[str, Any]:
+    """An update outcome as the hub records it (the outbox adds the sequence number)."""
+    body: dict[str, Any] = {"kind": "update", "app": app, "status": status, "at": datetime.now(UTC).isoformat()}
+    if tx is not None:
+        body |= {"from_release": tx.from_release, "to_release": tx.to_release}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        limit = EVENT_TEXT_LIMITS.get(key)
+        body[key] = printable(value, limit) if limit is not None else value
+    return body
+
+
 @dataclass
 class Agent:
     """One device's agent: identity, hub connection, engine, policy and local state."""
@@ -168,28 +208,36 @@ class Agent:
     last_error: str | None = None
     retry: bool = False
     """An update could not be carried out (engine or disk trouble): poll afresh next cycle."""
+    disk_reserve: int = DISK_RESERVE
+    fault: FaultHook | None = None
+    """Tests only: called at each journaled phase (`agent.transaction`)."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = load_state(self.data_dir)
         self.journal = Journal(self.data_dir / JOURNAL_FILE)
+        self.outbox = Outbox(self.data_dir / OUTBOX_FILE)
 
     def updater(self) -> Updater:
-        return Updater(self.engine, self.journal, clock=lambda: datetime.now(UTC))
+        return Updater(
+            self.engine, self.journal, clock=lambda: datetime.now(UTC), fault=self.fault, disk_reserve=self.disk_reserve
+        )
 
     def recover(self) -> None:
         """Before anything else: roll back any update a crash or power loss interrupted."""
         for tx in self.updater().recover():
             self.last_error = f"update of {tx.app} to {tx.to_release} was interrupted and rolled back"
             log.warning("%s", self.last_error)
+            self.outbox.add(event(tx, tx.app, "interrupted", reason=tx.error or None))
 
     def update(self) -> None:
         """Verify the director's assignment; move each app whose release changed to it, as a transaction."""
         verifier = ReleaseVerifier(
             hub_url=self.client.base_url,
             trust=trust_store(self.data_dir),
-            fetcher=self.client.fetcher(self.identity),
+            fetcher=self.client.fetcher(self.identity, partial_dir=self.data_dir / "partial"),
             device_id=self.identity.device_id,
             arch=self.arch,
         )
@@ -199,42 +247,55 @@ class Agent:
         failed = {app: mark for app, mark in self.state.failed.items() if app in assigned}
         for app, assignment in sorted(assigned.items()):
             custom = assignment.custom
-            mark = f"{custom.release_counter}-{custom.version}"
+            mark = release_mark(custom.release_counter, custom.version, custom.retry)
             current = installed.get(app)
             if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
                 continue
             if failed.get(app) == mark:
                 # Failed here before: stay on the previous release, and keep saying so, until something
-                # else is assigned (no retry loops).
+                # else is assigned or an operator asks for a retry (no retry loops).
                 staying = current.version if current else "nothing"
                 self.last_error = f"{app} {custom.version} failed on this device; staying on {staying}"
                 continue
             failed.pop(app, None)
-            directory = self.data_dir / "releases" / app / mark
+            directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
             release = verifier.verify(
                 app, installed_counter=current.release_counter if current else None, install_dir=directory
             )
             # The new release's bundled images are loaded from its verified archives, not pulled.
-            self.engine.bundles.update(bundles_of(release.manifest, release.directory))
-            outcome = self._switch(app, release.manifest, current, environment)
-            if outcome == "committed":
-                installed[app] = Installed(release.version, release.release_counter, str(release.directory))
-            elif outcome == "failed":
+            bundles = bundles_of(release.manifest, release.directory)
+            self.engine.bundles.update(bundles)
+            outcome = self._switch(app, release.manifest, current, environment, bundles)
+            if outcome.status == "committed":
+                installed[app] = Installed(
+                    release.version,
+                    release.release_counter,
+                    str(release.directory),
+                    previous=current.directory if current else None,
+                )
+            elif outcome.status == "failed":
                 failed[app] = mark
             # Recorded per app: a later app's trouble never undoes an update that already committed.
             self.state = LocalState(apps=dict(installed), environment=environment, failed=dict(failed))
             save_state(self.data_dir, self.state)
+            if outcome.status == "committed":
+                self._prune(app)
         for app in set(installed) - set(assigned):
             del installed[app]
         self.state = LocalState(apps=installed, environment=environment, failed=failed)
         save_state(self.data_dir, self.state)
 
     def _switch(
-        self, app: str, release: Release, current: Installed | None, environment: dict[str, str]
-    ) -> Literal["committed", "failed", "retry"]:
-        """Move `app` to a verified release as a transaction; on failure the reason is reported."""
+        self,
+        app: str,
+        release: Release,
+        current: Installed | None,
+        environment: dict[str, str],
+        bundles: dict[str, Path],
+    ) -> Outcome:
+        """Move `app` to a verified release as a transaction; the outcome becomes an event for the hub."""
         made = checked_specs(release, self.policy, facts=self.facts, environment=environment)
         specs = {s.service: s for s in made}
         outcome = self.updater().update(
@@ -245,17 +306,56 @@ class Agent:
             volumes=release.volumes,
             health_window=release.update.health_window,
             restart_limit=min((s.restart_max for s in specs.values()), default=0),
+            strategy=release.update.strategy,
+            image_bytes={image: archive.stat().st_size for image, archive in bundles.items()},
+        )
+        tx = outcome.transaction
+        status = {"committed": "committed", "failed": "failed", "retry": "rolled-back", "no-space": "no-space"}
+        self.outbox.add(
+            event(
+                tx,
+                app,
+                status[outcome.status],
+                service=outcome.verdict.service if outcome.verdict and not outcome.committed else None,
+                reason=outcome.reason,
+                logs=outcome.logs,
+                from_release=current.version if current else None,
+                to_release=release.version,
+            )
         )
         if outcome.committed:
-            return "committed"
-        self.last_error = (
-            f"update of {app} to {release.version} failed and was rolled back: {outcome.transaction.error}"[:500]
-        )
+            return outcome
+        what = "could not be made: not enough disk" if outcome.status == "no-space" else "failed and was rolled back"
+        self.last_error = f"update of {app} to {release.version} {what}: {outcome.reason}"[:500]
         log.error("%s", self.last_error)
-        if outcome.retryable:
+        if outcome.status in ("retry", "no-space"):
             self.retry = True
-            return "retry"
-        return "failed"
+        return outcome
+
+    def _prune(self, app: str) -> None:
+        """Remove the app's releases other than the running and the previous one, and their images."""
+        entry = self.state.apps[app]
+        keep_dirs = {entry.directory, entry.previous}
+        kept_images = self._images_of(d for e in self.state.apps.values() for d in (e.directory, e.previous) if d)
+        for directory in sorted((self.data_dir / "releases" / app).iterdir()):
+            if str(directory) in keep_dirs or directory.name.startswith(".staging-"):
+                continue
+            for image in sorted(self._images_of([str(directory)]) - kept_images):
+                if self.engine.remove_image(image):
+                    log.info("removed image %s of an old release of %s", image, app)
+            self.engine.bundles = {i: a for i, a in self.engine.bundles.items() if not a.is_relative_to(directory)}
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @staticmethod
+    def _images_of(directories: Iterable[str]) -> set[str]:
+        images: set[str] = set()
+        for directory in directories:
+            try:
+                release = parse_manifest((Path(directory) / "compose.yaml").read_bytes(), source=directory)
+            except (OSError, ManifestError):
+                continue
+            images.update(service.compose.image for service in release.services)
+        return images
 
     def apply(self) -> int:
         """Reconcile the engine to the installed releases; returns the number of steps taken.
@@ -268,11 +368,12 @@ class Agent:
         return len(reconcile(self.engine, desired, on_step=lambda step: log.info("%s", describe(step))))
 
     def cycle(self) -> bool:
-        """One poll-verify-reconcile-report round; returns whether the target changed.
+        """One deliver-poll-verify-reconcile-report round; returns whether the target changed.
 
         Raises:
             HubUnreachableError: the hub could not be reached (the caller backs off).
         """
+        self.deliver()
         target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
         changed = target is not None
         if changed or self.retry:
@@ -303,8 +404,32 @@ class Agent:
         self.report()
         return changed
 
+    def deliver(self) -> None:
+        """Send buffered events, oldest first, then the kept state report.
+
+        Raises:
+            HubUnreachableError: the hub could not be reached; what is buffered stays.
+        """
+        while True:
+            pending = self.outbox.pending()
+            if not pending.events and not pending.dropped:
+                break
+            events = [{**body, "seq": seq} for seq, body in pending.events]
+            try:
+                through = self.client.events(self.identity, events, dropped=pending.dropped)
+            except HubRefusedError as exc:  # a batch the hub will never take: keep the rest flowing
+                log.error("hub refused %d events (%s); dropping them", len(events), exc)
+                through = events[-1]["seq"] if events else 0
+            self.outbox.acknowledge(through, dropped=pending.dropped)
+            if not events or through < events[-1]["seq"]:
+                break
+        kept = self.outbox.report()
+        if kept is not None:
+            self.client.report(self.identity, kept)
+            self.outbox.delivered_report(kept)
+
     def report(self) -> None:
-        """State the device's twin: running releases, services, agent, host, last error."""
+        """State the device's twin: running releases, services, agent, host, last error (kept until delivered)."""
         apps: dict[str, Any] = {}
         for app, entry in self.state.apps.items():
             apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
@@ -320,8 +445,9 @@ class Agent:
             "mem_available": _mem_available(),
             "last_error": self.last_error,
         }
+        self.outbox.keep_report(properties)
         try:
-            self.client.report(self.identity, properties)
+            self.deliver()
         except AgentError as exc:
             log.warning("report failed: %s", exc)
 

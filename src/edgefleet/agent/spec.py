@@ -21,6 +21,7 @@ from typing import Literal
 
 from edgefleet.agent.plan import ServiceTarget
 from edgefleet.manifest import Permission, Port, Release, Service
+from edgefleet.manifest import Probe as ManifestProbe
 
 HARDENING_VERSION = 1
 """Bumped whenever the fixed confinement below changes, so existing containers are recreated."""
@@ -60,6 +61,35 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """An x-edgefleet probe the agent runs while it watches a new release (not part of the container)."""
+
+    kind: Literal["http", "tcp", "exec"]
+    port: int = 0
+    path: str = "/"
+    argv: tuple[str, ...] = ()
+    timeout: float = 2.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"http probe :{self.port}{self.path}"
+        if self.kind == "tcp":
+            return f"tcp probe :{self.port}"
+        return "exec probe " + shlex.join(self.argv)[:200]
+
+
+def _probe(probe: ManifestProbe) -> Probe:
+    timing = (probe.timeout, probe.retries, probe.start_period)
+    if probe.http is not None:
+        return Probe("http", probe.http.port, probe.http.path, (), *timing)
+    if probe.tcp is not None:
+        return Probe("tcp", probe.tcp.port, "/", (), *timing)
+    return Probe("exec", 0, "/", tuple(probe.exec or ()), *timing)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """One container as the agent will create it."""
 
@@ -85,6 +115,8 @@ class ContainerSpec:
     """0: never restarted by the engine."""
     health: Health | None
     depends_on: tuple[str, ...]
+    probes: tuple[Probe, ...] = ()
+    """Judge the service during a health window; they do not shape the container, so not in its digest."""
     config_digest: str = field(default="", compare=False)
 
     def target(self) -> ServiceTarget:
@@ -139,6 +171,7 @@ def digest(spec: ContainerSpec) -> str:
     shape = asdict(spec)
     shape.pop("release")
     shape.pop("config_digest")
+    shape.pop("probes")
     shape["hardening"] = HARDENING_VERSION
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -203,6 +236,7 @@ def service_spec(
             start_period=health.start_period,
         ),
         depends_on=tuple(sorted(compose.depends_on)),
+        probes=tuple(_probe(p) for p in policy.probes),
     )
     return replace(spec, config_digest=digest(spec))
 

@@ -1,16 +1,23 @@
 """One app's update as a transaction: stage the new release beside the old one, switch, probe, commit or roll back.
 
-Strategy download-then-kill (the default): every image is fetched before anything stops.
-The journal records each phase before its effect (`agent.journal`):
+The journal records each phase before its effect (`agent.journal`). The release's update
+strategy decides when the old containers stop:
 
-- ``downloading``: fetch the new images (pull by digest, or load verified archives);
-- ``staged``: create the changed services' new containers, not started; the old ones
-  they replace are named in the journal;
-- ``switching``: stop the old containers (kept, not removed), start the new ones;
-- ``probing``: watch the new services for the release's health window (`agent.health`);
-- ``committed``: remove the old containers; or ``rolling-back``: remove the new ones
-  and start the old ones again, then ``rolled-back``.
+- ``download-then-kill`` (default): fetch every image, create the new containers (not
+  started), then stop the old ones (kept, not removed) and start the new ones;
+- ``kill-then-download``: stop the old containers first (frees memory and CPU for the
+  download on a small device), then fetch, create and start; the old containers and their
+  images are kept, so it still rolls back without the network;
+- ``hand-over``: start the new containers while the old ones keep running; the old ones
+  stop only once the new release is healthy (about zero downtime; no published host ports).
 
+Then ``probing`` watches the new services for the release's health window (engine state,
+Compose healthchecks and x-edgefleet probes, `agent.health`); ``committed`` removes the
+old containers; a failure goes ``rolling-back`` (remove the new containers, start the old
+ones again) and ``rolled-back``, and keeps the tail of the failing service's logs.
+
+Before anything changes, the free space of the engine's storage is checked against what
+the new images need plus a reserve; a shortage changes nothing and has its own status.
 Unchanged services keep running throughout. `recover` rolls back whatever a crash or
 power loss interrupted (the previous release is known good), so the device ends on
 exactly its old release or its new one.
@@ -23,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
@@ -40,12 +47,17 @@ from edgefleet.agent.plan import (
     StopContainer,
     dependency_order,
 )
-from edgefleet.agent.spec import ContainerSpec, Health
+from edgefleet.agent.probes import http_ok, tcp_ok
+from edgefleet.agent.spec import ContainerSpec, Probe
 
 log = logging.getLogger(__name__)
 PHASE_TIMEOUT = timedelta(minutes=30)
 PROBE_MARGIN = timedelta(minutes=5)
 PROBE_INTERVAL = 1.0
+DISK_RESERVE = 256 * 1024**2
+"""Free space kept on the engine's storage beyond what an update needs (journal, logs, rolling back)."""
+Strategy = Literal["download-then-kill", "kill-then-download", "hand-over"]
+Status = Literal["committed", "failed", "retry", "no-space"]
 
 FaultHook = Callable[[str], None]
 """Called with each phase name just after it is journaled (tests abort there to simulate a crash)."""
@@ -63,6 +75,12 @@ class TransactionEngine(Protocol):
     def health(self, container_id: str) -> ServiceHealth: ...
 
     def probe(self, container_id: str, argv: tuple[str, ...], *, timeout: float) -> bool: ...
+
+    def address(self, container_id: str, app: str) -> str | None: ...
+
+    def logs(self, container_id: str) -> str: ...
+
+    def storage_free(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +119,31 @@ def plan_change(observed: Observed, app: str, specs: Mapping[str, ContainerSpec]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    committed: bool
-    transaction: Transaction
-    verdict: Verdict | None
-    retryable: bool = False
-    """The update could not be carried out (engine or disk trouble), not judged: try again later."""
+    """How an update ended.
+
+    committed; failed (rolled back, not to be retried); retry (could not be carried out:
+    engine or disk trouble, rolled back); no-space (nothing was changed).
+    """
+
+    status: Status
+    transaction: Transaction | None
+    verdict: Verdict | None = None
+    reason: str | None = None
+    logs: str | None = None
+    """The tail of the failing service's logs."""
+
+    @property
+    def committed(self) -> bool:
+        return self.status == "committed"
+
+
+class NoSpaceError(Exception):
+    """The engine's storage has less free space than the update needs plus the reserve."""
+
+
+def space_needed(change: Change, image_bytes: Mapping[str, int]) -> int:
+    """Bytes the images to fetch will take: twice their signed size (archive and unpacked); unknown ones count 0."""
+    return sum(2 * image_bytes.get(image, 0) for image in change.fetch)
 
 
 class Updater:
@@ -119,12 +157,14 @@ class Updater:
         clock: Callable[[], datetime],
         sleep: Callable[[float], None] = time.sleep,
         fault: FaultHook | None = None,
+        disk_reserve: int = DISK_RESERVE,
     ) -> None:
         self._engine = engine
         self._journal = journal
         self._clock = clock
         self._sleep = sleep
         self._fault = fault or (lambda _phase: None)
+        self._reserve = disk_reserve
 
     def _advance(self, tx: Transaction, phase: Phase, detail: dict[str, Any] | None = None) -> Transaction:
         advanced = self._journal.advance(tx, phase, timeout=PHASE_TIMEOUT, detail=detail)
@@ -141,47 +181,70 @@ class Updater:
         volumes: tuple[str, ...] = (),
         health_window: float,
         restart_limit: int,
+        strategy: Strategy = "download-then-kill",
+        image_bytes: Mapping[str, int] | None = None,
     ) -> Outcome:
         """Move `app` to the release whose containers are `specs` (service -> spec), or back on failure.
 
-        An engine or disk failure on the way rolls back too, with a retryable outcome.
+        `image_bytes` gives the signed size of images known in advance (bundled archives),
+        for the free-space check. An engine or disk failure on the way rolls back too, with
+        the status ``retry``.
         """
+        try:
+            observed = self._engine.observe(frozenset(s.image for s in specs.values()))
+            change = plan_change(observed, app, specs, volumes)
+            self._check_space(change, image_bytes or {})
+        except NoSpaceError as exc:
+            log.error("%s: not updating to %s: %s", app, to_release, exc)
+            return Outcome("no-space", None, reason=str(exc))
+        except EngineError as exc:
+            return Outcome("retry", None, reason=f"could not be carried out: {exc}"[:500])
         tx = self._journal.begin(
-            app, from_release=from_release, to_release=to_release, strategy="download-then-kill", timeout=PHASE_TIMEOUT
+            app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT
         )
         try:
-            return self._carry_out(tx, app, specs, volumes, health_window=health_window, restart_limit=restart_limit)
+            return self._carry_out(
+                tx, change, specs, strategy=strategy, health_window=health_window, restart_limit=restart_limit
+            )
         except (EngineError, OSError, RuntimeError) as exc:
             log.error("%s: update to %s could not be carried out: %s", app, to_release, exc)
-            current = self._journal.get(tx.id)
-            return Outcome(
-                False, self.rollback(current, f"could not be carried out: {exc}"[:500]), None, retryable=True
+            reason = f"could not be carried out: {exc}"[:500]
+            return Outcome("retry", self.rollback(self._journal.get(tx.id), reason), reason=reason)
+
+    def _check_space(self, change: Change, image_bytes: Mapping[str, int]) -> None:
+        if not change.fetch:
+            return
+        free = self._engine.storage_free()
+        needed = space_needed(change, image_bytes) + self._reserve
+        if free is not None and free < needed:
+            raise NoSpaceError(
+                f"{free // 2**20} MiB free where the new images and the reserve need {needed // 2**20} MiB"
             )
 
     def _carry_out(
         self,
         tx: Transaction,
-        app: str,
+        change: Change,
         specs: Mapping[str, ContainerSpec],
-        volumes: tuple[str, ...],
         *,
+        strategy: Strategy,
         health_window: float,
         restart_limit: int,
     ) -> Outcome:
+        app = tx.app
         keyed = {(app, name): spec for name, spec in specs.items()}
+        old = {"old": dict(change.retire)}
         self._fault("verified")
-        tx = self._advance(tx, "downloading")
-        change = plan_change(self._engine.observe(frozenset(s.image for s in specs.values())), app, specs, volumes)
+        if strategy == "kill-then-download":
+            tx = self._advance(tx, "downloading", detail=old)  # the old containers are named before they stop
+            self._stop(app, change, keyed)
+        else:
+            tx = self._advance(tx, "downloading")
         for image in change.fetch:
             self._engine.execute(FetchImage(image), keyed)
         tx = self._advance(tx, "downloaded")
         tx = self._advance(
-            tx,
-            "staged",
-            detail={
-                "new": {spec.service: spec.config_digest for spec in change.create},
-                "old": dict(change.retire),
-            },
+            tx, "staged", detail={"new": {spec.service: spec.config_digest for spec in change.create}} | old
         )
         if change.networks:
             self._engine.execute(CreateNetwork(app), keyed)
@@ -190,8 +253,8 @@ class Updater:
         for spec in change.create:
             self._engine.execute(CreateContainer(spec.target()), keyed)
         tx = self._advance(tx, "switching")
-        for service, container_id in reversed(change.retire):
-            self._engine.execute(StopContainer(app, service, container_id), keyed)
+        if strategy == "download-then-kill":
+            self._stop(app, change, keyed)
         staged = self._engine.ids(app)
         created = {spec.service for spec in change.create}
         for spec in dependency_order(specs.values()):
@@ -205,45 +268,95 @@ class Updater:
         result = self._probe(app, specs, health_window=health_window, restart_limit=restart_limit)
         if result.outcome != "healthy":
             reason = f"{result.service}: {result.reason}"
-            return Outcome(False, self.rollback(tx, reason), result)
+            logs = self._logs(app, specs, result.service)
+            return Outcome("failed", self.rollback(tx, reason), result, reason=reason, logs=logs)
         tx = self._advance(tx, "committed")
-        for service, container_id in change.retire:
+        for service, container_id in change.retire:  # hand-over: the old ones are still running until here
             self._engine.execute(RemoveContainer(app, service, container_id), keyed)
-        return Outcome(True, tx, result)
+        return Outcome("committed", tx, result)
+
+    def _stop(self, app: str, change: Change, keyed: Mapping[tuple[str, str], ContainerSpec]) -> None:
+        for service, container_id in reversed(change.retire):
+            self._engine.execute(StopContainer(app, service, container_id), keyed)
+
+    def _logs(self, app: str, specs: Mapping[str, ContainerSpec], service: str | None) -> str | None:
+        """The failing service's last log lines, read before rollback removes its container."""
+        spec = specs.get(service or "")
+        container_id = self._engine.ids(app).get((spec.service, spec.config_digest)) if spec else None
+        if container_id is None:
+            return None
+        try:
+            return self._engine.logs(container_id)
+        except EngineError as exc:
+            return f"(logs unavailable: {exc.message})"[:200]
 
     def _probe(
         self, app: str, specs: Mapping[str, ContainerSpec], *, health_window: float, restart_limit: int
     ) -> Verdict:
         started = self._clock()
         ends = started + timedelta(seconds=health_window)
-        checks: dict[str, _Check] = {}
+        checks: dict[tuple[str, int], _Check] = {}
+        addresses: dict[str, str | None] = {}
         while True:
             now = self._clock()
             ids = self._engine.ids(app)  # one listing per round, whatever the number of services
             states = []
             for spec in specs.values():
-                state = self._service_health(ids.get((spec.service, spec.config_digest)), spec, checks, now - started)
-                if state is None:
+                container_id = ids.get((spec.service, spec.config_digest))
+                if container_id is None:
                     return Verdict("failed", spec.service, "its container is gone")
-                states.append(state)
+                states.append(self._service_health(app, container_id, spec, checks, addresses, now - started))
             result = verdict(states, restart_limit=restart_limit, window_over=now >= ends)
             if result.outcome != "pending":
                 return result
             self._sleep(PROBE_INTERVAL)
 
     def _service_health(
-        self, container_id: str | None, spec: ContainerSpec, checks: dict[str, _Check], elapsed: timedelta
-    ) -> ServiceHealth | None:
-        """The engine's view of the service, with its healthcheck run by the agent when the engine does not."""
-        if container_id is None:
-            return None
+        self,
+        app: str,
+        container_id: str,
+        spec: ContainerSpec,
+        checks: dict[tuple[str, int], _Check],
+        addresses: dict[str, str | None],
+        elapsed: timedelta,
+    ) -> ServiceHealth:
+        """The engine's view of the service, joined with its healthcheck and x-edgefleet probes.
+
+        The agent runs the healthcheck itself when the engine does not; the service is
+        healthy when all of them are.
+        """
         state = self._engine.health(container_id)
-        health = spec.health
-        if health is None or state.state != "running" or state.health in ("healthy", "unhealthy"):
+        if state.state != "running" or (spec.health is None and not spec.probes):
             return state
-        passed = self._engine.probe(container_id, _probe_argv(health.test), timeout=health.timeout)
-        check = checks.setdefault(spec.service, _Check())
-        return replace(state, health=check.record(passed, health, elapsed))
+        results: list[tuple[str, str | None]] = []
+        health = spec.health
+        if health is not None:
+            if state.health in ("healthy", "unhealthy"):
+                results.append((state.health, None))
+            else:
+                passed = self._engine.probe(container_id, _probe_argv(health.test), timeout=health.timeout)
+                check = checks.setdefault((spec.service, 0), _Check())
+                results.append((check.record(passed, health.retries, health.start_period, elapsed), None))
+        for index, probe in enumerate(spec.probes, start=1):
+            if container_id not in addresses and probe.kind != "exec":
+                addresses[container_id] = self._engine.address(container_id, app)
+            passed = self._run_probe(container_id, addresses.get(container_id), probe)
+            check = checks.setdefault((spec.service, index), _Check())
+            results.append((check.record(passed, probe.retries, probe.start_period, elapsed), probe.describe()))
+        failing = next((what for status, what in results if status == "unhealthy"), "")
+        if any(status == "unhealthy" for status, _ in results):
+            return replace(state, health="unhealthy", failing=failing)
+        combined = "healthy" if all(status == "healthy" for status, _ in results) else "starting"
+        return replace(state, health=combined)
+
+    def _run_probe(self, container_id: str, address: str | None, probe: Probe) -> bool:
+        if probe.kind == "exec":
+            return self._engine.probe(container_id, probe.argv, timeout=probe.timeout)
+        if address is None:
+            return False
+        if probe.kind == "http":
+            return http_ok(address, probe.port, probe.path, timeout=probe.timeout)
+        return tcp_ok(address, probe.port, timeout=probe.timeout)
 
     def rollback(self, tx: Transaction, reason: str) -> Transaction:
         """Remove the new containers, start the old ones again; journaled before and after."""
@@ -273,18 +386,17 @@ class Updater:
 
 @dataclass
 class _Check:
-    """A healthcheck the agent runs itself: healthy after a pass, unhealthy after `retries` failures in a row."""
+    """A check the agent runs itself: healthy after a pass, unhealthy after `retries` failures in a row."""
 
     failures: int = 0
-    passed: bool = False
 
-    def record(self, ok: bool, health: Health, elapsed: timedelta) -> str:
+    def record(self, ok: bool, retries: int, start_period: float, elapsed: timedelta) -> str:
         if ok:
-            self.passed, self.failures = True, 0
+            self.failures = 0
             return "healthy"
-        if elapsed.total_seconds() >= health.start_period:
+        if elapsed.total_seconds() >= start_period:
             self.failures += 1
-        return "unhealthy" if self.failures >= health.retries else "starting"
+        return "unhealthy" if self.failures >= retries else "starting"
 
 
 def _probe_argv(test: tuple[str, ...]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
 from edgefleet.agent.reconcile import plan_for
 from edgefleet.agent.runner import Agent, host_facts, load_state, run, trust_store
+from edgefleet.agent.transaction import FaultHook
 from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, out, run_app
 
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
@@ -46,7 +47,7 @@ def _settings(config: Path | None, **flags: object) -> AgentSettings:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
 
 
-def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
+def _agent(settings: AgentSettings, client: DeviceClient, *, fault: FaultHook | None = None) -> Agent:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         policy = load_policy(settings.policy)
@@ -73,6 +74,8 @@ def _agent(settings: AgentSettings, client: DeviceClient) -> Agent:
         policy=policy,
         arch=settings.arch or host_arch(),
         poll_wait=settings.poll_wait,
+        disk_reserve=settings.disk_reserve,
+        fault=fault,
     )
     agent.recover()
     return agent
@@ -90,6 +93,14 @@ def run_command(
 ) -> None:
     """Enroll if needed, then poll the hub, verify, reconcile and report until stopped (SIGTERM)."""
     settings = _settings(config, hub_url=hub, ca=ca, enrollment_token=token, data_dir=data_dir, engine=engine)
+    serve(settings, once=once)
+
+
+def serve(settings: AgentSettings, *, once: bool = False, fault: FaultHook | None = None) -> None:
+    """Run the agent until SIGTERM or SIGINT (one cycle with `once`).
+
+    `fault` is for tests only (a crash at a named update phase); no flag or setting reaches it.
+    """
     if settings.hub_url is None:
         raise CliError("no hub URL", exit_code=EXIT_USAGE, hint="set hub_url in the config or pass --hub")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,7 +112,7 @@ def run_command(
     signal.signal(signal.SIGTERM, stop_on)
     signal.signal(signal.SIGINT, stop_on)
     with DeviceClient.connect(settings.hub_url, ca=settings.ca, timeout=settings.request_timeout) as client:
-        agent = _agent(settings, client)
+        agent = _agent(settings, client, fault=fault)
         out.print(f"agent for device {agent.identity.device_id} following {settings.hub_url}")
         cycles = iter(range(1)) if once else None
         run(

@@ -17,14 +17,23 @@ from edgefleet.agent.spec import HostFacts, release_specs
 from edgefleet.agent.transaction import Updater
 from edgefleet.manifest import Release, parse_manifest
 from tests.integration.agent.conftest import app_name
-from tests.integration.agent.test_engine_podman import containers, desired, wait_running
+from tests.integration.agent.test_engine_podman import containers, desired, sh, wait_running
 
 pytestmark = pytest.mark.xdist_group("podman")
 
 SERVE = "while true; do echo {word} | nc -l -p 8080; done"
 
 
-def release(app: str, image: str, version: str, *, web: str, healthcheck: str = "") -> Release:
+def release(
+    app: str,
+    image: str,
+    version: str,
+    *,
+    web: str,
+    healthcheck: str = "",
+    strategy: str = "download-then-kill",
+    probes: str = "[]",
+) -> Release:
     return parse_manifest(f"""
 services:
   db:
@@ -39,18 +48,34 @@ x-edgefleet:
   app: {app}
   version: {version}
   architectures: [amd64]
+  update: {{strategy: {strategy}}}
   services:
     db: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
-    web: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
+    web: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}, probes: {probes}}}
 """)
 
 
-def update(engine: DockerEngine, journal: Journal, new: Release, *, window: float = 3.0, fault=None):
+def update(engine: DockerEngine, journal: Journal, new: Release, *, window: float = 3.0, fault=None, **options):
     specs = {s.service: s for s in release_specs(new, facts=HostFacts(), environment={"FLEET": "lab"})}
-    updater = Updater(engine, journal, clock=lambda: datetime.now(UTC), sleep=time.sleep, fault=fault)
-    return updater.update(
-        new.app, specs, from_release="1.0.0", to_release=new.version, health_window=window, restart_limit=2
+    updater = Updater(
+        engine, journal, clock=lambda: datetime.now(UTC), sleep=time.sleep, fault=fault, **options.pop("updater", {})
     )
+    return updater.update(
+        new.app,
+        specs,
+        from_release="1.0.0",
+        to_release=new.version,
+        health_window=window,
+        restart_limit=2,
+        strategy=new.update.strategy,
+        **options,
+    )
+
+
+def states(engine: DockerEngine, app: str) -> list[tuple[str, str, str]]:
+    """(service, release, status) of every container of `app`, old and new alike."""
+    found = engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={app}"})
+    return sorted((c.labels["io.edgefleet.service"], c.labels["io.edgefleet.release"], c.status) for c in found)
 
 
 @pytest.fixture
@@ -152,3 +177,118 @@ def test_a_crash_at_any_phase_recovers_onto_the_old_release(
     assert {name: c.id for name, c in containers(engine, app).items()} == before
     assert journal.unfinished() == []
     restarted.close()
+
+
+# --- update strategies ------------------------------------------------------------------
+
+SEEN = {
+    # What runs at a phase, per strategy: (web 1.0.0, web 1.1.0) status; db is unchanged throughout.
+    "download-then-kill": {"switching": ("running", "created"), "probing": ("exited", "running")},
+    "kill-then-download": {"downloaded": ("exited", None), "probing": ("exited", "running")},
+    "hand-over": {"switching": ("running", "created"), "probing": ("running", "running")},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(SEEN))
+def test_each_strategy_stops_the_old_release_at_its_own_moment_and_commits(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path, strategy: str
+) -> None:
+    app, before = running
+    seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def look(phase: str) -> None:
+        if phase in SEEN[strategy]:
+            web = {release: status for service, release, status in states(engine, app) if service == "web"}
+            seen[phase] = (web.get("1.0.0"), web.get("1.1.0"))
+
+    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"), strategy=strategy)
+    outcome = update(engine, Journal(tmp_path / "journal.db"), new, window=2, fault=look)
+
+    assert outcome.committed, outcome
+    assert outcome.transaction.strategy == strategy
+    assert seen == SEEN[strategy]
+    assert states(engine, app) == [("db", "1.0.0", "running"), ("web", "1.1.0", "running")]
+    assert containers(engine, app)["db"].id == before["db"]
+
+
+@pytest.mark.parametrize("strategy", sorted(SEEN))
+def test_each_strategy_rolls_back_onto_the_very_same_containers(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path, strategy: str
+) -> None:
+    app, before = running
+    new = release(app, busybox, "1.1.0", web="echo starting; echo boom-marker >&2; exit 3", strategy=strategy)
+    outcome = update(engine, Journal(tmp_path / "journal.db"), new, window=5)
+
+    assert outcome.status == "failed"
+    assert outcome.verdict.service == "web"
+    assert "boom-marker" in (outcome.logs or "")  # the failing service's last lines travel with the report
+    wait_running(engine, app, 2)
+    assert {name: c.id for name, c in containers(engine, app).items()} == before
+
+
+def test_hand_over_keeps_the_old_service_answering_throughout(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    app, _ = running
+    db = containers(engine, app)["db"]
+    answers: list[str] = []
+
+    def ask(phase: str) -> None:  # at every phase, something named "web" answers on the app network
+        answers.append(sh(db, "nc -w 3 web 8080")[1].strip())
+
+    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"), strategy="hand-over")
+    assert update(engine, Journal(tmp_path / "journal.db"), new, window=2, fault=ask).committed
+    assert all(answer in ("old", "new") for answer in answers), answers
+
+
+# --- x-edgefleet probes -------------------------------------------------------------------
+
+HTTPD = "mkdir -p /tmp/www && echo ok > /tmp/www/healthz && exec httpd -f -p 8080 -h /tmp/www"
+
+
+@pytest.mark.parametrize(
+    ("probes", "reason"),
+    [
+        ('[{http: {port: 8080, path: /healthz}}, {tcp: {port: 8080}}, {exec: ["/bin/true"]}]', None),
+        ("[{http: {port: 8080, path: /missing}, retries: 2}]", "http probe :8080/missing reports unhealthy"),
+        ("[{tcp: {port: 9}, retries: 2, timeout: 1s}]", "tcp probe :9 reports unhealthy"),
+        ('[{exec: ["/bin/false"], retries: 2}]', "exec probe /bin/false reports unhealthy"),
+    ],
+    ids=["all-pass", "http-404", "tcp-closed", "exec-fails"],
+)
+def test_probes_judge_the_new_release(
+    engine: DockerEngine,
+    running: tuple[str, dict[str, str]],
+    busybox: str,
+    tmp_path: Path,
+    probes: str,
+    reason: str | None,
+) -> None:
+    app, before = running
+    new = release(app, busybox, "1.1.0", web=HTTPD, probes=probes)
+    outcome = update(engine, Journal(tmp_path / "journal.db"), new, window=4)
+
+    if reason is None:
+        assert outcome.committed, outcome
+    else:
+        assert outcome.status == "failed"
+        assert outcome.reason == f"web: {reason}"
+        wait_running(engine, app, 2)
+        assert {name: c.id for name, c in containers(engine, app).items()} == before
+
+
+def test_too_little_disk_changes_nothing_and_says_so(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    app, before = running
+    journal = Journal(tmp_path / "journal.db")
+    other = busybox.rsplit("@", 1)[0] + "@sha256:" + "e" * 64  # not present: it would have to be fetched
+    new = release(app, other, "1.1.0", web=SERVE.format(word="new"))
+    outcome = update(engine, journal, new, image_bytes={other: 1}, updater={"disk_reserve": 2**50})
+
+    assert outcome.status == "no-space"
+    assert outcome.transaction is None
+    assert "MiB free" in (outcome.reason or "")
+    assert journal.last(app) is None
+    assert {name: c.id for name, c in containers(engine, app).items()} == before
+    assert states(engine, app) == [("db", "1.0.0", "running"), ("web", "1.0.0", "running")]

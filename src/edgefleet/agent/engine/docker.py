@@ -14,6 +14,8 @@ apps cannot reach each other. docker-py errors become `EngineError` here.
 from __future__ import annotations
 
 import contextlib
+import logging
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -44,6 +46,7 @@ from edgefleet.agent.plan import (
 )
 from edgefleet.agent.spec import LOG_MAX_FILES, LOG_MAX_SIZE, NOFILE, TMPFS, ContainerSpec
 
+log = logging.getLogger(__name__)
 MANAGED = "io.edgefleet.managed"
 APP, SERVICE, RELEASE, DIGEST, VOLUME, OWNER = (
     f"io.edgefleet.{name}" for name in ("app", "service", "release", "config-digest", "volume", "owner")
@@ -53,6 +56,8 @@ NPROC = 4096
 API_VERSION = "1.41"
 STOP_TIMEOUT = 10
 REMOVE_ATTEMPTS = 5
+LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 4096
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)})
 
 
@@ -244,6 +249,39 @@ class DockerEngine:
         worker.start()
         worker.join(timeout)
         return result == [0]
+
+    def address(self, container_id: str, app: str) -> str | None:
+        """The container's IP address on its app's network (where the agent's HTTP and TCP probes go)."""
+        networks = self.inspect(container_id).get("NetworkSettings", {}).get("Networks") or {}
+        address = (networks.get(network_name(app)) or {}).get("IPAddress")
+        return str(address) if address else None
+
+    def logs(self, container_id: str, *, lines: int = LOG_TAIL_LINES) -> str:
+        """The last `lines` lines the container wrote (stdout and stderr), at most LOG_TAIL_BYTES of them."""
+        with _converted(f"logs of {container_id}"):
+            raw = self._container(container_id).logs(stdout=True, stderr=True, tail=lines)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return text[-LOG_TAIL_BYTES:]
+
+    def storage_free(self) -> int | None:
+        """Free bytes where the engine keeps images (None when the engine does not say where)."""
+        with _converted("engine info"):
+            info = self.client.info()
+        root = info.get("DockerRootDir") or (info.get("Store") or {}).get("GraphRoot")
+        try:
+            return shutil.disk_usage(root).free if root else None
+        except OSError:
+            return None
+
+    def remove_image(self, image: str) -> bool:
+        """Remove an image the agent fetched; False when the engine keeps it (in use, or already gone)."""
+        try:
+            with _converted(f"remove image {image}"):
+                self.client.images.remove(image)
+        except EngineError as exc:
+            log.info("image %s kept: %s", image, exc.message)
+            return False
+        return True
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""

@@ -1,0 +1,146 @@
+"""Crash safety with real processes: the agent dies by SIGKILL at every update phase (and the whole
+device loses power), then starts again; the device ends on exactly its old or its new release.
+
+A hub process over HTTPS, the real agent command (a test-only wrapper adds the fault hook),
+real Podman. After the restart: every service of one release runs, nothing else of the
+app is left, and the journal has no unfinished transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgefleet.agent.engine.docker import DockerEngine
+from edgefleet.agent.journal import FORWARD
+from tests.e2e.conftest import RunningHub, edgefleet, start_hub
+from tests.integration.agent.conftest import app_name
+from tests.integration.agent.test_agent_runner import app_text
+from tests.integration.agent.test_engine_podman import wait_running
+
+pytestmark = pytest.mark.xdist_group("podman")
+
+FAILING = "echo starting; exit 3"
+
+
+@dataclass
+class Device:
+    hub: RunningHub
+    config: Path
+    data_dir: Path
+    app: str
+    id: str
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return edgefleet("agent", "run", "--config", str(self.config), *args, timeout=180)
+
+    def crash_at(self, phase: str, *, power_loss: bool = False) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tests.integration.agent.faulty_agent", str(self.config), phase]
+        return subprocess.run(
+            [*command, *(["--power-loss"] if power_loss else [])], capture_output=True, text=True, timeout=180
+        )
+
+    def assign(self, version: str) -> None:
+        assigned = self.hub.cli("device", "assign", self.id, f"{self.app}@{version}")
+        assert assigned.returncode == 0, assigned.stderr
+
+    def unfinished(self) -> list[str]:
+        with sqlite3.connect(self.data_dir / "journal.db") as db:
+            rows = db.execute("SELECT phase FROM transactions WHERE phase NOT IN ('committed', 'rolled-back')")
+            return [phase for (phase,) in rows]
+
+
+@pytest.fixture
+def device(tmp_path: Path, podman_socket: str, busybox: str, apps: list[str]) -> Iterator[Device]:
+    """A device running APP 1.0.0, with 1.1.0 (healthy) and 1.2.0 (fails at start) published."""
+    hub = next(hub_process := start_hub(tmp_path, None))
+    keys = tmp_path / "keys"
+    assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
+    assert hub.cli("repo", "init", "--keys", str(keys)).returncode == 0
+    app = app_name(apps, "crash")
+    for version, web in (("1.0.0", None), ("1.1.0", None), ("1.2.0", FAILING)):
+        source = tmp_path / f"app-{version}"
+        source.mkdir()
+        extra = {"web": web} if web else {"web_env": version}
+        (source / "compose.yaml").write_text(app_text(app, version, busybox, **extra))
+        published = hub.cli("release", "publish", str(source), "--keys", str(keys))
+        assert published.returncode == 0, published.stderr
+    token = json.loads(hub.cli("token", "create", "--fleet", "lab", "--json").stdout)["token"]
+    (tmp_path / "policy.toml").write_text('allow = ["network"]\n')
+    data_dir = tmp_path / "dev"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{data_dir}"\n'
+        f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+    )
+    enrolled = edgefleet("agent", "run", "--config", str(config), "--once", timeout=120)
+    assert enrolled.returncode == 0, enrolled.stderr
+    made = Device(hub, config, data_dir, app, json.loads(hub.cli("device", "list", "--json").stdout)[0]["id"])
+    made.assign("1.0.0")
+    assert made.run("--once").returncode == 0
+    yield made
+    next(hub_process, None)
+
+
+def releases_running(podman_socket: str, device: Device) -> dict[str, str]:
+    """service -> release of every container the device has for its app (all of them, running or not)."""
+    engine = DockerEngine(podman_socket, owner=device.id)
+    try:
+        found = engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={device.app}"})
+        assert all(c.status == "running" for c in found), [(c.name, c.status) for c in found]
+        services = [c.labels["io.edgefleet.service"] for c in found]
+        assert sorted(services) == ["db", "web"], services  # no orphans, nothing missing
+        return {c.labels["io.edgefleet.service"]: c.labels["io.edgefleet.release"] for c in found}
+    finally:
+        engine.close()
+
+
+CASES = [*((phase, "1.1.0") for phase in FORWARD), ("rolling-back", "1.2.0")]
+
+
+@pytest.mark.parametrize(("phase", "target"), CASES, ids=[f"{p}-{t}" for p, t in CASES])
+def test_sigkill_at_any_phase_ends_on_the_old_or_the_new_release(
+    device: Device, podman_socket: str, engine: DockerEngine, phase: str, target: str
+) -> None:
+    device.assign(target)
+    crashed = device.crash_at(phase)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+
+    restarted = device.run("--once")
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    engine.owner = device.id
+    wait_running(engine, device.app, 2)
+    running = releases_running(podman_socket, device)
+    # The web service decides the release (db's definition is the same in all three).
+    assert running["web"] in ("1.0.0", target)
+    if target == "1.2.0":
+        assert running["web"] == "1.0.0"  # a failing release never stays
+    assert device.unfinished() == []
+
+
+@pytest.mark.parametrize("phase", ["staged", "switching", "probing"])
+def test_power_loss_mid_update_ends_on_the_old_or_the_new_release(
+    device: Device, podman_socket: str, engine: DockerEngine, phase: str
+) -> None:
+    device.assign("1.1.0")
+    crashed = device.crash_at(phase, power_loss=True)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+
+    # The device boots: the engine starts again every container that had run (old and new alike), then the agent.
+    engine.owner = device.id
+    for container in engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={device.app}"}):
+        if container.status == "exited":
+            container.start()
+    restarted = device.run("--once")
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    wait_running(engine, device.app, 2)
+    assert releases_running(podman_socket, device)["web"] in ("1.0.0", "1.1.0")
+    assert device.unfinished() == []

@@ -95,6 +95,18 @@ class Outbox:
         self._db.execute("UPDATE counters SET value = MAX(0, value - ?) WHERE name = 'dropped'", (dropped,))
         self._db.execute("COMMIT")
 
+    def discard(self, through: int) -> None:
+        """Drop the events up to `through` undelivered (the hub refused them); they count as dropped."""
+        self._db.execute("BEGIN IMMEDIATE")
+        (count,) = self._db.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (through,)).fetchone()
+        self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES ('dropped', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (count,),
+        )
+        self._db.execute("COMMIT")
+
     def keep_report(self, properties: Mapping[str, Any]) -> None:
         """The latest state report, until it is delivered (a newer one replaces it)."""
         body = json.dumps(dict(properties), sort_keys=True, default=str)

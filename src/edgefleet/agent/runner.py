@@ -21,6 +21,7 @@ import logging
 import platform
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.journal import Journal, Transaction
-from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
@@ -169,6 +170,11 @@ def release_mark(counter: int, version: str, retry: int) -> str:
     return f"{counter}-{version}" + (f"-retry{retry}" if retry else "")
 
 
+REFUSED_FOR_GOOD = frozenset({400, 413, 422})
+"""Statuses that say an event batch itself is bad: sending it again would never succeed."""
+UPDATE_RETRY_FIRST = 30.0
+UPDATE_RETRY_MAX = 1800.0
+"""Seconds before an update that could not be carried out (disk, engine) is tried again, doubling per failure."""
 EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
 """Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
 
@@ -189,6 +195,11 @@ def event(tx: Transaction | None, app: str, status: str, **fields: Any) -> dict[
             continue
         limit = EVENT_TEXT_LIMITS.get(key)
         body[key] = printable(value, limit) if limit is not None else value
+    # Within the outbox's bound however the text encodes: the logs lose their oldest half, then the reason its end.
+    while len(json.dumps(body, sort_keys=True)) > MAX_EVENT_BYTES and body.get("logs"):
+        body["logs"] = body["logs"][len(body["logs"]) // 2 + 1 :]
+    if len(json.dumps(body, sort_keys=True)) > MAX_EVENT_BYTES:
+        body["reason"] = body.get("reason", "")[:500]
     return body
 
 
@@ -207,7 +218,11 @@ class Agent:
     etag: str | None = None
     last_error: str | None = None
     retry: bool = False
-    """An update could not be carried out (engine or disk trouble): poll afresh next cycle."""
+    """An update could not be carried out (engine or disk trouble, the hub lost mid-update): try it again."""
+    retry_at: float = 0.0
+    """When (`clock`) the update is tried again; the delay doubles with each failed try (`retries`)."""
+    retries: int = 0
+    clock: Callable[[], float] = time.monotonic
     disk_reserve: int = DISK_RESERVE
     fault: FaultHook | None = None
     """Tests only: called at each journaled phase (`agent.transaction`)."""
@@ -250,6 +265,7 @@ class Agent:
             mark = release_mark(custom.release_counter, custom.version, custom.retry)
             current = installed.get(app)
             if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
+                failed.pop(app, None)  # the hub asked for what runs: a failure before that is settled
                 continue
             if failed.get(app) == mark:
                 # Failed here before: stay on the previous release, and keep saying so, until something
@@ -376,7 +392,7 @@ class Agent:
         self.deliver()
         target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
         changed = target is not None
-        if changed or self.retry:
+        if changed or (self.retry and self.clock() >= self.retry_at):
             self.last_error, self.retry = None, False
             try:
                 self.update()
@@ -385,14 +401,19 @@ class Agent:
             except PermissionRefusedError as exc:
                 self.last_error = str(exc)[:500]
             except HubUnreachableError:
-                self.retry = True  # the poll said "changed"; a 304 next time must not hide that
+                # The poll said "changed"; a 304 next time must not hide that. The caller's backoff paces it.
+                self.retry, self.retry_at = True, 0.0
                 raise
             except (AgentError, OSError) as exc:
                 self.last_error, self.retry = f"update could not be carried out: {exc}"[:500], True
             if self.last_error:
                 log.error("%s", self.last_error)
-            if not self.retry:
-                self.etag = etag
+            if self.retry:  # disk or engine trouble: try again later, less often each time (no retry loops)
+                self.retry_at = self.clock() + min(UPDATE_RETRY_MAX, UPDATE_RETRY_FIRST * 2.0 ** min(self.retries, 16))
+                self.retries += 1
+            else:
+                self.retries = 0
+            self.etag = etag
         try:
             self.apply()
         except PermissionRefusedError as exc:
@@ -417,9 +438,13 @@ class Agent:
             events = [{**body, "seq": seq} for seq, body in pending.events]
             try:
                 through = self.client.events(self.identity, events, dropped=pending.dropped)
-            except HubRefusedError as exc:  # a batch the hub will never take: keep the rest flowing
+            except HubRefusedError as exc:
+                if exc.status not in REFUSED_FOR_GOOD or not events:
+                    log.warning("hub refused the events for now (%s); keeping them", exc)
+                    return  # not the events' fault (credentials, enrollment): kept for a later cycle
                 log.error("hub refused %d events (%s); dropping them", len(events), exc)
-                through = events[-1]["seq"] if events else 0
+                self.outbox.discard(events[-1]["seq"])  # reported as dropped with the next batch
+                continue
             self.outbox.acknowledge(through, dropped=pending.dropped)
             if not events or through < events[-1]["seq"]:
                 break

@@ -19,8 +19,9 @@ from edgefleet.agent.errors import HubUnreachableError
 from edgefleet.agent.policy import parse_policy
 from edgefleet.agent.runner import Agent, run, trust_store
 from tests.conftest import Fleet
-from tests.integration.agent.conftest import app_name
+from tests.integration.agent.conftest import app_name, push_busybox
 from tests.integration.agent.test_engine_podman import containers, wait_running
+from tests.integration.registry.conftest import Registry
 from tests.publishing import Publisher, assign
 
 pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
@@ -203,11 +204,54 @@ def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     assert agent.journal.last(app).phase == "rolled-back"
     attempts = agent.journal.last(app).id
 
+    # The hub shows the outcome (which service, why, its last log lines) and audits it as the device's.
+    agent.cycle()  # events are delivered at the start of each cycle
+    shown = fleet.call("GET", f"/devices/{device}/state").json()["updates"][app]
+    assert (shown["status"], shown["service"], shown["from_release"], shown["to_release"]) == (
+        "failed",
+        "web",
+        "1.0.0",
+        "1.1.0",
+    )
+    assert re.search("exited with code 4|restarted [0-9]+ times", shown["reason"])
+    assert shown["logs"] is not None
+    assert failures(fleet, device) == [f"{app} 1.0.0 -> 1.1.0"]
+
     agent.etag = None  # the next poll answers in full again: still no second attempt
     agent.cycle()
     assert agent.journal.last(app).id == attempts
     assert "failed on this device; staying on 1.0.0" in twin(fleet, device)["last_error"]
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
+    assert failures(fleet, device) == [f"{app} 1.0.0 -> 1.1.0"]
+
+    # An operator asks for a retry: the device tries once more (and fails once more), then stops again.
+    retried = fleet.call("POST", f"/devices/{device}/retry", json={"app": app})
+    assert retried.status_code == 200, retried.text
+    agent.cycle()
+    assert agent.journal.last(app).id != attempts
+    assert agent.journal.last(app).phase == "rolled-back"
+    agent.cycle()
+    agent.etag = None
+    agent.cycle()
+    assert failures(fleet, device) == [f"{app} 1.0.0 -> 1.1.0"] * 2
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
+
+    # The operator settles on what runs, then assigns the failed release anew: a fresh decision, a fresh try.
+    assert assign(fleet, device, f"{app}@1.0.0", rollback=True).status_code == 200
+    agent.cycle()
+    tried = agent.journal.last(app).id
+    assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
+    agent.cycle()
+    assert agent.journal.last(app).id != tried
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
+
+
+def failures(fleet: Fleet, device: str) -> list[str]:
+    """The failed updates the hub's audit log holds for `device`, each with the device as actor."""
+    entries = fleet.call("GET", "/audit").json()
+    failed = [e for e in entries if e["action"] == "device.update.failed"]
+    assert all(e["actor"] == f"device:{device}" for e in failed)
+    return [f"{e['detail']['app']} {e['detail']['from_release']} -> {e['detail']['to_release']}" for e in failed]
 
 
 def test_an_unreadable_installed_release_leaves_the_engine_alone(
@@ -226,3 +270,34 @@ def test_an_unreadable_installed_release_leaves_the_engine_alone(
 
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
     assert "unreadable" in twin(fleet, agent.identity.device_id)["last_error"]
+
+
+def test_after_a_commit_only_the_running_and_the_previous_release_are_kept(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], test_registry: Registry
+) -> None:
+    app = app_name(apps, "prune")
+    device = agent.identity.device_id
+    images = {version: push_busybox(test_registry, f"{app}-{version}") for version in ("1.0.0", "1.1.0", "1.2.0")}
+
+    def present() -> set[str]:
+        return {version for version, image in images.items() if agent.engine.client.images.list(name=image)}
+
+    for version in images:
+        publisher.publish(app, version, text=app_text(app, version, images[version]))
+        assert assign(fleet, device, f"{app}@{version}").status_code == 200
+        agent.cycle()
+        wait_running(agent.engine, app, 2)
+        assert agent.journal.last(app).phase == "committed"
+    # 1.0.0 is older than the previous release: its image and its files are gone. 1.1.0 stays, so a
+    # rollback needs no network.
+    assert present() == {"1.1.0", "1.2.0"}
+    kept = sorted(d.name for d in (agent.data_dir / "releases" / app).iterdir())
+    assert len(kept) == 2
+    assert all("1.1.0" in name or "1.2.0" in name for name in kept), kept
+
+    # Going back to the previous release: both images stay (each is the other's previous now).
+    assert assign(fleet, device, f"{app}@1.1.0", rollback=True).status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)
+    assert {c.labels["io.edgefleet.release"] for c in containers(agent.engine, app).values()} == {"1.1.0"}
+    assert present() == {"1.1.0", "1.2.0"}

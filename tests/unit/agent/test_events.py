@@ -1,11 +1,18 @@
-"""Update events the agent buffers are always acceptable to the hub's event schema."""
+"""Update events: always acceptable to the outbox and the hub's schema, delivered or dropped knowingly,
+and an update that cannot be carried out is retried with growing delays, never in a loop."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.agent.runner import EVENT_TEXT_LIMITS, event, printable
+from edgefleet.agent.errors import EngineError, HubRefusedError
+from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
+from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, event, printable
 from edgefleet.protocol import DeviceEvent
 
 
@@ -24,3 +31,91 @@ def test_any_reason_and_logs_make_an_event_the_hub_accepts(reason: str, logs: st
     parsed = DeviceEvent.model_validate(body | {"seq": 1})
     assert len(parsed.reason or "") <= EVENT_TEXT_LIMITS["reason"]
     assert "\x00" not in (parsed.logs or "")
+    assert len(json.dumps(body, sort_keys=True)) <= MAX_EVENT_BYTES
+
+
+def test_an_event_of_wide_characters_still_fits_the_outbox(tmp_path: Path) -> None:
+    body = event(None, "web", "failed", to_release="1.0.0", reason="é" * 5000, logs="\x1b[31mé" * 9000)
+    assert len(json.dumps(body, sort_keys=True)) <= MAX_EVENT_BYTES
+    assert body["logs"].endswith("\x1b[31mé")  # the newest lines are the ones kept
+    Outbox(tmp_path / "outbox.db").add(body)
+
+
+class FakeHub:
+    """The two calls deliver() makes; refuses event batches with `refusal` while it is set."""
+
+    def __init__(self) -> None:
+        self.refusal: HubRefusedError | None = None
+        self.batches: list[tuple[list[int], int]] = []
+        self.target = {"changed": True}
+
+    def events(self, _identity: object, events: list[dict[str, Any]], *, dropped: int) -> int:
+        if self.refusal is not None:
+            raise self.refusal
+        self.batches.append(([e["seq"] for e in events], dropped))
+        return int(events[-1]["seq"]) if events else 0
+
+    def report(self, _identity: object, _properties: object) -> None:
+        pass
+
+    def target_state(self, _identity: object, *, wait: float, etag: str | None) -> tuple[object, str]:
+        changed, self.target = self.target, None
+        return changed, "etag-1"
+
+
+class OfflineAgent(Agent):
+    """An agent whose update always meets engine trouble; nothing else touches an engine."""
+
+    updates: list[float]
+
+    def update(self) -> None:
+        self.updates.append(self.clock())
+        raise EngineError("the engine is not answering")
+
+    def apply(self) -> int:
+        return 0
+
+    def report(self) -> None:
+        pass
+
+
+def agent(tmp_path: Path, hub: FakeHub, now: list[float]) -> OfflineAgent:
+    made = OfflineAgent(
+        client=cast(Any, hub),
+        identity=cast(Any, None),
+        engine=cast(Any, None),
+        data_dir=tmp_path,
+        policy=cast(Any, None),
+        arch="amd64",
+        clock=lambda: now[0],
+    )
+    made.updates = []
+    return made
+
+
+def test_a_batch_the_hub_refuses_for_good_is_dropped_and_counted(tmp_path: Path) -> None:
+    hub = FakeHub()
+    device = agent(tmp_path, hub, [0.0])
+    for n in range(3):
+        device.outbox.add(event(None, f"app{n}", "committed", to_release="1.0.0"))
+    hub.refusal = HubRefusedError(401, "certificate_expired", "renew")  # not the batch's fault: kept
+    device.deliver()
+    assert len(device.outbox.pending().events) == 3
+    hub.refusal = HubRefusedError(422, "invalid_request", "bad event")  # the batch's fault: dropped, counted
+    device.deliver()
+    assert device.outbox.pending().events == ()
+    device.outbox.add(event(None, "later", "committed", to_release="1.0.0"))
+    hub.refusal = None
+    device.deliver()
+    assert hub.batches == [([4], 3)]  # the hub hears that three events were lost
+
+
+def test_an_update_that_meets_engine_trouble_is_retried_less_and_less_often(tmp_path: Path) -> None:
+    now = [0.0]
+    device = agent(tmp_path, FakeHub(), now)
+    for t in range(0, 200):  # one cycle a second (a long poll that answers at once)
+        now[0] = float(t)
+        device.cycle()
+    assert device.updates == [0.0, 30.0, 90.0]  # 30 s, then 60 s apart (120 s next): never a tight loop
+    assert device.last_error is not None
+    assert "engine is not answering" in device.last_error

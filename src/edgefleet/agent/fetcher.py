@@ -16,6 +16,7 @@ removed once its download completes, so a bad one costs one failed attempt, neve
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,8 @@ CHUNK = 64 * 1024
 RESUMES = 3
 MAX_PARTIALS = 8
 """Partial downloads kept at most; the oldest go first."""
+
+log = logging.getLogger(__name__)
 
 
 class HttpxFetcher(FetcherInterface):
@@ -70,6 +73,8 @@ class HttpxFetcher(FetcherInterface):
             if not kept and partial is not None:
                 partial.unlink(missing_ok=True)
                 first = self._open(url, 0)
+            else:
+                log.info("resuming %s at byte %d (kept from an earlier attempt)", url, kept)
         else:
             first = self._open(url, 0)
         return self._chunks(url, first, partial, kept)
@@ -131,6 +136,7 @@ class HttpxFetcher(FetcherInterface):
                         raise DownloadError(f"{url}: connection lost after {received} bytes") from exc
                     if sink is not None:
                         sink.flush()
+                    log.info("connection lost; resuming %s at byte %d", url, received)
                     response = self._open(url, received)
         finally:
             response.close()

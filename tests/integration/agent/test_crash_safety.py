@@ -1,5 +1,6 @@
-"""Crash safety with real processes: the agent dies by SIGKILL at every update phase (and the whole
-device loses power), then starts again; the device ends on exactly its old or its new release.
+"""Crash safety with real processes: the agent dies by SIGKILL at every update phase (the whole
+device loses power; the containers alone are killed mid-switch), then starts again; the device
+ends on exactly its old or its new release.
 
 A hub process over HTTPS, the real agent command (a test-only wrapper adds the fault hook),
 real Podman. After the restart: every service of one release runs, nothing else of the
@@ -42,11 +43,9 @@ class Device:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return edgefleet("agent", "run", "--config", str(self.config), *args, timeout=180)
 
-    def crash_at(self, phase: str, *, power_loss: bool = False) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "tests.integration.agent.faulty_agent", str(self.config), phase]
-        return subprocess.run(
-            [*command, *(["--power-loss"] if power_loss else [])], capture_output=True, text=True, timeout=180
-        )
+    def crash_at(self, phase: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tests.integration.agent.faulty_agent", str(self.config), phase, *flags]
+        return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
     def assign(self, version: str) -> None:
         assigned = self.hub.cli("device", "assign", self.id, f"{self.app}@{version}")
@@ -131,7 +130,7 @@ def test_power_loss_mid_update_ends_on_the_old_or_the_new_release(
     device: Device, podman_socket: str, engine: DockerEngine, phase: str
 ) -> None:
     device.assign("1.1.0")
-    crashed = device.crash_at(phase, power_loss=True)
+    crashed = device.crash_at(phase, "--power-loss")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
 
     # The device boots: the engine starts again every container that had run (old and new alike), then the agent.
@@ -141,6 +140,21 @@ def test_power_loss_mid_update_ends_on_the_old_or_the_new_release(
             container.start()
     restarted = device.run("--once")
     assert restarted.returncode == 0, restarted.stderr[-2000:]
+    wait_running(engine, device.app, 2)
+    assert releases_running(podman_socket, device)["web"] in ("1.0.0", "1.1.0")
+    assert device.unfinished() == []
+
+
+@pytest.mark.parametrize("phase", ["switching", "probing"])
+def test_containers_killed_mid_switch_end_on_the_old_or_the_new_release(
+    device: Device, podman_socket: str, engine: DockerEngine, phase: str
+) -> None:
+    device.assign("1.1.0")
+    survived = device.crash_at(phase, "--containers-only")
+    assert survived.returncode == 0, survived.stderr[-2000:]
+    again = device.run("--once")  # the next cycle reconciles whatever the update left stopped
+    assert again.returncode == 0, again.stderr[-2000:]
+    engine.owner = device.id
     wait_running(engine, device.app, 2)
     assert releases_running(podman_socket, device)["web"] in ("1.0.0", "1.1.0")
     assert device.unfinished() == []

@@ -70,8 +70,17 @@ def desired(*releases: Release, policy: Policy = ALLOW_ALL) -> Desired:
 
 
 def containers(engine: DockerEngine, app: str) -> dict[str, docker.models.containers.Container]:
-    found = engine.client.containers.list(all=True, filters={"label": [f"{MANAGED}=true", f"io.edgefleet.app={app}"]})
-    return {c.labels["io.edgefleet.service"]: c for c in found}
+    """The app's containers by service; a container removed while listing (an agent at work) is listed again."""
+    for _ in range(10):
+        try:
+            found = engine.client.containers.list(
+                all=True, filters={"label": [f"{MANAGED}=true", f"io.edgefleet.app={app}"]}
+            )
+        except docker.errors.NotFound:
+            time.sleep(0.1)
+            continue
+        return {c.labels["io.edgefleet.service"]: c for c in found}
+    pytest.fail(f"{app}: containers kept vanishing while listed")
 
 
 def sh(container: docker.models.containers.Container, command: str) -> tuple[int, str]:

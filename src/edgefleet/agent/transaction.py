@@ -53,6 +53,7 @@ from edgefleet.agent.spec import ContainerSpec, Probe
 log = logging.getLogger(__name__)
 PHASE_TIMEOUT = timedelta(minutes=30)
 PROBE_MARGIN = timedelta(minutes=5)
+"""The probing phase's deadline is the health window plus this (checks may be slow to answer)."""
 PROBE_INTERVAL = 1.0
 DISK_RESERVE = 256 * 1024**2
 """Free space kept on the engine's storage beyond what an update needs (journal, logs, rolling back)."""
@@ -137,6 +138,10 @@ class Outcome:
         return self.status == "committed"
 
 
+class OverdueError(RuntimeError):
+    """A phase of the transaction ran past its deadline (rolled back, tried again later)."""
+
+
 class NoSpaceError(Exception):
     """The engine's storage has less free space than the update needs plus the reserve."""
 
@@ -166,10 +171,17 @@ class Updater:
         self._fault = fault or (lambda _phase: None)
         self._reserve = disk_reserve
 
-    def _advance(self, tx: Transaction, phase: Phase, detail: dict[str, Any] | None = None) -> Transaction:
-        advanced = self._journal.advance(tx, phase, timeout=PHASE_TIMEOUT, detail=detail)
+    def _advance(
+        self, tx: Transaction, phase: Phase, detail: dict[str, Any] | None = None, timeout: timedelta = PHASE_TIMEOUT
+    ) -> Transaction:
+        advanced = self._journal.advance(tx, phase, timeout=timeout, detail=detail)
         self._fault(phase)
         return advanced
+
+    def _on_time(self, tx: Transaction) -> None:
+        """Checked between steps: a phase past its deadline rolls the transaction back."""
+        if tx.overdue(self._clock()):
+            raise OverdueError(f"phase {tx.phase} ran past its deadline")
 
     def update(
         self,
@@ -241,7 +253,9 @@ class Updater:
         else:
             tx = self._advance(tx, "downloading")
         for image in change.fetch:
+            self._on_time(tx)
             self._engine.execute(FetchImage(image), keyed)
+        self._on_time(tx)
         tx = self._advance(tx, "downloaded")
         tx = self._advance(
             tx, "staged", detail={"new": {spec.service: spec.config_digest for spec in change.create}} | old
@@ -251,6 +265,7 @@ class Updater:
         for volume in change.volumes:
             self._engine.execute(CreateVolume(app, volume), keyed)
         for spec in change.create:
+            self._on_time(tx)
             self._engine.execute(CreateContainer(spec.target()), keyed)
         tx = self._advance(tx, "switching")
         if strategy == "download-then-kill":
@@ -263,9 +278,10 @@ class Updater:
             new_id = staged.get((spec.service, spec.config_digest))
             if new_id is None:
                 raise RuntimeError(f"{app}/{spec.service}: staged container is gone")
+            self._on_time(tx)
             self._engine.execute(StartContainer(app, spec.service, new_id), keyed)
-        tx = self._advance(tx, "probing")
-        result = self._probe(app, specs, health_window=health_window, restart_limit=restart_limit)
+        tx = self._advance(tx, "probing", timeout=timedelta(seconds=health_window) + PROBE_MARGIN)
+        result = self._probe(tx, specs, health_window=health_window, restart_limit=restart_limit)
         if result.outcome != "healthy":
             reason = f"{result.service}: {result.reason}"
             logs = self._logs(app, specs, result.service)
@@ -291,13 +307,15 @@ class Updater:
             return f"(logs unavailable: {exc.message})"[:200]
 
     def _probe(
-        self, app: str, specs: Mapping[str, ContainerSpec], *, health_window: float, restart_limit: int
+        self, tx: Transaction, specs: Mapping[str, ContainerSpec], *, health_window: float, restart_limit: int
     ) -> Verdict:
+        app = tx.app
         started = self._clock()
         ends = started + timedelta(seconds=health_window)
         checks: dict[tuple[str, int], _Check] = {}
         addresses: dict[str, str | None] = {}
         while True:
+            self._on_time(tx)
             now = self._clock()
             ids = self._engine.ids(app)  # one listing per round, whatever the number of services
             states = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.reconcile import reconcile
 from edgefleet.agent.spec import HostFacts, release_specs
-from edgefleet.agent.transaction import Updater
+from edgefleet.agent.transaction import PHASE_TIMEOUT, Updater
 from edgefleet.manifest import Release, parse_manifest
 from tests.integration.agent.conftest import app_name
 from tests.integration.agent.test_engine_podman import containers, desired, sh, wait_running
@@ -292,3 +292,28 @@ def test_too_little_disk_changes_nothing_and_says_so(
     assert journal.last(app) is None
     assert {name: c.id for name, c in containers(engine, app).items()} == before
     assert states(engine, app) == [("db", "1.0.0", "running"), ("web", "1.0.0", "running")]
+
+
+@pytest.mark.parametrize("late", ["downloading", "probing"])
+def test_a_phase_past_its_deadline_rolls_back(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path, late: str
+) -> None:
+    """Nothing stays "updating" forever: the clock jumps past the phase's deadline, and the update undoes itself."""
+    app, before = running
+    journal = Journal(tmp_path / "journal.db")
+    skew = [timedelta(0)]
+
+    def jump(phase: str) -> None:
+        if phase == late:
+            skew[0] = PHASE_TIMEOUT + timedelta(minutes=1)  # past the phase's deadline (probing: window + margin)
+
+    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"))
+    specs = {s.service: s for s in release_specs(new, facts=HostFacts(), environment={"FLEET": "lab"})}
+    updater = Updater(engine, journal, clock=lambda: datetime.now(UTC) + skew[0], sleep=time.sleep, fault=jump)
+    outcome = updater.update(app, specs, from_release="1.0.0", to_release="1.1.0", health_window=3, restart_limit=2)
+    assert outcome.status == "retry"
+    assert f"phase {late} ran past its deadline" in (outcome.reason or "")
+    assert outcome.transaction.phase == "rolled-back"
+    wait_running(engine, app, 2)
+    assert {name: c.id for name, c in containers(engine, app).items()} == before
+    assert journal.unfinished() == []

@@ -241,7 +241,9 @@ class Agent:
         )
 
     def recover(self) -> None:
-        """Before anything else: roll back any update a crash or power loss interrupted."""
+        """Before anything else: roll back any update a crash or power loss interrupted, drop half-verified files."""
+        for staging in (self.data_dir / "releases").glob("*/.staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)  # a verification the crash cut short: never used
         for tx in self.updater().recover():
             self.last_error = f"update of {tx.app} to {tx.to_release} was interrupted and rolled back"
             log.warning("%s", self.last_error)

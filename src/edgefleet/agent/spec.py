@@ -227,7 +227,7 @@ def service_spec(
         pids=policy.resources.pids,
         restart_max=_restarts(compose.restart),
         health=None
-        if health is None or health.disable
+        if health is None or health.disable or health.test == ["NONE"]  # Compose's two ways to turn it off
         else Health(
             test=tuple(health.test) if isinstance(health.test, list) else ("CMD-SHELL", health.test),
             interval=health.interval,

@@ -102,3 +102,29 @@ def test_policy_grants_only_what_is_allowed_and_not_denied() -> None:
 def test_malformed_policies_are_refused(text: str) -> None:
     with pytest.raises(PolicyError):
         parse_policy(text)
+
+
+@pytest.mark.parametrize(
+    ("healthcheck", "judged"),
+    [
+        ('{test: ["CMD", "true"]}', True),
+        ('{test: "true"}', True),
+        ('{test: ["NONE"]}', False),
+        ('{test: ["CMD", "true"], disable: true}', False),
+    ],
+)
+def test_a_compose_healthcheck_can_be_turned_off_both_ways(healthcheck: str, judged: bool) -> None:
+    text = f"""
+services:
+  web:
+    image: {IMAGE}
+    healthcheck: {healthcheck}
+x-edgefleet:
+  app: shop
+  version: 1.0.0
+  services:
+    web:
+      resources: {{memory: 128m, cpus: 0.5, pids: 100}}
+"""
+    (spec,) = release_specs(parse_manifest(text), facts=HostFacts(), environment={})
+    assert (spec.health is not None) is judged

@@ -1,5 +1,6 @@
-"""Update events: always acceptable to the outbox and the hub's schema, delivered or dropped knowingly,
-and an update that cannot be carried out is retried with growing delays, never in a loop."""
+"""The runner's logic above the engine: events always acceptable to the outbox and the hub, delivered or
+dropped knowingly; an update that cannot be carried out retried with growing delays, never in a loop;
+half-verified files dropped at start."""
 
 from __future__ import annotations
 
@@ -119,3 +120,14 @@ def test_an_update_that_meets_engine_trouble_is_retried_less_and_less_often(tmp_
     assert device.updates == [0.0, 30.0, 90.0]  # 30 s, then 60 s apart (120 s next): never a tight loop
     assert device.last_error is not None
     assert "engine is not answering" in device.last_error
+
+
+def test_recovery_drops_files_a_crash_left_half_verified(tmp_path: Path) -> None:
+    staging = tmp_path / "releases" / "web" / ".staging-3-1.2.0-abcd"
+    staging.mkdir(parents=True)
+    (staging / "compose.yaml").write_text("half")
+    installed = tmp_path / "releases" / "web" / "2-1.1.0"
+    installed.mkdir()
+    agent(tmp_path, FakeHub(), [0.0]).recover()
+    assert not staging.exists()
+    assert installed.exists()

@@ -10,6 +10,7 @@ app is left, and the journal has no unfinished transaction.
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -21,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.engine.docker import DockerEngine
+from edgefleet.agent.identity import saved_device_id
 from edgefleet.agent.journal import FORWARD
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub
-from tests.integration.agent.conftest import app_name
 from tests.integration.agent.test_agent_runner import app_text
 from tests.integration.agent.test_engine_podman import wait_running
 
@@ -57,36 +58,54 @@ class Device:
             return [phase for (phase,) in rows]
 
 
-@pytest.fixture
-def device(tmp_path: Path, podman_socket: str, busybox: str, apps: list[str]) -> Iterator[Device]:
-    """A device running APP 1.0.0, with 1.1.0 (healthy) and 1.2.0 (fails at start) published."""
-    hub = next(hub_process := start_hub(tmp_path, None))
-    keys = tmp_path / "keys"
+@dataclass
+class Published:
+    """A hub serving APP 1.0.0 and 1.1.0 (healthy) and 1.2.0 (fails at start), shared by the module's tests."""
+
+    hub: RunningHub
+    app: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterator[Published]:
+    root = tmp_path_factory.mktemp("crash-hub")
+    hub = next(hub_process := start_hub(root, None))
+    keys = root / "keys"
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
     assert hub.cli("repo", "init", "--keys", str(keys)).returncode == 0
-    app = app_name(apps, "crash")
+    app = f"crash-{secrets.token_hex(3)}"
     for version, web in (("1.0.0", None), ("1.1.0", None), ("1.2.0", FAILING)):
-        source = tmp_path / f"app-{version}"
+        source = root / f"app-{version}"
         source.mkdir()
         extra = {"web": web} if web else {"web_env": version}
         (source / "compose.yaml").write_text(app_text(app, version, busybox, **extra))
         published = hub.cli("release", "publish", str(source), "--keys", str(keys))
         assert published.returncode == 0, published.stderr
+    (root / "policy.toml").write_text('allow = ["network"]\n')
+    yield Published(hub, app, root)
+    next(hub_process, None)
+
+
+@pytest.fixture
+def device(tmp_path: Path, podman_socket: str, published: Published, apps: list[str]) -> Device:
+    """A new device of the shared hub, running APP 1.0.0 (what it leaves in the engine goes with the test)."""
+    hub = published.hub
+    apps.append(published.app)  # one device at a time runs the app; the `apps` fixture removes its objects
     token = json.loads(hub.cli("token", "create", "--fleet", "lab", "--json").stdout)["token"]
-    (tmp_path / "policy.toml").write_text('allow = ["network"]\n')
     data_dir = tmp_path / "dev"
     config = tmp_path / "agent.toml"
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{data_dir}"\n'
-        f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+        f'engine = "{podman_socket}"\npolicy = "{published.root / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
     )
-    enrolled = edgefleet("agent", "run", "--config", str(config), "--once", timeout=120)
+    made = Device(hub, config, data_dir, published.app, "")
+    enrolled = made.run("--once")
     assert enrolled.returncode == 0, enrolled.stderr
-    made = Device(hub, config, data_dir, app, json.loads(hub.cli("device", "list", "--json").stdout)[0]["id"])
+    made.id = saved_device_id(data_dir) or ""
     made.assign("1.0.0")
     assert made.run("--once").returncode == 0
-    yield made
-    next(hub_process, None)
+    return made
 
 
 def releases_running(podman_socket: str, device: Device) -> dict[str, str]:

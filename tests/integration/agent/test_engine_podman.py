@@ -76,7 +76,9 @@ def containers(engine: DockerEngine, app: str) -> dict[str, docker.models.contai
             found = engine.client.containers.list(
                 all=True, filters={"label": [f"{MANAGED}=true", f"io.edgefleet.app={app}"]}
             )
-        except docker.errors.NotFound:
+        except docker.errors.APIError as exc:  # NotFound, or Podman's 500 "does not exist in database"
+            if exc.status_code != 404 and "no such container" not in str(exc):
+                raise
             time.sleep(0.1)
             continue
         return {c.labels["io.edgefleet.service"]: c for c in found}

@@ -33,6 +33,10 @@ MAX_PARTIALS = 8
 log = logging.getLogger(__name__)
 
 
+class RangeIgnoredError(DownloadError):
+    """The server answered a range request with the whole file."""
+
+
 class HttpxFetcher(FetcherInterface):
     """Fetch over an `httpx.Client`, with a bearer token from `token` when given."""
 
@@ -68,8 +72,8 @@ class HttpxFetcher(FetcherInterface):
                 if exc.status_code != 416:
                     raise
                 kept = 0
-            except DownloadError:
-                kept = 0  # the server ignored the range: start over
+            except RangeIgnoredError:
+                kept = 0  # start over (a lost connection keeps what was received for the next attempt)
             if not kept and partial is not None:
                 partial.unlink(missing_ok=True)
                 first = self._open(url, 0)
@@ -103,7 +107,7 @@ class HttpxFetcher(FetcherInterface):
         if response.status_code != expected:
             response.close()
             if offset and response.status_code == 200:
-                raise DownloadError(f"{url}: the server ignored the range request")
+                raise RangeIgnoredError(f"{url}: the server ignored the range request")
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
         return response
 

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+
+from edgefleet.agent.durable import immediate
+from edgefleet.agent.errors import AgentError
 
 Phase = Literal[
     "verified",
@@ -57,7 +61,7 @@ CREATE INDEX IF NOT EXISTS transactions_open ON transactions (app, phase);
 """
 
 
-class JournalError(Exception):
+class JournalError(AgentError):
     """An impossible transition, a second open transaction for an app, or an unusable journal file."""
 
 
@@ -214,21 +218,8 @@ class Journal:
             (KEEP_FINISHED,),
         )
 
-    def _write(self) -> _Immediate:
-        return _Immediate(self._db)
-
-
-class _Immediate:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error): one durable write."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> None:
-        self._db.execute("ROLLBACK" if kind is not None else "COMMIT")
+    def _write(self) -> AbstractContextManager[None]:
+        return immediate(self._db, JournalError, "journal")
 
 
 def _transaction(row: sqlite3.Row) -> Transaction:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent.durable import immediate
+from edgefleet.agent.errors import AgentError
+
 MAX_EVENTS = 1000
 MAX_EVENT_BYTES = 16 * 1024
 BATCH = 100
@@ -27,7 +30,7 @@ CREATE TABLE IF NOT EXISTS report (id INTEGER PRIMARY KEY CHECK (id = 1), body T
 """
 
 
-class OutboxError(Exception):
+class OutboxError(AgentError):
     """The outbox file is unusable, or an event is too large to keep."""
 
 
@@ -60,8 +63,7 @@ class Outbox:
         body = json.dumps(dict(event), sort_keys=True)
         if len(body) > MAX_EVENT_BYTES:
             raise OutboxError(f"event of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db, OutboxError, "outbox"):
             seq = int(self._db.execute("INSERT INTO events (body) VALUES (?)", (body,)).lastrowid or 0)
             (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
             excess = count - self._limit
@@ -74,49 +76,51 @@ class Outbox:
                     " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                     (excess,),
                 )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return seq
 
     def pending(self, limit: int = BATCH) -> Pending:
-        rows = self._db.execute("SELECT seq, body FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        rows = self._read("SELECT seq, body FROM events ORDER BY seq LIMIT ?", (limit,))
         return Pending(tuple((int(seq), json.loads(body)) for seq, body in rows), self.dropped())
 
     def dropped(self) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._read("SELECT value FROM counters WHERE name = 'dropped'")
+        return int(rows[0][0]) if rows else 0
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox unreadable: {exc}") from exc
 
     def acknowledge(self, through: int, *, dropped: int) -> None:
         """The hub has every event up to `through`, and was told of `dropped` dropped ones."""
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
-        self._db.execute("UPDATE counters SET value = MAX(0, value - ?) WHERE name = 'dropped'", (dropped,))
-        self._db.execute("COMMIT")
+        with immediate(self._db, OutboxError, "outbox"):
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+            self._db.execute("UPDATE counters SET value = MAX(0, value - ?) WHERE name = 'dropped'", (dropped,))
 
     def discard(self, through: int) -> None:
         """Drop the events up to `through` undelivered (the hub refused them); they count as dropped."""
-        self._db.execute("BEGIN IMMEDIATE")
-        (count,) = self._db.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (through,)).fetchone()
-        self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES ('dropped', ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            (count,),
-        )
-        self._db.execute("COMMIT")
+        with immediate(self._db, OutboxError, "outbox"):
+            (count,) = self._db.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (through,)).fetchone()
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+            self._db.execute(
+                "INSERT INTO counters (name, value) VALUES ('dropped', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (count,),
+            )
 
     def keep_report(self, properties: Mapping[str, Any]) -> None:
         """The latest state report, until it is delivered (a newer one replaces it)."""
         body = json.dumps(dict(properties), sort_keys=True, default=str)
-        self._db.execute("INSERT OR REPLACE INTO report (id, body) VALUES (1, ?)", (body,))
+        with immediate(self._db, OutboxError, "outbox"):
+            self._db.execute("INSERT OR REPLACE INTO report (id, body) VALUES (1, ?)", (body,))
 
     def report(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT body FROM report WHERE id = 1").fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        rows = self._read("SELECT body FROM report WHERE id = 1")
+        return dict(json.loads(rows[0][0])) if rows else None
 
     def delivered_report(self, properties: Mapping[str, Any]) -> None:
         """Forget the kept report if it still is `properties` (a newer one stays)."""
         body = json.dumps(dict(properties), sort_keys=True, default=str)
-        self._db.execute("DELETE FROM report WHERE id = 1 AND body = ?", (body,))
+        with immediate(self._db, OutboxError, "outbox"):
+            self._db.execute("DELETE FROM report WHERE id = 1 AND body = ?", (body,))

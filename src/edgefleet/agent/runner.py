@@ -391,7 +391,12 @@ class Agent:
         Raises:
             HubUnreachableError: the hub could not be reached (the caller backs off).
         """
-        self.deliver()
+        try:
+            self.deliver()
+        except HubUnreachableError:
+            raise
+        except AgentError as exc:  # the outbox's file in trouble: polling and updating go on without it
+            log.error("events not delivered: %s", exc)
         target, etag = self.client.target_state(self.identity, wait=self.poll_wait, etag=self.etag)
         changed = target is not None
         if changed or (self.retry and self.clock() >= self.retry_at):
@@ -400,6 +405,9 @@ class Agent:
                 self.update()
             except UpdateRefusedError as exc:
                 self.last_error = f"update refused ({exc.reason}): {exc.message}"[:500]
+                # Bytes that did not match may be a damaged download (kept across a power loss), not
+                # a forgery: it is fetched anew later, with the same growing delays as engine trouble.
+                self.retry = exc.reason == "hash_mismatch"
             except PermissionRefusedError as exc:
                 self.last_error = str(exc)[:500]
             except HubUnreachableError:
@@ -452,7 +460,13 @@ class Agent:
                 break
         kept = self.outbox.report()
         if kept is not None:
-            self.client.report(self.identity, kept)
+            try:
+                self.client.report(self.identity, kept)
+            except HubRefusedError as exc:
+                if exc.status not in REFUSED_FOR_GOOD:
+                    log.warning("hub refused the state report for now (%s); keeping it", exc)
+                    return
+                log.error("hub refused the state report (%s); dropping it", exc)  # a newer one follows
             self.outbox.delivered_report(kept)
 
     def report(self) -> None:

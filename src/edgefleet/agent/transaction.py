@@ -26,6 +26,7 @@ exactly its old release or its new one.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
-from edgefleet.agent.journal import Journal, Phase, Transaction
+from edgefleet.agent.journal import Journal, JournalError, Phase, Transaction
 from edgefleet.agent.plan import (
     CreateContainer,
     CreateNetwork,
@@ -211,6 +212,9 @@ class Updater:
             return Outcome("no-space", None, reason=str(exc))
         except EngineError as exc:
             return Outcome("retry", None, reason=f"could not be carried out: {exc}"[:500])
+        for stale in self._journal.unfinished():  # a rollback an engine error cut short: finish it first
+            if stale.app == app:
+                self.rollback(stale, stale.error or f"left unfinished while {stale.phase}")
         tx = self._journal.begin(
             app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT
         )
@@ -218,10 +222,14 @@ class Updater:
             return self._carry_out(
                 tx, change, specs, strategy=strategy, health_window=health_window, restart_limit=restart_limit
             )
-        except (EngineError, OSError, RuntimeError) as exc:
+        except (EngineError, JournalError, OSError, RuntimeError) as exc:
             log.error("%s: update to %s could not be carried out: %s", app, to_release, exc)
             reason = f"could not be carried out: {exc}"[:500]
-            return Outcome("retry", self.rollback(self._journal.get(tx.id), reason), reason=reason)
+            try:
+                tx = self._journal.get(tx.id)  # with the detail of the last phase recorded
+            except (JournalError, sqlite3.Error) as unreadable:
+                log.error("%s: %s", app, unreadable)
+            return Outcome("retry", self.rollback(tx, reason), reason=reason)
 
     def _check_space(self, change: Change, image_bytes: Mapping[str, int]) -> None:
         if not change.fetch:
@@ -288,7 +296,10 @@ class Updater:
             return Outcome("failed", self.rollback(tx, reason), result, reason=reason, logs=logs)
         tx = self._advance(tx, "committed")
         for service, container_id in change.retire:  # hand-over: the old ones are still running until here
-            self._engine.execute(RemoveContainer(app, service, container_id), keyed)
+            try:
+                self._engine.execute(RemoveContainer(app, service, container_id), keyed)
+            except EngineError as exc:  # committed is committed: the next reconcile removes what is left
+                log.error("%s: old %s container left after commit: %s", app, service, exc)
         return Outcome("committed", tx, result)
 
     def _stop(self, app: str, change: Change, keyed: Mapping[tuple[str, str], ContainerSpec]) -> None:
@@ -377,9 +388,18 @@ class Updater:
         return tcp_ok(address, probe.port, timeout=probe.timeout)
 
     def rollback(self, tx: Transaction, reason: str) -> Transaction:
-        """Remove the new containers, start the old ones again; journaled before and after."""
+        """Remove the new containers, start the old ones again; journaled before and after.
+
+        The engine side is done even when the journal cannot be written (a full disk): the
+        old release running matters more than the record, which recovery completes later.
+        An engine error stops the rollback where it is; the transaction stays unfinished and
+        is rolled back again before the app's next update, or at the next start.
+        """
         if tx.phase != "rolling-back":
-            tx = self._journal.advance(tx, "rolling-back", timeout=PHASE_TIMEOUT, error=reason)
+            try:
+                tx = self._journal.advance(tx, "rolling-back", timeout=PHASE_TIMEOUT, error=reason)
+            except JournalError as exc:
+                log.error("rollback of %s: %s", tx.app, exc)
         self._fault("rolling-back")
         new: dict[str, str] = tx.detail.get("new", {})
         old: dict[str, str] = tx.detail.get("old", {})
@@ -395,7 +415,11 @@ class Updater:
             except EngineError as exc:  # keep starting the others; the next reconcile repairs the rest
                 log.error("rollback: cannot start %s/%s: %s", tx.app, service, exc)
         log.warning("%s: rolled back %s -> %s: %s", tx.app, tx.to_release, tx.from_release, reason)
-        return self._journal.advance(tx, "rolled-back")
+        try:
+            return self._journal.advance(tx, "rolled-back")
+        except JournalError as exc:
+            log.error("rollback of %s: %s", tx.app, exc)
+            return tx
 
     def recover(self) -> list[Transaction]:
         """Roll back every transaction a crash interrupted; call before anything else at start."""

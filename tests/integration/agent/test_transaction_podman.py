@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from edgefleet.agent.engine.docker import DockerEngine
+from edgefleet.agent.errors import EngineError
 from edgefleet.agent.journal import FORWARD, Journal
+from edgefleet.agent.plan import RemoveContainer, Step
 from edgefleet.agent.reconcile import reconcile
-from edgefleet.agent.spec import HostFacts, release_specs
+from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
 from edgefleet.agent.transaction import PHASE_TIMEOUT, Updater
 from edgefleet.manifest import Release, parse_manifest
 from tests.integration.agent.conftest import app_name
@@ -322,3 +326,51 @@ def test_a_phase_past_its_deadline_rolls_back(
     wait_running(engine, app, 2)
     assert {name: c.id for name, c in containers(engine, app).items()} == before
     assert journal.unfinished() == []
+
+
+class Flaky:
+    """The real engine, except that its next `failures` container removals fail."""
+
+    def __init__(self, engine: DockerEngine, failures: int) -> None:
+        self.engine, self.failures = engine, failures
+
+    def execute(self, step: Step, specs: Mapping[tuple[str, str], ContainerSpec]) -> None:
+        if isinstance(step, RemoveContainer) and self.failures > 0:
+            self.failures -= 1
+            raise EngineError(f"cannot remove {step.container_id[:12]}: injected")
+        self.engine.execute(step, specs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def test_a_rollback_the_engine_cut_short_is_finished_before_the_next_update(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    app, before = running
+    journal = Journal(tmp_path / "journal.db")
+    failing = release(app, busybox, "1.1.0", web="exit 3")
+    flaky = Flaky(engine, failures=2)  # the rollback fails, and so does the second try at it
+    with pytest.raises(EngineError, match="injected"):
+        update(cast(DockerEngine, flaky), journal, failing)
+    assert [tx.phase for tx in journal.unfinished()] == ["rolling-back"]
+
+    healthy = release(app, busybox, "1.2.0", web=SERVE.format(word="new"))
+    assert update(engine, journal, healthy).committed  # the unfinished rollback is completed first
+    assert journal.unfinished() == []
+    wait_running(engine, app, 2)
+    now = containers(engine, app)
+    assert now["db"].id == before["db"]
+    assert now["web"].labels["io.edgefleet.release"] == "1.2.0"
+
+
+def test_old_containers_that_resist_removal_after_commit_do_not_undo_it(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    app, before = running
+    journal = Journal(tmp_path / "journal.db")
+    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"), strategy="hand-over")
+    outcome = update(cast(DockerEngine, Flaky(engine, failures=1)), journal, new, window=2)
+    assert outcome.committed
+    assert journal.last(app).phase == "committed"
+    assert before["web"] in {c.id for c in engine.client.containers.list(all=True)}  # left for reconcile

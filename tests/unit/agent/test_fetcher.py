@@ -105,6 +105,19 @@ def test_a_download_given_up_resumes_on_the_next_attempt_from_what_was_kept(serv
     assert list(partial.iterdir()) == []  # nothing kept once complete
 
 
+def test_a_kept_partial_survives_an_attempt_that_cannot_connect(tmp_path) -> None:
+    partial = tmp_path / "partial"
+    url = "http://127.0.0.1:9/targets/blob"  # nothing listens: the link is still down
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, partial_dir=partial)
+        kept = fetcher._partial(url)
+        assert kept is not None
+        kept.write_bytes(BODY[:100])
+        with pytest.raises(DownloadError):
+            fetcher.download_bytes(url, len(BODY))
+    assert kept.read_bytes() == BODY[:100]
+
+
 def test_a_kept_partial_is_never_used_for_another_url_nor_for_metadata(server: str, tmp_path) -> None:
     partial = tmp_path / "partial"
     Flaky.drops = 10

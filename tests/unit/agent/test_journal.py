@@ -103,3 +103,15 @@ def test_an_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "j.db").write_bytes(b"not a database" * 100)
     with pytest.raises(JournalError, match="unusable journal"):
         Journal(tmp_path / "j.db")
+
+
+def test_a_journal_that_cannot_be_written_says_so_as_its_own_error(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    tx = journal.begin("web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=timedelta(1))
+    blocker = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the file, as a failing disk would refuse it
+    journal._db.execute("PRAGMA busy_timeout = 50")
+    with pytest.raises(JournalError, match="journal unwritable"):
+        journal.advance(tx, "downloading", timeout=timedelta(1))
+    blocker.execute("ROLLBACK")
+    assert journal.advance(tx, "downloading", timeout=timedelta(1)).phase == "downloading"  # nothing left half-done

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.agent.errors import EngineError, HubRefusedError
-from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
+from edgefleet.agent.errors import EngineError, HubRefusedError, UpdateRefusedError
+from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
 from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, event, printable
 from edgefleet.protocol import DeviceEvent
 
@@ -47,8 +48,10 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.refusal: HubRefusedError | None = None
+        self.report_refusal: HubRefusedError | None = None
         self.batches: list[tuple[list[int], int]] = []
-        self.target = {"changed": True}
+        self.reports: list[object] = []
+        self.target: dict[str, bool] | None = {"changed": True}
 
     def events(self, _identity: object, events: list[dict[str, Any]], *, dropped: int) -> int:
         if self.refusal is not None:
@@ -56,8 +59,10 @@ class FakeHub:
         self.batches.append(([e["seq"] for e in events], dropped))
         return int(events[-1]["seq"]) if events else 0
 
-    def report(self, _identity: object, _properties: object) -> None:
-        pass
+    def report(self, _identity: object, properties: object) -> None:
+        if self.report_refusal is not None:
+            raise self.report_refusal
+        self.reports.append(properties)
 
     def target_state(self, _identity: object, *, wait: float, etag: str | None) -> tuple[object, str]:
         changed, self.target = self.target, None
@@ -65,13 +70,14 @@ class FakeHub:
 
 
 class OfflineAgent(Agent):
-    """An agent whose update always meets engine trouble; nothing else touches an engine."""
+    """An agent whose update always meets `trouble` (engine trouble); nothing else touches an engine."""
 
     updates: list[float]
+    trouble: Exception = EngineError("the engine is not answering")
 
     def update(self) -> None:
         self.updates.append(self.clock())
-        raise EngineError("the engine is not answering")
+        raise self.trouble
 
     def apply(self) -> int:
         return 0
@@ -120,6 +126,46 @@ def test_an_update_that_meets_engine_trouble_is_retried_less_and_less_often(tmp_
     assert device.updates == [0.0, 30.0, 90.0]  # 30 s, then 60 s apart (120 s next): never a tight loop
     assert device.last_error is not None
     assert "engine is not answering" in device.last_error
+
+
+@pytest.mark.parametrize(("reason", "tries"), [("hash_mismatch", [0.0, 30.0, 90.0]), ("signature", [0.0])])
+def test_a_damaged_download_is_fetched_again_later_but_a_forgery_is_not(
+    tmp_path: Path, reason: str, tries: list[float]
+) -> None:
+    now = [0.0]
+    device = agent(tmp_path, FakeHub(), now)
+    device.trouble = UpdateRefusedError(reason, "the bytes do not match what was signed")
+    for t in range(0, 200):
+        now[0] = float(t)
+        device.cycle()
+    assert device.updates == tries
+    assert device.last_error is not None
+    assert f"update refused ({reason})" in device.last_error
+
+
+def test_a_report_the_hub_refuses_for_good_is_dropped_and_the_agent_goes_on(tmp_path: Path) -> None:
+    hub = FakeHub()
+    device = agent(tmp_path, hub, [0.0])
+    device.outbox.keep_report({"apps": {"x" * 10: "too big, say"}})
+    hub.report_refusal = HubRefusedError(403, "device_pending", "not accepted yet")
+    device.deliver()
+    assert device.outbox.report() is not None  # kept for later
+    hub.report_refusal = HubRefusedError(400, "reported_too_large", "over 16 KiB")
+    device.deliver()
+    assert device.outbox.report() is None  # dropped: sending it again would never succeed
+    hub.report_refusal = None
+    device.outbox.keep_report({"apps": {}})
+    device.deliver()
+    assert hub.reports == [{"apps": {}}]
+
+
+def test_an_unusable_outbox_does_not_stop_polling_and_updating(tmp_path: Path) -> None:
+    device = agent(tmp_path, FakeHub(), [0.0])
+    device.outbox.close()  # any SQLite failure: a full disk, a damaged file
+    with pytest.raises(OutboxError):
+        device.outbox.pending()
+    device.cycle()
+    assert device.updates == [0.0]
 
 
 def test_recovery_drops_files_a_crash_left_half_verified(tmp_path: Path) -> None:

@@ -204,6 +204,9 @@ class Updater:
         the status ``retry``.
         """
         try:
+            for stale in self._journal.unfinished():  # a rollback an engine error cut short: finish it first
+                if stale.app == app:
+                    self.rollback(stale, stale.error or f"left unfinished while {stale.phase}")
             observed = self._engine.observe(frozenset(s.image for s in specs.values()))
             change = plan_change(observed, app, specs, volumes)
             self._check_space(change, image_bytes or {})
@@ -212,9 +215,6 @@ class Updater:
             return Outcome("no-space", None, reason=str(exc))
         except EngineError as exc:
             return Outcome("retry", None, reason=f"could not be carried out: {exc}"[:500])
-        for stale in self._journal.unfinished():  # a rollback an engine error cut short: finish it first
-            if stale.app == app:
-                self.rollback(stale, stale.error or f"left unfinished while {stale.phase}")
         tx = self._journal.begin(
             app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT
         )

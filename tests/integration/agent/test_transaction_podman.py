@@ -362,6 +362,7 @@ def test_a_rollback_the_engine_cut_short_is_finished_before_the_next_update(
     now = containers(engine, app)
     assert now["db"].id == before["db"]
     assert now["web"].labels["io.edgefleet.release"] == "1.2.0"
+    assert states(engine, app) == [("db", "1.0.0", "running"), ("web", "1.2.0", "running")]  # nothing else left
 
 
 def test_old_containers_that_resist_removal_after_commit_do_not_undo_it(

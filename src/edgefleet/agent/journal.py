@@ -61,6 +61,10 @@ CREATE INDEX IF NOT EXISTS transactions_open ON transactions (app, phase);
 """
 
 
+INTERRUPTED = "interrupted while "
+"""How the reason of a transaction recovered at start begins."""
+
+
 class JournalError(AgentError):
     """An impossible transition, a second open transaction for an app, or an unusable journal file."""
 
@@ -125,9 +129,19 @@ class Journal:
         self._db.close()
 
     def begin(
-        self, app: str, *, from_release: str | None, to_release: str, strategy: str, timeout: timedelta
+        self,
+        app: str,
+        *,
+        from_release: str | None,
+        to_release: str,
+        strategy: str,
+        timeout: timedelta,
+        mark: str | None = None,
     ) -> Transaction:
         """Record a verified update of `app` (the first phase); refused while another is unfinished.
+
+        `mark` names the assignment being carried out (kept in the detail), so interruptions
+        of the same assignment can be counted (`interruptions`).
 
         Raises:
             JournalError: `app` has an unfinished transaction.
@@ -138,7 +152,7 @@ class Journal:
                 raise JournalError(f"{app} already has an unfinished update")
             cursor = self._db.execute(
                 "INSERT INTO transactions (app, from_release, to_release, strategy, phase, deadline, started_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 'verified', ?, ?, ?)",
+                " updated_at, detail) VALUES (?, ?, ?, ?, 'verified', ?, ?, ?, ?)",
                 (
                     app,
                     from_release,
@@ -147,6 +161,7 @@ class Journal:
                     (now + timeout).isoformat(),
                     now.isoformat(),
                     now.isoformat(),
+                    json.dumps({"mark": mark} if mark else {}),
                 ),
             )
             row_id = cursor.lastrowid
@@ -194,6 +209,18 @@ class Journal:
             "SELECT * FROM transactions WHERE phase NOT IN ('committed', 'rolled-back') ORDER BY id"
         ).fetchall()
         return [_transaction(row) for row in rows]
+
+    def interruptions(self, app: str, mark: str) -> int:
+        """How many of `app`'s latest transactions in a row carried out `mark` and were cut short (recovered)."""
+        rows = self._db.execute(
+            "SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT ?", (app, KEEP_FINISHED)
+        ).fetchall()
+        count = 0
+        for tx in map(_transaction, rows):
+            if tx.detail.get("mark") != mark or not (tx.error or "").startswith(INTERRUPTED):
+                break
+            count += 1
+        return count
 
     def last(self, app: str) -> Transaction | None:
         row = self._db.execute("SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)).fetchone()

@@ -170,6 +170,8 @@ def release_mark(counter: int, version: str, retry: int) -> str:
     return f"{counter}-{version}" + (f"-retry{retry}" if retry else "")
 
 
+MAX_INTERRUPTIONS = 2
+"""Updates of one assignment cut short in a row (agent or device gone) before it counts as failed."""
 REFUSED_FOR_GOOD = frozenset({400, 413, 422})
 """Statuses that say an event batch itself is bad: sending it again would never succeed."""
 UPDATE_RETRY_FIRST = 30.0
@@ -276,6 +278,26 @@ class Agent:
                 self.last_error = f"{app} {custom.version} failed on this device; staying on {staying}"
                 continue
             failed.pop(app, None)
+            interrupted = self.journal.interruptions(app, mark)
+            if interrupted >= MAX_INTERRUPTIONS:
+                # Each try ended with the agent or the device gone (a release that exhausts memory, a
+                # watchdog reboot): trying once more would only do it again. Failed, as if unhealthy.
+                failed[app] = mark
+                staying = current.version if current else "nothing"
+                reason = f"interrupted {interrupted} times in a row while updating (the agent or device stopped)"
+                self.last_error = f"{app} {custom.version} failed on this device: {reason}; staying on {staying}"
+                log.error("%s", self.last_error)
+                self.outbox.add(
+                    event(
+                        None,
+                        app,
+                        "failed",
+                        reason=reason,
+                        from_release=current.version if current else None,
+                        to_release=custom.version,
+                    )
+                )
+                continue
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
@@ -285,7 +307,7 @@ class Agent:
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
-            outcome = self._switch(app, release.manifest, current, environment, bundles)
+            outcome = self._switch(app, release.manifest, current, environment, bundles, mark)
             if outcome.status == "committed":
                 installed[app] = Installed(
                     release.version,
@@ -312,6 +334,7 @@ class Agent:
         current: Installed | None,
         environment: dict[str, str],
         bundles: dict[str, Path],
+        mark: str,
     ) -> Outcome:
         """Move `app` to a verified release as a transaction; the outcome becomes an event for the hub."""
         made = checked_specs(release, self.policy, facts=self.facts, environment=environment)
@@ -326,6 +349,7 @@ class Agent:
             restart_limit=min((s.restart_max for s in specs.values()), default=0),
             strategy=release.update.strategy,
             image_bytes={image: archive.stat().st_size for image, archive in bundles.items()},
+            mark=mark,
         )
         tx = outcome.transaction
         status = {"committed": "committed", "failed": "failed", "retry": "rolled-back", "no-space": "no-space"}

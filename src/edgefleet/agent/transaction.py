@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
-from edgefleet.agent.journal import Journal, JournalError, Phase, Transaction
+from edgefleet.agent.journal import INTERRUPTED, Journal, JournalError, Phase, Transaction
 from edgefleet.agent.plan import (
     CreateContainer,
     CreateNetwork,
@@ -196,8 +196,11 @@ class Updater:
         restart_limit: int,
         strategy: Strategy = "download-then-kill",
         image_bytes: Mapping[str, int] | None = None,
+        mark: str | None = None,
     ) -> Outcome:
         """Move `app` to the release whose containers are `specs` (service -> spec), or back on failure.
+
+        `mark` names the assignment carried out (`Journal.begin`).
 
         `image_bytes` gives the signed size of images known in advance (bundled archives),
         for the free-space check. An engine or disk failure on the way rolls back too, with
@@ -216,7 +219,7 @@ class Updater:
         except EngineError as exc:
             return Outcome("retry", None, reason=f"could not be carried out: {exc}"[:500])
         tx = self._journal.begin(
-            app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT
+            app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT, mark=mark
         )
         try:
             return self._carry_out(
@@ -423,7 +426,10 @@ class Updater:
 
     def recover(self) -> list[Transaction]:
         """Roll back every transaction a crash interrupted; call before anything else at start."""
-        return [self.rollback(tx, tx.error or f"interrupted while {tx.phase}") for tx in self._journal.unfinished()]
+        return [
+            self.rollback(tx, f"{INTERRUPTED}{tx.phase}" + (f" ({tx.error})" if tx.error else ""))
+            for tx in self._journal.unfinished()
+        ]
 
 
 @dataclass

@@ -52,6 +52,10 @@ class Device:
         assigned = self.hub.cli("device", "assign", self.id, f"{self.app}@{version}")
         assert assigned.returncode == 0, assigned.stderr
 
+    def attempts(self) -> int:
+        with sqlite3.connect(self.data_dir / "journal.db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
+
     def unfinished(self) -> list[str]:
         with sqlite3.connect(self.data_dir / "journal.db") as db:
             rows = db.execute("SELECT phase FROM transactions WHERE phase NOT IN ('committed', 'rolled-back')")
@@ -177,3 +181,29 @@ def test_containers_killed_mid_switch_end_on_the_old_or_the_new_release(
     wait_running(engine, device.app, 2)
     assert releases_running(podman_socket, device)["web"] in ("1.0.0", "1.1.0")
     assert device.unfinished() == []
+
+
+def test_a_release_that_keeps_killing_the_agent_is_not_tried_a_third_time(
+    device: Device, podman_socket: str, engine: DockerEngine
+) -> None:
+    device.assign("1.1.0")
+    for _ in range(2):  # each try dies while the new release is judged (as if it exhausted the device)
+        crashed = device.crash_at("probing")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    attempts = device.attempts()
+
+    again = device.run("--once")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert device.attempts() == attempts  # rolled back, and not tried again
+    engine.owner = device.id
+    wait_running(engine, device.app, 2)
+    assert releases_running(podman_socket, device)["web"] == "1.0.0"
+    shown = json.loads(device.hub.cli("device", "show", device.id, "--json").stdout)["updates"][device.app]
+    assert (shown["status"], shown["to_release"]) == ("failed", "1.1.0")
+    assert "interrupted 2 times" in shown["reason"]
+
+    # An operator's retry is a new decision: the release is tried (and, healthy now, commits).
+    assert device.hub.cli("device", "retry", device.id).returncode == 0
+    assert device.run("--once").returncode == 0
+    wait_running(engine, device.app, 2)
+    assert releases_running(podman_socket, device)["web"] == "1.1.0"

@@ -12,6 +12,8 @@ import pytest
 
 from edgefleet.agent.journal import FORWARD, Journal, JournalError, allowed
 
+HOUR = timedelta(hours=1)
+
 T0 = datetime(2026, 11, 22, 12, tzinfo=UTC)
 
 
@@ -115,3 +117,23 @@ def test_a_journal_that_cannot_be_written_says_so_as_its_own_error(tmp_path: Pat
         journal.advance(tx, "downloading", timeout=timedelta(1))
     blocker.execute("ROLLBACK")
     assert journal.advance(tx, "downloading", timeout=timedelta(1)).phase == "downloading"  # nothing left half-done
+
+
+def test_interruptions_count_only_the_latest_tries_of_one_assignment_in_a_row(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+
+    def attempt(mark: str, error: str | None) -> None:
+        tx = journal.begin(
+            "web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR, mark=mark
+        )
+        tx = journal.advance(tx, "rolling-back", timeout=HOUR, error=error)
+        journal.advance(tx, "rolled-back")
+
+    assert journal.interruptions("web", "2-1.1.0") == 0
+    attempt("2-1.1.0", "interrupted while probing")
+    attempt("2-1.1.0", "web: exited with code 3")  # a verdict breaks the run
+    attempt("2-1.1.0", "interrupted while switching")
+    attempt("2-1.1.0", "interrupted while probing (web: slow)")
+    assert journal.interruptions("web", "2-1.1.0") == 2
+    assert journal.interruptions("web", "2-1.1.0-retry1") == 0  # an operator's retry starts afresh
+    assert journal.interruptions("db", "2-1.1.0") == 0

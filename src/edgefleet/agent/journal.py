@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from edgefleet.agent.durable import immediate
+from edgefleet.agent.durable import connect, immediate
 from edgefleet.agent.errors import AgentError
 
 Phase = Literal[
@@ -116,13 +116,7 @@ class Journal:
 
     def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._clock = clock
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise JournalError(f"{path}: unusable journal: {exc}") from exc
+        self._db = connect(path, _SCHEMA, JournalError, "journal")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.agent.durable import immediate
+from edgefleet.agent.durable import connect, immediate
 from edgefleet.agent.errors import AgentError
 
 MAX_EVENTS = 1000
@@ -47,13 +47,7 @@ class Outbox:
 
     def __init__(self, path: Path, *, limit: int = MAX_EVENTS) -> None:
         self._limit = limit
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{path}: unusable outbox: {exc}") from exc
+        self._db = connect(path, _SCHEMA, OutboxError, "outbox")
 
     def close(self) -> None:
         self._db.close()

@@ -11,7 +11,8 @@ reconciled against them), events and the latest state report wait on disk, and t
 grows exponentially with full jitter up to a ceiling. Only outbound connections.
 
 After a commit the agent keeps the new and the previous release of the app (files and
-images, so rolling back needs no network) and removes older ones.
+images: going back to it pulls no image, though its files are verified and fetched again)
+and removes older ones.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Installed:
     release_counter: int
     directory: str
     previous: str | None = None
-    """Directory of the release that ran before, kept (with its images) so rolling back needs no network."""
+    """Directory of the release that ran before, kept with its images (going back to it pulls no image)."""
 
 
 class AgentEngine(Engine, TransactionEngine, Protocol):

@@ -366,9 +366,11 @@ class Updater:
             if state.health in ("healthy", "unhealthy"):
                 results.append((state.health, None))
             else:
-                passed = self._engine.probe(container_id, _probe_argv(health.test), timeout=health.timeout)
                 check = checks.setdefault((spec.service, 0), _Check())
-                results.append((check.record(passed, health.retries, health.start_period, elapsed), None))
+                if check.due(elapsed):
+                    passed = self._engine.probe(container_id, _probe_argv(health.test), timeout=health.timeout)
+                    check.record(passed, health.retries, health.start_period, elapsed, interval=health.interval)
+                results.append((check.status, None))
         for index, probe in enumerate(spec.probes, start=1):
             if container_id not in addresses and probe.kind != "exec":
                 addresses[container_id] = self._engine.address(container_id, app)
@@ -434,17 +436,29 @@ class Updater:
 
 @dataclass
 class _Check:
-    """A check the agent runs itself: healthy after a pass, unhealthy after `retries` failures in a row."""
+    """A check the agent runs itself: healthy after a pass, unhealthy after `retries` failures in a row.
+
+    It runs once per `interval` (a Compose healthcheck's own; probes every round), and
+    between runs its last status stands.
+    """
 
     failures: int = 0
+    status: str = "starting"
+    next_run: float = 0.0
 
-    def record(self, ok: bool, retries: int, start_period: float, elapsed: timedelta) -> str:
+    def due(self, elapsed: timedelta) -> bool:
+        return elapsed.total_seconds() >= self.next_run
+
+    def record(self, ok: bool, retries: int, start_period: float, elapsed: timedelta, interval: float = 0.0) -> str:
+        self.next_run = elapsed.total_seconds() + interval
         if ok:
             self.failures = 0
-            return "healthy"
-        if elapsed.total_seconds() >= start_period:
-            self.failures += 1
-        return "unhealthy" if self.failures >= retries else "starting"
+            self.status = "healthy"
+        else:
+            if elapsed.total_seconds() >= start_period:
+                self.failures += 1
+            self.status = "unhealthy" if self.failures >= retries else "starting"
+        return self.status
 
 
 def _probe_argv(test: tuple[str, ...]) -> tuple[str, ...]:

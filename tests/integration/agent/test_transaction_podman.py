@@ -375,3 +375,17 @@ def test_old_containers_that_resist_removal_after_commit_do_not_undo_it(
     assert outcome.committed
     assert journal.last(app).phase == "committed"
     assert before["web"] in {c.id for c in engine.client.containers.list(all=True)}  # left for reconcile
+
+
+def test_the_agent_runs_a_compose_healthcheck_at_its_own_interval(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    """A service healthy after 2 s, checked every 3 s with 2 retries: healthy at the second check, as in
+    Compose. Run every second instead, the check would fail twice before the service is up."""
+    app, _ = running
+    slow = "sleep 2; touch /tmp/up; " + SERVE.format(word="new")
+    check = '    healthcheck: {test: ["CMD", "test", "-f", "/tmp/up"], interval: 3s, retries: 2}'
+    outcome = update(
+        engine, Journal(tmp_path / "journal.db"), release(app, busybox, "1.1.0", web=slow, healthcheck=check), window=6
+    )
+    assert outcome.committed, outcome.reason

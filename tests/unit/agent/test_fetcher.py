@@ -51,7 +51,7 @@ class Flaky(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    Flaky.requests = []
+    Flaky.requests, Flaky.drops = [], 0  # nothing carried over from the test that ran before
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -15,7 +15,7 @@ keyword); ``and``, ``or``, ``not`` and ``in`` are keywords. Errors name the posi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 MAX_TEXT = 2048
@@ -185,18 +185,20 @@ class _Parser:
         return result
 
     def _or(self, depth: int) -> Selector:
-        terms = [self._and(depth)]
-        while self._keyword("or"):
-            self.at += 1
-            terms.append(self._and(depth))
-        return terms[0] if len(terms) == 1 else AnyOf(tuple(terms))
+        terms = self._chain("or", self._and, depth)
+        return terms[0] if len(terms) == 1 else AnyOf(terms)
 
     def _and(self, depth: int) -> Selector:
-        terms = [self._not(depth)]
-        while self._keyword("and"):
+        terms = self._chain("and", self._not, depth)
+        return terms[0] if len(terms) == 1 else AllOf(terms)
+
+    def _chain(self, word: str, operand: Callable[[int], Selector], depth: int) -> tuple[Selector, ...]:
+        """`operand (word operand)*`: the operands."""
+        terms = [operand(depth)]
+        while self._keyword(word):
             self.at += 1
-            terms.append(self._not(depth))
-        return terms[0] if len(terms) == 1 else AllOf(tuple(terms))
+            terms.append(operand(depth))
+        return tuple(terms)
 
     def _not(self, depth: int) -> Selector:
         if self._keyword("not"):

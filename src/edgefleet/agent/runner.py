@@ -184,7 +184,7 @@ EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
 
 def printable(text: str, limit: int) -> str:
     """Text the hub accepts: no NUL, valid UTF-8, at most `limit` characters (the end is kept: it says most)."""
-    clean = text.replace("\x00", "").encode("utf-8", errors="replace").decode("utf-8", errors="replace")
+    clean = text.replace("\x00", "").encode("utf-8", errors="replace").decode("utf-8")
     return clean[-limit:]
 
 
@@ -444,7 +444,8 @@ class Agent:
             if self.last_error:
                 log.error("%s", self.last_error)
             if self.retry:  # disk or engine trouble: try again later, less often each time (no retry loops)
-                self.retry_at = self.clock() + min(UPDATE_RETRY_MAX, UPDATE_RETRY_FIRST * 2.0 ** min(self.retries, 16))
+                delay = next_delay(self.retries, initial=UPDATE_RETRY_FIRST, ceiling=UPDATE_RETRY_MAX, rand=lambda: 1.0)
+                self.retry_at = self.clock() + delay  # no jitter: one device's own retries, not a fleet's
                 self.retries += 1
             else:
                 self.retries = 0

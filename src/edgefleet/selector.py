@@ -284,3 +284,84 @@ class _Parser:
         if token.kind == "end":
             return "the end"
         return f'"{token.text}"' if token.kind == "quoted" else f"'{token.text}'"
+
+
+# --- overlap: could one device match both selectors? ------------------------------------
+
+MAX_OVERLAP_STEPS = 100_000
+"""Search budget of `overlaps`; past it, the answer is the cautious one (they may overlap)."""
+_ABSENT = None
+
+
+def keys_and_values(selector: Selector) -> dict[str, set[str]]:
+    """Every tag key the selector reads, with the values it compares that key to."""
+    found: dict[str, set[str]] = {}
+    stack: list[Selector] = [selector]
+    while stack:
+        match stack.pop():
+            case Has(key):
+                found.setdefault(key, set())
+            case Equals(key, value) | NotEquals(key, value):
+                found.setdefault(key, set()).add(value)
+            case In(key, values):
+                found.setdefault(key, set()).update(values)
+            case Not(term):
+                stack.append(term)
+            case AllOf(terms) | AnyOf(terms):
+                stack.extend(terms)
+    return found
+
+
+def overlaps(first: Selector, second: Selector) -> bool:
+    """Whether some set of tags matches both selectors (True when the search budget runs out).
+
+    A selector only tells a key's values apart by the values it names, so it is enough to
+    try, per key, each named value, one value named nowhere, and the key being absent.
+    Partial assignments are judged three-valued, so a branch stops as soon as either
+    selector is decided false.
+    """
+    domains: list[tuple[str, list[str | None]]] = []
+    named = keys_and_values(first)
+    for key, values in keys_and_values(second).items():
+        named.setdefault(key, set()).update(values)
+    for key, values in sorted(named.items()):
+        other = "~" + max(values, key=len, default="") + "~"  # a value no selector can name
+        domains.append((key, [*sorted(values), other, _ABSENT]))
+    steps = 0
+
+    def search(index: int, tags: dict[str, str], unknown: frozenset[str]) -> bool:
+        nonlocal steps
+        steps += 1
+        if steps > MAX_OVERLAP_STEPS:
+            return True
+        a, b = _judge(first, tags, unknown), _judge(second, tags, unknown)
+        if a is False or b is False:
+            return False
+        if a is True and b is True:
+            return True
+        key, choices = domains[index]
+        for choice in choices:
+            below = dict(tags) if choice is None else {**tags, key: choice}
+            if search(index + 1, below, unknown - {key}):
+                return True
+        return False
+
+    return search(0, {}, frozenset(key for key, _ in domains))
+
+
+def _judge(selector: Selector, tags: Mapping[str, str], unknown: frozenset[str]) -> bool | None:
+    """`matches` over a partial assignment: None while an unassigned key could still change the answer."""
+    match selector:
+        case Has(key) | Equals(key, _) | NotEquals(key, _) | In(key, _) if key in unknown:
+            return None
+        case Not(term):
+            inner = _judge(term, tags, unknown)
+            return None if inner is None else not inner
+        case AllOf(terms):
+            results = [_judge(t, tags, unknown) for t in terms]
+            return False if False in results else (None if None in results else True)
+        case AnyOf(terms):
+            results = [_judge(t, tags, unknown) for t in terms]
+            return True if True in results else (None if None in results else False)
+        case _:
+            return matches(selector, tags)

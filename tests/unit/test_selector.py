@@ -3,10 +3,11 @@ with a reference evaluation over random selectors and tag sets."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.selector import (
@@ -22,7 +23,9 @@ from edgefleet.selector import (
     NotEquals,
     Selector,
     SelectorError,
+    keys_and_values,
     matches,
+    overlaps,
     parse,
     render,
 )
@@ -171,3 +174,42 @@ def test_any_text_parses_or_says_where_it_fails(text: str) -> None:
         assert 0 <= position <= len(text)
     else:
         assert parse(render(parsed)) == parsed
+
+
+# --- overlap ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("env=prod", "env=dev", False),
+        ("env=prod", "env!=dev", True),
+        ("env=prod", "site=berlin", True),
+        ("lab", "not lab", False),
+        ("env in (a, b)", "env not in (a, b)", False),
+        ("env in (a, b)", "env in (b, c)", True),
+        ("env!=prod", "not env", True),
+        ("fleet=f1 and env=prod and not lab", "fleet=f1 and lab", False),
+        ("fleet=f1 and (env=prod or env=dev)", "fleet=f2 or env=test", False),
+        ("hw", "hw!=rev1 and hw!=rev2", True),
+    ],
+)
+def test_overlap_of_examples(first: str, second: str, expected: bool) -> None:
+    assert overlaps(parse(first), parse(second)) is expected
+    assert overlaps(parse(second), parse(first)) is expected
+
+
+@settings(max_examples=300)
+@given(first=selectors, second=selectors)
+def test_overlap_is_true_exactly_when_some_tag_set_matches_both(first: Selector, second: Selector) -> None:
+    # Exhaustive reference: every assignment of the keys either reads, over the whole value vocabulary
+    # plus one value neither names and "absent".
+    keys = sorted(set(keys_and_values(first)) | set(keys_and_values(second)))
+    assume(len(keys) <= 5)
+    choices = [None, "f1", "prod", "dev", "", "or", "x:1/y@z", "other"]
+    witness = any(
+        matches(first, tags) and matches(second, tags)
+        for combo in itertools.product(choices, repeat=len(keys))
+        for tags in [{k: v for k, v in zip(keys, combo, strict=True) if v is not None}]
+    )
+    assert overlaps(first, second) is witness

@@ -1,0 +1,294 @@
+"""The rollout controller's decisions (pure): a deployment's progress, its devices' reports and the time -> what to do.
+
+The scheduler (hub.services.rollouts) observes, calls `decide`, and carries out the
+`Decision`. Per wave: the wave's devices (the first `reach` of the canary order) are
+assigned the release; the wave waits until each has reported success or failure, or the
+wave's timeout passes (devices still out then are counted apart as offline, or failed when
+they are online but never finished); then the bake time runs, during which a device of the
+wave that turns unhealthy counts as failed; then the next wave starts. Whenever the wave's
+failures (beyond those an operator accepted by resuming) pass the threshold, the rollout
+pauses, or rolls back: every device it assigned gets its previous release again.
+
+Devices that match later (enrolled or retagged) join at their place in the canary order:
+at once if the rollout has already reached that place, else with their wave. A completed
+deployment keeps assigning newcomers; a paused one assigns nothing; aborted and rolled-back
+ones are finished. A device is assigned at most once per rollout (the scheduler keeps one
+member row per device), so nothing here ever assigns twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from fractions import Fraction
+from typing import Literal
+
+from edgefleet.waves import Wave, canary_order, over_threshold, reach
+
+State = Literal["active", "paused", "completed", "aborted", "rolled-back"]
+STATES: tuple[State, ...] = ("active", "paused", "completed", "aborted", "rolled-back")
+FINISHED: frozenset[State] = frozenset({"aborted", "rolled-back"})
+"""States in which a deployment does nothing more."""
+OnFailure = Literal["pause", "rollback"]
+
+MemberStatus = Literal["assigned", "downloading", "updated", "failed", "restored", "left"]
+"""What the controller knows of one device it assigned: `left` once it no longer targets it."""
+TERMINAL: frozenset[MemberStatus] = frozenset({"updated", "failed"})
+
+Report = Literal["none", "fetched", "updated", "failed", "unhealthy"]
+"""What a device's own reports say of this release: nothing yet; its signed assignment was
+fetched (it is downloading); it runs the release; it failed or rolled back; it runs the
+release but a service is unhealthy or restarting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How a deployment rolls out: the waves, the bake and wave timeout, the failure threshold and reaction."""
+
+    waves: tuple[Wave, ...]
+    bake: timedelta
+    wave_timeout: timedelta
+    max_failure: Fraction
+    on_failure: OnFailure
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a rollout is: its state, its current wave and when that wave started waiting and baking."""
+
+    state: State
+    wave: int = 0
+    wave_started_at: datetime | None = None
+    bake_started_at: datetime | None = None
+    accepted_failures: int = 0
+    """Failures of the current wave an operator accepted by resuming; the threshold counts only those beyond."""
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A device the rollout assigned: in which wave, and what it knows of the device."""
+
+    wave: int
+    status: MemberStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One device the deployment targets now (it matches, and no higher-priority deployment does)."""
+
+    online: bool
+    report: Report = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    device_id: str
+    wave: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    device_id: str
+    status: MemberStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Give the device back the release it had before this rollout assigned it."""
+
+    device_id: str
+
+
+Action = Assign | SetStatus | Restore
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    progress: Progress
+    actions: tuple[Action, ...] = ()
+    events: tuple[str, ...] = field(default=())
+    """Transitions worth an audit entry, as short text (e.g. ``wave 2 started``)."""
+
+    def after(self, actions: Sequence[Action], events: Sequence[str]) -> Decision:
+        """The same decision with earlier actions and events put before its own."""
+        return Decision(self.progress, (*actions, *self.actions), (*events, *self.events))
+
+
+@dataclass(frozen=True, slots=True)
+class WaveCounts:
+    """One wave's devices by what is known of them (for status; `offline` counts apart from the others)."""
+
+    size: int = 0
+    pending: int = 0
+    downloading: int = 0
+    updated: int = 0
+    failed: int = 0
+    offline: int = 0
+    restored: int = 0
+
+
+def start(now: datetime) -> Progress:
+    """The progress of a rollout that starts now."""
+    return Progress(state="active", wave=0, wave_started_at=now)
+
+
+def observe(member: Member, seen: Seen | None, *, judging: bool) -> MemberStatus:
+    """A member's status after the device's latest reports.
+
+    `judging`: the member's wave is the one the rollout is waiting on or baking, so a device
+    that turns unhealthy now counts as failed. Failed and restored are final; a device that
+    no longer targets the deployment has left it.
+    """
+    if member.status in ("failed", "restored"):
+        return member.status
+    if seen is None:
+        return "left"
+    match seen.report:
+        case "failed":
+            return "failed"
+        case "unhealthy":
+            return "failed" if judging else "updated"
+        case "updated":
+            return "updated"
+        case "fetched":
+            return "downloading" if member.status != "updated" else "updated"
+        case "none":
+            return member.status if member.status != "left" else "assigned"
+
+
+def counts(wave: int, members: Mapping[str, Member], seen: Mapping[str, Seen]) -> WaveCounts:
+    """The wave's members by status; those not finished whose device is offline count as offline."""
+    size = pending = downloading = updated = failed = offline = restored = 0
+    for device_id, member in members.items():
+        if member.wave != wave or member.status == "left":
+            continue
+        size += 1
+        device = seen.get(device_id)
+        if member.status == "updated":
+            updated += 1
+        elif member.status == "failed":
+            failed += 1
+        elif member.status == "restored":
+            restored += 1
+        elif device is not None and not device.online:
+            offline += 1
+        elif member.status == "downloading":
+            downloading += 1
+        else:
+            pending += 1
+    return WaveCounts(size, pending, downloading, updated, failed, offline, restored)
+
+
+def decide(
+    deployment_id: str,
+    policy: Policy,
+    progress: Progress,
+    members: Mapping[str, Member],
+    seen: Mapping[str, Seen],
+    now: datetime,
+) -> Decision:
+    """What to do now (pure). `members`: the devices this rollout assigned; `seen`: the devices it targets now."""
+    actions: list[Action] = []
+    events: list[str] = []
+    current = dict(members)
+    judged_wave = progress.wave if progress.state in ("active", "paused") else -1
+    for device_id, member in sorted(members.items()):
+        status = observe(member, seen.get(device_id), judging=member.wave == judged_wave)
+        if status != member.status:
+            actions.append(SetStatus(device_id, status))
+            current[device_id] = replace(member, status=status)
+    if progress.state in FINISHED or progress.state == "paused":
+        return Decision(progress, tuple(actions))
+
+    last = len(policy.waves) - 1
+    wave = last if progress.state == "completed" else progress.wave
+    for device_id in _due(deployment_id, policy.waves, wave, seen, current):
+        actions.append(Assign(device_id, wave))
+        current[device_id] = Member(wave=wave, status="assigned")
+    if progress.state == "completed":
+        return Decision(progress, tuple(actions))
+
+    stop = _over(policy, progress, wave, current, seen)
+    if stop is not None:
+        return stop.after(actions, events)
+
+    if progress.bake_started_at is None:
+        tally = counts(wave, current, seen)
+        unfinished = tally.size - tally.updated - tally.failed - tally.restored
+        timed_out = now - (progress.wave_started_at or now) >= policy.wave_timeout
+        if unfinished and not timed_out:
+            return Decision(progress, tuple(actions))
+        if unfinished:
+            # Online devices that never finished count as failed; offline ones are counted apart.
+            for device_id, member in sorted(current.items()):
+                device = seen.get(device_id)
+                stuck = member.wave == wave and member.status in ("assigned", "downloading")
+                if stuck and device is not None and device.online:
+                    actions.append(SetStatus(device_id, "failed"))
+                    current[device_id] = replace(member, status="failed")
+            events.append(f"wave {wave + 1} timed out with {unfinished} devices unfinished")
+            stop = _over(policy, progress, wave, current, seen)
+            if stop is not None:
+                return stop.after(actions, events)
+        progress = replace(progress, bake_started_at=now)
+        if policy.bake > timedelta(0):
+            events.append(f"wave {wave + 1} baking")
+    if progress.bake_started_at is not None and now - progress.bake_started_at < policy.bake:
+        return Decision(progress, tuple(actions), tuple(events))
+    if wave == last:
+        events.append("completed")
+        return Decision(replace(progress, state="completed", reason=None), tuple(actions), tuple(events))
+    following = replace(
+        progress, wave=wave + 1, wave_started_at=now, bake_started_at=None, accepted_failures=0, reason=None
+    )
+    events.append(f"wave {wave + 2} started")
+    return decide(deployment_id, policy, following, current, seen, now).after(actions, events)
+
+
+def _over(
+    policy: Policy,
+    progress: Progress,
+    wave: int,
+    members: Mapping[str, Member],
+    seen: Mapping[str, Seen],
+) -> Decision | None:
+    """Pause or roll back when the wave's failures (beyond those accepted) pass the threshold; else None."""
+    tally = counts(wave, members, seen)
+    if not over_threshold(tally.failed - progress.accepted_failures, tally.size, policy.max_failure):
+        return None
+    reason = f"wave {wave + 1}: {tally.failed} of {tally.size} devices failed (threshold {_pct(policy.max_failure)})"
+    if policy.on_failure == "pause":
+        return Decision(replace(progress, state="paused", reason=reason), (), (f"paused: {reason}",))
+    rolled = replace(progress, state="rolled-back", reason=reason)
+    return Decision(rolled, tuple(_restore_all(members)), (f"rolling back: {reason}",))
+
+
+def resume(progress: Progress, members: Mapping[str, Member]) -> Progress:
+    """Paused -> active, accepting the current wave's failures so far (only later ones count against it)."""
+    failed = sum(1 for m in members.values() if m.wave == progress.wave and m.status == "failed")
+    return replace(progress, state="active", accepted_failures=failed, reason=None)
+
+
+def roll_back(progress: Progress, members: Mapping[str, Member], reason: str) -> Decision:
+    """An operator's abort with rollback: every device the rollout assigned gets its previous release."""
+    return Decision(replace(progress, state="rolled-back", reason=reason), tuple(_restore_all(members)))
+
+
+def _restore_all(members: Mapping[str, Member]) -> list[Action]:
+    return [Restore(device_id) for device_id, m in sorted(members.items()) if m.status not in ("restored", "left")]
+
+
+def _due(
+    deployment_id: str, waves: Sequence[Wave], wave: int, seen: Mapping[str, Seen], members: Mapping[str, Member]
+) -> list[str]:
+    """Targets within the first `reach` of the canary order that this rollout has not assigned yet."""
+    order = canary_order(deployment_id, seen)
+    limit = reach(waves, len(order))[wave]
+    return sorted(device_id for device_id in order[:limit] if device_id not in members)
+
+
+def _pct(share: Fraction) -> str:
+    percent = share * 100
+    return f"{percent.numerator}%" if percent.denominator == 1 else f"{float(percent):g}%"

@@ -1,0 +1,347 @@
+"""The rollout controller's decisions: waves, bake, thresholds, pause/resume/rollback, offline devices and
+newcomers, with property tests that it never assigns outside the target or twice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgefleet.rollout import (
+    Assign,
+    Decision,
+    Member,
+    Policy,
+    Restore,
+    Seen,
+    SetStatus,
+    counts,
+    decide,
+    resume,
+    roll_back,
+    start,
+)
+from edgefleet.waves import canary_order, parse_waves, reach
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DEPLOYMENT = "d1"
+
+
+def policy(waves: str = "10%,100%", *, bake: int = 0, timeout: int = 600, max_failure: str = "0", on_failure="pause"):
+    return Policy(
+        waves=parse_waves(waves),
+        bake=timedelta(seconds=bake),
+        wave_timeout=timedelta(seconds=timeout),
+        max_failure=Fraction(max_failure),
+        on_failure=on_failure,
+    )
+
+
+def fleet(n: int, *, online: bool = True) -> dict[str, Seen]:
+    return {f"dev-{i:04d}": Seen(online=online) for i in range(n)}
+
+
+class Rollout:
+    """A controller driven tick by tick, carrying out its own actions on an in-memory member table."""
+
+    def __init__(self, pol: Policy, seen: dict[str, Seen]) -> None:
+        self.policy, self.seen = pol, seen
+        self.progress = start(T0)
+        self.members: dict[str, Member] = {}
+        self.restored: list[str] = []
+        self.assigned_twice: list[str] = []
+        self.events: list[str] = []
+
+    def tick(self, now: datetime) -> Decision:
+        decision = decide(DEPLOYMENT, self.policy, self.progress, self.members, self.seen, now)
+        self.apply(decision)
+        return decision
+
+    def apply(self, decision: Decision) -> None:
+        self.progress = decision.progress
+        self.events.extend(decision.events)
+        for action in decision.actions:
+            match action:
+                case Assign(device_id, wave):
+                    if device_id in self.members:
+                        self.assigned_twice.append(device_id)
+                    self.members[device_id] = Member(wave=wave, status="assigned")
+                case SetStatus(device_id, status):
+                    self.members[device_id] = replace(self.members[device_id], status=status)
+                case Restore(device_id):
+                    self.restored.append(device_id)
+                    self.members[device_id] = replace(self.members[device_id], status="restored")
+
+    def report(self, device_ids, report: str) -> None:
+        for device_id in device_ids:
+            self.seen[device_id] = replace(self.seen[device_id], report=report)
+
+    def wave(self, index: int) -> list[str]:
+        return sorted(d for d, m in self.members.items() if m.wave == index)
+
+
+def test_the_first_wave_is_the_canaries_of_the_canary_order() -> None:
+    rollout = Rollout(policy("10%,100%"), fleet(20))
+    rollout.tick(T0)
+    expected = canary_order(DEPLOYMENT, rollout.seen)[:2]
+    assert rollout.wave(0) == sorted(expected)
+    # The same deployment picks the same canaries every time.
+    again = Rollout(policy("10%,100%"), fleet(20))
+    again.tick(T0)
+    assert again.wave(0) == rollout.wave(0)
+
+
+def test_a_wave_waits_for_its_devices_then_bakes_then_the_next_starts() -> None:
+    rollout = Rollout(policy("10%,100%", bake=300), fleet(20))
+    rollout.tick(T0)
+    canaries = rollout.wave(0)
+    rollout.report(canaries[:1], "updated")
+    rollout.tick(T0 + timedelta(seconds=10))
+    assert rollout.progress.bake_started_at is None
+    assert len(rollout.members) == 2
+    rollout.report(canaries[1:], "fetched")
+    rollout.tick(T0 + timedelta(seconds=20))
+    assert rollout.members[canaries[1]].status == "downloading"
+    rollout.report(canaries[1:], "updated")
+    rollout.tick(T0 + timedelta(seconds=30))
+    assert rollout.progress.bake_started_at == T0 + timedelta(seconds=30)
+    rollout.tick(T0 + timedelta(seconds=329))
+    assert rollout.progress.wave == 0
+    assert len(rollout.members) == 2
+    rollout.tick(T0 + timedelta(seconds=330))
+    assert rollout.progress.wave == 1
+    assert len(rollout.members) == 20
+    assert rollout.events == ["wave 1 baking", "wave 2 started"]
+    rollout.report(rollout.wave(1), "updated")
+    rollout.tick(T0 + timedelta(seconds=340))
+    assert rollout.progress.state == "active"  # the last wave bakes too
+    rollout.tick(T0 + timedelta(seconds=640))
+    assert rollout.progress.state == "completed"
+
+
+def test_a_device_unhealthy_during_the_bake_counts_as_failed_and_pauses() -> None:
+    rollout = Rollout(policy("10%,100%", bake=300, max_failure="0.05"), fleet(20))
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0), "updated")
+    rollout.tick(T0 + timedelta(seconds=10))
+    rollout.report(rollout.wave(0)[:1], "unhealthy")
+    decision = rollout.tick(T0 + timedelta(seconds=100))
+    assert rollout.members[rollout.wave(0)[0]].status == "failed"
+    assert decision.progress.state == "paused"
+    assert decision.progress.reason == "wave 1: 1 of 2 devices failed (threshold 5%)"
+    # Paused: nothing more is assigned, however long it waits.
+    rollout.tick(T0 + timedelta(days=1))
+    assert len(rollout.members) == 2
+
+
+def test_unhealthy_after_its_wave_is_judged_does_not_count() -> None:
+    rollout = Rollout(policy("10%,100%"), fleet(20))
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.progress.wave == 1
+    rollout.report(rollout.wave(0), "unhealthy")
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert {rollout.members[d].status for d in rollout.wave(0)} == {"updated"}
+    assert rollout.progress.state == "active"
+
+
+def test_threshold_arithmetic_with_small_waves() -> None:
+    # 5% of a wave of 20: one failure is within the threshold, two are not.
+    rollout = Rollout(policy("20,100%", max_failure="0.05"), fleet(40))
+    rollout.tick(T0)
+    wave = rollout.wave(0)
+    assert len(wave) == 20
+    rollout.report(wave[:1], "failed")
+    rollout.report(wave[1:], "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.progress.state == "active"
+    assert rollout.progress.wave == 1
+    rollout.report(rollout.wave(1)[:2], "failed")
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert rollout.progress.state == "paused"  # 2 of 20 > 5%
+
+
+def test_resume_accepts_the_failures_so_far_only() -> None:
+    rollout = Rollout(policy("10%,100%", max_failure="0.1"), fleet(40))
+    rollout.tick(T0)
+    wave = rollout.wave(0)
+    rollout.report(wave[:1], "failed")  # 1 of 4 > 10%
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.progress.state == "paused"
+    rollout.progress = resume(rollout.progress, rollout.members)
+    assert rollout.progress.accepted_failures == 1
+    rollout.report(wave[1:], "updated")
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert rollout.progress.wave == 1
+    assert rollout.progress.accepted_failures == 0
+    rollout.report(rollout.wave(1)[:5], "failed")  # 5 of 36 > 10%
+    rollout.tick(T0 + timedelta(seconds=3))
+    assert rollout.progress.state == "paused"
+
+
+def test_rollback_on_failure_restores_every_device_it_assigned() -> None:
+    rollout = Rollout(policy("10%,50%,100%", max_failure="0.2", on_failure="rollback"), fleet(20))
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    second = rollout.wave(1)
+    rollout.report(second[:3], "failed")  # 3 of 8 > 20%
+    decision = rollout.tick(T0 + timedelta(seconds=2))
+    assert decision.progress.state == "rolled-back"
+    assert sorted(rollout.restored) == sorted(rollout.members)
+    assert len(rollout.members) == 10
+    rollout.tick(T0 + timedelta(days=1))  # finished: nothing more happens
+    assert len(rollout.members) == 10
+    assert len(rollout.restored) == 10
+
+
+def test_abort_with_rollback_restores_and_stops() -> None:
+    rollout = Rollout(policy("50%,100%"), fleet(4))
+    rollout.tick(T0)
+    rollout.apply(roll_back(rollout.progress, rollout.members, "aborted by alice"))
+    assert rollout.progress.state == "rolled-back"
+    assert len(rollout.restored) == 2
+
+
+def test_offline_devices_are_counted_apart_when_the_wave_times_out_and_updated_when_back() -> None:
+    seen = fleet(10)
+    rollout = Rollout(policy("50%,100%", timeout=600), seen)
+    rollout.tick(T0)
+    wave = rollout.wave(0)
+    away, stuck, fine = wave[0], wave[1], wave[2:]
+    seen[away] = Seen(online=False)
+    rollout.report(fine, "updated")
+    rollout.tick(T0 + timedelta(seconds=599))
+    tally = counts(0, rollout.members, seen)
+    assert (tally.size, tally.updated, tally.offline, tally.pending) == (5, 3, 1, 1)
+    assert rollout.progress.wave == 0  # waiting
+    rollout.tick(T0 + timedelta(seconds=600))
+    assert rollout.members[stuck].status == "failed"  # online, but never finished in time
+    assert rollout.members[away].status == "assigned"  # offline: counted apart, not failed
+    assert rollout.events[0] == "wave 1 timed out with 2 devices unfinished"
+    assert rollout.progress.state == "paused"  # one failure of five at 0%
+    rollout.progress = resume(rollout.progress, rollout.members)
+    rollout.tick(T0 + timedelta(seconds=601))
+    assert rollout.progress.wave == 1
+    seen[away] = Seen(online=True, report="updated")  # back, and it installs what it was assigned
+    rollout.tick(T0 + timedelta(seconds=602))
+    assert rollout.members[away].status == "updated"
+
+
+def test_devices_that_join_mid_rollout_take_their_place() -> None:
+    seen = fleet(10)
+    rollout = Rollout(policy("50%,100%"), seen)
+    rollout.tick(T0)
+    first = set(rollout.wave(0))
+    for i in range(10, 30):
+        seen[f"dev-{i:04d}"] = Seen(online=True)
+    rollout.tick(T0 + timedelta(seconds=1))
+    # Half of the 30 targets are now in the first wave: the newcomers among them join it.
+    assert first <= set(rollout.wave(0))
+    assert len(rollout.members) == 15
+    assert set(rollout.wave(0)) == set(canary_order(DEPLOYMENT, seen)[:15]) | first
+
+
+def test_a_completed_deployment_assigns_newcomers_at_once() -> None:
+    seen = fleet(3)
+    rollout = Rollout(policy("100%"), seen)
+    rollout.tick(T0)
+    rollout.report(list(seen), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.progress.state == "completed"
+    seen["dev-new"] = Seen(online=True)
+    decision = rollout.tick(T0 + timedelta(seconds=2))
+    assert decision.actions == (Assign("dev-new", 0),)
+
+
+def test_devices_that_leave_the_target_are_not_counted() -> None:
+    seen = fleet(4)
+    rollout = Rollout(policy("100%"), seen)
+    rollout.tick(T0)
+    gone = rollout.wave(0)[0]
+    del seen[gone]
+    rollout.report(list(seen), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.members[gone].status == "left"
+    assert rollout.progress.state == "completed"
+
+
+def test_an_empty_target_completes_and_later_devices_get_the_release() -> None:
+    seen: dict[str, Seen] = {}
+    rollout = Rollout(policy("10%,100%"), seen)
+    rollout.tick(T0)
+    assert rollout.progress.state == "completed"
+    seen["dev-a"] = Seen(online=True)
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert list(rollout.members) == ["dev-a"]
+
+
+# --- properties ----------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(min_value=0, max_value=60),
+    spec=st.sampled_from(["100%", "1%,100%", "10%,50%,100%", "1,5,100%", "2,50%,100%"]),
+    max_failure=st.sampled_from(["0", "0.05", "0.5"]),
+    on_failure=st.sampled_from(["pause", "rollback"]),
+    script=st.lists(
+        st.tuples(
+            st.sampled_from(["updated", "failed", "fetched", "unhealthy", "offline", "join", "leave", "resume"]),
+            st.integers(min_value=0, max_value=10**6),
+        ),
+        max_size=60,
+    ),
+)
+def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_failure, script) -> None:
+    seen = fleet(size)
+    everyone = set(seen)
+    rollout = Rollout(policy(spec, bake=5, timeout=30, max_failure=max_failure, on_failure=on_failure), seen)
+    now = T0
+    joined = size
+    for step, (what, pick) in enumerate(script):
+        now += timedelta(seconds=7)
+        ids = sorted(seen)
+        target = ids[pick % len(ids)] if ids else None
+        if what == "join":
+            device_id = f"dev-{joined:04d}"
+            joined += 1
+            seen[device_id] = Seen(online=True)
+            everyone.add(device_id)
+        elif what == "leave" and target:
+            del seen[target]
+        elif what == "resume" and rollout.progress.state == "paused":
+            rollout.progress = resume(rollout.progress, rollout.members)
+        elif what == "offline" and target:
+            seen[target] = Seen(online=False)
+        elif target and target in rollout.members:
+            seen[target] = Seen(online=True, report=what)  # type: ignore[arg-type]
+        before = set(seen)
+        decision = rollout.tick(now)
+        for action in decision.actions:
+            if isinstance(action, Assign):
+                assert action.device_id in before, f"step {step}: assigned outside the target"
+                assert action.wave <= rollout.progress.wave or rollout.progress.state == "completed"
+        assert not rollout.assigned_twice
+        assert set(rollout.members) <= everyone
+        if rollout.progress.state in ("paused", "rolled-back"):
+            assert rollout.progress.reason
+        if rollout.progress.state == "rolled-back":
+            assert all(m.status in ("restored", "left") for m in rollout.members.values())
+        if rollout.progress.state == "active":
+            # Exactly the reached prefix of the canary order (plus earlier members) is assigned.
+            order = canary_order(DEPLOYMENT, seen)
+            reached = set(order[: reach(rollout.policy.waves, len(order))[rollout.progress.wave]])
+            assert reached <= set(rollout.members)
+
+
+@given(size=st.integers(min_value=1, max_value=5000), spec=st.sampled_from(["1%,10%,50%,100%", "5,50,100%"]))
+def test_wave_sizes_follow_the_spec(size: int, spec: str) -> None:
+    seen = fleet(size)
+    rollout = Rollout(policy(spec), seen)
+    rollout.tick(T0)
+    assert len(rollout.members) == reach(parse_waves(spec), size)[0]

@@ -47,6 +47,8 @@ TABLES = (
     "device_environment",
     "device_updates",
     "device_event_cursors",
+    "deployments",
+    "deployment_devices",
 )
 
 

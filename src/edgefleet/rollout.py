@@ -95,13 +95,21 @@ class SetStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejoin:
+    """A device that had left the rollout is targeted again: assign it the release again, in `wave`."""
+
+    device_id: str
+    wave: int
+
+
+@dataclass(frozen=True, slots=True)
 class Restore:
     """Give the device back the release it had before this rollout assigned it."""
 
     device_id: str
 
 
-Action = Assign | SetStatus | Restore
+Action = Assign | SetStatus | Rejoin | Restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +149,8 @@ def observe(member: Member, seen: Seen | None, *, judging: bool) -> MemberStatus
     that turns unhealthy now counts as failed. Failed and restored are final; a device that
     no longer targets the deployment has left it.
     """
-    if member.status in ("failed", "restored"):
-        return member.status
+    if member.status in ("failed", "restored", "left"):
+        return member.status  # a device that left and is back rejoins through `decide`
     if seen is None:
         return "left"
     match seen.report:
@@ -155,7 +163,7 @@ def observe(member: Member, seen: Seen | None, *, judging: bool) -> MemberStatus
         case "fetched":
             return "downloading" if member.status != "updated" else "updated"
         case "none":
-            return member.status if member.status != "left" else "assigned"
+            return member.status
 
 
 def counts(wave: int, members: Mapping[str, Member], seen: Mapping[str, Seen]) -> WaveCounts:
@@ -182,14 +190,15 @@ def counts(wave: int, members: Mapping[str, Member], seen: Mapping[str, Seen]) -
 
 
 def decide(
-    deployment_id: str,
+    key: str,
     policy: Policy,
     progress: Progress,
     members: Mapping[str, Member],
     seen: Mapping[str, Seen],
     now: datetime,
 ) -> Decision:
-    """What to do now (pure). `members`: the devices this rollout assigned; `seen`: the devices it targets now."""
+    """What to do now (pure). `key`: the deployment's name (its canary order); `members`: the devices this rollout
+    assigned; `seen`: the devices it targets now."""
     actions: list[Action] = []
     events: list[str] = []
     current = dict(members)
@@ -203,8 +212,12 @@ def decide(
         return Decision(progress, tuple(actions))
 
     last = len(policy.waves) - 1
-    wave = last if progress.state == "completed" else progress.wave
-    for device_id in _due(deployment_id, policy.waves, wave, seen, current):
+    wave = last if progress.state == "completed" else min(progress.wave, last)  # waves may have been cut since
+    for device_id, member in sorted(current.items()):
+        if member.status == "left" and device_id in seen:
+            actions.append(Rejoin(device_id, wave))
+            current[device_id] = Member(wave=wave, status="assigned")
+    for device_id in _due(key, policy.waves, wave, seen, current):
         actions.append(Assign(device_id, wave))
         current[device_id] = Member(wave=wave, status="assigned")
     if progress.state == "completed":
@@ -214,8 +227,8 @@ def decide(
     if stop is not None:
         return stop.after(actions, events)
 
+    tally = counts(wave, current, seen)
     if progress.bake_started_at is None:
-        tally = counts(wave, current, seen)
         unfinished = tally.size - tally.updated - tally.failed - tally.restored
         timed_out = now - (progress.wave_started_at or now) >= policy.wave_timeout
         if unfinished and not timed_out:
@@ -233,9 +246,10 @@ def decide(
             if stop is not None:
                 return stop.after(actions, events)
         progress = replace(progress, bake_started_at=now)
-        if policy.bake > timedelta(0):
+        if policy.bake > timedelta(0) and tally.size:
             events.append(f"wave {wave + 1} baking")
-    if progress.bake_started_at is not None and now - progress.bake_started_at < policy.bake:
+    baking = tally.size > 0 and progress.bake_started_at is not None
+    if baking and now - progress.bake_started_at < policy.bake:  # type: ignore[operator]  # checked just above
         return Decision(progress, tuple(actions), tuple(events))
     if wave == last:
         events.append("completed")
@@ -244,7 +258,7 @@ def decide(
         progress, wave=wave + 1, wave_started_at=now, bake_started_at=None, accepted_failures=0, reason=None
     )
     events.append(f"wave {wave + 2} started")
-    return decide(deployment_id, policy, following, current, seen, now).after(actions, events)
+    return decide(key, policy, following, current, seen, now).after(actions, events)
 
 
 def _over(
@@ -265,10 +279,24 @@ def _over(
     return Decision(rolled, tuple(_restore_all(members)), (f"rolling back: {reason}",))
 
 
-def resume(progress: Progress, members: Mapping[str, Member]) -> Progress:
-    """Paused -> active, accepting the current wave's failures so far (only later ones count against it)."""
+def resume(progress: Progress, members: Mapping[str, Member], *, paused_for: timedelta = timedelta(0)) -> Progress:
+    """Paused -> active, accepting the current wave's failures so far (only later ones count against it).
+
+    The time spent paused (`paused_for`) does not count toward the wave's timeout or bake.
+    """
     failed = sum(1 for m in members.values() if m.wave == progress.wave and m.status == "failed")
-    return replace(progress, state="active", accepted_failures=failed, reason=None)
+
+    def later(at: datetime | None) -> datetime | None:
+        return None if at is None else at + paused_for
+
+    return replace(
+        progress,
+        state="active",
+        accepted_failures=failed,
+        reason=None,
+        wave_started_at=later(progress.wave_started_at),
+        bake_started_at=later(progress.bake_started_at),
+    )
 
 
 def roll_back(progress: Progress, members: Mapping[str, Member], reason: str) -> Decision:
@@ -281,10 +309,10 @@ def _restore_all(members: Mapping[str, Member]) -> list[Action]:
 
 
 def _due(
-    deployment_id: str, waves: Sequence[Wave], wave: int, seen: Mapping[str, Seen], members: Mapping[str, Member]
+    key: str, waves: Sequence[Wave], wave: int, seen: Mapping[str, Seen], members: Mapping[str, Member]
 ) -> list[str]:
     """Targets within the first `reach` of the canary order that this rollout has not assigned yet."""
-    order = canary_order(deployment_id, seen)
+    order = canary_order(key, seen)
     limit = reach(waves, len(order))[wave]
     return sorted(device_id for device_id in order[:limit] if device_id not in members)
 

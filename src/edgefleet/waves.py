@@ -7,7 +7,7 @@ A wave's size is cumulative: wave N reaches the first `reach[N]` devices of the 
 order. Shares round up, so every wave of a non-empty target reaches at least one more
 device than the wave before until all are reached, and the last wave always reaches every
 target (a spec must end at 100%). The canary order hashes each device ID with the
-deployment's ID: the same deployment picks the same canaries on every run and every hub
+deployment's name: the same deployment picks the same canaries on every run and every hub
 process, and a device that joins later takes its place without reshuffling the others.
 Percentages are exact (fractions, no floating point), so 5% of 20 is 1 and never 1.0000001.
 """
@@ -114,13 +114,13 @@ def reach(waves: Iterable[Wave], total: int) -> list[int]:
     return reached
 
 
-def canary_order(deployment_id: str, device_ids: Iterable[str]) -> list[str]:
-    """The order in which a deployment reaches its targets: by a hash of (deployment, device), then the ID."""
-    return sorted(device_ids, key=lambda device: (_rank(deployment_id, device), device))
+def canary_order(key: str, device_ids: Iterable[str]) -> list[str]:
+    """The order in which a deployment (named `key`) reaches its targets: by a hash of (key, device), then the ID."""
+    return sorted(device_ids, key=lambda device: (_rank(key, device), device))
 
 
-def _rank(deployment_id: str, device_id: str) -> bytes:
-    return hashlib.sha256(f"{deployment_id}\x00{device_id}".encode()).digest()
+def _rank(key: str, device_id: str) -> bytes:
+    return hashlib.sha256(f"{key}\x00{device_id}".encode()).digest()
 
 
 def over_threshold(failed: int, size: int, max_failure: Fraction) -> bool:

@@ -15,6 +15,7 @@ from edgefleet.rollout import (
     Decision,
     Member,
     Policy,
+    Rejoin,
     Restore,
     Seen,
     SetStatus,
@@ -68,6 +69,9 @@ class Rollout:
                 case Assign(device_id, wave):
                     if device_id in self.members:
                         self.assigned_twice.append(device_id)
+                    self.members[device_id] = Member(wave=wave, status="assigned")
+                case Rejoin(device_id, wave):
+                    assert self.members[device_id].status == "left"
                     self.members[device_id] = Member(wave=wave, status="assigned")
                 case SetStatus(device_id, status):
                     self.members[device_id] = replace(self.members[device_id], status=status)
@@ -323,7 +327,7 @@ def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_
         before = set(seen)
         decision = rollout.tick(now)
         for action in decision.actions:
-            if isinstance(action, Assign):
+            if isinstance(action, Assign | Rejoin):
                 assert action.device_id in before, f"step {step}: assigned outside the target"
                 assert action.wave <= rollout.progress.wave or rollout.progress.state == "completed"
         assert not rollout.assigned_twice
@@ -345,3 +349,71 @@ def test_wave_sizes_follow_the_spec(size: int, spec: str) -> None:
     rollout = Rollout(policy(spec), seen)
     rollout.tick(T0)
     assert len(rollout.members) == reach(parse_waves(spec), size)[0]
+
+
+def test_a_device_that_left_and_came_back_rejoins_at_the_current_wave() -> None:
+    seen = fleet(4)
+    rollout = Rollout(policy("50%,100%"), seen)
+    rollout.tick(T0)
+    gone = rollout.wave(0)[0]
+    kept = seen.pop(gone)
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert rollout.members[gone].status == "left"
+    seen[gone] = kept
+    decision = rollout.tick(T0 + timedelta(seconds=2))
+    assert Rejoin(gone, 0) in decision.actions
+    assert rollout.members[gone] == Member(wave=0, status="assigned")
+    assert not rollout.assigned_twice
+
+
+def test_rollback_in_the_pass_that_assigns_newcomers_restores_them_too() -> None:
+    seen = fleet(10)
+    rollout = Rollout(policy("50%,100%", on_failure="rollback"), seen)
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0)[:1], "failed")
+    for i in range(10, 20):
+        seen[f"dev-{i:04d}"] = Seen(online=True)
+    decision = rollout.tick(T0 + timedelta(seconds=1))
+    assigned_now = {a.device_id for a in decision.actions if isinstance(a, Assign)}
+    restored_now = {a.device_id for a in decision.actions if isinstance(a, Restore)}
+    assert assigned_now
+    assert assigned_now <= restored_now
+    assert decision.progress.state == "rolled-back"
+
+
+def test_fewer_waves_than_already_reached_finish_the_rollout() -> None:
+    rollout = Rollout(policy("10%,50%,100%"), fleet(10))
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    rollout.report(rollout.wave(1), "updated")
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert rollout.progress.wave == 2
+    rollout.policy = policy("100%")  # applied again with a single wave
+    rollout.report(list(rollout.seen), "updated")
+    rollout.tick(T0 + timedelta(seconds=3))
+    assert rollout.progress.state == "completed"
+
+
+def test_a_wave_that_reaches_no_new_device_does_not_bake() -> None:
+    rollout = Rollout(policy("1,2,3,100%", bake=600), fleet(1))
+    rollout.tick(T0)
+    rollout.report(list(rollout.seen), "updated")
+    rollout.tick(T0 + timedelta(seconds=1))
+    rollout.tick(T0 + timedelta(seconds=602))
+    assert rollout.progress.state == "completed"
+    assert rollout.events.count("wave 1 baking") == 1
+    assert "wave 2 baking" not in rollout.events
+
+
+def test_time_spent_paused_does_not_count_toward_the_bake() -> None:
+    rollout = Rollout(policy("50%,100%", bake=600), fleet(4))
+    rollout.tick(T0)
+    rollout.report(rollout.wave(0), "updated")
+    rollout.tick(T0 + timedelta(seconds=100))  # baking from 100 s
+    rollout.progress = replace(rollout.progress, state="paused")
+    rollout.progress = resume(rollout.progress, rollout.members, paused_for=timedelta(seconds=500))
+    rollout.tick(T0 + timedelta(seconds=701))
+    assert rollout.progress.wave == 0  # 601 s since the bake began, but 500 of them paused
+    rollout.tick(T0 + timedelta(seconds=1200))
+    assert rollout.progress.wave == 1

@@ -1,4 +1,4 @@
-"""`edgefleet device list|show|tag|accept|reject|revoke|assign|retry|assignments|env`: the device registry."""
+"""`edgefleet device list|show|tag|accept|reject|revoke|assign|retry|why|assignments|env`: the device registry."""
 
 from __future__ import annotations
 
@@ -203,6 +203,21 @@ def retry(
         return
     for row in rows:
         say(f"{device_id}: {row['app']}@{row['version']} retry {row['retry']}: the device tries it again")
+
+
+@app.command("why")
+def why(
+    device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: CaFile = None, json_out: JsonFlag = False
+) -> None:
+    """Explain, per app, which deployment (or operator) put the device on its release."""
+    result = HubClient(hub, token, ca).call("GET", f"/devices/{quote(device_id, safe='')}/why")
+    if json_out:
+        print_json(result)
+        return
+    if not result["apps"]:
+        say("no app is assigned to this device, and no deployment selects it")
+    for entry in result["apps"]:
+        say(f"{entry['app']}: {entry['explanation']}")
 
 
 @app.command("assignments")

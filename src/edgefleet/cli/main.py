@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import agent, audit, devices, fleets, hub, keys, release, repo, tokens, users
+from edgefleet.cli import agent, audit, deploy, devices, fleets, hub, keys, release, repo, tokens, users
 from edgefleet.cli.common import run_app
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(hub.app, name="hub")
 app.add_typer(tokens.app, name="token")
 app.add_typer(devices.app, name="device")
 app.add_typer(fleets.app, name="fleet")
+app.add_typer(deploy.app, name="deploy")
 app.add_typer(users.users, name="user")
 app.add_typer(users.apitokens, name="apitoken")
 app.add_typer(audit.app, name="audit")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from edgefleet.hub.datadir import HubKeys
 from edgefleet.hub.db import Store
+from edgefleet.hub.notify import Notifier
 from edgefleet.hub.settings import HubSettings
 
 Clock = Callable[[], datetime]
@@ -60,3 +61,8 @@ class Hub:
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.
         object.__setattr__(self, "refusal_budget", RefusalBudget(self.settings.refusal_audits_per_minute))
+
+    @property
+    def notifier(self) -> Notifier:
+        """Wakes this process's held device polls: the store's, fed by its commits or its listener."""
+        return self.store.notifier

@@ -15,6 +15,7 @@ from edgefleet.hub.datadir import init_data_dir, load_keys
 from edgefleet.hub.db import Store
 from edgefleet.hub.db.migrate import upgrade
 from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.scheduler import Scheduler
 from edgefleet.hub.services.operators import bootstrap_admin
 from edgefleet.hub.settings import HubSettings
 
@@ -74,13 +75,16 @@ def serve(settings: HubSettings, *, host: str, port: int, log_level: str = "info
         timeout_graceful_shutdown=5,
         # Long-polls are bounded by settings; keep-alive stays a little longer than the longest one.
         timeout_keep_alive=int(settings.long_poll_max_seconds) + 5,
-        limit_concurrency=1000,
+        limit_concurrency=settings.max_concurrent_requests,
     )
     config.load()
     if config.ssl is None:
         raise HubConfigError("tls_unavailable", "uvicorn did not build a TLS context")
     config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    scheduler = Scheduler(hub)
+    scheduler.start()
     try:
         uvicorn.Server(config).run()
     finally:
+        scheduler.stop()
         hub.store.dispose()

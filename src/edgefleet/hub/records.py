@@ -135,3 +135,44 @@ class UpdateOutcome:
     service: str | None
     reason: str | None
     logs: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A deployment: APP@VERSION for the devices `target` selects, its rollout policy and its progress."""
+
+    id: str
+    name: str
+    app: str
+    version: str
+    release_counter: int
+    target: str
+    priority: int
+    waves: str
+    bake_seconds: int
+    wave_timeout_seconds: int
+    max_failure: str
+    on_failure: str
+    state: str
+    wave: int
+    wave_started_at: datetime | None
+    bake_started_at: datetime | None
+    accepted_failures: int
+    reason: str | None
+    revision: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentMember:
+    """A device a deployment's rollout assigned, with the release it had before (None: the app was new there)."""
+
+    deployment_id: str
+    device_id: str
+    wave: int
+    status: str
+    previous_version: str | None
+    assigned_at: datetime
+    fetched_at: datetime | None

@@ -47,6 +47,20 @@ class HubSettings(BaseSettings):
     public_repository: bool = Field(
         default=False, description="Serve the image repository (metadata and artifacts) without credentials."
     )
+    max_concurrent_requests: int = Field(
+        default=20_000,
+        ge=10,
+        le=1_000_000,
+        description="Requests one process serves at once (held long-polls count); more are answered 503.",
+    )
+    rollout_interval_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="How often the rollout scheduler looks at deployments."
+    )
+    offline_after: timedelta = Field(
+        default=timedelta(minutes=3),
+        ge=timedelta(seconds=60),  # devices' last_seen is written at most every 30 s
+        description="A device not heard from for this long counts as offline in rollouts.",
+    )
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."
     )

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet import __version__
 from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from edgefleet.hub.api.routes import audit, device, devices, environment, repository, system, tokens, tuf, users
+from edgefleet.hub.api.routes import (
+    audit,
+    deployments,
+    device,
+    devices,
+    environment,
+    repository,
+    system,
+    tokens,
+    tuf,
+    users,
+)
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubConfigError, HubError
 from edgefleet.protocol import API_PREFIX, ErrorBody
@@ -65,6 +79,22 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "internal error; see the hub log")
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app serves: on PostgreSQL, the listener that wakes held device polls for every process's changes."""
+    hub: Hub = app.state.hub
+    listener = hub.store.listener()
+    app.state.listener = listener
+    if listener is None:
+        yield
+        return
+    listener.start()
+    try:
+        yield
+    finally:
+        await run_in_threadpool(listener.stop)
+
+
 def create_app(hub: Hub) -> FastAPI:
     """Build the API for one hub; all state hangs off `app.state`, nothing is global."""
     app = FastAPI(
@@ -73,11 +103,12 @@ def create_app(hub: Hub) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         dependencies=[Depends(reject_unknown_query)],
+        lifespan=_lifespan,
     )
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
     app.include_router(system.router)
-    for module in (device, devices, environment, tokens, users, audit, repository, tuf):
+    for module in (device, devices, deployments, environment, tokens, users, audit, repository, tuf):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,14 +1,15 @@
 """Long-polling with ETag/If-None-Match: hold a device's request until its answer changes or the wait ends.
 
 Shared by `/device/self` and `/device/target`. While the device's `If-None-Match` equals
-the current answer's ETag, the request is held and the answer re-read at most every
-`LONG_POLL_INTERVAL` seconds, for at most `wait` capped by the hub's
-`long_poll_max_seconds`; then it ends with a 304 that carries only the ETag.
+the current answer's ETag, the request is held, for at most `wait` capped by the hub's
+`long_poll_max_seconds`; then it ends with a 304 that carries only the ETag. While held, it
+reads its answer again only when the hub's `Notifier` wakes it for its device (a committed
+change, in any hub process) and every `FALLBACK_SECONDS` (for changes nothing announces,
+such as time passing). It subscribes before it reads, so no wake is lost in between.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from fastapi import Header, Query, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-LONG_POLL_INTERVAL = 1.0
-"""How often a held request re-reads its answer (seconds)."""
+from edgefleet.hub.notify import Notifier
+
+FALLBACK_SECONDS = 30.0
+"""How often a held request reads its answer again without being woken."""
 
 Wait = Annotated[float, Query(ge=0, le=3600, description="Long-poll: seconds to wait for a change")]
 IfNoneMatch = Annotated[str | None, Header(max_length=128)]
@@ -37,9 +40,11 @@ def etag(answer: BaseModel) -> str:
 
 async def hold(
     response: Response,
-    first: Answer,
-    reread: Callable[[], Answer],
+    read: Callable[[], Answer],
     *,
+    notifier: Notifier,
+    device_id: str,
+    first: Answer | None = None,
     if_none_match: str | None,
     wait: float,
     max_seconds: float,
@@ -48,20 +53,37 @@ async def hold(
 
     Args:
         response: the route's response, to carry the ETag header.
-        first: the answer as it is now.
-        reread: reads the answer again (blocking; run in the thread pool). Whatever it
-            raises (e.g. the device was revoked meanwhile) ends the request.
+        read: reads the answer (blocking; run in the thread pool). Whatever it raises (e.g.
+            the device was revoked meanwhile) ends the request.
+        notifier: wakes the request when the device's answer may have changed.
+        device_id: the device whose changes wake the request.
+        first: the answer as the caller already read it, if it did: answered at once when it
+            differs from `if_none_match`; otherwise read again once subscribed, since a
+            change may have committed between that read and the subscription.
         if_none_match: the ETag the device already holds, if any.
         wait: how long the device is willing to wait (seconds).
         max_seconds: the hub's cap on `wait`.
     """
-    answer = first
-    deadline = time.monotonic() + min(wait, max_seconds)
-    while if_none_match == etag(answer):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=304, headers={"ETag": if_none_match})
-        await asyncio.sleep(min(LONG_POLL_INTERVAL, remaining))
-        answer = await run_in_threadpool(reread)
-    response.headers["ETag"] = etag(answer)
+    if first is not None and etag(first) != if_none_match:
+        return _answer(response, first, if_none_match)
+    duration = min(wait, max_seconds)
+    if if_none_match is None or duration <= 0:
+        answer = first if first is not None else await run_in_threadpool(read)
+        return _answer(response, answer, if_none_match)
+    deadline = time.monotonic() + duration
+    with notifier.subscribe(device_id) as changes:
+        # Subscribed before this read: a change committed after it wakes the wait below.
+        answer = await run_in_threadpool(read)
+        while etag(answer) == if_none_match and (remaining := deadline - time.monotonic()) > 0:
+            woken = await changes.wait(min(FALLBACK_SECONDS, remaining))
+            if woken or remaining > FALLBACK_SECONDS:
+                answer = await run_in_threadpool(read)
+    return _answer(response, answer, if_none_match)
+
+
+def _answer(response: Response, answer: Answer, if_none_match: str | None) -> Answer | Response:
+    tag = etag(answer)
+    if tag == if_none_match:
+        return Response(status_code=304, headers={"ETag": tag})
+    response.headers["ETag"] = tag
     return answer

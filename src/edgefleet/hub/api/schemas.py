@@ -282,3 +282,128 @@ class DeviceEnvironmentOut(WireModel):
     environment: dict[str, str] = Field(description="Set on the device itself; overrides the fleet's.")
     fleet_environment: dict[str, str] = Field(description="Set on the device's fleet.")
     effective: dict[str, str] = Field(description="What the device's apps get: the fleet's overlaid by its own.")
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+DeploymentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,62}$")]
+DeploymentState = Literal["active", "paused", "completed", "aborted", "rolled-back"]
+WaveSeconds = Annotated[int, Field(ge=0, le=30 * 86400)]
+
+
+class DeploymentIn(RequestModel):
+    """A deployment as declared: which release, for which devices, how it rolls out."""
+
+    name: DeploymentName | None = Field(default=None, description="Unique; APP-VERSION when left out.")
+    app: AppName
+    version: ReleaseVersion
+    target: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="Tag selector, e.g. 'fleet=f1 and env=prod and not lab'; `fleet` is the device's fleet."
+    )
+    priority: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    waves: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        default="100%", description="Cumulative shares or counts, e.g. '1%,10%,50%,100%' or '5,50,100%'."
+    )
+    bake_seconds: WaveSeconds = Field(default=0, description="Hold after each wave; unhealthy devices count as failed.")
+    wave_timeout_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = Field(
+        default=3600, description="How long a wave waits for its devices; the rest count apart as offline."
+    )
+    max_failure: Annotated[str, StringConstraints(max_length=8)] = Field(
+        default="0%", description="A wave whose failures pass this share pauses or rolls back."
+    )
+    on_failure: Literal["pause", "rollback"] = "pause"
+
+
+class DeploymentOut(ReadModel):
+    id: str
+    name: str
+    app: str
+    version: str
+    target: str
+    priority: int
+    waves: str
+    bake_seconds: int
+    wave_timeout_seconds: int
+    max_failure: str
+    on_failure: str
+    state: DeploymentState
+    wave: int = Field(description="Current wave, counted from 1.")
+    wave_started_at: datetime | None
+    bake_started_at: datetime | None
+    reason: str | None
+    revision: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentList(WireModel):
+    items: list[DeploymentOut]
+
+
+class WaveOut(WireModel):
+    wave: int
+    reach: int = Field(description="Devices reached once this wave is done (cumulative, of those targeted now).")
+    size: int
+    pending: int
+    downloading: int
+    updated: int
+    failed: int
+    offline: int
+    restored: int
+
+
+class DeploymentStatusOut(WireModel):
+    deployment: DeploymentOut
+    targeted: int = Field(description="Devices the deployment selects and follows it now.")
+    left: int = Field(description="Devices it assigned that it no longer selects (retagged, or a higher priority).")
+    waves: list[WaveOut]
+
+
+class AbortIn(RequestModel):
+    rollback: bool = Field(default=False, description="Give every device the rollout assigned its previous release.")
+
+
+class ApplyIn(RequestModel):
+    deployments: Annotated[list[DeploymentIn], Field(max_length=100)]
+
+
+class ApplyResult(WireModel):
+    name: str
+    outcome: Literal["created", "updated", "restarted", "unchanged"]
+
+
+class ApplyOut(WireModel):
+    results: list[ApplyResult]
+
+
+class PreviewDevice(WireModel):
+    device_id: str
+    wave: int
+
+
+class PreviewOut(WireModel):
+    name: str = Field(description="The deployment name the canary order is drawn for.")
+    total: int
+    reach: list[int]
+    devices: list[PreviewDevice] = Field(description="In canary order, up to the listing bound.")
+    kept_by: dict[str, int] = Field(description="Higher-priority deployments and how many targets each keeps.")
+    incompatible: int = Field(description="Selected devices with no image for their architecture.")
+
+
+class WhyOut(WireModel):
+    app: str
+    assigned: str | None
+    assigned_by: str | None
+    deployment: str | None = Field(description="The deployment the device follows for this app now.")
+    priority: int | None
+    release: str | None
+    member: str | None = Field(description="Its status in that rollout; null while its wave has not come.")
+    wave: int | None
+    losing: list[str] = Field(description="Deployments that select the device too but lose on priority.")
+    explanation: str
+
+
+class WhyList(WireModel):
+    device_id: str
+    apps: list[WhyOut]

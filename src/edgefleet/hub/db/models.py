@@ -232,3 +232,46 @@ class DeviceEventCursorRow(Base):
 
     device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     acknowledged: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentRow(Base):
+    """A deployment: a release for the devices a selector targets, rolled out in waves, and its progress."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    app: Mapped[str] = mapped_column(String(63), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    release_counter: Mapped[int] = mapped_column(BigInteger)
+    target: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer)
+    waves: Mapped[str] = mapped_column(String(200))
+    bake_seconds: Mapped[int] = mapped_column(Integer)
+    wave_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    max_failure: Mapped[str] = mapped_column(String(16))
+    on_failure: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    wave_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    bake_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    accepted_failures: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeploymentMemberRow(Base):
+    """A device a deployment's rollout assigned: its wave, what is known of it, and what it ran before."""
+
+    __tablename__ = "deployment_devices"
+
+    deployment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True, index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    fetched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -3,6 +3,11 @@
 Services receive a `Tx` and never see SQLAlchemy; rows are mapped to `hub.records`.
 SQLite runs in WAL mode and takes its write lock at BEGIN (``BEGIN IMMEDIATE``) so that
 concurrent requests wait for each other instead of failing half-way.
+
+A `Tx` notes the devices whose answers (`device/self`, `device/target`) it may change, so
+their held long-polls wake: on PostgreSQL it sends ``pg_notify`` inside the transaction
+(delivered to every hub process's `listen.DeviceListener` on commit); on SQLite, a single
+process, `Store.transaction` wakes the store's `Notifier` itself after the commit.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, text,
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgefleet.hub.db.listen import CHANNEL, EVERY_DEVICE, DeviceListener
 from edgefleet.hub.db.models import (
     ApiTokenRow,
     AssignmentRow,
@@ -33,7 +39,9 @@ from edgefleet.hub.db.models import (
     RepoMetadataRow,
     UserRow,
 )
+from edgefleet.hub.db.rollouts import RolloutQueries
 from edgefleet.hub.errors import BadRequestError, ConflictError, HubConfigError
+from edgefleet.hub.notify import Notifier
 from edgefleet.hub.records import (
     ApiToken,
     Assignment,
@@ -57,6 +65,10 @@ _PG_REPOSITORY_LOCK = 0x6564676572657031
 _PG_ENVIRONMENT_LOCK = 0x6564676572656E76
 """Transaction-scoped advisory lock serialising writers of environment variables (their bounds span scopes)."""
 DIRECTOR_VERSIONS_KEPT = 4
+_ANSWER_COLUMNS = frozenset({"status", "fleet", "tags", "cert_pem", "cert_not_after"})
+"""Device columns a device's answers depend on: its identity, its fleet's environment, tag-selected deployments."""
+_MAX_NOTIFY_PAYLOAD = 1000
+"""PostgreSQL refuses payloads of 8000 bytes or more; a longer key (never a device id) wakes every device."""
 
 
 def _device(row: DeviceRow) -> Device:
@@ -159,11 +171,24 @@ def _audit(row: AuditRow) -> AuditEntry:
     )
 
 
-class Tx:
+class Tx(RolloutQueries):
     """One database transaction with the queries the hub's services need."""
 
     def __init__(self, session: Session) -> None:
         self._s = session
+        self._postgres = session.get_bind().dialect.name == "postgresql"
+        self.changed: set[str] = set()
+        """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them."""
+
+    def _changes(self, device_id: str | None) -> None:
+        """Note that the device's answers (None: every device's) may change when this transaction commits."""
+        key = EVERY_DEVICE if device_id is None or len(device_id) > _MAX_NOTIFY_PAYLOAD else device_id
+        if key in self.changed:
+            return
+        self.changed.add(key)
+        if self._postgres:
+            # Queued by PostgreSQL and delivered to every listening hub process on commit only.
+            self._s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": key})
 
     # --- devices ---------------------------------------------------------------------
 
@@ -204,6 +229,8 @@ class Tx:
         row = self._s.get(DeviceRow, device_id, with_for_update=True)
         if row is None:
             raise KeyError(device_id)
+        if any(getattr(row, name) != value for name, value in values.items() if name in _ANSWER_COLUMNS):
+            self._changes(device_id)
         for name, value in values.items():
             setattr(row, name, value)
         self._flush_device()
@@ -373,6 +400,11 @@ class Tx:
     def put_assignment(self, assignment: Assignment) -> None:
         values = {f: getattr(assignment, f) for f in Assignment.__slots__}
         self._put(AssignmentRow, (assignment.device_id, assignment.app), values)
+        self._changes(assignment.device_id)
+
+    def delete_assignment(self, device_id: str, app: str) -> None:
+        self._s.execute(delete(AssignmentRow).where(AssignmentRow.device_id == device_id, AssignmentRow.app == app))
+        self._changes(device_id)
 
     def list_assignments(self, device_id: str) -> list[Assignment]:
         query = select(AssignmentRow).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
@@ -439,6 +471,8 @@ class Tx:
 
     def put_environment(self, scope: EnvScope, owner: str, values: dict[str, str]) -> None:
         """Set (insert or overwrite) variables at one scope."""
+        if values:
+            self._changes(None if scope == "fleet" else owner)
         for name, value in values.items():
             if scope == "fleet":
                 fleet_row = self._s.get(FleetEnvironmentRow, (owner, name))
@@ -458,6 +492,7 @@ class Tx:
         """Remove variables from one scope (names not set are ignored)."""
         if not names:
             return
+        self._changes(None if scope == "fleet" else owner)
         row = FleetEnvironmentRow if scope == "fleet" else DeviceEnvironmentRow
         self._s.execute(delete(row).where(self._env_owner(scope) == owner, row.name.in_(list(names))))
         self._s.flush()
@@ -520,12 +555,17 @@ class Tx:
 
 
 class Store:
-    """The hub's database: owns the engine; hands out one `Tx` per unit of work."""
+    """The hub's database: owns the engine; hands out one `Tx` per unit of work.
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    Its `notifier` is woken for the devices each committed transaction changed (on SQLite
+    directly; on PostgreSQL by the `listener`, which sees every hub process's commits).
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, notifier: Notifier | None = None) -> None:
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.notifier = notifier or Notifier()
 
     @property
     def dialect(self) -> str:
@@ -542,12 +582,26 @@ class Store:
             try:
                 with session.begin():
                     session.connection(execution_options={_READONLY: readonly})
-                    yield Tx(session)
+                    tx = Tx(session)
+                    yield tx
             except OperationalError as exc:
                 raise HubConfigError("database_unavailable", f"database error: {exc.orig}") from exc
             except DataError as exc:
                 # Values the schema let through but the database refuses (e.g. NUL in PostgreSQL text).
                 raise BadRequestError("invalid_value", "a value cannot be stored (control characters?)") from exc
+        if tx.changed and self.dialect != "postgresql":
+            # Committed: wake this process's held polls (PostgreSQL's listener does it for every process).
+            if EVERY_DEVICE in tx.changed:
+                self.notifier.wake_all()
+            else:
+                self.notifier.wake(tx.changed)
+
+    def listener(self) -> DeviceListener | None:
+        """A (not yet started) listener for every hub process's changes; None on SQLite, where commits wake directly."""
+        if self.dialect != "postgresql":
+            return None
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return DeviceListener(conninfo, self.notifier)
 
     def iter_audit(self, *, batch: int = 1000) -> Iterator[AuditEntry]:
         """Every audit entry in chain order, read in bounded batches."""

@@ -266,4 +266,8 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
             body = tx.get_director(device.id, role, int(version))
     if body is None:
         raise NotFoundError("metadata_not_found", f"no {name} for this device")
+    if role == "targets":
+        # The device fetches targets only when they changed: what rollouts assigned it is now downloading.
+        with hub.store.transaction() as tx:
+            tx.mark_fetched(device.id, now=hub.clock())
     return body.encode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
-from starlette.concurrency import run_in_threadpool
 
 from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, HubDep
@@ -48,13 +47,15 @@ async def device_self(
     request until the identity changes or the wait (capped by `long_poll_max_seconds`) ends.
     """
 
-    def reread() -> DeviceIdentity:
+    def read() -> DeviceIdentity:
         return enrollment.identity_of(hub, devices.reload(hub, caller.device.id))
 
     return await longpoll.hold(
         response,
-        enrollment.identity_of(hub, caller.device),
-        reread,
+        read,
+        notifier=hub.notifier,
+        device_id=caller.device.id,
+        first=enrollment.identity_of(hub, caller.device),
         if_none_match=if_none_match,
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
@@ -76,13 +77,14 @@ async def device_target(
     wait (capped by `long_poll_max_seconds`) ends, then answers 304 with no body.
     """
 
-    def reread() -> TargetState:
+    def read() -> TargetState:
         return device_state.target_state(hub, caller.device.id)
 
     return await longpoll.hold(
         response,
-        await run_in_threadpool(reread),
-        reread,
+        read,
+        notifier=hub.notifier,
+        device_id=caller.device.id,
         if_none_match=if_none_match,
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,

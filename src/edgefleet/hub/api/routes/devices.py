@@ -18,8 +18,10 @@ from edgefleet.hub.api.schemas import (
     RetryIn,
     TagUpdate,
     UpdateOut,
+    WhyList,
+    WhyOut,
 )
-from edgefleet.hub.services import device_state, devices, director
+from edgefleet.hub.services import deployments, device_state, devices, director
 from edgefleet.protocol import DeviceId, DeviceStatus, FleetName
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
@@ -103,3 +105,26 @@ def decide(
 ) -> DeviceOut:
     """Accept or reject a pending device, or revoke a device (operator)."""
     return DeviceOut.model_validate(devices.decide(hub, operator, device_id, verb))
+
+
+@router.get("/{device_id}/why", response_model=WhyList)
+def why(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> WhyList:
+    """Per app: what the device is assigned, by whom, and which deployments select it (the winner and the losers)."""
+    apps = []
+    for reason in deployments.why(hub, operator, device_id):
+        chosen = reason.deployment
+        apps.append(
+            WhyOut(
+                app=reason.app,
+                assigned=reason.assigned,
+                assigned_by=reason.assigned_by,
+                deployment=None if chosen is None else chosen.name,
+                priority=None if chosen is None else chosen.priority,
+                release=None if chosen is None else f"{chosen.app}@{chosen.version}",
+                member=reason.member,
+                wave=None if reason.wave is None else reason.wave + 1,
+                losing=[f"{d.name} (priority {d.priority})" for d in reason.losers],
+                explanation=deployments.explain(reason),
+            )
+        )
+    return WhyList(device_id=device_id, apps=apps)

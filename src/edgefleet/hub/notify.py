@@ -1,0 +1,104 @@
+"""Wake-ups for held device long-polls: per-device subscriptions, woken from any thread.
+
+`Store` wakes devices after a commit on SQLite; on PostgreSQL the listener in `hub.db.listen`
+wakes them for commits of every hub process. `api.longpoll.hold` subscribes *before* it
+reads a device's answer and waits between reads. A wake sets a flag that stays set until the
+subscription's next `wait` takes it, so a change committed between a read and the wait
+after it is never lost: that wait returns at once and the answer is read again.
+
+Memory is bounded by the held requests: a device has an entry only while a request for it
+is subscribed. Woken from worker threads (the synchronous database code) and from the
+listener's thread, the flags are set on the subscriber's event loop through
+`call_soon_threadsafe`, one call per loop and wake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+
+class Subscription:
+    """One held request's interest in one device; a wake is kept until the next `wait` takes it."""
+
+    __slots__ = ("_event", "_loop", "device_id")
+
+    def __init__(self, device_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.device_id = device_id
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        """True once woken (at once when woken since the last wait); False after `timeout` seconds."""
+        if not self._event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return False
+        # Cleared before the caller reads again: a wake delivered after this sets it anew.
+        self._event.clear()
+        return True
+
+
+class Notifier:
+    """The devices some held request waits for, and the way to wake them; one per process (per `Store`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    @contextmanager
+    def subscribe(self, device_id: str) -> Iterator[Subscription]:
+        """Interest in `device_id` for the block; enter it before the first read of the answer.
+
+        Must be entered in a running event loop (the one that will `wait`).
+        """
+        subscription = Subscription(device_id, asyncio.get_running_loop())
+        with self._lock:
+            self._subscribers.setdefault(device_id, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            with self._lock:
+                subscribers = self._subscribers.get(device_id)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._subscribers[device_id]
+
+    def wake(self, device_ids: Iterable[str]) -> None:
+        """Wake the requests held for these devices (safe from any thread; devices nobody waits for cost nothing)."""
+        with self._lock:
+            woken = [s for device_id in set(device_ids) for s in self._subscribers.get(device_id, ())]
+        _deliver(woken)
+
+    def wake_all(self) -> None:
+        """Wake every held request: after a fleet-wide change, or when changes may have been missed."""
+        with self._lock:
+            woken = [s for subscribers in self._subscribers.values() for s in subscribers]
+        _deliver(woken)
+
+    def waiting(self) -> int:
+        """How many devices some request is subscribed for."""
+        with self._lock:
+            return len(self._subscribers)
+
+
+def _deliver(subscriptions: list[Subscription]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+    for subscription in subscriptions:
+        by_loop.setdefault(subscription._loop, []).append(subscription._event)
+    for loop, events in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, events)
+        except RuntimeError:
+            # That loop is closed: the requests it held are gone, and so is their interest.
+            continue
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()

@@ -1,0 +1,316 @@
+"""The rollout scheduler: observe deployments and their devices, ask `edgefleet.rollout` what to do, do it.
+
+One pass (`tick`) runs in one transaction under the rollout lock, so two hub processes on
+one PostgreSQL never both act on the same deployment: the second finds the lock taken and
+skips its pass. Each assignment also inserts the device's member row, whose primary key
+refuses a second one, so no device is assigned twice by a rollout even if the lock failed.
+
+Which deployment a device follows, per app: the highest-priority deployment that is not
+finished and whose target selects the device (its tags, plus ``fleet``) and whose release
+has an image for the device's architecture. A device's reports say what it did with the
+release: its latest update outcome, its twin (release and services' health), and whether
+it fetched its new signed assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from edgefleet import rollout, selector
+from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Tx
+from edgefleet.hub.records import Assignment, Deployment, DeploymentMember
+from edgefleet.hub.services.audit import record
+from edgefleet.waves import parse_waves, percent
+
+log = logging.getLogger(__name__)
+
+OWNING = ("active", "paused", "completed")
+"""States in which a deployment decides what its targets run (finished ones no longer do)."""
+SCHEDULER = "hub:scheduler"
+"""The actor of what the scheduler does, in the audit log."""
+_HEALTHY_STATES = frozenset({"running"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the scheduler reads of one accepted device."""
+
+    id: str
+    tags: dict[str, str]
+    arch: str
+    last_seen_at: datetime | None
+    reported: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AppView:
+    """One app's deployments and everything the scheduler needs to judge their devices."""
+
+    app: str
+    deployments: list[Deployment]
+    architectures: dict[str, tuple[str, ...]]
+    """Deployment id -> architectures its release has images for."""
+    devices: list[Target]
+    outcomes: dict[str, tuple[str, str]]
+    selectors: dict[str, selector.Selector]
+
+
+def tags_of(fleet: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags a selector sees: the device's own, and its fleet as ``fleet``."""
+    return {**tags, "fleet": fleet}
+
+
+def policy_of(deployment: Deployment) -> rollout.Policy:
+    return rollout.Policy(
+        waves=parse_waves(deployment.waves),
+        bake=timedelta(seconds=deployment.bake_seconds),
+        wave_timeout=timedelta(seconds=deployment.wave_timeout_seconds),
+        max_failure=percent(deployment.max_failure),
+        on_failure="rollback" if deployment.on_failure == "rollback" else "pause",
+    )
+
+
+def progress_of(deployment: Deployment) -> rollout.Progress:
+    state: rollout.State = deployment.state  # type: ignore[assignment]  # written only from rollout.STATES
+    return rollout.Progress(
+        state=state,
+        wave=deployment.wave,
+        wave_started_at=deployment.wave_started_at,
+        bake_started_at=deployment.bake_started_at,
+        accepted_failures=deployment.accepted_failures,
+        reason=deployment.reason,
+    )
+
+
+def members_of(members: Sequence[DeploymentMember]) -> dict[str, rollout.Member]:
+    return {m.device_id: rollout.Member(wave=m.wave, status=m.status) for m in members}  # type: ignore[arg-type]
+
+
+def view(tx: Tx, app: str, deployments: Sequence[Deployment], *, devices: bool = True) -> AppView:
+    """Read what judging `app`'s deployments needs, once per pass (without `devices`, only the deployments)."""
+    architectures = {}
+    for deployment in deployments:
+        release = tx.get_release(deployment.app, deployment.version)
+        architectures[deployment.id] = () if release is None else release.architectures
+    targets = [
+        Target(id=d[0], tags=tags_of(d[1], d[2]), arch=d[3], last_seen_at=d[4], reported=d[5])
+        for d in (tx.accepted_devices() if devices else [])
+    ]
+    return AppView(
+        app=app,
+        deployments=sorted(deployments, key=lambda d: (-d.priority, d.created_at, d.id)),
+        architectures=architectures,
+        devices=targets,
+        outcomes=tx.outcomes_for_app(app) if devices else {},
+        selectors={d.id: selector.parse(d.target) for d in deployments},
+    )
+
+
+def selecting(app_view: AppView, device: Target) -> list[Deployment]:
+    """The deployments of the app that select the device and fit its architecture, highest priority first."""
+    return [
+        deployment
+        for deployment in app_view.deployments
+        if deployment.state in OWNING
+        and device.arch in app_view.architectures[deployment.id]
+        and selector.matches(app_view.selectors[deployment.id], device.tags)
+    ]
+
+
+def owner(app_view: AppView, device: Target) -> Deployment | None:
+    """The deployment the device follows for the app: the highest priority that selects it and fits its arch."""
+    chosen = selecting(app_view, device)
+    return chosen[0] if chosen else None
+
+
+def report_of(
+    app_view: AppView, deployment: Deployment, device: Target, member: DeploymentMember | None
+) -> rollout.Report:
+    """What the device's own reports say of the deployment's release."""
+    outcome = app_view.outcomes.get(device.id)
+    if outcome is not None and outcome[1] == deployment.version and outcome[0] in ("failed", "rolled-back"):
+        return "failed"
+    apps = device.reported.get("apps")
+    entry = apps.get(deployment.app) if isinstance(apps, dict) else None
+    if isinstance(entry, dict) and entry.get("version") == deployment.version:
+        services = entry.get("services")
+        if isinstance(services, dict) and any(not _healthy(s) for s in services.values()):
+            return "unhealthy"
+        return "updated"
+    if outcome is not None and outcome == ("committed", deployment.version):
+        return "updated"
+    if member is not None and member.fetched_at is not None:
+        return "fetched"
+    return "none"
+
+
+def _healthy(service: object) -> bool:
+    if not isinstance(service, dict):
+        return False
+    return service.get("state") in _HEALTHY_STATES and service.get("health") != "unhealthy"
+
+
+def seen_by(
+    hub: Hub, app_view: AppView, deployment: Deployment, members: Mapping[str, DeploymentMember]
+) -> dict[str, rollout.Seen]:
+    """The devices `deployment` targets now, each with whether it is online and what it reported."""
+    now, limit = hub.clock(), hub.settings.offline_after
+    seen = {}
+    for device in app_view.devices:
+        if owner(app_view, device) is not deployment:
+            continue
+        online = device.last_seen_at is not None and now - device.last_seen_at <= limit
+        seen[device.id] = rollout.Seen(
+            online=online, report=report_of(app_view, deployment, device, members.get(device.id))
+        )
+    return seen
+
+
+# --- acting on a decision ------------------------------------------------------------------
+
+
+def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *, actor: str = SCHEDULER) -> Deployment:
+    """Carry out a decision inside the caller's transaction; the deployment as it is afterwards."""
+    now = hub.clock()
+    members: dict[str, DeploymentMember] | None = None  # read at the first Restore, after this decision's Assigns
+    assigned = restored = 0
+    for action in decision.actions:
+        match action:
+            case rollout.SetStatus(device_id, status):
+                tx.set_member_status(deployment.id, device_id, status)
+            case rollout.Assign(device_id, wave):
+                _assign(tx, deployment, device_id, wave, now)
+                assigned += 1
+            case rollout.Rejoin(device_id, wave):
+                tx.update_member(deployment.id, device_id, wave=wave, status="assigned", fetched_at=None)
+                _put(tx, deployment, device_id, now)
+                assigned += 1
+            case rollout.Restore(device_id):
+                if members is None:
+                    members = {m.device_id: m for m in tx.list_members(deployment.id)}
+                member = members.get(device_id)
+                if member is not None:
+                    _restore(tx, deployment, member, now)
+                    restored += 1
+    progress = decision.progress
+    if progress != progress_of(deployment):
+        deployment = tx.update_deployment(
+            deployment.id,
+            state=progress.state,
+            wave=progress.wave,
+            wave_started_at=progress.wave_started_at,
+            bake_started_at=progress.bake_started_at,
+            accepted_failures=progress.accepted_failures,
+            reason=progress.reason,
+            updated_at=now,
+        )
+    for event in decision.events:
+        detail: dict[str, Any] = {"event": event, "wave": progress.wave + 1, "state": progress.state}
+        if restored:
+            detail["restored"] = restored
+        record(
+            hub, tx, actor=actor, action="deployment.progress", target=f"deployment:{deployment.name}", detail=detail
+        )
+    if assigned:
+        log.info("deployment %s: assigned %d devices (wave %d)", deployment.name, assigned, progress.wave + 1)
+    return deployment
+
+
+def _assign(tx: Tx, deployment: Deployment, device_id: str, wave: int, now: datetime) -> None:
+    previous = next((a for a in tx.list_assignments(device_id) if a.app == deployment.app), None)
+    tx.insert_member(
+        DeploymentMember(
+            deployment_id=deployment.id,
+            device_id=device_id,
+            wave=wave,
+            status="assigned",
+            previous_version=None if previous is None else previous.version,
+            assigned_at=now,
+            fetched_at=None,
+        )
+    )
+    _put(tx, deployment, device_id, now, previous=previous)
+
+
+def _put(tx: Tx, deployment: Deployment, device_id: str, now: datetime, *, previous: Assignment | None = None) -> None:
+    """Assign the deployment's release to the device, unless that is what it is assigned already."""
+    if previous is None:
+        previous = next((a for a in tx.list_assignments(device_id) if a.app == deployment.app), None)
+    if previous is not None and previous.version == deployment.version:
+        return  # already assigned (by hand or an earlier deployment): nothing for the device to do
+    tx.put_assignment(
+        Assignment(
+            device_id=device_id,
+            app=deployment.app,
+            version=deployment.version,
+            release_counter=deployment.release_counter,
+            rollback=previous is not None and deployment.release_counter < previous.release_counter,
+            assigned_by=f"deployment:{deployment.name}",
+            assigned_at=now,
+            retry=0 if previous is None else previous.retry,
+        )
+    )
+
+
+def _restore(tx: Tx, deployment: Deployment, member: DeploymentMember, now: datetime) -> None:
+    """Give the device back its release from before the rollout, unless someone has assigned it since."""
+    tx.set_member_status(deployment.id, member.device_id, "restored")
+    current = next((a for a in tx.list_assignments(member.device_id) if a.app == deployment.app), None)
+    if current is None or current.version != deployment.version:
+        return
+    if member.previous_version is None:
+        tx.delete_assignment(member.device_id, deployment.app)
+        return
+    release = tx.get_release(deployment.app, member.previous_version)
+    if release is None:  # pragma: no cover - releases are never deleted
+        return
+    tx.put_assignment(
+        replace(
+            current,
+            version=release.version,
+            release_counter=release.release_counter,
+            rollback=release.release_counter < deployment.release_counter,
+            assigned_by=f"deployment:{deployment.name}:rollback",
+            assigned_at=now,
+        )
+    )
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+
+def tick(hub: Hub, *, wait: bool = False) -> int:
+    """One scheduler pass over every deployment that is not finished; how many actions it took.
+
+    Skips (0) when another process holds the rollout lock, unless `wait` (then it runs after that pass).
+    """
+    with hub.store.transaction(readonly=True) as tx:
+        if not tx.list_deployments(states=OWNING, limit=1):
+            return 0
+    taken = 0
+    with hub.store.transaction() as tx:
+        if not tx.lock_rollouts(wait=wait):
+            return 0
+        deployments = tx.list_deployments(states=OWNING, limit=100_000)
+        for app in sorted({d.app for d in deployments}):
+            mine = [d for d in deployments if d.app == app]
+            app_view = view(tx, app, mine)
+            for deployment in mine:
+                members = {m.device_id: m for m in tx.list_members(deployment.id)}
+                seen = seen_by(hub, app_view, deployment, members)
+                decision = rollout.decide(
+                    deployment.name,
+                    policy_of(deployment),
+                    progress_of(deployment),
+                    members_of(list(members.values())),
+                    seen,
+                    hub.clock(),
+                )
+                act(hub, tx, deployment, decision)
+                taken += len(decision.actions)
+    return taken

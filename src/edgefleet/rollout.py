@@ -197,8 +197,11 @@ def decide(
     seen: Mapping[str, Seen],
     now: datetime,
 ) -> Decision:
-    """What to do now (pure). `key`: the deployment's name (its canary order); `members`: the devices this rollout
-    assigned; `seen`: the devices it targets now."""
+    """What to do now (pure).
+
+    `key` is the deployment's name (it seeds the canary order), `members` the devices this
+    rollout assigned, `seen` the devices it targets now.
+    """
     actions: list[Action] = []
     events: list[str] = []
     current = dict(members)

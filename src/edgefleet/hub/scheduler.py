@@ -1,15 +1,28 @@
-"""The rollout scheduler's thread: a `rollouts.tick` every `rollout_interval_seconds` while the hub serves."""
+"""The rollout scheduler's thread: `rollouts.tick` passes while the hub serves, at a pace that bounds its cost.
+
+A pass reads every accepted device, so its cost grows with the fleet. The thread waits
+`rollout_interval_seconds` between passes, or four times as long as the last pass took when
+that is longer (the scheduler uses at most about a fifth of one core). When no deployment
+is active (only completed or paused ones, which just take in newcomers), it runs a pass
+every `IDLE_SECONDS`.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubError
 from edgefleet.hub.services import rollouts
 
 log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 30.0
+"""Time between passes while no deployment is active."""
+COST_FACTOR = 4.0
+"""A pass that took T seconds is followed by a wait of at least COST_FACTOR * T."""
 
 
 class Scheduler:
@@ -30,12 +43,18 @@ class Scheduler:
 
     def _run(self) -> None:
         interval = self._hub.settings.rollout_interval_seconds
+        last_pass = float("-inf")
         while not self._stop.is_set():
+            started = time.monotonic()
+            took = 0.0
             try:
-                rollouts.tick(self._hub)
+                if rollouts.active(self._hub) or started - last_pass >= IDLE_SECONDS:
+                    rollouts.tick(self._hub)
+                    last_pass = started
+                    took = time.monotonic() - started
+                    self.passes += 1
             except HubError as exc:
                 log.warning("rollout pass failed: %s", exc.message)
             except Exception:  # a bug in one pass must not stop every rollout for good
                 log.exception("rollout pass failed")
-            self.passes += 1
-            self._stop.wait(interval)
+            self._stop.wait(max(interval, COST_FACTOR * took))

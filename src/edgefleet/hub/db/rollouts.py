@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -95,6 +95,16 @@ class RolloutQueries:
             self._s.flush()
         except IntegrityError as exc:
             raise ConflictError("already_assigned", f"{member.device_id} is already in the rollout") from exc
+
+    def insert_members(self, members: Sequence[DeploymentMember]) -> None:
+        """Record many members at once; any pair already recorded refuses the whole batch."""
+        for start in range(0, len(members), 1000):
+            chunk = members[start : start + 1000]
+            rows = [{n: getattr(m, n) for n in DeploymentMember.__slots__} for m in chunk]
+            try:
+                self._s.execute(insert(DeploymentMemberRow), rows)
+            except IntegrityError as exc:
+                raise ConflictError("already_assigned", "a device is already in the rollout") from exc
 
     def set_member_status(self, deployment_id: str, device_id: str, status: str) -> None:
         self._s.execute(

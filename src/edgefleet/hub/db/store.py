@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +65,8 @@ _PG_REPOSITORY_LOCK = 0x6564676572657031
 _PG_ENVIRONMENT_LOCK = 0x6564676572656E76
 """Transaction-scoped advisory lock serialising writers of environment variables (their bounds span scopes)."""
 DIRECTOR_VERSIONS_KEPT = 4
+_BATCH = 1000
+"""Rows per statement in bulk writes."""
 _ANSWER_COLUMNS = frozenset({"status", "fleet", "tags", "cert_pem", "cert_not_after"})
 """Device columns a device's answers depend on: its identity, its fleet's environment, tag-selected deployments."""
 _MAX_NOTIFY_PAYLOAD = 1000
@@ -179,6 +181,18 @@ class Tx(RolloutQueries):
         self._postgres = session.get_bind().dialect.name == "postgresql"
         self.changed: set[str] = set()
         """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them."""
+
+    def _changes_many(self, device_ids: Collection[str]) -> None:
+        """`_changes` for many devices, in one statement on PostgreSQL (a wave can assign thousands)."""
+        new = sorted({d for d in device_ids if len(d) <= _MAX_NOTIFY_PAYLOAD} - self.changed)
+        if not new:
+            return
+        self.changed.update(new)
+        if self._postgres:
+            self._s.execute(
+                text("SELECT pg_notify(:channel, device) FROM unnest(CAST(:devices AS text[])) AS device"),
+                {"channel": CHANNEL, "devices": new},
+            )
 
     def _changes(self, device_id: str | None) -> None:
         """Note that the device's answers (None: every device's) may change when this transaction commits."""
@@ -401,6 +415,29 @@ class Tx(RolloutQueries):
         values = {f: getattr(assignment, f) for f in Assignment.__slots__}
         self._put(AssignmentRow, (assignment.device_id, assignment.app), values)
         self._changes(assignment.device_id)
+
+    def put_assignments(self, assignments: Sequence[Assignment]) -> None:
+        """Insert or overwrite many assignments of one app at once (a rollout's wave)."""
+        apps = {a.app for a in assignments}
+        if not assignments:
+            return
+        if len(apps) != 1:
+            raise ValueError("put_assignments takes assignments of one app")
+        self._s.flush()
+        for start in range(0, len(assignments), _BATCH):
+            chunk = assignments[start : start + _BATCH]
+            devices = [a.device_id for a in chunk]
+            self._s.execute(
+                delete(AssignmentRow).where(AssignmentRow.app == chunk[0].app, AssignmentRow.device_id.in_(devices))
+            )
+            self._s.execute(insert(AssignmentRow), [{f: getattr(a, f) for f in Assignment.__slots__} for a in chunk])
+        self._s.expire_all()  # rows loaded earlier in this transaction are stale now
+        self._changes_many([a.device_id for a in assignments])
+
+    def assignments_of_app(self, app: str) -> dict[str, Assignment]:
+        """Device id -> its assignment of `app`, for every device that has one."""
+        query = select(AssignmentRow).where(AssignmentRow.app == app).execution_options(populate_existing=True)
+        return {row.device_id: _assignment(row) for row in self._s.scalars(query)}
 
     def delete_assignment(self, device_id: str, app: str) -> None:
         self._s.execute(delete(AssignmentRow).where(AssignmentRow.device_id == device_id, AssignmentRow.app == app))

@@ -175,28 +175,50 @@ def seen_by(
 
 
 def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *, actor: str = SCHEDULER) -> Deployment:
-    """Carry out a decision inside the caller's transaction; the deployment as it is afterwards."""
+    """Carry out a decision inside the caller's transaction; the deployment as it is afterwards.
+
+    Assignments are written in bulk (a wave may assign thousands of devices), then restores.
+    """
     now = hub.clock()
-    members: dict[str, DeploymentMember] | None = None  # read at the first Restore, after this decision's Assigns
-    assigned = restored = 0
+    joining: dict[str, int] = {}
+    new_members: list[DeploymentMember] = []
+    restores: list[str] = []
+    current = tx.assignments_of_app(deployment.app) if _assigns(decision) else {}
     for action in decision.actions:
         match action:
             case rollout.SetStatus(device_id, status):
                 tx.set_member_status(deployment.id, device_id, status)
             case rollout.Assign(device_id, wave):
-                _assign(tx, deployment, device_id, wave, now)
-                assigned += 1
+                previous = current.get(device_id)
+                new_members.append(
+                    DeploymentMember(
+                        deployment_id=deployment.id,
+                        device_id=device_id,
+                        wave=wave,
+                        status="assigned",
+                        previous_version=None if previous is None else previous.version,
+                        assigned_at=now,
+                        fetched_at=None,
+                    )
+                )
+                joining[device_id] = wave
             case rollout.Rejoin(device_id, wave):
                 tx.update_member(deployment.id, device_id, wave=wave, status="assigned", fetched_at=None)
-                _put(tx, deployment, device_id, now)
-                assigned += 1
+                joining[device_id] = wave
             case rollout.Restore(device_id):
-                if members is None:
-                    members = {m.device_id: m for m in tx.list_members(deployment.id)}
-                member = members.get(device_id)
-                if member is not None:
-                    _restore(tx, deployment, member, now)
-                    restored += 1
+                restores.append(device_id)
+    tx.insert_members(new_members)
+    fresh = [
+        _assignment(deployment, device_id, current.get(device_id), now)
+        for device_id in sorted(joining)
+        if current.get(device_id) is None or current[device_id].version != deployment.version
+    ]
+    tx.put_assignments(fresh)
+    if restores:
+        members = {m.device_id: m for m in tx.list_members(deployment.id)}  # including this decision's
+        for device_id in restores:
+            if device_id in members:
+                _restore(tx, deployment, members[device_id], now)
     progress = decision.progress
     if progress != progress_of(deployment):
         deployment = tx.update_deployment(
@@ -211,49 +233,31 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
         )
     for event in decision.events:
         detail: dict[str, Any] = {"event": event, "wave": progress.wave + 1, "state": progress.state}
-        if restored:
-            detail["restored"] = restored
+        if restores:
+            detail["restored"] = len(restores)
         record(
             hub, tx, actor=actor, action="deployment.progress", target=f"deployment:{deployment.name}", detail=detail
         )
-    if assigned:
-        log.info("deployment %s: assigned %d devices (wave %d)", deployment.name, assigned, progress.wave + 1)
+    if joining:
+        log.info("deployment %s: assigned %d devices (wave %d)", deployment.name, len(joining), progress.wave + 1)
     return deployment
 
 
-def _assign(tx: Tx, deployment: Deployment, device_id: str, wave: int, now: datetime) -> None:
-    previous = next((a for a in tx.list_assignments(device_id) if a.app == deployment.app), None)
-    tx.insert_member(
-        DeploymentMember(
-            deployment_id=deployment.id,
-            device_id=device_id,
-            wave=wave,
-            status="assigned",
-            previous_version=None if previous is None else previous.version,
-            assigned_at=now,
-            fetched_at=None,
-        )
-    )
-    _put(tx, deployment, device_id, now, previous=previous)
+def _assigns(decision: rollout.Decision) -> bool:
+    return any(isinstance(a, rollout.Assign | rollout.Rejoin) for a in decision.actions)
 
 
-def _put(tx: Tx, deployment: Deployment, device_id: str, now: datetime, *, previous: Assignment | None = None) -> None:
-    """Assign the deployment's release to the device, unless that is what it is assigned already."""
-    if previous is None:
-        previous = next((a for a in tx.list_assignments(device_id) if a.app == deployment.app), None)
-    if previous is not None and previous.version == deployment.version:
-        return  # already assigned (by hand or an earlier deployment): nothing for the device to do
-    tx.put_assignment(
-        Assignment(
-            device_id=device_id,
-            app=deployment.app,
-            version=deployment.version,
-            release_counter=deployment.release_counter,
-            rollback=previous is not None and deployment.release_counter < previous.release_counter,
-            assigned_by=f"deployment:{deployment.name}",
-            assigned_at=now,
-            retry=0 if previous is None else previous.retry,
-        )
+def _assignment(deployment: Deployment, device_id: str, previous: Assignment | None, now: datetime) -> Assignment:
+    """The deployment's release for the device, signed as a rollback when older than what it had."""
+    return Assignment(
+        device_id=device_id,
+        app=deployment.app,
+        version=deployment.version,
+        release_counter=deployment.release_counter,
+        rollback=previous is not None and deployment.release_counter < previous.release_counter,
+        assigned_by=f"deployment:{deployment.name}",
+        assigned_at=now,
+        retry=0 if previous is None else previous.retry,
     )
 
 
@@ -282,6 +286,12 @@ def _restore(tx: Tx, deployment: Deployment, member: DeploymentMember, now: date
 
 
 # --- the pass ---------------------------------------------------------------------------------
+
+
+def active(hub: Hub) -> bool:
+    """Whether any deployment is rolling out now (the scheduler's cheap check before a pass)."""
+    with hub.store.transaction(readonly=True) as tx:
+        return bool(tx.list_deployments(states=("active",), limit=1))
 
 
 def tick(hub: Hub, *, wait: bool = False) -> int:

@@ -2,12 +2,16 @@
 
 httpx does the transport; this module converts its exceptions and the hub's error bodies
 into `agent.errors` at the boundary. Tests can hand in any `httpx.Client` (e.g. a TestClient).
+The polling and reporting requests are also built and read as plain data (`Call`,
+`target_call`/`target_answer`, ...) so that an `httpx.AsyncClient` sends exactly the same
+ones: the fleet simulator (`edgefleet.sim`) does.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,94 @@ _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of the device protocol as data: built without I/O, sent by a sync or an async httpx client."""
+
+    method: str
+    path: str
+    """Below `API_PREFIX`."""
+    identity: LocalIdentity | None = None
+    """When given, the request carries a fresh token signed by the device key, minted when it is sent."""
+    json: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hold: float = 0.0
+    """Seconds the hub may hold the request (long-poll): the read timeout must outlast that."""
+
+    def arguments(self, *, now: datetime, timeout: httpx.Timeout) -> dict[str, Any]:
+        """Keyword arguments for `request()` of `httpx.Client` or `httpx.AsyncClient` (`timeout`: the client's)."""
+        headers = dict(self.headers)
+        if self.identity is not None:
+            headers["Authorization"] = f"Bearer {self.identity.token(now=now)}"
+        arguments: dict[str, Any] = {
+            "method": self.method,
+            "url": API_PREFIX + self.path,
+            "headers": headers,
+            "json": self.json,
+            "params": self.params,
+        }
+        if self.hold:
+            arguments["timeout"] = httpx.Timeout(timeout.connect or 30.0, read=(timeout.read or 30.0) + self.hold)
+        return arguments
+
+
+def checked(response: httpx.Response) -> dict[str, Any]:
+    """The JSON body of a 2xx answer; hub errors become agent errors."""
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        raise HubUnreachableError("hub answer too large")
+    if response.status_code >= 500:
+        raise HubUnreachableError(f"hub error {response.status_code}")
+    if response.status_code >= 400:
+        try:
+            error = ErrorBody.model_validate_json(response.content)
+        except ValueError:
+            error = ErrorBody(code="http_error", message=response.text[:200])
+        cls = DeviceNotAcceptedError if error.code in _NOT_ACCEPTED else HubRefusedError
+        raise cls(response.status_code, error.code, error.message)
+    try:
+        data: dict[str, Any] = response.json()
+    except ValueError as exc:
+        raise HubUnreachableError("hub answered with invalid JSON") from exc
+    return data
+
+
+def target_call(identity: LocalIdentity, *, wait: float = 0, etag: str | None = None) -> Call:
+    """Long-poll what the device must run; the hub holds it up to `wait` while `etag` is still current."""
+    return Call(
+        "GET",
+        "/device/target",
+        identity,
+        params={"wait": wait} if wait else None,
+        headers={"If-None-Match": etag} if etag else {},
+        hold=wait,
+    )
+
+
+def target_answer(response: httpx.Response, etag: str | None) -> tuple[TargetState | None, str | None]:
+    """(state, its ETag), or (None, etag) when unchanged (304)."""
+    if response.status_code == 304:
+        return None, etag
+    return TargetState.model_validate(checked(response)), response.headers.get("ETag")
+
+
+def events_call(identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> Call:
+    return Call("POST", "/device/events", identity, json={"events": events, "dropped": dropped})
+
+
+def acknowledged(response: httpx.Response) -> int:
+    """The highest event sequence number the hub says it has recorded."""
+    through = checked(response).get("acknowledged")
+    if not isinstance(through, int) or isinstance(through, bool):
+        raise HubUnreachableError("hub answered events without an acknowledgement")
+    return through
+
+
+def report_call(identity: LocalIdentity, properties: dict[str, Any], device_id: str | None = None) -> Call:
+    path = f"/devices/{device_id or identity.device_id}/twin/reported"
+    return Call("PATCH", path, identity, json={"properties": properties})
 
 
 class DeviceClient:
@@ -49,40 +141,17 @@ class DeviceClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, *, identity: LocalIdentity | None = None, **kwargs: Any) -> httpx.Response:
-        """One request to the API, signed by the device when `identity` is given; transport errors converted."""
-        headers = dict(kwargs.pop("headers", {}))
-        if identity is not None:
-            headers["Authorization"] = f"Bearer {identity.token(now=self._clock())}"
+    def _send(self, call: Call) -> httpx.Response:
+        """One request to the API, signed by the device when the call names its identity; transport errors converted."""
         try:
-            return self._http.request(method, API_PREFIX + path, headers=headers, **kwargs)
+            return self._http.request(**call.arguments(now=self._clock(), timeout=self._http.timeout))
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
 
     def _call(
         self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        return self._checked(self._send(method, path, identity=identity, json=body))
-
-    @staticmethod
-    def _checked(response: httpx.Response) -> dict[str, Any]:
-        """The JSON body of a 2xx answer; hub errors become agent errors."""
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise HubUnreachableError("hub answer too large")
-        if response.status_code >= 500:
-            raise HubUnreachableError(f"hub error {response.status_code}")
-        if response.status_code >= 400:
-            try:
-                error = ErrorBody.model_validate_json(response.content)
-            except ValueError:
-                error = ErrorBody(code="http_error", message=response.text[:200])
-            cls = DeviceNotAcceptedError if error.code in _NOT_ACCEPTED else HubRefusedError
-            raise cls(response.status_code, error.code, error.message)
-        try:
-            data: dict[str, Any] = response.json()
-        except ValueError as exc:
-            raise HubUnreachableError("hub answered with invalid JSON") from exc
-        return data
+        return checked(self._send(Call(method, path, identity, json=body)))
 
     def enroll(self, request: EnrollRequest) -> DeviceIdentity:
         return DeviceIdentity.model_validate(self._call("POST", "/enroll", body=request.model_dump()))
@@ -109,7 +178,7 @@ class DeviceClient:
         """(image repository root v1, director root) as the hub serves them: trusted on first use only."""
         roots = []
         for path in ("/tuf/repository/1.root.json", "/tuf/director/root.json"):
-            response = self._send("GET", path, identity=identity)
+            response = self._send(Call("GET", path, identity))
             if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
                 raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
             roots.append(response.content)
@@ -119,20 +188,7 @@ class DeviceClient:
         self, identity: LocalIdentity, *, wait: float = 0, etag: str | None = None
     ) -> tuple[TargetState | None, str | None]:
         """Long-poll what this device must run: (state, its ETag), or (None, etag) when unchanged (304)."""
-        # The hub holds the request up to `wait`; the read timeout must outlast that.
-        read = (self._http.timeout.read or 30.0) + wait
-        response = self._send(
-            "GET",
-            "/device/target",
-            identity=identity,
-            params={"wait": wait} if wait else None,
-            headers={"If-None-Match": etag} if etag else {},
-            timeout=httpx.Timeout(self._http.timeout.connect or 30.0, read=read),
-        )
-        if response.status_code == 304:
-            return None, etag
-        data = self._checked(response)
-        return TargetState.model_validate(data), response.headers.get("ETag")
+        return target_answer(self._send(target_call(identity, wait=wait, etag=etag)), etag)
 
     def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:
         return self._call("GET", f"/devices/{device_id or identity.device_id}/twin", identity=identity)
@@ -140,17 +196,8 @@ class DeviceClient:
     def report(
         self, identity: LocalIdentity, properties: dict[str, Any], device_id: str | None = None
     ) -> dict[str, Any]:
-        return self._call(
-            "PATCH",
-            f"/devices/{device_id or identity.device_id}/twin/reported",
-            identity=identity,
-            body={"properties": properties},
-        )
+        return checked(self._send(report_call(identity, properties, device_id)))
 
     def events(self, identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> int:
         """Deliver update events (oldest first); returns the highest sequence number the hub has recorded."""
-        data = self._call("POST", "/device/events", identity=identity, body={"events": events, "dropped": dropped})
-        acknowledged = data.get("acknowledged")
-        if not isinstance(acknowledged, int) or isinstance(acknowledged, bool):
-            raise HubUnreachableError("hub answered events without an acknowledgement")
-        return acknowledged
+        return acknowledged(self._send(events_call(identity, events, dropped=dropped)))

@@ -39,6 +39,8 @@ class AgentSettings(BaseModel):
     enrollment_token: str | None = Field(default=None, max_length=256)
     data_dir: Path = Path("/var/lib/edgefleet")
     engine: str = "unix:///run/podman/podman.sock"
+    engine_namespace: str = Field(default="", pattern=r"^[a-z0-9]{0,16}$")
+    """Prefixes the names of containers, networks and volumes, for several agents on one engine (demos, tests)."""
     policy: Path = Path("/etc/edgefleet/policy.toml")
     repository_root: Path | None = None
     arch: Arch | None = None

@@ -69,7 +69,7 @@ def _agent(settings: AgentSettings, client: DeviceClient, *, fault: FaultHook | 
     agent = Agent(
         client=client,
         identity=identity,
-        engine=DockerEngine(settings.engine, owner=identity.device_id),
+        engine=DockerEngine(settings.engine, owner=identity.device_id, namespace=settings.engine_namespace),
         data_dir=settings.data_dir,
         policy=policy,
         arch=settings.arch or host_arch(),
@@ -132,7 +132,9 @@ def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: Eng
         policy = load_policy(settings.policy)
     except PolicyError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
-    engine_client = DockerEngine(settings.engine, owner=saved_device_id(settings.data_dir) or "default")
+    engine_client = DockerEngine(
+        settings.engine, owner=saved_device_id(settings.data_dir) or "default", namespace=settings.engine_namespace
+    )
     state = load_state(settings.data_dir)
     try:
         steps, _ = plan_for(engine_client, state.desired(policy, host_facts()))

@@ -8,7 +8,9 @@ its own owner label, so containers, networks and volumes it did not create are n
 Names: containers ``edgefleet_APP_SERVICE_DIGEST8``, networks ``edgefleet_APP`` (internal:
 no route out) and ``edgefleet_APP_egress`` (for services with the `network` permission
 or published ports), volumes ``edgefleet_APP_VOLUME``. Each app has its own networks, so
-apps cannot reach each other. docker-py errors become `EngineError` here.
+apps cannot reach each other. Several agents can share one engine (a test bench, a demo)
+when each has its own `namespace`: names then start ``edgefleet-NAMESPACE_``. docker-py
+errors become `EngineError` here.
 """
 
 from __future__ import annotations
@@ -77,16 +79,20 @@ def _state(value: object) -> str:
     return str(value or "unknown").lower()
 
 
-def network_name(app: str, *, egress: bool = False) -> str:
-    return f"edgefleet_{app}_egress" if egress else f"edgefleet_{app}"
+def _prefix(namespace: str) -> str:
+    return f"edgefleet-{namespace}" if namespace else "edgefleet"
 
 
-def volume_name(app: str, volume: str) -> str:
-    return f"edgefleet_{app}_{volume}"
+def network_name(app: str, *, egress: bool = False, namespace: str = "") -> str:
+    return f"{_prefix(namespace)}_{app}_egress" if egress else f"{_prefix(namespace)}_{app}"
 
 
-def container_name(spec: ContainerSpec) -> str:
-    return f"edgefleet_{spec.app}_{spec.service}_{spec.config_digest[:8]}"
+def volume_name(app: str, volume: str, *, namespace: str = "") -> str:
+    return f"{_prefix(namespace)}_{app}_{volume}"
+
+
+def container_name(spec: ContainerSpec, *, namespace: str = "") -> str:
+    return f"{_prefix(namespace)}_{spec.app}_{spec.service}_{spec.config_digest[:8]}"
 
 
 @contextlib.contextmanager
@@ -109,6 +115,8 @@ class DockerEngine:
     owner: str = "default"
     """This agent's name for what it creates (the device ID): another agent's objects are not its own."""
     timeout: float = 120.0
+    namespace: str = ""
+    """Prefixes the names of what it creates, so several agents can share one engine ("": none)."""
     bundles: dict[str, Path] = field(default_factory=dict)
     """Image (name@sha256:...) -> a verified OCI archive to load instead of pulling."""
     _client: docker.DockerClient | None = None
@@ -253,7 +261,7 @@ class DockerEngine:
     def address(self, container_id: str, app: str) -> str | None:
         """The container's IP address on its app's network (where the agent's HTTP and TCP probes go)."""
         networks = self.inspect(container_id).get("NetworkSettings", {}).get("Networks") or {}
-        address = (networks.get(network_name(app)) or {}).get("IPAddress")
+        address = (networks.get(network_name(app, namespace=self.namespace)) or {}).get("IPAddress")
         return str(address) if address else None
 
     def logs(self, container_id: str, *, lines: int = LOG_TAIL_LINES) -> str:
@@ -301,7 +309,8 @@ class DockerEngine:
             case CreateVolume(app=app, volume=volume):
                 with _converted(f"create volume {volume}"):
                     self.client.volumes.create(
-                        volume_name(app, volume), labels={**self._labels, APP: app, VOLUME: volume}
+                        volume_name(app, volume, namespace=self.namespace),
+                        labels={**self._labels, APP: app, VOLUME: volume},
                     )
             case CreateContainer(target=target):
                 self._create(specs[(target.app, target.service)])
@@ -315,7 +324,10 @@ class DockerEngine:
             case RemoveContainer(app=app, service=service, container_id=cid):
                 self._remove(self._container(cid), f"{app}/{service}")
             case RemoveNetwork(app=app):
-                for name in (network_name(app), network_name(app, egress=True)):
+                for name in (
+                    network_name(app, namespace=self.namespace),
+                    network_name(app, egress=True, namespace=self.namespace),
+                ):
                     with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
                         network = self.client.networks.get(name)
                         if self._owns(network.attrs.get("Labels")):
@@ -353,7 +365,7 @@ class DockerEngine:
         return self._container(found[0].id)
 
     def _ensure_network(self, app: str, *, egress: bool) -> str:
-        name = network_name(app, egress=egress)
+        name = network_name(app, egress=egress, namespace=self.namespace)
         with _converted(f"network {name}"):
             try:
                 network = self.client.networks.get(name)
@@ -383,7 +395,7 @@ class DockerEngine:
         mounts = [
             Mount(
                 target=m.target,
-                source=volume_name(spec.app, m.source) if m.kind == "volume" else m.source,
+                source=volume_name(spec.app, m.source, namespace=self.namespace) if m.kind == "volume" else m.source,
                 type=m.kind,
                 read_only=m.read_only,
             )
@@ -411,7 +423,7 @@ class DockerEngine:
                 spec.image,
                 command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                name=container_name(spec),
+                name=container_name(spec, namespace=self.namespace),
                 hostname=spec.service,
                 environment=dict(spec.environment),
                 labels=labels,

@@ -199,13 +199,13 @@ def test_overlap_of_examples(first: str, second: str, expected: bool) -> None:
     assert overlaps(parse(second), parse(first)) is expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(first=selectors, second=selectors)
 def test_overlap_is_true_exactly_when_some_tag_set_matches_both(first: Selector, second: Selector) -> None:
     # Exhaustive reference: every assignment of the keys either reads, over the whole value vocabulary
     # plus one value neither names and "absent".
     keys = sorted(set(keys_and_values(first)) | set(keys_and_values(second)))
-    assume(len(keys) <= 5)
+    assume(len(keys) <= 4)
     choices = [None, "f1", "prod", "dev", "", "or", "x:1/y@z", "other"]
     witness = any(
         matches(first, tags) and matches(second, tags)

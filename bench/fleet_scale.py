@@ -11,7 +11,8 @@ as users run it; PostgreSQL in a database of its own, dropped afterwards):
    long-poll `/device/target`; quantiles from the histogram's bucket deltas), non-2xx/304
    answers, the simulator's errors (transport errors and answers >= 400), hub RSS, and CPU
    seconds of the hub, the simulator (with its workers), PostgreSQL and everything else;
-4. (the largest N of each database) a py-spy profile of the hub in steady state;
+4. (the largest N of each database) a py-spy profile of the hub (the thread holding the GIL) in steady
+   state, and another during the rollout;
 5. rollout B: `deploy create sensor@1.1.0 --waves 10%,100% --bake 0 --priority 1` (an update):
    time until the deployment is completed with every device updated; from the hub's database,
    first `fetched_at` - deployment `created_at` and `fetched_at` - `assigned_at` per device (the
@@ -22,9 +23,13 @@ as users run it; PostgreSQL in a database of its own, dropped afterwards):
    (bench/fleet_load.py) against a minimal ASGI app on the same server stack
    (bench/ceiling_app.py) and against the hub (`/healthz`, and the signed `GET /device/target`).
 
-Prints a table and writes JSON (`--out`). Copy the figures into docs/benchmarks.md.
+With `--quiet-enrollment` the devices enroll while reporting hourly (enrolling then does not compete
+with the fleet's own traffic), and a second simulator takes them over for the measurements. py-spy
+is a bench-only tool (`.venv/bin/pip install py-spy`); without it the profiles are skipped. Prints a
+table and writes JSON (`--out`). Copy the figures into docs/benchmarks.md.
 
     .venv/bin/python bench/fleet_scale.py --devices 1000,5000,10000 --db sqlite,postgres [--quick]
+    .venv/bin/python bench/fleet_scale.py --summarise-profile RAW   # a py-spy raw file, summarised
 """
 
 from __future__ import annotations
@@ -773,7 +778,11 @@ def steady(hub: Hub, sim: Sim, plan: Plan) -> dict[str, Any]:
 
 
 class Profile:
-    """py-spy (when installed) sampling the hub without pausing it, from `start` until `finish` (SIGINT)."""
+    """py-spy (when installed) sampling the hub without pausing it, from `start` until `finish` (SIGINT).
+
+    Only the thread holding the GIL is sampled (`--gil`): the hub is bound by one core's worth of
+    Python, so that is where its CPU goes (C code that releases the GIL, TLS and libpq, is not shown).
+    """
 
     def __init__(self, hub: Hub, out: Path) -> None:
         self.spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -794,6 +803,7 @@ class Profile:
                     str(self.hub.pid),
                     "--rate",
                     "50",
+                    "--gil",
                     "--format",
                     "raw",
                     "--nonblocking",
@@ -851,7 +861,7 @@ WAITS = (
     "Queue.get (/queue.py)",
     "_worker (/concurrent/futures/thread.py)",
 )
-"""Leaf frames of a thread that waits (for the database, for sockets, for work): with --nonblocking py-spy samples
+"""Leaf frames of a thread that waits (for the database, for sockets, for work): a profile without --gil samples
 them too, so they are counted apart as waiting, not as CPU."""
 
 
@@ -869,7 +879,7 @@ def summarise_profile(raw: str) -> dict[str, Any]:
         count = int(count_text)
         frames = [_frame(f) for f in stack.split(";")]
         total += count
-        event_loop = frames[0].startswith("<module> (")
+        event_loop = not frames[0].startswith("Thread._bootstrap (")  # run with -m: the main thread starts in runpy
         waiting = frames[-1].startswith(WAITS)
         threads[f"{'event loop' if event_loop else 'thread pool'} {'waiting' if waiting else 'busy'}"] += count
         if waiting:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Literal
 
-from edgefleet.waves import Wave, canary_order, over_threshold, reach
+from edgefleet.waves import Wave, canary_order, over_threshold, percent_text, reach
 
 State = Literal["active", "paused", "completed", "aborted", "rolled-back"]
 STATES: tuple[State, ...] = ("active", "paused", "completed", "aborted", "rolled-back")
@@ -33,6 +33,7 @@ FINISHED: frozenset[State] = frozenset({"aborted", "rolled-back"})
 OnFailure = Literal["pause", "rollback"]
 
 MemberStatus = Literal["assigned", "downloading", "updated", "failed", "restored", "left"]
+MEMBER_STATUSES: tuple[MemberStatus, ...] = ("assigned", "downloading", "updated", "failed", "restored", "left")
 """What the controller knows of one device it assigned: `left` once it no longer targets it."""
 TERMINAL: frozenset[MemberStatus] = frozenset({"updated", "failed"})
 
@@ -251,8 +252,8 @@ def decide(
         progress = replace(progress, bake_started_at=now)
         if policy.bake > timedelta(0) and tally.size:
             events.append(f"wave {wave + 1} baking")
-    baking = tally.size > 0 and progress.bake_started_at is not None
-    if baking and now - progress.bake_started_at < policy.bake:  # type: ignore[operator]  # checked just above
+    baking_since = progress.bake_started_at if tally.size else None  # a wave with no devices does not bake
+    if baking_since is not None and now - baking_since < policy.bake:
         return Decision(progress, tuple(actions), tuple(events))
     if wave == last:
         events.append("completed")
@@ -275,7 +276,9 @@ def _over(
     tally = counts(wave, members, seen)
     if not over_threshold(tally.failed - progress.accepted_failures, tally.size, policy.max_failure):
         return None
-    reason = f"wave {wave + 1}: {tally.failed} of {tally.size} devices failed (threshold {_pct(policy.max_failure)})"
+    reason = (
+        f"wave {wave + 1}: {tally.failed} of {tally.size} devices failed (threshold {percent_text(policy.max_failure)})"
+    )
     if policy.on_failure == "pause":
         return Decision(replace(progress, state="paused", reason=reason), (), (f"paused: {reason}",))
     rolled = replace(progress, state="rolled-back", reason=reason)
@@ -318,8 +321,3 @@ def _due(
     order = canary_order(key, seen)
     limit = reach(waves, len(order))[wave]
     return sorted(device_id for device_id in order[:limit] if device_id not in members)
-
-
-def _pct(share: Fraction) -> str:
-    percent = share * 100
-    return f"{percent.numerator}%" if percent.denominator == 1 else f"{float(percent):g}%"

@@ -45,10 +45,13 @@ class Wave:
         return min(self.count or 0, total)
 
     def text(self) -> str:
-        if self.share is None:
-            return str(self.count)
-        percent = self.share * 100
-        return f"{percent.numerator}%" if percent.denominator == 1 else f"{float(percent):g}%"
+        return str(self.count) if self.share is None else percent_text(self.share)
+
+
+def percent_text(share: Fraction) -> str:
+    """A share of one as a percentage: ``5%``, ``0.5%``."""
+    value = share * 100
+    return f"{value.numerator}%" if value.denominator == 1 else f"{float(value):g}%"
 
 
 def percent(text: str) -> Fraction:

@@ -25,7 +25,7 @@ from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services import rollouts
 from edgefleet.hub.services.audit import record
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
-from edgefleet.waves import WaveError, canary_order, parse_waves, percent, reach
+from edgefleet.waves import WaveError, canary_order, parse_waves, percent, percent_text, reach
 
 MAX_APPLY = 100
 """Deployments one apply may declare."""
@@ -78,7 +78,6 @@ def make_spec(
         raise BadRequestError("invalid_rollout", str(exc)) from exc
     if not 0 <= bake_seconds <= MAX_WAVE_SECONDS or not 60 <= wave_timeout_seconds <= MAX_WAVE_SECONDS:
         raise BadRequestError("invalid_rollout", "bake is 0 to 30 days and the wave timeout 1 minute to 30 days")
-    pct = threshold * 100
     return Spec(
         name=name or f"{app}-{version}"[:63],
         app=app,
@@ -88,7 +87,7 @@ def make_spec(
         waves=wave_spec,
         bake_seconds=bake_seconds,
         wave_timeout_seconds=wave_timeout_seconds,
-        max_failure=f"{pct.numerator}%" if pct.denominator == 1 else f"{float(pct):g}%",
+        max_failure=percent_text(threshold),
         on_failure=on_failure,
     )
 

@@ -18,16 +18,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
+from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.records import Assignment, Deployment, DeploymentMember
 from edgefleet.hub.services.audit import record
 from edgefleet.waves import parse_waves, percent
 
 log = logging.getLogger(__name__)
+Choice = TypeVar("Choice", bound=str)
 
 OWNING = ("active", "paused", "completed")
 """States in which a deployment decides what its targets run (finished ones no longer do)."""
@@ -76,9 +78,8 @@ def policy_of(deployment: Deployment) -> rollout.Policy:
 
 
 def progress_of(deployment: Deployment) -> rollout.Progress:
-    state: rollout.State = deployment.state  # type: ignore[assignment]  # written only from rollout.STATES
     return rollout.Progress(
-        state=state,
+        state=_one_of(rollout.STATES, deployment.state),
         wave=deployment.wave,
         wave_started_at=deployment.wave_started_at,
         bake_started_at=deployment.bake_started_at,
@@ -88,7 +89,17 @@ def progress_of(deployment: Deployment) -> rollout.Progress:
 
 
 def members_of(members: Sequence[DeploymentMember]) -> dict[str, rollout.Member]:
-    return {m.device_id: rollout.Member(wave=m.wave, status=m.status) for m in members}  # type: ignore[arg-type]
+    return {
+        m.device_id: rollout.Member(wave=m.wave, status=_one_of(rollout.MEMBER_STATUSES, m.status)) for m in members
+    }
+
+
+def _one_of(allowed: tuple[Choice, ...], value: str) -> Choice:
+    """A stored state as its literal type; the hub writes only these, so another one is a broken database."""
+    for choice in allowed:
+        if choice == value:
+            return choice
+    raise HubConfigError("bad_rollout_state", f"unknown rollout state {value!r} in the database")
 
 
 def view(tx: Tx, app: str, deployments: Sequence[Deployment], *, devices: bool = True) -> AppView:

@@ -163,6 +163,19 @@ def engine(podman_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
     instance.close()
 
 
+def pin_bridge_mac(engine: DockerEngine, network: str) -> None:
+    """Give `network`'s bridge a fixed MAC address, as netavark 1.9 and later do by themselves.
+
+    Netavark before 1.9 (Debian 12 has 1.4) leaves the kernel's default: a bridge takes the lowest
+    MAC of its ports, so starting or removing a container can change it, and the other containers
+    cannot reach the gateway (their DNS server) until their ARP entry expires, up to a minute.
+    """
+    gateway = engine.client.networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
+    links = json.loads(subprocess.run(["ip", "-j", "addr"], check=True, capture_output=True).stdout)
+    bridge = next(link for link in links if any(a.get("local") == gateway for a in link.get("addr_info", [])))
+    subprocess.run(["ip", "link", "set", "dev", bridge["ifname"], "address", bridge["address"]], check=True)
+
+
 def app_name(apps: list[str], stem: str) -> str:
     name = f"{stem}-{secrets.token_hex(3)}"
     apps.append(name)

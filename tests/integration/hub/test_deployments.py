@@ -218,6 +218,9 @@ def test_abort_with_rollback_and_abort_without(fleet: Fleet, publisher: Publishe
     assert len(kept) == 2  # devices keep what they have
     tick(fleet, 7200)
     assert len([d for d, (v, _) in assigned(fleet).items() if v == "2.0.0"]) == 2
+    finished = status(fleet, "r5")  # a finished rollout still shows how far it got
+    assert finished["targeted"] == 2
+    assert [w["size"] for w in finished["waves"]] == [2, 0]
 
 
 def test_offline_devices_do_not_block_a_wave_and_update_when_back(fleet: Fleet, publisher: Publisher) -> None:

@@ -332,11 +332,13 @@ def status(hub: Hub, operator: Operator, key: str) -> Status:
         app_view = rollouts.view(tx, deployment.app, [*(d for d in others if d.id != deployment.id), deployment])
     seen = rollouts.seen_by(hub, app_view, deployment, stored)
     members = rollouts.members_of(list(stored.values()))
-    waves = parse_waves(deployment.waves)
-    reached = reach(waves, len(seen))
-    per_wave = [(reached[i], rollout.counts(i, members, seen)) for i in range(len(waves))]
     left = sum(1 for m in members.values() if m.status == "left")
-    return Status(deployment=deployment, waves=per_wave, targeted=len(seen), left=left)
+    # A finished rollout targets nothing any more: it is shown as far as it got, its members.
+    targeted = len(seen) if deployment.state in rollouts.OWNING else len(members) - left
+    waves = parse_waves(deployment.waves)
+    reached = reach(waves, targeted)
+    per_wave = [(reached[i], rollout.counts(i, members, seen)) for i in range(len(waves))]
+    return Status(deployment=deployment, waves=per_wave, targeted=targeted, left=left)
 
 
 @dataclass(frozen=True, slots=True)

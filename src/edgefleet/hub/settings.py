@@ -64,6 +64,45 @@ class HubSettings(BaseSettings):
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."
     )
+    web_session_idle: timedelta = Field(
+        default=timedelta(minutes=30),
+        ge=timedelta(minutes=1),
+        le=timedelta(days=1),
+        description="A dashboard session ends after this long without a request.",
+    )
+    web_session_absolute: timedelta = Field(
+        default=timedelta(hours=12),
+        ge=timedelta(minutes=1),
+        le=timedelta(days=30),
+        description="A dashboard session ends this long after login, however active.",
+    )
+    web_sessions_per_token: int = Field(
+        default=20, ge=1, le=1000, description="Dashboard sessions one API token may hold; logging in ends the oldest."
+    )
+    web_max_form_bytes: int = Field(
+        default=8 * 1024, ge=1024, le=64 * 1024, description="Largest form body the dashboard reads."
+    )
+    web_page_size: int = Field(default=50, ge=1, le=1000, description="Rows per page of the dashboard's lists.")
+    web_max_scan_devices: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        description="Devices the dashboard's overview and device list read at most (the rest are not counted).",
+    )
+    web_max_streams: int = Field(
+        default=20, ge=1, le=10_000, description="Live (server-sent events) streams one hub process keeps open."
+    )
+    web_stream_max_seconds: float = Field(
+        default=300.0, gt=0, le=3600, description="A live stream closes after this long; the browser reconnects."
+    )
+    web_stream_interval_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="How often a live stream looks for changes."
+    )
+    web_origin: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+$",
+        description="The dashboard's public origin (https://host:port) behind a proxy; else the request's own.",
+    )
 
     def artifacts_path(self) -> Path:
         """Directory of the content-addressed artifact files."""

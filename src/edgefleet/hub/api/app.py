@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +30,8 @@ from edgefleet.hub.api.routes import (
 )
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubConfigError, HubError
+from edgefleet.hub.web import PREFIX as WEB_PREFIX
+from edgefleet.hub.web import create_web_app
 from edgefleet.protocol import API_PREFIX, ErrorBody
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "internal error; see the hub log")
 
 
+async def _to_dashboard() -> RedirectResponse:
+    """The hub's root is the dashboard."""
+    return RedirectResponse(f"{WEB_PREFIX}/", status_code=307)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """While the app serves: on PostgreSQL, the listener that wakes held device polls for every process's changes."""
@@ -110,6 +117,9 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(system.router)
     for module in (device, devices, deployments, environment, tokens, users, audit, repository, tuf):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.add_api_route("/", _to_dashboard, include_in_schema=False)
+    app.state.web = create_web_app(hub)
+    app.mount(WEB_PREFIX, app.state.web)
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -275,3 +275,16 @@ class DeploymentMemberRow(Base):
     previous_version: Mapped[str | None] = mapped_column(String(64))
     assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
     fetched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class WebSessionRow(Base):
+    """A dashboard session (`hub.db.web_sessions`): keyed by the SHA-256 of its id, tied to an API token."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime)

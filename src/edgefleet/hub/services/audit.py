@@ -69,6 +69,26 @@ def list_entries(hub: Hub, *, before: int, limit: int) -> list[AuditEntry]:
         return tx.list_audit(after=before, limit=limit, descending=True)
 
 
+def entries_about(hub: Hub, subject: str, *, scan: int, limit: int) -> list[AuditEntry]:
+    """Newest first, up to `limit` entries whose actor or target is `subject` (e.g. ``device:ID``).
+
+    Only the newest `scan` entries are looked at (the log has no index by subject), so older
+    ones are not found; read in batches of at most 1000.
+    """
+    found: list[AuditEntry] = []
+    before, seen = 0, 0
+    while seen < scan and len(found) < limit:
+        batch = min(1000, scan - seen)
+        with hub.store.transaction(readonly=True) as tx:
+            rows = tx.list_audit(after=before, limit=batch, descending=True)
+        found.extend(e for e in rows if subject in (e.actor, e.target))
+        seen += len(rows)
+        if len(rows) < batch:
+            break
+        before = rows[-1].seq
+    return found[:limit]
+
+
 def _head(hub: Hub) -> tuple[int, str]:
     with hub.store.transaction(readonly=True) as tx:
         return tx.audit_head()

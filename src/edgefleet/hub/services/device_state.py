@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from edgefleet.hub.context import Hub
@@ -122,3 +123,112 @@ def device_state(hub: Hub, operator: Operator, device_id: str) -> DeviceState:
         last_error=device.reported.get("last_error"),
         updates=updates,
     )
+
+
+# --- the fleet at a glance (the dashboard's overview and device list) -------------------------
+
+FLEET_STATES = ("online", "offline", "updating", "failed")
+"""What an accepted device is doing, as the dashboard counts it; other devices show their registry status."""
+_FAILED_OUTCOMES = frozenset({"failed", "rolled-back", "interrupted", "no-space"})
+_MAX_RELEASES = 10_000
+"""Releases read to learn the apps (the repository's targets hold at most this many)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """One device as the fleet overview sees it: its state, what it runs and what it is assigned, per app."""
+
+    device: Device
+    state: str
+    running: dict[str, str]
+    assigned: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """Devices in id order with their states; `complete` is False when more exist than were read."""
+
+    devices: list[DeviceSummary]
+    complete: bool
+
+
+def running_versions(reported: Mapping[str, Any]) -> dict[str, str]:
+    """App -> version the device reports running (pure; anything malformed counts as not reported)."""
+    apps = reported.get("apps")
+    if not isinstance(apps, dict):
+        return {}
+    found = {}
+    for app, entry in apps.items():
+        if isinstance(app, str) and isinstance(entry, dict) and isinstance(entry.get("version"), str):
+            found[app] = entry["version"]
+    return found
+
+
+def _unhealthy(service: object) -> bool:
+    if not isinstance(service, dict):
+        return True
+    return service.get("state") != "running" or service.get("health") == "unhealthy"
+
+
+def health_of(
+    device: Device,
+    assigned: Mapping[str, str],
+    outcomes: Mapping[str, tuple[str, str]],
+    *,
+    now: datetime,
+    offline_after: timedelta,
+) -> str:
+    """A device's state for the overview (pure), first that applies.
+
+    Not accepted: its registry status (pending, rejected, revoked). ``failed``: an app's latest
+    update outcome for its assigned release failed (failed, rolled back, interrupted, no space),
+    or an app at its assigned release has a service not running or unhealthy. ``offline``: not
+    heard from within `offline_after`. ``updating``: an app does not run its assigned release
+    yet. Else ``online``.
+    """
+    if device.status != "accepted":
+        return device.status
+    running = running_versions(device.reported)
+    apps = device.reported.get("apps")
+    for app, version in assigned.items():
+        outcome = outcomes.get(app)
+        if outcome is not None and outcome[1] == version and outcome[0] in _FAILED_OUTCOMES:
+            return "failed"
+        entry = apps.get(app) if isinstance(apps, dict) else None
+        services = entry.get("services") if isinstance(entry, dict) and running.get(app) == version else None
+        if isinstance(services, dict) and any(_unhealthy(s) for s in services.values()):
+            return "failed"
+    if device.last_seen_at is None or now - device.last_seen_at > offline_after:
+        return "offline"
+    if any(running.get(app) != version for app, version in assigned.items()):
+        return "updating"
+    return "online"
+
+
+def fleet_view(hub: Hub, operator: Operator, *, max_devices: int) -> FleetView:
+    """Every device (at most `max_devices`, in id order) with its state, releases and assignments (viewer)."""
+    authorize(operator, "viewer", action="device.list")
+    now = hub.clock()
+    devices: list[Device] = []
+    with hub.store.transaction(readonly=True) as tx:
+        after = None
+        while len(devices) <= max_devices:
+            want = min(1000, max_devices + 1 - len(devices))
+            page = tx.list_devices(fleet=None, status=None, after=after, limit=want)
+            devices.extend(page)
+            if len(page) < want:
+                break
+            after = page[-1].id
+        apps = sorted({r.app for r in tx.list_releases(app=None, limit=_MAX_RELEASES)})
+        assignments = {app: tx.assignments_for_app(app) for app in apps}
+        outcomes = {app: tx.outcomes_for_app(app) for app in apps}
+    complete = len(devices) <= max_devices
+    summaries = []
+    for device in devices[:max_devices]:
+        assigned = {app: found[device.id][0] for app, found in assignments.items() if device.id in found}
+        latest = {app: found[device.id] for app, found in outcomes.items() if device.id in found}
+        state = health_of(device, assigned, latest, now=now, offline_after=hub.settings.offline_after)
+        summaries.append(
+            DeviceSummary(device=device, state=state, running=running_versions(device.reported), assigned=assigned)
+        )
+    return FleetView(devices=summaries, complete=complete)

@@ -72,6 +72,29 @@ def authenticate(hub: Hub, bearer: str) -> Operator:
     return Operator(user=user.name, role=user.role, token_id=token.id)
 
 
+def operator_for_token(hub: Hub, token_id: str) -> Operator:
+    """The operator an API token acts for now, by the token's id (a dashboard session holds only the id).
+
+    The same checks as `authenticate`, so revoking the token or disabling its user ends the session.
+
+    Raises:
+        AuthenticationError: unknown, revoked or expired token, or disabled user.
+    """
+    now = hub.clock()
+    with hub.store.transaction(readonly=True) as tx:
+        token = tx.get_api_token(token_id)
+        if token is None:
+            raise AuthenticationError("invalid_api_token", "unknown API token")
+        if token.revoked_at is not None:
+            raise AuthenticationError("api_token_revoked", "API token has been revoked")
+        if token.expires_at is not None and token.expires_at <= now:
+            raise AuthenticationError("api_token_expired", "API token has expired")
+        user = tx.get_user(token.user)
+        if user is None or user.disabled_at is not None:
+            raise AuthenticationError("user_disabled", f"user {token.user!r} is disabled")
+    return Operator(user=user.name, role=user.role, token_id=token.id)
+
+
 def authorize(operator: Operator, minimum: Role, *, action: str) -> None:
     """Refuse when the operator's role is below `minimum`.
 

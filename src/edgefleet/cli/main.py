@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import agent, audit, deploy, devices, fleets, hub, keys, release, repo, sim, tokens, users
+from edgefleet.cli import agent, audit, demo, deploy, devices, fleets, hub, keys, release, repo, sim, tokens, users
 from edgefleet.cli.common import run_app
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(repo.app, name="repo")
 app.add_typer(release.app, name="release")
 app.add_typer(agent.app, name="agent")
 app.command("sim")(sim.sim)
+app.command("demo")(demo.demo)
 
 
 @app.command("version")

@@ -1,0 +1,133 @@
+"""`edgefleet demo` end to end: the scenario on real Podman, its end state checked, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgefleet.demo.scenario import MARKER, Result, manifest
+from edgefleet.manifest import parse_manifest
+
+pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.slow, pytest.mark.timeout(900)]
+DEMO = [sys.executable, "-m", "edgefleet.cli.main", "demo"]
+
+
+def left_behind(data_dir: Path) -> list[str]:
+    """The demo's processes still running, and its agents' containers, networks and volumes still on Podman."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(data_dir) in cmdline and int(pid) != os.getpid():
+            found.append(cmdline[:200])
+    for kind in ("ps -a", "network ls", "volume ls"):
+        listed = subprocess.run(["podman", *kind.split(), "--format", "{{.Names}}" if kind == "ps -a" else "{{.Name}}"],
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        found += [name for name in listed.split() if name.startswith("edgefleet-demo")]
+    return found
+
+
+def test_demo_ci_runs_the_whole_scenario_and_leaves_nothing_running(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    done = subprocess.run([*DEMO, "--ci", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "3 devices enrolled and accepted (3 real agents)" in out
+    assert "hello-1: completed" in out
+    assert "hello-2: paused: wave 1: 1 of 1 devices failed (threshold 0%)" in out
+    assert out.count("runs hello@1.0.0;") == 3  # release 1 on every real agent, the canary's rollback included
+    assert out.count("last update: failed 1.0.0->1.1.0") == 1
+    assert "release 1.0.0 runs on every agent" in done.stderr
+    assert "efa_" not in out  # the admin token is shown only in interactive mode
+    assert left_behind(data_dir) == []
+
+
+def test_demo_interactive_with_simulated_devices_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    process = subprocess.Popen(
+        [*DEMO, "--simulated", "6", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 600
+    for line in process.stdout:
+        lines.append(line)
+        if "press Ctrl-C" in line or time.monotonic() > deadline:
+            break
+    text = "".join(lines)
+    assert "press Ctrl-C" in text, text[-3000:]
+    assert "9 devices enrolled and accepted (3 real agents)" in text
+    assert "wave 3 of 3" in text  # 1, 34 %, 100 % of nine devices
+    token = next(line.split()[-1] for line in lines if line.startswith("Admin token:"))
+    hub = next(line.split()[1] for line in lines if line.startswith("Hub:"))
+    env = {"EDGEFLEET_HUB": hub, "EDGEFLEET_TOKEN": token, "EDGEFLEET_CA": str(data_dir / "hub/ca.crt")}
+    listed = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli.main", "device", "list", "--json"],
+        capture_output=True, text=True, check=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert len(json.loads(listed.stdout)) == 9  # the hub keeps running, and the printed token works
+    process.send_signal(signal.SIGINT)
+    rest, errors = process.communicate(timeout=180)
+    assert process.returncode == 0, rest[-2000:] + errors[-2000:]
+    assert left_behind(data_dir) == []
+
+
+def test_a_data_dir_that_is_not_a_demos_is_refused_and_left_alone(tmp_path: Path) -> None:
+    data_dir = tmp_path / "precious"
+    data_dir.mkdir()
+    (data_dir / "keep.txt").write_text("mine")
+    done = subprocess.run([*DEMO, "--ci", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "is not empty and not a demo's data dir" in done.stderr
+    assert [p.name for p in data_dir.iterdir()] == ["keep.txt"]
+    assert MARKER == ".edgefleet-demo"
+
+
+def test_the_sample_releases_are_valid_and_only_the_second_lacks_its_health_endpoint() -> None:
+    image = "127.0.0.1:5000/edgefleet-demo/busybox@sha256:" + "a" * 64
+    good, bad = (
+        parse_manifest(manifest("1.0.0", image, healthy=True)),
+        parse_manifest(manifest("1.1.0", image, healthy=False)),
+    )
+    assert (good.version, bad.version) == ("1.0.0", "1.1.0")
+    assert "healthz" in manifest("1.0.0", image, healthy=True).split("probes")[0]
+    assert "healthz" not in manifest("1.1.0", image, healthy=False).split("probes")[0]
+
+
+def test_the_end_state_check_names_what_went_wrong() -> None:
+    fine = Result(
+        agents={"demo1": "a", "demo2": "b"},
+        running={"demo1": ["1.0.0"], "demo2": ["1.0.0"]},
+        outcomes={"demo1": "committed nothing->1.0.0", "demo2": "failed 1.0.0->1.1.0"},
+        first="completed",
+        second="paused",
+        audit="ok: 40 entries",
+    )
+    assert fine.problems() == []
+    broken = Result(
+        agents=fine.agents,
+        running={"demo1": ["1.1.0"], "demo2": []},
+        outcomes={"demo1": "committed 1.0.0->1.1.0"},
+        first="completed",
+        second="completed",
+        audit="tampered",
+    )
+    assert broken.problems() == [
+        "demo1 runs ['1.1.0'], not hello@1.0.0",
+        "demo2 runs nothing, not hello@1.0.0",
+        "demo1: 1.1.0 ended 'committed 1.0.0->1.1.0', not rolled back",
+        "the second rollout is completed, not paused",
+        "audit verify: tampered",
+    ]

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -28,8 +29,10 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def busybox_layer(busybox: Path = BUSYBOX) -> tuple[bytes, str]:
-    """A gzipped layer with /bin/busybox and its applets, and its diff ID (digest of the plain tar)."""
+def busybox_layer(
+    busybox: Path = BUSYBOX, *, applets: Iterable[str] = APPLETS, files: Mapping[str, bytes] | None = None
+) -> tuple[bytes, str]:
+    """A gzipped layer with /bin/busybox, its `applets` and `files`, and its diff ID (digest of the plain tar)."""
     if not busybox.is_file():
         raise DemoError(f"{busybox} is missing: scripts/setup installs Debian's busybox-static")
     raw = io.BytesIO()
@@ -41,10 +44,14 @@ def busybox_layer(busybox: Path = BUSYBOX) -> tuple[bytes, str]:
         binary = tarfile.TarInfo("bin/busybox")
         binary.size, binary.mode = len(data), 0o755
         archive.addfile(binary, io.BytesIO(data))
-        for applet in APPLETS:
+        for applet in applets:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             archive.addfile(link)
+        for name, content in (files or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
     return gzip.compress(raw.getvalue(), mtime=0), _digest(raw.getvalue())
 
 

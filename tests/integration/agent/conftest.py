@@ -7,14 +7,11 @@ is marked insecure only for this session's Podman service (CONTAINERS_REGISTRIES
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,8 @@ import docker
 import pytest
 
 from edgefleet.agent.engine.docker import APP, DockerEngine
-from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry, sha256
+from edgefleet.demo.image import busybox_layer as demo_layer
+from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
 BUSYBOX = Path("/bin/busybox")
@@ -86,24 +84,8 @@ def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 
 
 def busybox_layer(marker: str) -> tuple[bytes, str]:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as archive:
-        directory = tarfile.TarInfo("bin")
-        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
-        archive.addfile(directory)
-        data = BUSYBOX.read_bytes()
-        binary = tarfile.TarInfo("bin/busybox")
-        binary.size, binary.mode = len(data), 0o755
-        archive.addfile(binary, io.BytesIO(data))
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            archive.addfile(link)
-        note = marker.encode()
-        info = tarfile.TarInfo("etc/image")
-        info.size = len(note)
-        archive.addfile(info, io.BytesIO(note))
-    return gzip.compress(raw.getvalue(), mtime=0), sha256(raw.getvalue())
+    """The demo's busybox layer with the test applets and a marker file (so each image has its own digest)."""
+    return demo_layer(BUSYBOX, applets=APPLETS, files={"etc/image": marker.encode()})
 
 
 def push_busybox(registry: Registry, marker: str) -> str:

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
@@ -55,16 +55,7 @@ def authenticate(hub: Hub, bearer: str) -> Operator:
         raise AuthenticationError("invalid_api_token", "malformed API token")
     now = hub.clock()
     with hub.store.transaction(readonly=True) as tx:
-        token = tx.find_api_token(hash_secret(bearer))
-        if token is None:
-            raise AuthenticationError("invalid_api_token", "unknown API token")
-        if token.revoked_at is not None:
-            raise AuthenticationError("api_token_revoked", "API token has been revoked")
-        if token.expires_at is not None and token.expires_at <= now:
-            raise AuthenticationError("api_token_expired", "API token has expired")
-        user = tx.get_user(token.user)
-        if user is None or user.disabled_at is not None:
-            raise AuthenticationError("user_disabled", f"user {token.user!r} is disabled")
+        token, user = _valid(tx, tx.find_api_token(hash_secret(bearer)), now=now)
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         # Written at most once a minute, in its own short transaction: reads stay read-only.
         with hub.store.transaction() as tx:
@@ -80,19 +71,23 @@ def operator_for_token(hub: Hub, token_id: str) -> Operator:
     Raises:
         AuthenticationError: unknown, revoked or expired token, or disabled user.
     """
-    now = hub.clock()
     with hub.store.transaction(readonly=True) as tx:
-        token = tx.get_api_token(token_id)
-        if token is None:
-            raise AuthenticationError("invalid_api_token", "unknown API token")
-        if token.revoked_at is not None:
-            raise AuthenticationError("api_token_revoked", "API token has been revoked")
-        if token.expires_at is not None and token.expires_at <= now:
-            raise AuthenticationError("api_token_expired", "API token has expired")
-        user = tx.get_user(token.user)
-        if user is None or user.disabled_at is not None:
-            raise AuthenticationError("user_disabled", f"user {token.user!r} is disabled")
+        token, user = _valid(tx, tx.get_api_token(token_id), now=hub.clock())
     return Operator(user=user.name, role=user.role, token_id=token.id)
+
+
+def _valid(tx: Tx, token: ApiToken | None, *, now: datetime) -> tuple[ApiToken, User]:
+    """The token and its user when the token is known, live and its user enabled; else AuthenticationError."""
+    if token is None:
+        raise AuthenticationError("invalid_api_token", "unknown API token")
+    if token.revoked_at is not None:
+        raise AuthenticationError("api_token_revoked", "API token has been revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise AuthenticationError("api_token_expired", "API token has expired")
+    user = tx.get_user(token.user)
+    if user is None or user.disabled_at is not None:
+        raise AuthenticationError("user_disabled", f"user {token.user!r} is disabled")
+    return token, user
 
 
 def authorize(operator: Operator, minimum: Role, *, action: str) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,10 @@ DEMO = [sys.executable, "-m", "edgefleet.cli.main", "demo"]
 
 def left_behind(data_dir: Path) -> list[str]:
     """The demo's processes still running, and its agents' containers, networks and volumes still on Podman."""
+    # This run's engine namespaces (another demo may run beside it, under names of its own).
+    namespaces = [tomllib.loads(p.read_text())["engine_namespace"] for p in sorted(data_dir.glob("demo*.toml"))]
+    assert len(namespaces) == 3
+    mine = tuple(f"edgefleet-{namespace}_" for namespace in namespaces)
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -32,7 +37,7 @@ def left_behind(data_dir: Path) -> list[str]:
     for kind in ("ps -a", "network ls", "volume ls"):
         listed = subprocess.run(["podman", *kind.split(), "--format", "{{.Names}}" if kind == "ps -a" else "{{.Name}}"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
-        found += [name for name in listed.split() if name.startswith("edgefleet-demo")]
+        found += [name for name in listed.split() if name.startswith(mine)]
     return found
 
 

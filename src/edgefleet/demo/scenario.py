@@ -120,6 +120,8 @@ class Demo:
         self.env: dict[str, str] = {}
         self.http: httpx.Client | None = None
         self.result = Result()
+        self.run_id = secrets.token_hex(3)
+        """Part of the agents' engine namespaces: two demos on one engine never share a name."""
 
     # --- the scenario ----------------------------------------------------------------------
 
@@ -263,7 +265,7 @@ class Demo:
             config.write_text(
                 f'hub_url = "{self.env["EDGEFLEET_HUB"]}"\nca = "{self.env["EDGEFLEET_CA"]}"\n'
                 f'enrollment_token = "{token}"\ndata_dir = "{self.root / name}"\nengine = "unix://{socket_path}"\n'
-                f'policy = "{policy}"\narch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}"\n'
+                f'policy = "{policy}"\narch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}{self.run_id}"\n'
             )
             self.say(f"$ edgefleet agent run --config DIR/{name}.toml   # a real agent on Podman")
             self.children.start(

@@ -17,9 +17,13 @@ CHROMIUM = Path(os.environ.get("EDGEFLEET_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
-    """A headless Debian Chromium driven by Playwright's bundled driver."""
+    """A headless Debian Chromium driven by Playwright's bundled driver.
+
+    Per test, not per session: Playwright's sync API keeps an event loop running in the
+    thread while it is open, and later tests on the same worker call `asyncio.run()`.
+    """
     if not CHROMIUM.exists():
         pytest.fail(f"browser tests need Debian's Chromium at {CHROMIUM}: run scripts/setup (apt-get install chromium)")
     try:

@@ -132,8 +132,8 @@ class Demo:
             socket_path = self._podman()
             registry = self._registry()
             self._hub()
-            keys = self._publisher(registry)
-            self._agents(socket_path, keys)
+            self._publisher(registry)
+            self._agents(socket_path)
             self.result.first = self._rollout(
                 "hello-1", "1.0.0", target="fleet=demo", waves=self._waves(), until="completed", priority=0
             )
@@ -237,7 +237,7 @@ class Demo:
         self.env = {"EDGEFLEET_HUB": url, "EDGEFLEET_CA": str(data / "ca.crt"), "EDGEFLEET_TOKEN": token}
         self.result.hub_url, self.result.token = url, token
 
-    def _publisher(self, registry: str) -> Path:
+    def _publisher(self, registry: str) -> None:
         keys = self.root / "publisher-keys"
         self.cli("keys", "init", "--dir", str(keys), show="edgefleet keys init --dir DIR/publisher-keys")
         self.cli("repo", "init", "--keys", str(keys), show="edgefleet repo init --keys DIR/publisher-keys")
@@ -252,10 +252,8 @@ class Demo:
                 show=f"edgefleet release publish DIR/app-{version} --keys DIR/publisher-keys --bundle"
                 + ("" if healthy else "   # 1.1.0 forgot its health endpoint"),
             )
-        return keys
 
-    def _agents(self, socket_path: Path, keys: Path) -> None:
-        del keys  # the agents trust the hub's image-repository root on first use, as documented
+    def _agents(self, socket_path: Path) -> None:
         policy = self.root / "policy.toml"
         policy.write_text("allow = []\n")
         token = self._token("ring=real", self.options.agents)

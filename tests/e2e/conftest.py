@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
 import secrets
+import select
 import socket
 import ssl
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +39,41 @@ def edgefleet(*args: str, env: dict[str, str] | None = None, timeout: float = 60
     )
 
 
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def in_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, as a person at a shell would: (exit code, all it drew, escapes removed)."""
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", *args],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env={**os.environ, "TERM": "xterm-256color", **(env or {})},
+    )
+    os.close(child)
+    drawn = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([parent], [], [], 0.2)[0]:
+                try:
+                    data = os.read(parent, 65536)
+                except OSError:  # EIO: the child's side is closed
+                    break
+                if not data:
+                    break
+                drawn += data
+        else:
+            process.kill()
+            raise AssertionError(f"edgefleet {' '.join(args)} still running after {timeout} s: {drawn.decode()!r}")
+        return process.wait(timeout=10), ESCAPES.sub("", drawn.decode(errors="replace"))
+    finally:
+        os.close(parent)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,11 +89,15 @@ class RunningHub:
     database_url: str | None
     process: subprocess.Popen[str]
 
+    def env(self, token: str | None = None) -> dict[str, str]:
+        return {"EDGEFLEET_HUB": self.url, "EDGEFLEET_CA": str(self.ca), "EDGEFLEET_TOKEN": token or self.admin_token}
+
     def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-        return edgefleet(
-            *args,
-            env={"EDGEFLEET_HUB": self.url, "EDGEFLEET_CA": str(self.ca), "EDGEFLEET_TOKEN": token or self.admin_token},
-        )
+        return edgefleet(*args, env=self.env(token))
+
+    def terminal(self, *args: str) -> tuple[int, str]:
+        """The CLI against this hub on a pseudo-terminal: (exit code, everything it drew)."""
+        return in_terminal(*args, env=self.env())
 
 
 def _fresh_postgres() -> Iterator[str]:

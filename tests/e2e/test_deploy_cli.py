@@ -43,7 +43,11 @@ def test_deploy_with_the_cli(hub: RunningHub, tmp_path: Path) -> None:
     build = tmp_path / "build-2.0.0"
     ok(edgefleet("release", "build", str(write_app(tmp_path, "2.0.0")), "--out", str(build)))
     ok(edgefleet("release", "sign", str(build), "--keys", str(keys)))
-    ok(hub.cli("release", "push", str(build)))
+    code, drawn = hub.terminal("release", "push", str(build))  # a person at a terminal sees the upload's bar
+    assert code == 0, drawn
+    assert "uploading sensor@2.0.0" in drawn
+    assert "━━━━━━━━━━" in drawn
+    assert "published: sensor@2.0.0" in drawn
     token = json.loads(ok(hub.cli("token", "create", "--fleet", "f1", "--tag", "env=prod", "--uses", "4", "--json")))
     with DeviceClient.connect(hub.url, ca=hub.ca) as client:
         devices = [enroll(client, tmp_path / f"d{i}", token=token["token"], arch="arm64") for i in range(3)]
@@ -95,9 +99,10 @@ def test_deploy_with_the_cli(hub: RunningHub, tmp_path: Path) -> None:
     for device in devices:
         if device is not canary:
             committed(hub, device, "1.0.0", 1)
-    watched = hub.cli("deploy", "status", "r1", "--watch", "--interval", "0.5")  # returns once it is done
-    assert watched.returncode == 0, watched.stderr
-    assert "completed" in watched.stdout
+    code, watched = hub.terminal("deploy", "status", "r1", "--watch", "--interval", "0.5")  # returns once done
+    assert code == 0, watched
+    assert "completed" in watched
+    assert "━━━━━━━━━━━━━━━━━━━━ 100 %" in watched  # the waves' bars, full
     assert json.loads(ok(hub.cli("deploy", "status", "r1", "--json")))["deployment"]["state"] == "completed"
 
     # As code: the same file twice changes nothing; a new release restarts the rollout.

@@ -42,7 +42,9 @@ def publish_first_release(hub: RunningHub, tmp_path: Path) -> Path:
     build = tmp_path / "build-1.0.0"
     ok(edgefleet("release", "build", str(write_app(tmp_path, "1.0.0")), "--out", str(build)))
     ok(edgefleet("release", "sign", str(build), "--keys", str(keys)))
-    assert "sensor@1.0.0" in ok(hub.cli("release", "push", str(build)))
+    pushed = hub.cli("release", "push", str(build))
+    assert "sensor@1.0.0" in ok(pushed)
+    assert pushed.stderr == ""  # no progress bar when the output is not a terminal
     return keys
 
 

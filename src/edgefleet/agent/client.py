@@ -21,6 +21,7 @@ import httpx
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.progress import DownloadProgress
 from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest, TargetState
 
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -167,12 +168,17 @@ class DeviceClient:
     def base_url(self) -> str:
         return str(self._http.base_url).rstrip("/")
 
-    def fetcher(self, identity: LocalIdentity, *, partial_dir: Path | None = None) -> HttpxFetcher:
+    def fetcher(
+        self, identity: LocalIdentity, *, partial_dir: Path | None = None, progress: DownloadProgress | None = None
+    ) -> HttpxFetcher:
         """A TUF fetcher over this connection, sending the device's token with every request.
 
-        With `partial_dir`, interrupted target downloads resume on a later attempt (`agent.fetcher`).
+        With `partial_dir`, interrupted target downloads resume on a later attempt; `progress`
+        hears of each chunk of a target file (`agent.fetcher`).
         """
-        return HttpxFetcher(self._http, lambda: identity.token(now=self._clock()), partial_dir=partial_dir)
+        return HttpxFetcher(
+            self._http, lambda: identity.token(now=self._clock()), partial_dir=partial_dir, progress=progress
+        )
 
     def tuf_roots(self, identity: LocalIdentity) -> tuple[bytes, bytes]:
         """(image repository root v1, director root) as the hub serves them: trusted on first use only."""

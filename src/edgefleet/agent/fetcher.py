@@ -5,6 +5,9 @@ signed lengths; this one sends the device's short-lived token, verifies the hub 
 the fleet CA (through the given `httpx.Client`), and when a connection drops mid-body asks
 again with ``Range: bytes=N-`` so a large artifact resumes instead of starting over.
 
+With a `progress` callback, each chunk of a target file is reported as (url, bytes received,
+total bytes or None) so people can watch large downloads (`agent.progress`).
+
 With a `partial_dir`, what was received of a target file is also kept on disk, so a
 download cut off for longer (the link is down, the agent restarts) resumes on the next
 attempt. Only target URLs are kept that way: with consistent snapshots their names carry
@@ -24,6 +27,8 @@ from typing import BinaryIO
 import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
+
+from edgefleet.agent.progress import DownloadProgress
 
 CHUNK = 64 * 1024
 RESUMES = 3
@@ -47,11 +52,13 @@ class HttpxFetcher(FetcherInterface):
         *,
         resumes: int = RESUMES,
         partial_dir: Path | None = None,
+        progress: DownloadProgress | None = None,
     ) -> None:
         self._http = http
         self._token = token
         self._resumes = resumes
         self._partial_dir = partial_dir
+        self._progress = progress
 
     def _headers(self, offset: int) -> dict[str, str]:
         headers = {}
@@ -115,7 +122,11 @@ class HttpxFetcher(FetcherInterface):
         received = kept
         resumes = 0
         sink: BinaryIO | None = None
+        report = self._progress if self._progress is not None and "/targets/" in url else None
+        total = _total_length(response, kept)
         try:
+            if report is not None:
+                report(url, received, total)
             if partial is not None:
                 if kept:
                     with partial.open("rb") as earlier:
@@ -129,6 +140,8 @@ class HttpxFetcher(FetcherInterface):
                         received += len(chunk)
                         if sink is not None:
                             sink.write(chunk)
+                        if report is not None:
+                            report(url, received, total)
                         yield chunk
                     if partial is not None:
                         partial.unlink(missing_ok=True)
@@ -146,3 +159,9 @@ class HttpxFetcher(FetcherInterface):
             response.close()
             if sink is not None:
                 sink.close()
+
+
+def _total_length(response: httpx.Response, offset: int) -> int | None:
+    """The whole file's length as the server states it (None if it does not); only ever shown, never trusted."""
+    length = response.headers.get("Content-Length", "")
+    return offset + int(length) if length.isdigit() else None

@@ -37,6 +37,7 @@ from edgefleet.agent.journal import Journal, Transaction
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
+from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Outcome, TransactionEngine, Updater
@@ -229,6 +230,8 @@ class Agent:
     disk_reserve: int = DISK_RESERVE
     fault: FaultHook | None = None
     """Tests only: called at each journaled phase (`agent.transaction`)."""
+    progress: DownloadProgress | None = None
+    """Hears of each chunk of a release file downloaded (`agent.progress`): log lines or a terminal bar."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
     outbox: Outbox = field(init=False)
@@ -257,7 +260,7 @@ class Agent:
         verifier = ReleaseVerifier(
             hub_url=self.client.base_url,
             trust=trust_store(self.data_dir),
-            fetcher=self.client.fetcher(self.identity, partial_dir=self.data_dir / "partial"),
+            fetcher=self.client.fetcher(self.identity, partial_dir=self.data_dir / "partial", progress=self.progress),
             device_id=self.identity.device_id,
             arch=self.arch,
         )

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -24,10 +25,21 @@ from edgefleet.agent.errors import AgentError
 from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
+from edgefleet.agent.progress import DownloadProgress, LoggedProgress
 from edgefleet.agent.reconcile import plan_for
 from edgefleet.agent.runner import Agent, host_facts, load_state, run, trust_store
 from edgefleet.agent.transaction import FaultHook
-from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, out, run_app
+from edgefleet.cli.common import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    JsonFlag,
+    TerminalDownloads,
+    err,
+    out,
+    print_json,
+    run_app,
+)
 
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Agent config (default /etc/edgefleet/agent.toml)")]
@@ -47,7 +59,13 @@ def _settings(config: Path | None, **flags: object) -> AgentSettings:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
 
 
-def _agent(settings: AgentSettings, client: DeviceClient, *, fault: FaultHook | None = None) -> Agent:
+def _agent(
+    settings: AgentSettings,
+    client: DeviceClient,
+    *,
+    fault: FaultHook | None = None,
+    progress: DownloadProgress | None = None,
+) -> Agent:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         policy = load_policy(settings.policy)
@@ -76,6 +94,7 @@ def _agent(settings: AgentSettings, client: DeviceClient, *, fault: FaultHook | 
         poll_wait=settings.poll_wait,
         disk_reserve=settings.disk_reserve,
         fault=fault,
+        progress=progress,
     )
     agent.recover()
     return agent
@@ -111,21 +130,29 @@ def serve(settings: AgentSettings, *, once: bool = False, fault: FaultHook | Non
 
     signal.signal(signal.SIGTERM, stop_on)
     signal.signal(signal.SIGINT, stop_on)
+    terminal = TerminalDownloads() if err.is_terminal else None
+    progress: DownloadProgress = terminal or LoggedProgress(logging.getLogger("edgefleet.agent.download"))
     with DeviceClient.connect(settings.hub_url, ca=settings.ca, timeout=settings.request_timeout) as client:
-        agent = _agent(settings, client, fault=fault)
+        agent = _agent(settings, client, fault=fault, progress=progress)
         out.print(f"agent for device {agent.identity.device_id} following {settings.hub_url}")
         cycles = iter(range(1)) if once else None
-        run(
-            agent,
-            initial=settings.backoff_initial,
-            ceiling=settings.backoff_max,
-            sleep=time.sleep,
-            stop=lambda: bool(stopping) or (cycles is not None and next(cycles, None) is None),
-        )
+        try:
+            run(
+                agent,
+                initial=settings.backoff_initial,
+                ceiling=settings.backoff_max,
+                sleep=time.sleep,
+                stop=lambda: bool(stopping) or (cycles is not None and next(cycles, None) is None),
+            )
+        finally:
+            if terminal is not None:
+                terminal.close()
 
 
 @app.command("plan")
-def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: EngineOpt = None) -> None:
+def plan_command(
+    config: ConfigOpt = None, data_dir: DataOpt = None, engine: EngineOpt = None, json_out: JsonFlag = False
+) -> None:
     """Print the steps the agent would take now to run its installed releases, without taking them."""
     settings = _settings(config, data_dir=data_dir, engine=engine)
     try:
@@ -139,9 +166,16 @@ def plan_command(config: ConfigOpt = None, data_dir: DataOpt = None, engine: Eng
     try:
         steps, _ = plan_for(engine_client, state.desired(policy, host_facts()))
     except AgentError as exc:
-        raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE) from exc
+        raise CliError(
+            str(exc),
+            exit_code=EXIT_UNAVAILABLE,
+            hint="is the container engine running? (--engine, or engine in the config)",
+        ) from exc
     finally:
         engine_client.close()
+    if json_out:
+        print_json([{"step": type(step).__name__, **asdict(step), "description": describe(step)} for step in steps])
+        return
     for step in steps:
         out.print(describe(step))
     if not steps:

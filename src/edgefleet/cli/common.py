@@ -2,26 +2,37 @@
 
 Exit codes: 0 success; 1 the operation ran and failed (e.g. `audit verify` found tampering);
 2 usage error; 3 the hub refused the request; 4 the hub could not be reached, or local
-configuration is unusable.
+configuration is unusable; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
-import click
 import httpx
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
+from edgefleet.agent.progress import target_name
 from edgefleet.protocol import API_PREFIX, ErrorBody
 
 EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+UPLOAD_CHUNK = 1024 * 1024
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,12 +84,17 @@ class HubClient:
     ) -> Any:
         return self._send(method, path, json=body, params={k: v for k, v in (params or {}).items() if v is not None})
 
-    def upload(self, path: str, file: Path) -> Any:
-        """PUT a file as the raw request body, streamed."""
+    def upload(self, path: str, file: Path, *, sent: Callable[[int], None] | None = None) -> Any:
+        """PUT a file as the raw request body, streamed; `sent` hears the size of each chunk as it goes."""
+
+        def chunks(handle: BinaryIO) -> Iterator[bytes]:
+            while chunk := handle.read(UPLOAD_CHUNK):
+                yield chunk
+                if sent is not None:
+                    sent(len(chunk))
+
         with file.open("rb") as handle:
-            return self._send(
-                "PUT", path, content=iter(lambda: handle.read(1024 * 1024), b""), timeout=httpx.Timeout(300.0)
-            )
+            return self._send("PUT", path, content=chunks(handle), timeout=httpx.Timeout(300.0))
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -98,6 +114,49 @@ class HubClient:
             code = EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED
             raise CliError(f"hub refused: {message}", exit_code=code)
         return response.json()
+
+
+def transfer_progress(console: Console = err) -> Progress:
+    """Progress bars for uploads and downloads, on stderr and only on a terminal (stdout stays for results)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+class TerminalDownloads:
+    """The agent's download progress as bars on a terminal: shown while a download runs, kept when done."""
+
+    def __init__(self, console: Console = err) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, url: str, received: int, total: int | None) -> None:
+        name = target_name(url)
+        if self._progress is None:
+            self._progress = transfer_progress(self._console)
+            self._progress.start()
+        task = self._tasks.get(url)
+        if task is None:
+            task = self._tasks[url] = self._progress.add_task(f"downloading {name}", total=total)
+        self._progress.update(task, completed=received, total=total)
+        if total is not None and received >= total:
+            del self._tasks[url]
+            if not self._tasks:
+                self._progress.stop()
+                self._progress = None
+
+    def close(self) -> None:
+        """Stop the bars of downloads that never finished (the agent is stopping)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress, self._tasks = None, {}
 
 
 def print_json(value: Any) -> None:
@@ -148,23 +207,46 @@ def parse_duration(text: str) -> int:
     return int(number) * _UNITS[unit]
 
 
-def run_app(app: typer.Typer, argv: list[str] | None) -> int:
+def run_app(app: typer.Typer, argv: list[str] | None, *, prog_name: str | None = None) -> int:
     """Run a Typer app; user errors print one line (and a hint) on stderr, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name=prog_name, standalone_mode=False)
     except CliError as exc:
-        err.print(f"error: {' '.join(exc.message.split())}")  # one line, whatever a driver said
-        if exc.hint:
-            err.print(f"hint: {exc.hint}")
+        _print_error(exc.message, exc.hint)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
-        return 130
-    except KeyboardInterrupt:
-        return 130
-    except click.ClickException as exc:  # usage errors
-        exc.show()
-        return exc.exit_code
+        return EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # the parser's usage errors (typer vendors click's exceptions)
+        return _usage_error(exc)
+    except OSError as exc:  # a file or socket a command did not convert: still one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        _print_error(f"{exc.strerror or exc}{where}", "check the paths and permissions given")
+        return EXIT_UNAVAILABLE
     return 0
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    err.print(f"error: {' '.join(message.split())}", markup=False)  # one line, whatever a driver said
+    if hint:
+        err.print(f"hint: {hint}", markup=False)
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """A bad flag, value or command: one line and a hint naming what would be right."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message()
+    if ctx is None:
+        _print_error(message, None)
+        return EXIT_USAGE
+    commands = getattr(ctx.command, "list_commands", None)
+    if commands is not None and "\n" in message.strip():  # a group called bare: its help is the answer
+        err.print(message.rstrip(), markup=False, highlight=False)
+        return EXIT_USAGE
+    hint = f"see '{ctx.command_path} --help'"
+    if commands is not None:
+        hint = f"one of: {', '.join(commands(ctx))} ({hint})"
+    _print_error(message, hint)
+    return EXIT_USAGE

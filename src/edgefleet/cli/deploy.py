@@ -10,6 +10,7 @@ from urllib.parse import quote
 import typer
 import yaml
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from edgefleet import selector
@@ -262,9 +263,20 @@ def _status_table(status: dict[str, Any]) -> Table:
     columns = ("wave", "reach", "size", "pending", "downloading", "updated", "failed", "offline", "restored")
     for column in columns:
         table.add_column(column, justify="right")
+    table.add_column("progress")
     for wave in status["waves"]:
-        table.add_row(*(str(wave[c]) for c in columns))
+        table.add_row(*(str(wave[c]) for c in columns), _wave_bar(wave))
     return table
+
+
+def _wave_bar(wave: dict[str, Any]) -> Table:
+    """The wave's updated devices of its size as a bar and a percentage (an empty wave shows 0 %)."""
+    size, updated = int(wave["size"]), int(wave["updated"])
+    percent = updated * 100 // size if size else 0
+    bar = ProgressBar(total=max(size, 1), completed=updated, width=20)
+    cell = Table.grid(padding=(0, 1))
+    cell.add_row(bar, f"{percent:>3d} %")
+    return cell
 
 
 @app.command("status")

@@ -41,7 +41,7 @@ def version() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line (and a hint) on stderr, never a traceback."""
-    return run_app(app, argv)
+    return run_app(app, argv, prog_name="edgefleet")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from edgefleet.cli.common import (
     parse_duration,
     print_json,
     print_table,
+    transfer_progress,
 )
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.registry import RegistryClient, RegistryUnavailableError
@@ -72,8 +73,12 @@ def _push(client: HubClient, build_dir: Path) -> dict[str, Any]:
         digests = {path: str(signed_targets[path]["hashes"]["sha256"]) for path in release.files}
     except (PublisherError, OSError, ValueError, KeyError, TypeError) as exc:
         raise CliError(f"{build_dir}: not a signed build ({exc})", exit_code=EXIT_USAGE) from exc
-    for path, name in release.files.items():
-        client.upload(f"/repository/artifacts/{digests[path]}", build_dir / name)
+    files = {path: build_dir / name for path, name in release.files.items()}
+    total = sum(file.stat().st_size for file in files.values())
+    with transfer_progress() as progress:
+        task = progress.add_task(f"uploading {release.ref}", total=total)
+        for path, file in files.items():
+            client.upload(f"/repository/artifacts/{digests[path]}", file, sent=lambda n: progress.advance(task, n))
     accepted: dict[str, Any] = client.call("POST", "/repository/targets", body=targets)
     return accepted
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,10 +65,27 @@ def init_data_dir(data_dir: Path, *, hostnames: tuple[str, ...], now: datetime) 
     """Create a new data dir with fresh CA, TLS certificate and online keys.
 
     Raises:
-        HubConfigError: the directory exists and is not empty.
+        HubConfigError: the directory exists and is not empty, or cannot be written (what was
+            written is removed again).
     """
     if data_dir.exists() and any(data_dir.iterdir()):
         raise HubConfigError("data_dir_exists", f"{data_dir} already exists and is not empty; refusing to overwrite")
+    created = not data_dir.exists()
+    try:
+        _write_data_dir(data_dir, hostnames=hostnames, now=now)
+    except OSError as exc:
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            for child in data_dir.iterdir() if data_dir.is_dir() else ():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise HubConfigError("data_dir_unwritable", f"cannot create {data_dir}: {exc.strerror or exc}") from exc
+
+
+def _write_data_dir(data_dir: Path, *, hostnames: tuple[str, ...], now: datetime) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
     (data_dir / "keys").mkdir(mode=0o700)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,19 +49,37 @@ def init_keys(
     """Create `count` keys (default: `threshold`) for root and for targets.
 
     Raises:
-        KeyStoreError: bad threshold/count, or the directory exists and is not empty.
+        KeyStoreError: bad threshold/count, the directory exists and is not empty, or it cannot
+            be written (what was written is removed again).
     """
     count = _checked_count(threshold, count)
     if directory.exists() and any(directory.iterdir()):
         raise KeyStoreError(f"{directory} already exists and is not empty; refusing to overwrite keys")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(directory, 0o700)
-    roles: dict[Role, RoleKeys] = {}
-    for role in ROLES:
-        (directory / role).mkdir(mode=0o700)
-        roles[role], _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
-    _write_index(directory, roles)
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        roles: dict[Role, RoleKeys] = {}
+        for role in ROLES:
+            (directory / role).mkdir(mode=0o700)
+            roles[role], _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
+        _write_index(directory, roles)
+    except OSError as exc:
+        _remove_partial(directory, created=created)
+        raise KeyStoreError(f"cannot create keys in {directory}: {exc.strerror or exc}") from exc
     return roles
+
+
+def _remove_partial(directory: Path, *, created: bool) -> None:
+    """Remove what a failed `init_keys` wrote: never a half key directory left to be mistaken for a whole one."""
+    if created:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for child in directory.iterdir() if directory.is_dir() else ():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _checked_count(threshold: int, count: int | None) -> int:

@@ -55,6 +55,7 @@ def test_agent_run_once_then_plan(
 
     second = agent("run", "--config", str(config), "--once")
     assert second.returncode == 0, second.stderr
+    assert "edgefleet.agent.download: downloaded compose.yaml (" in second.stderr  # no terminal: log lines
     wait_running(engine, app, 2)
     assert "nothing to do" in agent("plan", "--config", str(config)).stdout
 
@@ -66,6 +67,9 @@ def test_agent_run_once_then_plan(
         f"{app}/web",
     ]
     assert len(containers(engine, app)) == 2  # plan took no step
+    steps = json.loads(agent("plan", "--config", str(config), "--json").stdout)
+    assert sorted((s["step"], s["service"]) for s in steps) == [("StartContainer", "db"), ("StartContainer", "web")]
+    assert {s["description"] for s in steps} == {f"start {app}/db", f"start {app}/web"}
 
 
 def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:

@@ -144,3 +144,18 @@ def test_a_partial_the_server_will_not_continue_is_dropped_and_the_download_star
         fetcher_path.write_bytes(b"garbage that is not the start of the file")
         assert fetcher.download_bytes(url, len(BODY)) == BODY
     assert list(partial.iterdir()) == []
+
+
+def test_progress_hears_each_chunk_of_a_target_with_its_length_even_across_a_resume(server: str) -> None:
+    heard: list[tuple[str, int, int | None]] = []
+    Flaky.drops = 1
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, progress=lambda url, got, total: heard.append((url, got, total)))
+        assert b"".join(fetcher.fetch(f"{server}/targets/abc.app.tar")) == BODY
+        assert b"".join(fetcher.fetch(f"{server}/metadata/1.root.json")) == BODY  # metadata: not reported
+    assert {url for url, _, _ in heard} == {f"{server}/targets/abc.app.tar"}
+    received = [got for _, got, _ in heard]
+    assert received == sorted(received)
+    assert received[0] == 0
+    assert received[-1] == len(BODY)
+    assert {total for _, _, total in heard} == {len(BODY)}

@@ -2,7 +2,7 @@
 
 Text in, `Release` out or `ManifestError` listing every problem as ``FILE: key.path: what``.
 Unknown keys are errors. Compose keys that would undo confinement are refused with a
-pointer to the permission that expresses the need (see docs/manifest.md).
+pointer to the permission that expresses the need (see docs/publisher-guide.md, "Manifest reference").
 """
 
 from __future__ import annotations

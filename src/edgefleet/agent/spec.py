@@ -2,8 +2,8 @@
 
 Pure: a verified `Release`, the permissions the device's policy granted, and facts about
 the host (which device nodes exist) in; frozen `ContainerSpec`s out. Every container gets
-the same confinement (see docs/confinement.md and notes/container-hardening.md): all
-capabilities dropped, no-new-privileges, read-only root with small tmpfs mounts, memory /
+the same confinement (docs/publisher-guide.md, "Permissions reference"; notes/container-hardening.md):
+all capabilities dropped, no-new-privileges, read-only root with small tmpfs mounts, memory /
 CPU / pids limits, an init process, bounded logs and restarts, private namespaces, ports
 bound to the address the manifest names. Each permission adds exactly its engine settings.
 

@@ -90,7 +90,7 @@ def build_command(
     bundle: Bundle = False,
     insecure_registry: InsecureRegistry = None,
 ) -> None:
-    """Validate the manifest, pin image tags to digests, and write a build directory (docs/publishing.md)."""
+    """Validate the manifest, pin image tags to digests, and write a build directory (docs/publisher-guide.md)."""
     release = _build(app_dir, out_dir, bundle=bundle, insecure=insecure_registry)
     out.print(f"built {release.ref} ({', '.join(release.architectures)}) in {out_dir}")
 

@@ -117,7 +117,10 @@ def test_health_metrics_and_openapi_are_served(sqlite_hub):
 def test_cli_user_errors_are_one_line_with_exit_codes(sqlite_hub):
     bad_token = sqlite_hub.cli("device", "list", token="efa_0000000000000000_" + "A" * 43)
     assert bad_token.returncode == 3
-    assert bad_token.stderr.strip().splitlines()[0] == "error: hub refused: invalid_api_token: unknown API token"
+    assert bad_token.stderr.strip().splitlines() == [
+        "error: hub refused: invalid_api_token: unknown API token",
+        "hint: the API token is unknown, expired or revoked: check --token or EDGEFLEET_TOKEN",
+    ]
     assert "Traceback" not in bad_token.stderr
 
     no_hub = edgefleet("device", "list", env={"EDGEFLEET_HUB": "", "EDGEFLEET_TOKEN": "x"})
@@ -142,6 +145,11 @@ def test_cli_user_errors_are_one_line_with_exit_codes(sqlite_hub):
     denied = sqlite_hub.cli("token", "create", "--fleet", "f1", token=secret)
     assert denied.returncode == 3
     assert "insufficient_role" in denied.stderr
+    assert "hint: your role does not allow this" in denied.stderr
+
+    unknown = sqlite_hub.cli("device", "show", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 3
+    assert "hint: check the name or ID (the group's list command shows them)" in unknown.stderr, unknown.stderr
 
 
 def test_cli_audit_verify_names_a_tampered_entry(sqlite_hub):

@@ -58,6 +58,16 @@ CaFile = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
 
+REFUSAL_HINTS = {
+    401: "the API token is unknown, expired or revoked: check --token or EDGEFLEET_TOKEN",
+    403: "your role does not allow this (edgefleet user list shows roles; an admin can change them)",
+    404: "check the name or ID (the group's list command shows them)",
+    413: "the request is larger than the hub accepts",
+    429: "the hub is busy: try again in a moment",
+}
+"""A hint per refusal status; the hub's own error code and message are printed before it."""
+
+
 class HubClient:
     """Operator calls to the hub API; hub errors become `CliError` with the hub's code."""
 
@@ -112,7 +122,7 @@ class HubClient:
             except ValueError:
                 message = f"HTTP {response.status_code}"
             code = EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED
-            raise CliError(f"hub refused: {message}", exit_code=code)
+            raise CliError(f"hub refused: {message}", exit_code=code, hint=REFUSAL_HINTS.get(response.status_code))
         return response.json()
 
 

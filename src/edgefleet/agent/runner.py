@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.journal import Journal, Transaction
@@ -232,6 +233,8 @@ class Agent:
     """Tests only: called at each journaled phase (`agent.transaction`)."""
     progress: DownloadProgress | None = None
     """Hears of each chunk of a release file downloaded (`agent.progress`): log lines or a terminal bar."""
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    """Wall-clock time, for the certificate's expiry (`clock` is monotonic, for delays)."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
     outbox: Outbox = field(init=False)
@@ -419,6 +422,7 @@ class Agent:
         Raises:
             HubUnreachableError: the hub could not be reached (the caller backs off).
         """
+        self.renew()
         try:
             self.deliver()
         except HubUnreachableError:
@@ -464,6 +468,26 @@ class Agent:
         self.report()
         return changed
 
+    def renew(self) -> None:
+        """Renew the device certificate in its last 30 days (same key, fresh CSR); trouble is retried next cycle.
+
+        Raises:
+            HubUnreachableError: the hub could not be reached (the caller backs off).
+        """
+        try:
+            renewed = renew_if_due(self.client, self.data_dir, self.identity, now=self.now())
+        except HubUnreachableError:
+            raise
+        except (AgentError, OSError) as exc:  # refused, or the identity file could not be written
+            log.error("certificate renewal failed (tried again next cycle): %s", exc)
+            return
+        if renewed is not self.identity:
+            log.info(
+                "device certificate renewed; valid until %s",
+                renewed.identity and renewed.identity.certificate_not_after,
+            )
+            self.identity = renewed
+
     def deliver(self) -> None:
         """Send buffered events, oldest first, then the kept state report.
 
@@ -503,7 +527,12 @@ class Agent:
         apps: dict[str, Any] = {}
         for app, entry in self.state.apps.items():
             apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
-        for app, services in self.engine.status().items():
+        try:
+            services_by_app = self.engine.status()
+        except EngineError as exc:  # the engine is away: report what is known, and say so
+            services_by_app = {}
+            self.last_error = self.last_error or f"engine: {exc.message}"[:500]
+        for app, services in services_by_app.items():
             apps.setdefault(app, {})["services"] = services
         usage = shutil.disk_usage(self.data_dir)
         properties = {

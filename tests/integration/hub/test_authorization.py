@@ -219,3 +219,37 @@ def test_api_tokens_are_stored_only_hashed(fleet):
     with fleet.hub.store.engine.connect() as conn:
         dump = " ".join(str(r) for r in conn.execute(text("SELECT * FROM enrollment_tokens")))
     assert enrollment.split("_", 2)[2] not in dump
+
+
+def test_the_agent_renews_its_certificate_by_itself_in_its_last_30_days_and_keeps_working(fleet):
+    from typing import Any, cast
+
+    from edgefleet.agent.identity import load_identity
+    from edgefleet.agent.runner import Agent
+
+    lifetime = fleet.hub.settings.device_cert_lifetime
+    device = fleet.enroll()
+    first = device.identity.certificate_not_after
+    data_dir = fleet.data_dirs[device.device_id]
+    agent = Agent(
+        client=fleet.device_client(),
+        identity=device,
+        engine=cast(Any, None),  # renewal never touches the engine
+        data_dir=data_dir,
+        policy=cast(Any, None),
+        arch="amd64",
+        now=fleet.clock,
+    )
+    fleet.clock.advance(lifetime - timedelta(days=31))
+    agent.renew()
+    assert agent.identity is device  # not due yet: nothing sent
+
+    fleet.clock.advance(timedelta(days=2))
+    agent.renew()
+    assert agent.identity.identity.certificate_not_after > first
+    assert load_identity(data_dir).identity.certificate_not_after == agent.identity.identity.certificate_not_after
+
+    fleet.clock.advance(timedelta(days=40))  # past the first certificate's end: the device is still let in
+    assert fleet.device_call(agent.identity, "GET", "/device/self").status_code == 200
+    entry = fleet.call("GET", "/audit", params={"limit": 1}).json()[0]
+    assert entry["target"] == f"device:{device.device_id}"

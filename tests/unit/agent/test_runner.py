@@ -85,6 +85,9 @@ class OfflineAgent(Agent):
     def report(self) -> None:
         pass
 
+    def renew(self) -> None:
+        pass  # no identity here (renewal is tested against a hub: tests/integration/hub/test_authorization.py)
+
 
 def agent(tmp_path: Path, hub: FakeHub, now: list[float]) -> OfflineAgent:
     made = OfflineAgent(
@@ -177,3 +180,28 @@ def test_recovery_drops_files_a_crash_left_half_verified(tmp_path: Path) -> None
     agent(tmp_path, FakeHub(), [0.0]).recover()
     assert not staging.exists()
     assert installed.exists()
+
+
+class AwayEngine:
+    """An engine whose API does not answer."""
+
+    def __init__(self) -> None:
+        self.bundles: dict[str, Path] = {}
+
+    def status(self) -> dict[str, Any]:
+        raise EngineError("cannot reach the engine: connection refused")
+
+
+def test_a_report_while_the_engine_is_away_says_so_instead_of_stopping_the_agent(tmp_path: Path) -> None:
+    hub = FakeHub()
+    device = Agent(
+        client=cast(Any, hub),
+        identity=cast(Any, None),
+        engine=cast(Any, AwayEngine()),
+        data_dir=tmp_path,
+        policy=cast(Any, None),
+        arch="amd64",
+    )
+    device.report()
+    (sent,) = hub.reports
+    assert cast(dict[str, Any], sent)["last_error"] == "engine: cannot reach the engine: connection refused"

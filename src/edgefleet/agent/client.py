@@ -185,6 +185,10 @@ class DeviceClient:
         roots = []
         for path in ("/tuf/repository/1.root.json", "/tuf/director/root.json"):
             response = self._send(Call("GET", path, identity))
+            if response.status_code == 404 and "repository" in path:
+                raise HubUnreachableError(
+                    "the hub has no image repository yet: a publisher creates it with `edgefleet repo init`"
+                )
             if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
                 raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
             roots.append(response.content)

@@ -76,6 +76,12 @@ class HubClient:
             raise CliError("no hub given", exit_code=EXIT_USAGE, hint="pass --hub URL or set EDGEFLEET_HUB")
         if not token:
             raise CliError("no API token given", exit_code=EXIT_USAGE, hint="pass --token or set EDGEFLEET_TOKEN")
+        if not token.isprintable() or " " in token:
+            raise CliError(
+                "the API token holds spaces or line breaks",
+                exit_code=EXIT_USAGE,
+                hint="pass the token alone (efa_...), as `apitoken create` or `hub init` printed it",
+            )
         verify: ssl.SSLContext | bool = True
         if ca is not None:
             try:

@@ -253,3 +253,11 @@ def test_the_agent_renews_its_certificate_by_itself_in_its_last_30_days_and_keep
     assert fleet.device_call(agent.identity, "GET", "/device/self").status_code == 200
     entry = fleet.call("GET", "/audit", params={"limit": 1}).json()[0]
     assert entry["target"] == f"device:{device.device_id}"
+
+
+def test_an_agent_starting_before_the_repository_exists_is_told_what_is_missing(fleet):
+    from edgefleet.agent.errors import HubUnreachableError
+
+    device = fleet.enroll()
+    with pytest.raises(HubUnreachableError, match="no image repository yet: .*edgefleet repo init"):
+        fleet.device_client().tuf_roots(device)

@@ -189,6 +189,10 @@ def test_a_missing_hub_or_token_is_a_usage_error_before_anything_is_sent(capsys,
     code, _, err = run(["device", "list", "--hub", "https://127.0.0.1:9"], capsys)
     assert code == EXIT_USAGE
     assert "no API token given" in err
+    code, _, err = run(["device", "list", "--hub", "https://127.0.0.1:9", "--token", "admin token: efa_x\n"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err)
+    assert "the API token holds spaces or line breaks" in err
 
 
 @pytest.mark.parametrize(

@@ -196,3 +196,25 @@ def test_edgefleet_tuf_client_fails_with_exit_1(tmp_path: Path, args: list[str])
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
+
+
+def test_a_publish_whose_push_is_refused_leaves_the_keys_as_they_were_and_can_be_run_again(
+    sqlite_hub: RunningHub, tmp_path: Path
+) -> None:
+    hub = sqlite_hub
+    keys = publish_first_release(hub, tmp_path)
+    recorded = keys / "repository" / "targets.json"
+    before = recorded.read_bytes()
+    ok(hub.cli("user", "create", "vic", "--role", "viewer"))
+    viewer = json.loads(ok(hub.cli("apitoken", "create", "--user", "vic", "--json")))["token"]
+    app = write_app(tmp_path, "1.1.0")
+
+    refused = hub.cli("release", "publish", str(app), "--keys", str(keys), token=viewer)
+    assert refused.returncode == 3, refused.stderr
+    assert "insufficient_role" in refused.stderr
+    assert recorded.read_bytes() == before  # not "already signed" next time, and no version the hub lacks
+
+    assert "published sensor@1.1.0" in ok(hub.cli("release", "publish", str(app), "--keys", str(keys)))
+    assert "published sensor@1.2.0" in ok(
+        hub.cli("release", "publish", str(write_app(tmp_path, "1.2.0")), "--keys", str(keys))
+    )

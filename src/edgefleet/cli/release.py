@@ -28,6 +28,7 @@ from edgefleet.cli.common import (
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.registry import RegistryClient, RegistryUnavailableError
 from edgefleet.publisher.release import Build, build, load_build, sign
+from edgefleet.publisher.state import targets_restored_on_failure
 
 app = typer.Typer(help="Releases: build, sign (offline keys), push to the hub, list.", no_args_is_help=True)
 KeysDir = Annotated[Path, typer.Option("--keys", help="Publisher key directory (edgefleet keys init)")]
@@ -127,13 +128,14 @@ def publish_command(
     token: Token = None,
     ca: CaFile = None,
 ) -> None:
-    """Build, sign and push in one step (the build directory is temporary)."""
+    """Build, sign and push in one step (the build directory is temporary; a failed push undoes the signing)."""
     client = HubClient(hub, token, ca)
     with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as tmp:
         build_dir = Path(tmp) / "build"
         release = _build(app_dir, build_dir, bundle=bundle, insecure=insecure_registry)
-        _sign(build_dir, keys, expires)
-        accepted = _push(client, build_dir)
+        with targets_restored_on_failure(keys):  # a failed push leaves the key directory as it was
+            _sign(build_dir, keys, expires)
+            accepted = _push(client, build_dir)
     out.print(f"published {release.ref} in targets version {accepted['version']}")
 
 

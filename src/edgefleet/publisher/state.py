@@ -8,6 +8,8 @@ itself is, so a new release or a rotation starts from them and never from what a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -70,6 +72,26 @@ def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
     (keys_dir / TARGETS).parent.mkdir(mode=0o700, exist_ok=True)
     write_public_file(keys_dir / TARGETS, body)
     return body
+
+
+@contextmanager
+def targets_restored_on_failure(keys_dir: Path) -> Iterator[None]:
+    """Put the key directory's targets record back as it was if the block fails.
+
+    For a sign and push done as one step: when the push fails, the release was never published,
+    so the record must not say it was (the next publish would sign it again, or build on a
+    version the hub never accepted).
+    """
+    path = keys_dir / TARGETS
+    before = path.read_bytes() if path.exists() else None
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_public_file(path, before)
+        raise
 
 
 def load_targets(keys_dir: Path) -> Metadata[Targets] | None:

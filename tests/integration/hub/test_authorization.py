@@ -259,5 +259,5 @@ def test_an_agent_starting_before_the_repository_exists_is_told_what_is_missing(
     from edgefleet.agent.errors import HubUnreachableError
 
     device = fleet.enroll()
-    with pytest.raises(HubUnreachableError, match="no image repository yet: .*edgefleet repo init"):
+    with pytest.raises(HubUnreachableError, match=r"no image repository yet: .*edgefleet repo init"):
         fleet.device_client().tuf_roots(device)

@@ -63,13 +63,21 @@ def test_environment_and_desired_vs_reported_with_the_cli(sqlite_hub: RunningHub
         client.report(
             device,
             {
-                "apps": {"sensor": {"version": "1.0.0", "services": {"main": {"state": "running"}}}},
+                "apps": {
+                    "sensor": {
+                        "version": "1.0.0",
+                        "services": {
+                            "main": {"state": "running"},
+                            "web": {"state": "running", "health": "healthy", "restarts": 2, "image": "x@sha256:1"},
+                        },
+                    }
+                },
                 "last_error": "[bold]pull failed[/bold]",
                 "agent_version": "0.1.0",
             },
         )
         text = ok(hub.cli("device", "show", device_id))
-        assert "sensor  1.0.0 -> 1.0.0  [ok]  main=running" in text
+        assert "sensor  1.0.0 -> 1.0.0  [ok]  main: running; web: running (healthy, 2 restarts)" in text
         assert "[bold]pull failed[/bold]" in text  # device-written text is printed as is
         assert "reported.agent_version: 0.1.0" in text
         full = json.loads(ok(hub.cli("device", "show", device_id, "--json")))

@@ -38,7 +38,7 @@ def test_update_outcomes_and_retry_with_the_cli(sqlite_hub: RunningHub, tmp_path
                 "to_release": "1.0.0",
                 "status": "failed",
                 "service": "main",
-                "reason": "exited with code 3",
+                "reason": "main: exited with code 3",  # as the agent words it: the service named once when shown
                 "logs": logs,
             }
         ],

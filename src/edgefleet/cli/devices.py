@@ -108,7 +108,10 @@ def _printable(text: str) -> str:
 def _update_line(app_name: str, update: dict[str, object]) -> str:
     """`APP  STATUS  FROM -> TO  at TIME  SERVICE: REASON`."""
     line = f"{app_name}  {update['status']}  {update['from_release'] or '-'} -> {update['to_release']}"
-    why = ": ".join(str(part) for part in (update["service"], update["reason"]) if part)
+    service, reason = update["service"], str(update["reason"] or "")
+    if service and reason.startswith(f"{service}: "):
+        service = None  # the agent's reason already names its service
+    why = ": ".join(str(part) for part in (service, reason) if part)
     return _printable(f"{line}  at {update['at']}  {why}".rstrip())
 
 
@@ -119,13 +122,16 @@ def _cell(value: object) -> str:
 
 
 def _services(services: dict[str, object]) -> str:
-    """`name=state` per service; the state is whatever the device reported (its strings, joined)."""
+    """`name: state (health, N restarts)` per service, from what the device reported (control characters shown as ?)."""
     parts = []
     for name, status in services.items():
         if isinstance(status, dict):
-            status = "/".join(str(v) for v in status.values() if isinstance(v, str | int | float | bool))
-        parts.append(f"{name}={status}")
-    return ", ".join(parts)
+            details = [str(status["health"])] if status.get("health") else []
+            if isinstance(status.get("restarts"), int):
+                details.append(f"{status['restarts']} restarts")
+            status = f"{status.get('state') or '?'}" + (f" ({', '.join(details)})" if details else "")
+        parts.append(f"{name}: {status}")
+    return _printable("; ".join(parts))
 
 
 @app.command("tag")

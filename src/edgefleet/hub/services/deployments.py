@@ -478,11 +478,11 @@ def explain(reason: Reason) -> str:
         else:
             text = f"{head} and assigned it {reason.app}@{chosen.version} in wave {(reason.wave or 0) + 1}"
             text += f" ({reason.member})."
-            if assigned != chosen.version and by not in (
-                f"deployment:{chosen.name}",
-                f"deployment:{chosen.name}:rollback",
-            ):
-                text += f" Since then {by} assigned {reason.app}@{assigned}."
+            if by not in (f"deployment:{chosen.name}", f"deployment:{chosen.name}:rollback"):
+                if assigned != chosen.version:
+                    text += f" Since then {by} assigned {reason.app}@{assigned}."
+                else:  # e.g. another deployment's rollback put back this one's release
+                    text += f" The assignment was last written by {by}, with the same release."
     if reason.losers:
         names = ", ".join(f"{d.name} (priority {d.priority})" for d in reason.losers)
         text += f" Also selected by {names}, which lose on priority."

@@ -355,7 +355,12 @@ class WaveOut(WireModel):
 
 class DeploymentStatusOut(WireModel):
     deployment: DeploymentOut
-    targeted: int = Field(description="Devices the deployment selects and follows it now.")
+    targeted: int = Field(
+        description=(
+            "Devices the deployment selects and that follow it now; for an aborted or rolled-back deployment, "
+            "the devices it had reached."
+        )
+    )
     left: int = Field(description="Devices it assigned that it no longer selects (retagged, or a higher priority).")
     waves: list[WaveOut]
 

@@ -72,7 +72,16 @@ def operator_for_token(hub: Hub, token_id: str) -> Operator:
         AuthenticationError: unknown, revoked or expired token, or disabled user.
     """
     with hub.store.transaction(readonly=True) as tx:
-        token, user = _valid(tx, tx.get_api_token(token_id), now=hub.clock())
+        return operator_in(tx, token_id, now=hub.clock())
+
+
+def operator_in(tx: Tx, token_id: str, *, now: datetime) -> Operator:
+    """`operator_for_token` inside a transaction the caller has open (one read for a whole request).
+
+    Raises:
+        AuthenticationError: unknown, revoked or expired token, or disabled user.
+    """
+    token, user = _valid(tx, tx.get_api_token(token_id), now=now)
     return Operator(user=user.name, role=user.role, token_id=token.id)
 
 

@@ -115,19 +115,26 @@ def resolve(hub: Hub, secret: str | None, *, touch: bool = True) -> Session:
         raise AuthenticationError("login_required", "log in with an operator API token")
     id_hash = _hash(secret)
     now = hub.clock()
-    with hub.store.transaction(readonly=True) as tx:
+    settings = hub.settings
+    operator: Operator | None = None
+    refused: AuthenticationError | None = None
+    with hub.store.transaction(readonly=True) as tx:  # one read: the session, its token and its user
         stored = WebSessions(tx).get(id_hash)
+        live = stored is not None and not expired(
+            stored, now=now, idle=settings.web_session_idle, absolute=settings.web_session_absolute
+        )
+        if stored is not None and live:
+            try:
+                operator = operators.operator_in(tx, stored.token_id, now=now)
+            except AuthenticationError as exc:
+                refused = exc
     if stored is None:
         raise AuthenticationError("session_unknown", "your session has ended; log in again")
-    settings = hub.settings
-    if expired(stored, now=now, idle=settings.web_session_idle, absolute=settings.web_session_absolute):
+    if operator is None:
         _end(hub, id_hash)
-        raise AuthenticationError("session_expired", "your session expired; log in again")
-    try:
-        operator = operators.operator_for_token(hub, stored.token_id)
-    except AuthenticationError as exc:
-        _end(hub, id_hash)
-        raise AuthenticationError("session_revoked", f"your session has ended: {exc.message}") from exc
+        if refused is None:
+            raise AuthenticationError("session_expired", "your session expired; log in again")
+        raise AuthenticationError("session_revoked", f"your session has ended: {refused.message}") from refused
     if touch and now - stored.seen_at >= TOUCH_EVERY:
         # Written at most once a minute, in its own short transaction: page reads stay read-only.
         with hub.store.transaction() as tx:

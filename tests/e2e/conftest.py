@@ -39,39 +39,70 @@ def edgefleet(*args: str, env: dict[str, str] | None = None, timeout: float = 60
     )
 
 
-ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-B]|\r")
+
+
+class Terminal:
+    """A process on a pseudo-terminal (so Rich sees an interactive one), its output read as it comes."""
+
+    def __init__(
+        self, argv: list[str], *, env: dict[str, str] | None = None, rows: int = 50, columns: int = 120
+    ) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        overrides = ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES", "CI")
+        inherited = {k: v for k, v in os.environ.items() if k not in overrides}
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env={**inherited, "TERM": "xterm-256color", **(env or {})},
+        )
+        os.close(slave)
+        self.master = master
+        self.raw = bytearray()
+
+    def read_until(self, marker: str | None, *, timeout: float) -> bool:
+        """Read until `marker` was written (True), or the terminal closed or the time ran out (False).
+
+        With no marker, read until every writer has closed the terminal (True).
+        """
+        wanted, deadline = marker.encode() if marker else None, time.monotonic() + timeout
+        while wanted is None or wanted not in self.raw:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([self.master], [], [], min(left, 1.0))[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    return wanted is None
+                if not chunk:
+                    return wanted is None
+                self.raw += chunk
+        return True
+
+    def text(self) -> str:
+        """What was written, without escape sequences and carriage returns."""
+        return ESCAPES.sub("", self.raw.decode(errors="replace"))
+
+    def close(self) -> None:
+        os.close(self.master)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def in_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal, as a person at a shell would: (exit code, all it drew, escapes removed)."""
-    parent, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli.main", *args],
-        stdin=child,
-        stdout=child,
-        stderr=child,
-        env={**os.environ, "TERM": "xterm-256color", **(env or {})},
-    )
-    os.close(child)
-    drawn = bytearray()
-    deadline = time.monotonic() + timeout
+    """Run the CLI on a pseudo-terminal until it exits: (exit code, all it drew, escapes removed)."""
+    terminal = Terminal([sys.executable, "-m", "edgefleet.cli.main", *args], env=env, columns=160)
     try:
-        while time.monotonic() < deadline:
-            if select.select([parent], [], [], 0.2)[0]:
-                try:
-                    data = os.read(parent, 65536)
-                except OSError:  # EIO: the child's side is closed
-                    break
-                if not data:
-                    break
-                drawn += data
-        else:
-            process.kill()
-            raise AssertionError(f"edgefleet {' '.join(args)} still running after {timeout} s: {drawn.decode()!r}")
-        return process.wait(timeout=10), ESCAPES.sub("", drawn.decode(errors="replace"))
+        done = terminal.read_until(None, timeout=timeout)
+        assert done, f"edgefleet {' '.join(args)} still running after {timeout} s: {terminal.text()[-2000:]}"
+        return terminal.process.wait(timeout=10), terminal.text()
     finally:
-        os.close(parent)
+        terminal.close()
 
 
 def free_port() -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 
 from edgefleet.demo.scenario import MARKER, Result, manifest
 from edgefleet.manifest import parse_manifest
+from tests.e2e.conftest import Terminal
 
 pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.slow, pytest.mark.timeout(900)]
 DEMO = [sys.executable, "-m", "edgefleet.cli.main", "demo"]
@@ -75,9 +78,9 @@ def test_demo_interactive_with_simulated_devices_stops_everything_on_ctrl_c(tmp_
     assert "press Ctrl-C" in text, text[-3000:]
     assert "9 devices enrolled and accepted (3 real agents)" in text
     assert "wave 3 of 3" in text  # 1, 34 %, 100 % of nine devices
-    token = next(line.split()[-1] for line in lines if line.startswith("Admin token:"))
-    hub = next(line.split()[1] for line in lines if line.startswith("Hub:"))
-    env = {"EDGEFLEET_HUB": hub, "EDGEFLEET_TOKEN": token, "EDGEFLEET_CA": str(data_dir / "hub/ca.crt")}
+    exported = next(line for line in lines if line.startswith("  export "))  # what the tour tells you to paste
+    env = dict(word.split("=", 1) for word in shlex.split(exported)[1:])
+    assert env["EDGEFLEET_CA"] == str((data_dir / "hub/ca.crt").resolve())
     listed = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli.main", "device", "list", "--json"],
         capture_output=True, text=True, check=True, env={**os.environ, **env},
@@ -86,6 +89,38 @@ def test_demo_interactive_with_simulated_devices_stops_everything_on_ctrl_c(tmp_
     process.send_signal(signal.SIGINT)
     rest, errors = process.communicate(timeout=180)
     assert process.returncode == 0, rest[-2000:] + errors[-2000:]
+    assert left_behind(data_dir) == []
+
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+def test_demo_on_a_terminal_shows_a_live_checklist_and_rollout_bars_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    terminal = Terminal([*DEMO, "--simulated", "0", "--data-dir", str(data_dir)])
+    try:
+        reached = terminal.read_until("press Ctrl-C", timeout=600)
+        text = terminal.text()
+        assert reached, text[-3000:]
+        assert "✓ Hub  " in text  # a finished step of the checklist, with its time
+        assert "    $ edgefleet hub init --data-dir DIR/hub" in text
+        assert any(frame in text for frame in SPINNER)  # the running step's spinner
+        assert "rollout hello-1" in text
+        assert "━" in text  # a wave's bar
+        assert re.search(r"wave 1 ━{30} 1/1 updated  0 failed", text)  # the canary wave's bar, full
+        assert "real agents" in text
+        assert re.search(r"demo\d  runs hello@1\.0\.0 ", text)  # an agent's state during a rollout
+        assert "✓ Rollout of hello@1.1.0" in text
+        assert "hello-2: paused, wave 1 of 2: wave 1: 0/1 updated, 1 failed" in text
+        summary = text[text.rindex("Dashboard: ") :]
+        assert re.search(r"^Admin token: efa_\S+$", summary, re.MULTILINE), summary
+        assert not any(frame in summary for frame in SPINNER)  # the live view stopped before the summary
+        terminal.process.send_signal(signal.SIGINT)
+        assert terminal.read_until(None, timeout=180)  # the demo exits, closing the terminal
+        assert terminal.process.wait(timeout=30) == 0, terminal.text()[-3000:]
+        assert "Stopping ..." in terminal.text()
+    finally:
+        terminal.close()
     assert left_behind(data_dir) == []
 
 

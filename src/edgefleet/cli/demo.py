@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from edgefleet.cli.common import CliError, err, out
 from edgefleet.demo.errors import DemoError
 from edgefleet.demo.scenario import Demo, Options, Result
+from edgefleet.demo.terminal import LiveReporter, PlainReporter
 
 
-def _hold(result: Result) -> None:
+def reporter_for(console: Console, *, ci: bool) -> PlainReporter:
+    """The live view on an interactive terminal; plain lines for pipes, logs, dumb terminals and `--ci`.
+
+    Rich decides what is interactive: a terminal that is not dumb, unless TTY_INTERACTIVE says otherwise.
+    """
+    if console.is_interactive and not ci:
+        return LiveReporter(console)
+    return PlainReporter(console)
+
+
+def _hold(result: Result, data_dir: Path) -> None:
+    ca = (data_dir / "hub" / "ca.crt").resolve()
     out.print(f"\nDashboard: {result.hub_url}/ui/  (log in with the admin token; the hub's certificate is")
-    out.print("signed by the demo's own CA, DATA_DIR/hub/ca.crt, so the browser asks to trust it)")
+    out.print(f"signed by the demo's own CA, {ca}, so the browser asks to trust it)")
     out.print(f"Hub: {result.hub_url}")
     out.print(f"Admin token: {result.token}")
+    out.print("For the CLI, in another terminal:", markup=False)
+    exports = {"EDGEFLEET_HUB": result.hub_url, "EDGEFLEET_CA": str(ca), "EDGEFLEET_TOKEN": result.token}
+    out.print("  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()), markup=False)
     out.print("Everything keeps running; press Ctrl-C to stop it all and remove what the demo made.")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -38,11 +55,16 @@ def demo(
     ci: Annotated[bool, typer.Option("--ci", help="Check the end state and exit (non-interactive)")] = False,
 ) -> None:
     """Run the demo: hub, signed releases, three real agents on Podman, a rollout, and a bad release stopped."""
-    scenario = Demo(
-        Options(data_dir=data_dir, simulated=simulated, ci=ci), say=lambda line: out.print(line, markup=False)
-    )
+    reporter = reporter_for(out, ci=ci)
+    scenario = Demo(Options(data_dir=data_dir, simulated=simulated, ci=ci), report=reporter)
+
+    def hold(result: Result) -> None:
+        reporter.stop()  # the summary is printed normally, below the finished checklist
+        _hold(result, data_dir)
+
     try:
-        result = scenario.run(hold=None if ci else _hold)
+        with reporter:
+            result = scenario.run(hold=None if ci else hold)
     except DemoError as exc:
         raise CliError(str(exc), exit_code=1, hint=f"the logs are in {data_dir / 'logs'}") from exc
     problems = result.problems()

@@ -4,8 +4,11 @@ Everything runs on this machine and is started here, in a data dir of the demo's
 Podman API service, a registry (Debian's docker-registry) holding the sample image, a hub
 on SQLite, three `edgefleet agent run` processes with their own data dirs and engine
 namespaces, and optionally `edgefleet sim`. The steps use the `edgefleet` commands a user
-would type (printed as they run, tokens elided). At the end, whatever happened, every child
+would type (reported as they run, tokens elided). At the end, whatever happened, every child
 is stopped and the agents' containers, networks and volumes are removed.
+
+The scenario writes nothing itself: it reports what happens as events (`events.py`) to the
+reporter it is given, which prints plain lines or draws a live view (`terminal.py`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -30,6 +35,7 @@ import yaml
 from edgefleet.agent.identity import saved_device_id
 from edgefleet.demo.children import Children
 from edgefleet.demo.errors import DemoError
+from edgefleet.demo.events import AgentState, Command, Note, Reporter, RolloutProgress, StepDone, StepStarted, Wave
 from edgefleet.demo.image import push_sample_image
 
 APP = "hello"
@@ -111,9 +117,9 @@ class Result:
 class Demo:
     """One run of the scenario; `run` returns its Result and always cleans up."""
 
-    def __init__(self, options: Options, say: Callable[[str], None]) -> None:
+    def __init__(self, options: Options, report: Reporter) -> None:
         self.options = options
-        self.say = say
+        self.report = report
         self.root = options.data_dir.resolve()
         self.children = Children(self.root / "logs")
         self.engine = Children(self.root / "logs")  # stopped last, after the agents' containers are gone
@@ -129,18 +135,27 @@ class Demo:
         """Run every step; `hold` (interactive mode) is called at the end, before cleaning up."""
         self._fresh_dir()
         try:
-            socket_path = self._podman()
-            registry = self._registry()
-            self._hub()
-            self._publisher(registry)
-            self._agents(socket_path)
-            self.result.first = self._rollout(
-                "hello-1", "1.0.0", target="fleet=demo", waves=self._waves(), until="completed", priority=0
-            )
-            self.result.second = self._rollout(
-                "hello-2", "1.1.0", target="fleet=demo and ring=real", waves="1,100%", until="paused", priority=1
-            )
-            self._end_state(socket_path)
+            with self._step("Container engine"):
+                socket_path = self._podman()
+            with self._step("Registry"):
+                registry = self._registry()
+            with self._step("Hub"):
+                self._hub()
+            with self._step("Publisher keys and two signed releases"):
+                self._publisher(registry)
+            simulated = f" and {self.options.simulated} simulated devices" if self.options.simulated else ""
+            with self._step(f"{self.options.agents} real agents{simulated} enroll"):
+                self._agents(socket_path)
+            with self._step(f"Rollout of {APP}@1.0.0 to the fleet, in waves"):
+                self.result.first = self._rollout(
+                    "hello-1", "1.0.0", target="fleet=demo", waves=self._waves(), until="completed", priority=0
+                )
+            with self._step(f"Rollout of {APP}@1.1.0 to the real agents: it fails its health check"):
+                self.result.second = self._rollout(
+                    "hello-2", "1.1.0", target="fleet=demo and ring=real", waves="1,100%", until="paused", priority=1
+                )
+            with self._step("End state: what each agent runs, the audit log"):
+                self._end_state(socket_path)
             if hold is not None:
                 hold(self.result)
             return self.result
@@ -149,6 +164,21 @@ class Demo:
 
     def _waves(self) -> str:
         return "1,34%,100%" if self.options.simulated else "1,100%"
+
+    @contextmanager
+    def _step(self, title: str) -> Iterator[None]:
+        """Report a step's start and its end, failed when it raises (Ctrl-C included)."""
+        self.report(StepStarted(title))
+        try:
+            yield
+        except BaseException:
+            self.report(StepDone(ok=False))
+            raise
+        self.report(StepDone())
+
+    def say(self, text: str, *, detail: bool = False) -> None:
+        """Report a line of news (`detail`: indented under the line before it when printed plainly)."""
+        self.report(Note(text, detail=detail))
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -214,7 +244,7 @@ class Demo:
             raise DemoError("`hub init` printed no admin token")
         port = _free_port()
         url = f"https://127.0.0.1:{port}"
-        self.say(f"$ edgefleet hub serve --data-dir DIR/hub --bind 127.0.0.1:{port}")
+        self.report(Command(f"edgefleet hub serve --data-dir DIR/hub --bind 127.0.0.1:{port}"))
         child = self.children.start(
             "hub",
             [sys.executable, "-m", "edgefleet.cli.main", "hub", "serve", "--data-dir", str(data), "--bind", url[8:]],
@@ -265,15 +295,17 @@ class Demo:
                 f'enrollment_token = "{token}"\ndata_dir = "{self.root / name}"\nengine = "unix://{socket_path}"\n'
                 f'policy = "{policy}"\narch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}{self.run_id}"\n'
             )
-            self.say(f"$ edgefleet agent run --config DIR/{name}.toml   # a real agent on Podman")
+            self.report(Command(f"edgefleet agent run --config DIR/{name}.toml   # a real agent on Podman"))
             self.children.start(
                 name, [sys.executable, "-m", "edgefleet.cli.main", "agent", "run", "--config", str(config)]
             )
         if self.options.simulated:
             sim_token = self._token("ring=sim", self.options.simulated)
             n = self.options.simulated
-            self.say(
-                f"$ edgefleet sim --devices {n} --fail-rate 0 --offline 0   # simulated devices, for a bigger picture"
+            self.report(
+                Command(
+                    f"edgefleet sim --devices {n} --fail-rate 0 --offline 0   # simulated devices, for a bigger picture"
+                )
             )
             self.children.start(
                 "sim",
@@ -307,19 +339,17 @@ class Demo:
             *("--waves", waves, "--max-failure", "0%", "--priority", str(priority)),
         )
         deadline = time.monotonic() + ROLLOUT_TIMEOUT
-        shown = ""
         while True:
             status = self._get(f"/api/v1/deployments/{name}")
             deployment = status["deployment"]
-            line = _progress(status)
-            if line != shown:
-                self.say(f"  {name}: {line}")
-                shown = line
+            self.report(_progress(name, status))
+            for agent in self._agent_states():
+                self.report(agent)
             if deployment["state"] in (until, "aborted", "rolled-back") or (
                 deployment["state"] == "completed" and until != "completed"
             ):
                 if deployment.get("reason"):
-                    self.say(f"  {name}: {deployment['state']}: {deployment['reason']}")
+                    self.say(f"{name}: {deployment['state']}: {deployment['reason']}", detail=True)
                 return str(deployment["state"])
             if time.monotonic() > deadline:
                 return f"still {deployment['state']} after {ROLLOUT_TIMEOUT:.0f} s"
@@ -337,27 +367,27 @@ class Demo:
                 self.result.running[name] = sorted(c["Labels"].get("io.edgefleet.release", "?") for c in found)
         for name, device_id in self.result.agents.items():
             shown = json.loads(self.cli("device", "show", device_id, "--json", quiet=True))
-            outcome = (shown.get("updates") or {}).get(APP) or {}
+            outcome = _outcome((shown.get("updates") or {}).get(APP))
             if outcome:
-                before = outcome.get("from_release") or "nothing"
-                self.result.outcomes[name] = f"{outcome.get('status')} {before}->{outcome.get('to_release')}"
+                self.result.outcomes[name] = outcome
         verified = self._run("audit", "verify")
         self.result.audit = "ok: " + verified.stdout.strip()[:200] if verified.returncode == 0 else verified.stderr
         for name in sorted(self.result.agents):
             runs = ", ".join(self.result.running.get(name, [])) or "nothing"
-            self.say(f"  {name}: runs {APP}@{runs}; last update: {self.result.outcomes.get(name, '-')}")
+            self.say(f"{name}: runs {APP}@{runs}; last update: {self.result.outcomes.get(name, '-')}", detail=True)
 
     def _clean_up(self) -> None:
-        self.children.stop_all()
-        if self.http is not None:
-            self.http.close()
-        socket_path = self.root / "podman.sock"
-        if socket_path.exists() and self.result.agents:
-            try:
-                _remove_owned(socket_path, list(self.result.agents.values()))
-            except (httpx.HTTPError, ValueError) as exc:
-                self.say(f"could not remove the agents' containers: {exc}")
-        self.engine.stop_all()
+        with self._step("Stopping everything the demo started"):
+            self.children.stop_all()
+            if self.http is not None:
+                self.http.close()
+            socket_path = self.root / "podman.sock"
+            if socket_path.exists() and self.result.agents:
+                try:
+                    _remove_owned(socket_path, list(self.result.agents.values()))
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.say(f"could not remove the agents' containers: {exc}")
+            self.engine.stop_all()
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -371,6 +401,22 @@ class Demo:
         if response.status_code != 200:
             raise DemoError(f"GET {path}: {response.status_code} {response.text[:200]}")
         return response.json()
+
+    def _agent_states(self) -> list[AgentState]:
+        """What each real agent runs and its last outcome, as the hub knows them (for the view; errors skip one)."""
+        found = []
+        for name, device_id in sorted(self.result.agents.items()):
+            try:
+                response = self._api().get(f"/api/v1/devices/{quote(device_id, safe='')}/state")
+            except httpx.HTTPError:
+                continue
+            if response.status_code != 200:
+                continue
+            state = response.json()
+            running = next((a.get("reported") for a in state.get("apps") or [] if a.get("app") == APP), None)
+            outcome = _outcome((state.get("updates") or {}).get(APP))
+            found.append(AgentState(name, f"{APP}@{running}" if running else None, outcome or None))
+        return found
 
     def _accepted(self) -> list[dict[str, Any]]:
         """Every accepted device of the demo's fleet, page by page."""
@@ -400,22 +446,39 @@ class Demo:
     def cli(self, *args: str, show: str | None = None, quiet: bool = False) -> str:
         """Run an `edgefleet` command as a user would; its stdout, or a DemoError with its message."""
         if not quiet:
-            self.say("$ " + (show or " ".join(("edgefleet", *args))))
+            self.report(Command(show or " ".join(("edgefleet", *args))))
         done = self._run(*args)
         if done.returncode != 0:
             raise DemoError(f"`edgefleet {' '.join(args[:3])}` failed: {done.stderr.strip()[-600:]}")
         return done.stdout
 
 
-def _progress(status: dict[str, Any]) -> str:
+def _progress(name: str, status: dict[str, Any]) -> RolloutProgress:
+    """A deployment's status (`GET /deployments/NAME`, as `deploy status` shows it) as the view's event."""
     deployment = status["deployment"]
-    waves = " | ".join(
-        f"wave {w['wave']}: {w['updated']}/{w['size']} updated"
-        + "".join(f", {w[k]} {k}" for k in ("downloading", "failed", "offline", "restored") if w.get(k))
-        for w in status["waves"]
-        if w["size"]
+    counts = ("downloading", "failed", "offline", "restored")
+    return RolloutProgress(
+        name=name,
+        state=str(deployment["state"]),
+        wave=int(deployment["wave"]),
+        waves=tuple(
+            Wave(
+                wave=int(w["wave"]),
+                size=int(w["size"]),
+                updated=int(w["updated"]),
+                **{k: int(w.get(k) or 0) for k in counts},
+            )
+            for w in status["waves"]
+        ),
+        reason=deployment.get("reason") or None,
     )
-    return f"{deployment['state']}, wave {deployment['wave']} of {len(status['waves'])}: {waves or 'starting'}"
+
+
+def _outcome(update: dict[str, Any] | None) -> str:
+    """An update outcome as 'STATUS FROM->TO' ('' for none)."""
+    if not update:
+        return ""
+    return f"{update.get('status')} {update.get('from_release') or 'nothing'}->{update.get('to_release')}"
 
 
 def _remove_owned(socket_path: Path, owners: list[str]) -> None:

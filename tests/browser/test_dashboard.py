@@ -101,6 +101,38 @@ def running_versions(api: httpx.Client, device_ids: list[str]) -> dict[str, str 
     return found
 
 
+NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
+
+
+def visit(page: Any, url: str, *, tries: int = 3) -> None:
+    """`page.goto`, again when Chromium dropped the request because a network interface changed.
+
+    The Podman tests on the other worker create and remove bridges, and Chromium cancels the
+    requests in flight whenever the host's interfaces change (net::ERR_NETWORK_CHANGED).
+    """
+    from playwright.sync_api import Error
+
+    for attempt in range(1, tries + 1):
+        try:
+            page.goto(url)
+            return
+        except Error as exc:
+            if NETWORK_CHANGED not in str(exc) or attempt == tries:
+                raise
+
+
+def follow(page: Any, selector: str, *, tries: int = 3) -> None:
+    """Click a link; again when Chromium showed its error page for a dropped navigation (see `visit`)."""
+    start = page.url
+    for _ in range(tries):
+        page.click(selector)
+        page.wait_for_load_state()
+        if not page.url.startswith("chrome-error://"):
+            return
+        visit(page, start)
+    raise AssertionError(f"following {selector} from {start} failed {tries} times")
+
+
 @pytest.mark.timeout(600)
 def test_the_dashboard_in_a_browser(
     hub: RunningHub, api: httpx.Client, fleet: list[str], chromium: Any, screenshots: Path
@@ -119,7 +151,7 @@ def test_the_dashboard_in_a_browser(
     page.set_default_timeout(20_000)
 
     # Log in
-    page.goto(f"{hub.url}/ui/")
+    visit(page, f"{hub.url}/ui/")
     expect(page).to_have_url(f"{hub.url}/ui/login?reason=login_required&next=/ui/")
     page.screenshot(path=screenshots / "01-login.png", full_page=True)
     page.fill("#token", "efa_0123456789abcdef_" + "A" * 43)
@@ -139,7 +171,7 @@ def test_the_dashboard_in_a_browser(
     # The overview's counts are the API's
     devices = api.get("/devices").json()["items"]
     on_release = list(running_versions(api, fleet).values()).count("1.0.0")
-    page.goto(f"{hub.url}/ui/")
+    visit(page, f"{hub.url}/ui/")
     assert int(page.get_by_test_id("count-total").inner_text()) == len(devices) == DEVICES
     states = {
         s: int(page.get_by_test_id(f"count-{s}").inner_text()) for s in ("online", "offline", "updating", "failed")
@@ -151,7 +183,7 @@ def test_the_dashboard_in_a_browser(
     page.screenshot(path=screenshots / "02-overview.png", full_page=True)
 
     # Filter the device list (htmx swaps the table in place)
-    page.click("nav >> text=Devices")
+    follow(page, "nav >> text=Devices")
     expect(page.get_by_test_id("device-row")).to_have_count(DEVICES)
     page.evaluate("window.__stayed = true")
     page.fill("input[name=tag]", "line=b")
@@ -162,7 +194,7 @@ def test_the_dashboard_in_a_browser(
     page.screenshot(path=screenshots / "03-devices-filtered.png", full_page=True)
 
     # Open a device
-    page.click(f"a[href='/ui/devices/{special}']")
+    follow(page, f"a[href='/ui/devices/{special}']")
     expect(page.get_by_test_id("device-id")).to_have_text(special)
     expect(page.get_by_test_id("why")).to_contain_text("Deployment base")
     expect(page.get_by_test_id("apps")).to_contain_text("1.0.0")
@@ -172,7 +204,7 @@ def test_the_dashboard_in_a_browser(
     body = {"name": "next", "app": "sensor", "version": "1.1.0", "target": "env=prod", "priority": 1}
     created = api.post("/deployments", json={**body, "waves": "1,4,100%", "bake_seconds": 6})
     assert created.status_code == 201, created.text
-    page.goto(f"{hub.url}/ui/deployments/next")
+    visit(page, f"{hub.url}/ui/deployments/next")
     page.evaluate("window.__stayed = true")
 
     def updated() -> int:
@@ -192,9 +224,9 @@ def test_the_dashboard_in_a_browser(
     page.screenshot(path=screenshots / "06-deployment-paused.png", full_page=True)
 
     for name, path in (("07-deployments", "/ui/deployments"), ("08-releases", "/ui/releases")):
-        page.goto(f"{hub.url}{path}")
+        visit(page, f"{hub.url}{path}")
         page.screenshot(path=screenshots / f"{name}.png", full_page=True)
-    page.goto(f"{hub.url}/ui/audit")
+    visit(page, f"{hub.url}/ui/audit")
     expect(page.get_by_test_id("verify")).to_contain_text("Chain verified")
     page.screenshot(path=screenshots / "09-audit.png", full_page=True)
 
@@ -204,11 +236,11 @@ def test_the_dashboard_in_a_browser(
     viewer = chromium.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
     view = viewer.new_page()
     view.set_default_timeout(20_000)
-    view.goto(f"{hub.url}/ui/login")
+    visit(view, f"{hub.url}/ui/login")
     view.fill("#token", viewer_token)
     view.click("button[type=submit]")
     expect(view.get_by_test_id("who")).to_have_text("vera (viewer)")
-    view.goto(f"{hub.url}/ui/deployments/next")
+    visit(view, f"{hub.url}/ui/deployments/next")
     expect(view.get_by_test_id("deployment-state")).to_have_text("paused")
     expect(view.get_by_test_id("controls")).to_have_count(0)
     expect(view.get_by_test_id("resume")).to_have_count(0)
@@ -233,7 +265,7 @@ def test_the_dashboard_in_a_browser(
     # Logging out ends the session
     page.get_by_test_id("logout").click()
     expect(page.get_by_test_id("message")).to_have_text("You are logged out.")
-    page.goto(f"{hub.url}/ui/devices")
+    visit(page, f"{hub.url}/ui/devices")
     expect(page).to_have_url(f"{hub.url}/ui/login?reason=login_required&next=/ui/devices")
     context.close()
     viewer.close()

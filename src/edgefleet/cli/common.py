@@ -226,7 +226,8 @@ def parse_duration(text: str) -> int:
 def run_app(app: typer.Typer, argv: list[str] | None, *, prog_name: str | None = None) -> int:
     """Run a Typer app; user errors print one line (and a hint) on stderr, never a traceback."""
     try:
-        app(args=argv, prog_name=prog_name, standalone_mode=False)
+        # Not standalone, typer returns an Exit's code (Ctrl-C becomes Exit(130)) instead of raising it.
+        code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except CliError as exc:
         _print_error(exc.message, exc.hint)
         return exc.exit_code
@@ -241,7 +242,9 @@ def run_app(app: typer.Typer, argv: list[str] | None, *, prog_name: str | None =
         where = f" ({exc.filename})" if exc.filename else ""
         _print_error(f"{exc.strerror or exc}{where}", "check the paths and permissions given")
         return EXIT_UNAVAILABLE
-    return 0
+    if code == EXIT_INTERRUPTED:
+        err.print("aborted")
+    return code if isinstance(code, int) else 0  # commands return None: only an Exit gives a code
 
 
 def _print_error(message: str, hint: str | None) -> None:

@@ -286,3 +286,23 @@ def test_shell_completion_offers_groups_commands_and_options():
         env={**os.environ, "SHELL": "/bin/bash"},
     ).stdout
     assert "_EDGEFLEET_COMPLETE=complete_bash" in script
+
+
+def test_ctrl_c_exits_130_and_a_command_that_ends_normally_exits_0(capsys):
+    import typer
+
+    from edgefleet.cli.common import run_app
+
+    toy = typer.Typer()
+
+    @toy.command("wait")
+    def wait() -> None:
+        raise KeyboardInterrupt
+
+    @toy.command("done")
+    def done() -> None:
+        print("done")
+
+    assert run_app(toy, ["wait"], prog_name="toy") == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == "aborted"
+    assert run_app(toy, ["done"], prog_name="toy") == 0

@@ -60,7 +60,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 REFUSAL_HINTS = {
     401: "the API token is unknown, expired or revoked: check --token or EDGEFLEET_TOKEN",
-    403: "your role does not allow this (edgefleet user list shows roles; an admin can change them)",
+    403: "your role does not allow this: use a token of a user whose role does (edgefleet user list)",
     404: "check the name or ID (the group's list command shows them)",
     413: "the request is larger than the hub accepts",
     429: "the hub is busy: try again in a moment",

@@ -72,19 +72,20 @@ def test_environment_and_desired_vs_reported_with_the_cli(sqlite_hub: RunningHub
                         },
                     }
                 },
-                "last_error": "[bold]pull failed[/bold]",
+                "last_error": "[bold]pull failed[/bold]\x1b[2J",  # markup shown as is, escapes never sent
                 "agent_version": "0.1.0",
             },
         )
         text = ok(hub.cli("device", "show", device_id))
         assert "sensor  1.0.0 -> 1.0.0  [ok]  main: running; web: running (healthy, 2 restarts)" in text
-        assert "[bold]pull failed[/bold]" in text  # device-written text is printed as is
+        assert "[bold]pull failed[/bold]?[2J" in text  # device-written text: as is, but no escape codes
+        assert "\x1b" not in text
         assert "reported.agent_version: 0.1.0" in text
         full = json.loads(ok(hub.cli("device", "show", device_id, "--json")))
         assert full["status"] == "accepted"
         assert [(a["app"], a["desired"], a["reported"], a["in_sync"]) for a in full["apps"]] == [
             ("sensor", "1.0.0", "1.0.0", True)
         ]
-        assert full["last_error"] == "[bold]pull failed[/bold]"
+        assert full["last_error"] == "[bold]pull failed[/bold]\x1b[2J"
         assert full["environment"] == {"MODE": "eco", "REGION": "eu", "URL": "http://x/?a=b"}
         assert full["reported"]["agent_version"] == "0.1.0"

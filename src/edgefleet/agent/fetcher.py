@@ -5,8 +5,9 @@ signed lengths; this one sends the device's short-lived token, verifies the hub 
 the fleet CA (through the given `httpx.Client`), and when a connection drops mid-body asks
 again with ``Range: bytes=N-`` so a large artifact resumes instead of starting over.
 
-With a `progress` callback, each chunk of a target file is reported as (url, bytes received,
-total bytes or None) so people can watch large downloads (`agent.progress`).
+With a `progress`, each chunk of a target file is reported (bytes received, the length the
+server states), then the download's end, complete or not, so people can watch large
+downloads (`agent.progress`).
 
 With a `partial_dir`, what was received of a target file is also kept on disk, so a
 download cut off for longer (the link is down, the agent restarts) resumes on the next
@@ -124,9 +125,10 @@ class HttpxFetcher(FetcherInterface):
         sink: BinaryIO | None = None
         report = self._progress if self._progress is not None and "/targets/" in url else None
         total = _total_length(response, kept)
+        complete = False
         try:
             if report is not None:
-                report(url, received, total)
+                report.update(url, received, total)
             if partial is not None:
                 if kept:
                     with partial.open("rb") as earlier:
@@ -141,10 +143,11 @@ class HttpxFetcher(FetcherInterface):
                         if sink is not None:
                             sink.write(chunk)
                         if report is not None:
-                            report(url, received, total)
+                            report.update(url, received, total)
                         yield chunk
                     if partial is not None:
                         partial.unlink(missing_ok=True)
+                    complete = True
                     return
                 except (httpx.TransportError, httpx.StreamError) as exc:
                     response.close()
@@ -159,6 +162,8 @@ class HttpxFetcher(FetcherInterface):
             response.close()
             if sink is not None:
                 sink.close()
+            if report is not None:
+                report.end(url, complete=complete)
 
 
 def _total_length(response: httpx.Response, offset: int) -> int | None:

@@ -48,6 +48,8 @@ from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.releases import bundle_path
 
 log = logging.getLogger(__name__)
+ENGINE_ERROR = "engine: "
+"""How a `last_error` about the engine itself begins (it is cleared once the engine answers again)."""
 STATE_FILE = "installed.json"
 JOURNAL_FILE = "journal.db"
 OUTBOX_FILE = "outbox.db"
@@ -459,11 +461,13 @@ class Agent:
             self.etag = etag
         try:
             self.apply()
+            if self.last_error is not None and self.last_error.startswith(ENGINE_ERROR):
+                self.last_error = None  # the engine answers again
         except PermissionRefusedError as exc:
             self.last_error = str(exc)[:500]
             log.error("%s", self.last_error)
         except EngineError as exc:
-            self.last_error = f"engine: {exc.message}"[:500]
+            self.last_error = f"{ENGINE_ERROR}{exc.message}"[:500]
             log.error("%s", self.last_error)
         self.report()
         return changed
@@ -531,7 +535,7 @@ class Agent:
             services_by_app = self.engine.status()
         except EngineError as exc:  # the engine is away: report what is known, and say so
             services_by_app = {}
-            self.last_error = self.last_error or f"engine: {exc.message}"[:500]
+            self.last_error = self.last_error or f"{ENGINE_ERROR}{exc.message}"[:500]
         for app, services in services_by_app.items():
             apps.setdefault(app, {})["services"] = services
         usage = shutil.disk_usage(self.data_dir)

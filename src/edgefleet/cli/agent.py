@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.logging import RichHandler
 
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.config import AgentConfigError, AgentSettings, load_settings
@@ -122,7 +123,11 @@ def serve(settings: AgentSettings, *, once: bool = False, fault: FaultHook | Non
     """
     if settings.hub_url is None:
         raise CliError("no hub URL", exit_code=EXIT_USAGE, hint="set hub_url in the config or pass --hub")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if err.is_terminal:  # log lines through the console that draws the download bars, above them
+        handler: logging.Handler = RichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False)
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stopping: list[int] = []
 
     def stop_on(signum: int, _frame: FrameType | None) -> None:

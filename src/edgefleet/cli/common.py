@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgefleet.agent.progress import target_name
+from edgefleet.agent.progress import MAX_TRACKED, target_name
 from edgefleet.protocol import API_PREFIX, ErrorBody
 
 EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 2, 3, 4
@@ -58,14 +58,14 @@ CaFile = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
 
-REFUSAL_HINTS = {
+REFUSAL_HINTS: dict[int | str, str] = {
     401: "the API token is unknown, expired or revoked: check --token or EDGEFLEET_TOKEN",
-    403: "your role does not allow this: use a token of a user whose role does (edgefleet user list)",
+    "insufficient_role": "your role does not allow this: use a token of a user whose role does (edgefleet user list)",
     404: "check the name or ID (the group's list command shows them)",
     413: "the request is larger than the hub accepts",
     429: "the hub is busy: try again in a moment",
 }
-"""A hint per refusal status; the hub's own error code and message are printed before it."""
+"""A hint per hub error code, else per HTTP status; the hub's own code and message are printed before it."""
 
 
 class HubClient:
@@ -76,9 +76,9 @@ class HubClient:
             raise CliError("no hub given", exit_code=EXIT_USAGE, hint="pass --hub URL or set EDGEFLEET_HUB")
         if not token:
             raise CliError("no API token given", exit_code=EXIT_USAGE, hint="pass --token or set EDGEFLEET_TOKEN")
-        if not token.isprintable() or " " in token:
+        if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
             raise CliError(
-                "the API token holds spaces or line breaks",
+                "the API token holds spaces, line breaks or characters other than ASCII",
                 exit_code=EXIT_USAGE,
                 hint="pass the token alone (efa_...), as `apitoken create` or `hub init` printed it",
             )
@@ -124,11 +124,12 @@ class HubClient:
         if response.status_code >= 400:
             try:
                 error = ErrorBody.model_validate_json(response.content)
-                message = f"{error.code}: {error.message}"
+                message, hint = f"{error.code}: {error.message}", REFUSAL_HINTS.get(error.code)
             except ValueError:
-                message = f"HTTP {response.status_code}"
+                message, hint = f"HTTP {response.status_code}", None
             code = EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED
-            raise CliError(f"hub refused: {message}", exit_code=code, hint=REFUSAL_HINTS.get(response.status_code))
+            hint = hint or (REFUSAL_HINTS.get(response.status_code) if response.status_code != 403 else None)
+            raise CliError(f"hub refused: {message}", exit_code=code, hint=hint)
         return response.json()
 
 
@@ -146,30 +147,37 @@ def transfer_progress(console: Console = err) -> Progress:
 
 
 class TerminalDownloads:
-    """The agent's download progress as bars on a terminal: shown while a download runs, kept when done."""
+    """The agent's download progress as bars on a terminal: shown while downloads run, kept when they end."""
 
     def __init__(self, console: Console = err) -> None:
         self._console = console
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
 
-    def __call__(self, url: str, received: int, total: int | None) -> None:
-        name = target_name(url)
-        if self._progress is None:
-            self._progress = transfer_progress(self._console)
-            self._progress.start()
+    def update(self, url: str, received: int, total: int | None) -> None:
         task = self._tasks.get(url)
         if task is None:
-            task = self._tasks[url] = self._progress.add_task(f"downloading {name}", total=total)
-        self._progress.update(task, completed=received, total=total)
-        if total is not None and received >= total:
-            del self._tasks[url]
-            if not self._tasks:
-                self._progress.stop()
-                self._progress = None
+            if len(self._tasks) >= MAX_TRACKED:
+                return  # a bar for each of the first few at once is enough
+            if self._progress is None:
+                self._progress = transfer_progress(self._console)
+                self._progress.start()
+            task = self._tasks[url] = self._progress.add_task(f"downloading {target_name(url)}", total=total)
+        if self._progress is not None:
+            self._progress.update(task, completed=received, total=total)
+
+    def end(self, url: str, *, complete: bool) -> None:
+        task = self._tasks.pop(url, None)
+        if task is None or self._progress is None:
+            return
+        if not complete:
+            self._progress.update(task, description=f"stopped {target_name(url)}")
+        if not self._tasks:
+            self._progress.stop()
+            self._progress = None
 
     def close(self) -> None:
-        """Stop the bars of downloads that never finished (the agent is stopping)."""
+        """Stop the bars (the agent is stopping)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress, self._tasks = None, {}

@@ -70,34 +70,39 @@ def show(
         print_json({**device, **{key: state[key] for key in keys}})
         return
     for key, value in device.items():
-        say(f"{key + ':':18} {_cell(value)}")
-    say(f"{'environment:':18} {', '.join(state['environment']) or '-'}")
-    say("apps (desired -> reported):")
+        _say(f"{key + ':':18} {_cell(value)}")
+    _say(f"{'environment:':18} {', '.join(state['environment']) or '-'}")
+    _say("apps (desired -> reported):")
     if not state["apps"]:
-        say("  (none assigned or reported)")
+        _say("  (none assigned or reported)")
     width = max((len(app["app"]) for app in state["apps"]), default=0)
     for app_state in state["apps"]:
         mark = "ok" if app_state["in_sync"] else "differs"
         desired, reported = app_state["desired"] or "-", app_state["reported"] or "-"
         services = _services(app_state["services"])
         line = f"  {app_state['app'].ljust(width)}  {desired} -> {reported}  [{mark}]"
-        say(f"{line}  {services}" if services else line)
+        _say(f"{line}  {services}" if services else line)
     if state["last_error"] is not None:
-        say(f"{'last_error:':18} {_cell(state['last_error'])}")
+        _say(f"{'last_error:':18} {_cell(state['last_error'])}")
     if state["updates"]:
-        say("updates (latest per app):")
+        _say("updates (latest per app):")
     for app_name, update in state["updates"].items():
-        say(f"  {_update_line(app_name, update)}")
+        _say(f"  {_update_line(app_name, update)}")
         for line in (update["logs"] or "").splitlines()[-LOG_LINES:]:
-            say(f"    | {_printable(line)}")
+            _say(f"    | {line}")
     others = {k: v for k, v in state["reported"].items() if k not in ("apps", "last_error")}
     for key, value in others.items():
-        say(f"{'reported.' + key + ':':18} {_cell(value)}")
+        _say(f"{'reported.' + key + ':':18} {_cell(value)}")
 
 
 LOG_LINES = 10
 """Log lines `device show` prints per update outcome (`--json` has all the device sent)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _say(text: str) -> None:
+    """Print a line of `device show`: much of it is device-written, so no control character reaches the terminal."""
+    say(_printable(text))
 
 
 def _printable(text: str) -> str:

@@ -10,6 +10,7 @@ import typer
 
 from edgefleet.cli.common import (
     EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CaFile,
     CliError,
@@ -39,8 +40,9 @@ def init(
     """Create root and targets keys (private files mode 0600) and keys.json with the public keys."""
     try:
         roles = init_keys(directory, threshold=threshold, count=count, key_type=_key_type(key_type))
-    except KeyStoreError as exc:
-        raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+    except KeyStoreError as exc:  # a disk that cannot take the keys is unusable local configuration, not usage
+        code = EXIT_UNAVAILABLE if isinstance(exc.__cause__, OSError) else EXIT_USAGE
+        raise CliError(str(exc), exit_code=code) from exc
     summary = {
         role: {"threshold": keys.threshold, "keyids": [k.keyid for k in keys.keys]} for role, keys in roles.items()
     }

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from edgefleet.cli.common import (
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CaFile,
@@ -19,6 +20,7 @@ from edgefleet.cli.common import (
     HubUrl,
     JsonFlag,
     Token,
+    err,
     out,
     parse_duration,
     print_json,
@@ -28,7 +30,7 @@ from edgefleet.cli.common import (
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.registry import RegistryClient, RegistryUnavailableError
 from edgefleet.publisher.release import Build, build, load_build, sign
-from edgefleet.publisher.state import targets_restored_on_failure
+from edgefleet.publisher.state import restore_targets_record, targets_record
 
 app = typer.Typer(help="Releases: build, sign (offline keys), push to the hub, list.", no_args_is_help=True)
 KeysDir = Annotated[Path, typer.Option("--keys", help="Publisher key directory (edgefleet keys init)")]
@@ -128,15 +130,49 @@ def publish_command(
     token: Token = None,
     ca: CaFile = None,
 ) -> None:
-    """Build, sign and push in one step (the build directory is temporary; a failed push undoes the signing)."""
+    """Build, sign and push in one step (temporary build dir; a push the hub did not take undoes the signing)."""
     client = HubClient(hub, token, ca)
     with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as tmp:
         build_dir = Path(tmp) / "build"
         release = _build(app_dir, build_dir, bundle=bundle, insecure=insecure_registry)
-        with targets_restored_on_failure(keys):  # a failed push leaves the key directory as it was
-            _sign(build_dir, keys, expires)
+        record = targets_record(keys)
+        _sign(build_dir, keys, expires)
+        try:
             accepted = _push(client, build_dir)
+        except BaseException as exc:
+            _settle_failed_push(client, release, keys, record, exc)
+            raise
     out.print(f"published {release.ref} in targets version {accepted['version']}")
+
+
+def _settle_failed_push(
+    client: HubClient, release: Build, keys: Path, record: bytes | None, exc: BaseException
+) -> None:
+    """After a failed push: undo the signing if the hub did not store the release, so publishing again works.
+
+    A refusal stores nothing (the hub checks everything first). After a lost connection or
+    Ctrl-C the hub may have stored the targets, so it is asked; if it cannot say, the record
+    is kept (the next publish then carries this release too, its files being uploaded).
+    """
+    refused = isinstance(exc, CliError) and exc.exit_code == EXIT_REFUSED
+    stored: bool | None = False if refused else _listed(client, release)
+    if stored is False:
+        restore_targets_record(keys, record)
+    elif stored is None:
+        err.print(
+            f"could not tell whether the hub stored {release.ref}: `edgefleet release list --app {release.app}` "
+            "shows it if it did; if not, the next publish carries it",
+            markup=False,
+        )
+
+
+def _listed(client: HubClient, release: Build) -> bool | None:
+    """Whether the hub lists the release (None: it cannot be asked)."""
+    try:
+        rows = client.call("GET", "/repository/releases", params={"app": release.app, "limit": 100_000})
+    except CliError:
+        return None
+    return any(row.get("version") == release.version for row in rows)
 
 
 @app.command("list")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from edgefleet import crypto
 from edgefleet.errors import CryptoError
+from edgefleet.files import filled_whole
 from edgefleet.hub.errors import HubConfigError
 
 ONLINE_ROLES = ("director", "snapshot", "timestamp")
@@ -70,18 +70,10 @@ def init_data_dir(data_dir: Path, *, hostnames: tuple[str, ...], now: datetime) 
     """
     if data_dir.exists() and any(data_dir.iterdir()):
         raise HubConfigError("data_dir_exists", f"{data_dir} already exists and is not empty; refusing to overwrite")
-    created = not data_dir.exists()
     try:
-        _write_data_dir(data_dir, hostnames=hostnames, now=now)
+        with filled_whole(data_dir):
+            _write_data_dir(data_dir, hostnames=hostnames, now=now)
     except OSError as exc:
-        if created:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        else:
-            for child in data_dir.iterdir() if data_dir.is_dir() else ():
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
         raise HubConfigError("data_dir_unwritable", f"cannot create {data_dir}: {exc.strerror or exc}") from exc
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
 from edgefleet.crypto import write_private_file, write_public_file
+from edgefleet.files import filled_whole
 from edgefleet.publisher.errors import KeyStoreError
 
 Role = Literal["root", "targets"]
@@ -55,31 +55,18 @@ def init_keys(
     count = _checked_count(threshold, count)
     if directory.exists() and any(directory.iterdir()):
         raise KeyStoreError(f"{directory} already exists and is not empty; refusing to overwrite keys")
-    created = not directory.exists()
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
-        roles: dict[Role, RoleKeys] = {}
-        for role in ROLES:
-            (directory / role).mkdir(mode=0o700)
-            roles[role], _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
-        _write_index(directory, roles)
+        with filled_whole(directory):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)
+            roles: dict[Role, RoleKeys] = {}
+            for role in ROLES:
+                (directory / role).mkdir(mode=0o700)
+                roles[role], _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
+            _write_index(directory, roles)
     except OSError as exc:
-        _remove_partial(directory, created=created)
         raise KeyStoreError(f"cannot create keys in {directory}: {exc.strerror or exc}") from exc
     return roles
-
-
-def _remove_partial(directory: Path, *, created: bool) -> None:
-    """Remove what a failed `init_keys` wrote: never a half key directory left to be mistaken for a whole one."""
-    if created:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    for child in directory.iterdir() if directory.is_dir() else ():
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def _checked_count(threshold: int, count: int | None) -> int:

@@ -8,8 +8,6 @@ itself is, so a new release or a rotation starts from them and never from what a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -74,24 +72,23 @@ def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
     return body
 
 
-@contextmanager
-def targets_restored_on_failure(keys_dir: Path) -> Iterator[None]:
-    """Put the key directory's targets record back as it was if the block fails.
+def targets_record(keys_dir: Path) -> bytes | None:
+    """The key directory's targets record as it is now (None: nothing signed yet), to put back later."""
+    path = keys_dir / TARGETS
+    return path.read_bytes() if path.exists() else None
 
-    For a sign and push done as one step: when the push fails, the release was never published,
-    so the record must not say it was (the next publish would sign it again, or build on a
-    version the hub never accepted).
+
+def restore_targets_record(keys_dir: Path, record: bytes | None) -> None:
+    """Put back a record from `targets_record`: for a signing whose release the hub never stored.
+
+    A release signed in one step with its push (`release publish`) and not published must not
+    stay in the record: the next publish would sign it again, or name files the hub lacks.
     """
     path = keys_dir / TARGETS
-    before = path.read_bytes() if path.exists() else None
-    try:
-        yield
-    except BaseException:
-        if before is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_public_file(path, before)
-        raise
+    if record is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_public_file(path, record)
 
 
 def load_targets(keys_dir: Path) -> Metadata[Targets] | None:

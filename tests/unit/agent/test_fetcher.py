@@ -146,16 +146,41 @@ def test_a_partial_the_server_will_not_continue_is_dropped_and_the_download_star
     assert list(partial.iterdir()) == []
 
 
+class Heard:
+    """A DownloadProgress that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, int, int | None]] = []
+        self.ends: list[tuple[str, bool]] = []
+
+    def update(self, url: str, received: int, total: int | None) -> None:
+        self.updates.append((url, received, total))
+
+    def end(self, url: str, *, complete: bool) -> None:
+        self.ends.append((url, complete))
+
+
 def test_progress_hears_each_chunk_of_a_target_with_its_length_even_across_a_resume(server: str) -> None:
-    heard: list[tuple[str, int, int | None]] = []
+    heard = Heard()
     Flaky.drops = 1
+    target = f"{server}/targets/abc.app.tar"
     with httpx.Client() as http:
-        fetcher = HttpxFetcher(http, progress=lambda url, got, total: heard.append((url, got, total)))
-        assert b"".join(fetcher.fetch(f"{server}/targets/abc.app.tar")) == BODY
+        fetcher = HttpxFetcher(http, progress=heard)
+        assert b"".join(fetcher.fetch(target)) == BODY
         assert b"".join(fetcher.fetch(f"{server}/metadata/1.root.json")) == BODY  # metadata: not reported
-    assert {url for url, _, _ in heard} == {f"{server}/targets/abc.app.tar"}
-    received = [got for _, got, _ in heard]
+    assert {url for url, _, _ in heard.updates} == {target}
+    received = [got for _, got, _ in heard.updates]
     assert received == sorted(received)
     assert received[0] == 0
     assert received[-1] == len(BODY)
-    assert {total for _, _, total in heard} == {len(BODY)}
+    assert {total for _, _, total in heard.updates} == {len(BODY)}
+    assert heard.ends == [(target, True)]
+
+
+def test_progress_hears_the_end_of_a_download_given_up(server: str) -> None:
+    heard = Heard()
+    Flaky.drops = 10
+    target = f"{server}/targets/abc.app.tar"
+    with httpx.Client() as http, pytest.raises(DownloadError, match="connection lost"):
+        HttpxFetcher(http, resumes=2, progress=heard).download_bytes(target, len(BODY))
+    assert heard.ends == [(target, False)]  # a bar or a log line must not wait for it forever

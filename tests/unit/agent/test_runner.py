@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.agent.errors import EngineError, HubRefusedError, UpdateRefusedError
+from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
-from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, event, printable
+from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, event, printable, run
 from edgefleet.protocol import DeviceEvent
 
 
@@ -85,8 +85,13 @@ class OfflineAgent(Agent):
     def report(self) -> None:
         pass
 
-    def renew(self) -> None:
-        pass  # no identity here (renewal is tested against a hub: tests/integration/hub/test_authorization.py)
+    renewals = 0
+    renewal_trouble: Exception | None = None
+
+    def renew(self) -> None:  # no identity here (renewal itself: tests/integration/hub/test_authorization.py)
+        self.renewals += 1
+        if self.renewal_trouble is not None:
+            raise self.renewal_trouble
 
 
 def agent(tmp_path: Path, hub: FakeHub, now: list[float]) -> OfflineAgent:
@@ -205,3 +210,29 @@ def test_a_report_while_the_engine_is_away_says_so_instead_of_stopping_the_agent
     device.report()
     (sent,) = hub.reports
     assert cast(dict[str, Any], sent)["last_error"] == "engine: cannot reach the engine: connection refused"
+
+
+def test_every_cycle_starts_by_renewing_the_certificate_and_an_unreachable_hub_there_means_back_off(
+    tmp_path: Path,
+) -> None:
+    device = agent(tmp_path, FakeHub(), [0.0])
+    device.cycle()
+    device.cycle()
+    assert device.renewals == 2
+    device.renewal_trouble = HubUnreachableError("connection refused")
+    slept: list[float] = []
+    run(device, initial=1.0, ceiling=8.0, sleep=slept.append, stop=lambda: len(slept) >= 2)
+    assert device.renewals == 4
+    assert len(slept) == 2  # backed off twice, as for any unreachable hub
+
+
+def test_an_engine_error_is_cleared_once_the_engine_answers_again(tmp_path: Path) -> None:
+    hub = FakeHub()
+    hub.target = None  # nothing new to install: only reconcile and report
+    device = agent(tmp_path, hub, [0.0])
+    device.last_error = "engine: cannot reach the engine: connection refused"
+    device.cycle()
+    assert device.last_error is None
+    device.last_error = "update refused (signature): bad"
+    device.cycle()
+    assert device.last_error == "update refused (signature): bad"  # not the engine's: kept

@@ -189,10 +189,11 @@ def test_a_missing_hub_or_token_is_a_usage_error_before_anything_is_sent(capsys,
     code, _, err = run(["device", "list", "--hub", "https://127.0.0.1:9"], capsys)
     assert code == EXIT_USAGE
     assert "no API token given" in err
-    code, _, err = run(["device", "list", "--hub", "https://127.0.0.1:9", "--token", "admin token: efa_x\n"], capsys)
-    assert code == EXIT_USAGE
-    assert_one_line_error(err)
-    assert "the API token holds spaces or line breaks" in err
+    for pasted in ("admin token: efa_x\n", "efa_x\u201d", "efa_\tx"):  # a whole line, a smart quote, a tab
+        code, _, err = run(["device", "list", "--hub", "https://127.0.0.1:9", "--token", pasted], capsys)
+        assert code == EXIT_USAGE
+        assert_one_line_error(err)
+        assert "the API token holds spaces, line breaks or characters other than ASCII" in err
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_a_missing_hub_or_token_is_a_usage_error_before_anything_is_sent(capsys,
 )
 def test_an_unwritable_directory_is_one_line_and_leaves_nothing(argv, expected, capsys):
     code, _, err = run(argv, capsys)
-    assert code in (EXIT_USAGE, EXIT_UNAVAILABLE)
+    assert code == EXIT_UNAVAILABLE
     assert_one_line_error(err)
     assert expected in err
 
@@ -225,7 +226,7 @@ def test_a_key_init_cut_short_by_the_disk_leaves_no_half_key_directory(tmp_path,
 
     monkeypatch.setattr(publisher_keys, "write_private_file", disk_full_on_the_third_key)
     code, _, err = run(["keys", "init", "--dir", str(keys), "--threshold", "2"], capsys)
-    assert code == EXIT_USAGE
+    assert code == EXIT_UNAVAILABLE
     assert_one_line_error(err)
     assert "No space left on device" in err
     assert written
@@ -306,3 +307,15 @@ def test_ctrl_c_exits_130_and_a_command_that_ends_normally_exits_0(capsys):
     assert run_app(toy, ["wait"], prog_name="toy") == EXIT_INTERRUPTED
     assert capsys.readouterr().err.strip() == "aborted"
     assert run_app(toy, ["done"], prog_name="toy") == 0
+
+
+def test_a_key_init_interrupted_by_ctrl_c_leaves_no_half_key_directory(tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+
+    def interrupted(path: Path, data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(publisher_keys, "write_private_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publisher_keys.init_keys(keys)
+    assert not keys.exists()

@@ -22,17 +22,30 @@ def test_agent_downloads_show_a_bar_per_file_that_stays_when_done():
     downloads = TerminalDownloads(console)
     url = f"https://hub/tuf/repository/targets/{HASH}.sensor-1.0.0.tar"
     for got in range(0, 2 * 1024 * 1024 + 1, 256 * 1024):
-        downloads(url, got, 2 * 1024 * 1024)
+        downloads.update(url, got, 2 * 1024 * 1024)
+    downloads.end(url, complete=True)
     shown = sink.getvalue()
     assert "downloading sensor-1.0.0.tar" in shown
     assert "2.0/2.0 MiB" in shown
-    assert downloads._progress is None  # the bar stopped with the download
+    assert downloads._progress is None  # the bars stopped with the last download
 
 
-def test_an_unfinished_download_is_stopped_with_the_agent():
+def test_a_download_that_stops_says_so_and_its_bar_ends_too():
     console, sink = terminal()
     downloads = TerminalDownloads(console)
-    downloads("https://hub/targets/x.tar", 1024, None)
+    downloads.update("https://hub/targets/a.tar", 0, 100)
+    downloads.update("https://hub/targets/x.tar", 1024, None)
+    downloads.end("https://hub/targets/x.tar", complete=False)
+    assert downloads._progress is not None  # a.tar still runs
+    downloads.end("https://hub/targets/a.tar", complete=True)
+    assert downloads._progress is None
+    assert "stopped x.tar" in sink.getvalue()
+
+
+def test_an_agent_stopping_mid_download_stops_the_bars():
+    console, sink = terminal()
+    downloads = TerminalDownloads(console)
+    downloads.update("https://hub/targets/x.tar", 1024, None)
     downloads.close()
     assert "downloading x.tar" in sink.getvalue()
     assert downloads._progress is None
@@ -44,7 +57,9 @@ def test_no_bars_when_the_output_is_not_a_terminal():
     with transfer_progress(console) as progress:
         task = progress.add_task("uploading a@1", total=10)
         progress.advance(task, 10)
-    TerminalDownloads(console)("https://hub/targets/x.tar", 10, 10)
+    downloads = TerminalDownloads(console)
+    downloads.update("https://hub/targets/x.tar", 10, 10)
+    downloads.end("https://hub/targets/x.tar", complete=True)
     assert sink.getvalue() == ""
 
 

@@ -1,0 +1,30 @@
+"""Directories filled whole or not at all: what a failed fill wrote is removed again."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def filled_whole(directory: Path) -> Iterator[None]:
+    """Run a block that fills `directory` (missing or empty); on any failure, remove what it wrote.
+
+    Ctrl-C included; the directory itself goes too when it did not exist before. Half a key
+    directory or half a hub data dir must never be left to be taken for a whole one.
+    """
+    created = not directory.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif directory.is_dir():
+            for child in directory.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise

@@ -69,6 +69,11 @@ def _sign(build_dir: Path, keys: Path, expires: str) -> int:
 
 
 def _push(client: HubClient, build_dir: Path) -> dict[str, Any]:
+    return _post_targets(client, _upload(client, build_dir))
+
+
+def _upload(client: HubClient, build_dir: Path) -> dict[str, Any]:
+    """Upload a signed build's files; returns its targets metadata, not yet sent."""
     try:
         release = load_build(build_dir)
         targets = json.loads((build_dir / "targets.json").read_text())
@@ -82,6 +87,11 @@ def _push(client: HubClient, build_dir: Path) -> dict[str, Any]:
         task = progress.add_task(f"uploading {release.ref}", total=total)
         for path, file in files.items():
             client.upload(f"/repository/artifacts/{digests[path]}", file, sent=lambda n: progress.advance(task, n))
+    signed: dict[str, Any] = targets
+    return signed
+
+
+def _post_targets(client: HubClient, targets: dict[str, Any]) -> dict[str, Any]:
     accepted: dict[str, Any] = client.call("POST", "/repository/targets", body=targets)
     return accepted
 
@@ -138,7 +148,12 @@ def publish_command(
         record = targets_record(keys)
         _sign(build_dir, keys, expires)
         try:
-            accepted = _push(client, build_dir)
+            targets = _upload(client, build_dir)
+        except BaseException:
+            restore_targets_record(keys, record)  # the targets were never sent: nothing can be stored
+            raise
+        try:
+            accepted = _post_targets(client, targets)
         except BaseException as exc:
             _settle_failed_push(client, release, keys, record, exc)
             raise
@@ -148,7 +163,7 @@ def publish_command(
 def _settle_failed_push(
     client: HubClient, release: Build, keys: Path, record: bytes | None, exc: BaseException
 ) -> None:
-    """After a failed push: undo the signing if the hub did not store the release, so publishing again works.
+    """After the targets' POST failed: undo the signing if the hub did not store them, so publishing again works.
 
     A refusal stores nothing (the hub checks everything first). After a lost connection or
     Ctrl-C the hub may have stored the targets, so it is asked; if it cannot say, the record

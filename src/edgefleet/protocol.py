@@ -25,7 +25,8 @@ TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{
 TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-:/@]{0,128}$")]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64)]
 FleetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+DEVICE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
 """An app's name: also a target-path segment and part of engine object names."""

@@ -31,8 +31,9 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
-_VALUE = re.compile(r"^[A-Za-z0-9_.\-:/@]{0,128}$")
+TAG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+"""A tag's key, as devices carry them (the dashboard's tag filter checks with it too)."""
+TAG_VALUE = re.compile(r"^[A-Za-z0-9_.\-:/@]{0,128}$")
 
 
 class SelectorError(ValueError):
@@ -238,7 +239,7 @@ class _Parser:
     def _name(self, token: _Token, wanted: str) -> str:
         if token.kind not in ("word", "quoted") or (token.kind == "word" and token.text in KEYWORDS):
             raise self._error(f"expected {wanted}, found {self._shown(token)}", token)
-        if not _KEY.match(token.text):
+        if not TAG_KEY.match(token.text):
             raise self._error(f"{token.text!r} is not a tag name (letters, digits, '_', '.', '-'; up to 63)", token)
         self.at += 1
         return token.text
@@ -247,7 +248,7 @@ class _Parser:
         token = self._peek()
         if token.kind not in ("word", "quoted") or (token.kind == "word" and token.text in KEYWORDS):
             raise self._error(f"expected a value, found {self._shown(token)} (quote a value that is a keyword)", token)
-        if not _VALUE.match(token.text):
+        if not TAG_VALUE.match(token.text):
             raise self._error(f"{token.text!r} is not a tag value (letters, digits, '_.-:/@'; up to 128)", token)
         self.at += 1
         return token.text

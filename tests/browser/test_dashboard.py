@@ -8,34 +8,21 @@ viewer sees no controls, and the request the viewer forges anyway is refused.
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningHub, edgefleet, start_hub
+from tests.e2e.conftest import RunningHub, edgefleet, start_hub, start_sim, wait_for
 from tests.e2e.test_releases_e2e import ok, publish_first_release, write_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICES = 8
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -65,17 +52,14 @@ def fleet(hub: RunningHub, api: httpx.Client, tmp_path: Path) -> Iterator[list[s
     ok(hub.cli("release", "push", str(build)))
     created = api.post("/enrollment-tokens", json={"fleet": "plant", "tags": {"env": "prod"}, "uses": DEVICES})
     assert created.status_code == 201, created.text
-    sim = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "edgefleet.cli.main", "sim", "--devices", str(DEVICES), "--hub", hub.url),
-            *("--ca", str(hub.ca), "--token", created.json()["token"], "--seed", "7", "--fail-rate", "0"),
-            *("--offline", "0", "--download-time", "0.5", "--start-time", "0.5", "--report-interval", "2"),
-            *("--poll-wait", "10", "--summary-interval", "5", "--workers", "1", "--json"),
-        ],
-        stdout=(tmp_path / "sim.json").open("w"),
-        stderr=(tmp_path / "sim.log").open("w"),
-        text=True,
-        env=os.environ.copy(),
+    sim = start_sim(
+        hub.url,
+        hub.ca,
+        created.json()["token"],
+        DEVICES,
+        tmp_path / "sim.json",
+        *("--seed", "7", "--fail-rate", "0", "--download-time", "0.5", "--start-time", "0.5"),
+        *("--report-interval", "2", "--poll-wait", "10", "--summary-interval", "5"),
     )
     try:
 

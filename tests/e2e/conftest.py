@@ -15,9 +15,10 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -103,6 +104,29 @@ def in_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 
         return terminal.process.wait(timeout=10), terminal.text()
     finally:
         terminal.close()
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll `check` every half second until it returns something true; that is returned."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return found
+
+
+def start_sim(url: str, ca: Path, token: str, devices: int, out: Path, *options: str) -> subprocess.Popen[str]:
+    """`edgefleet sim` in a child process: its JSON summary goes to `out`, its log beside it (`.log`)."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "edgefleet.cli.main", "sim", "--devices", str(devices), "--hub", url),
+            *("--ca", str(ca), "--token", token, "--offline", "0", "--workers", "1", "--json", *options),
+        ],
+        stdout=out.open("w"),
+        stderr=out.with_suffix(".log").open("w"),
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def free_port() -> int:

@@ -12,12 +12,10 @@ by one rollout would show.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import psycopg
 import pytest
 
 from tests.conftest import POSTGRES_URL
-from tests.e2e.conftest import RunningHub, _fresh_postgres, edgefleet, start_hub
+from tests.e2e.conftest import RunningHub, _fresh_postgres, edgefleet, start_hub, start_sim, wait_for
 from tests.e2e.test_releases_e2e import ok, publish_first_release, write_app
 from tests.integration.hub.test_push import serve_again
 from tests.integration.hub.test_rollout_replicas import COUNT_WRITES
@@ -49,28 +47,15 @@ def hubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Runn
 
 
 def simulate(hub: RunningHub, url: str, token: str, out: Path, seed: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "edgefleet.cli.main", "sim", "--devices", str(DEVICES_PER_SIM)),
-            *("--hub", url, "--ca", str(hub.ca), "--token", token, "--seed", str(seed)),
-            *("--fail-rate", "0.4", "--offline", "0", "--download-time", "0.3", "--start-time", "0.3"),
-            *("--report-interval", "10", "--poll-wait", "20", "--summary-interval", "5", "--workers", "1", "--json"),
-        ],
-        stdout=out.open("w"),
-        stderr=out.with_suffix(".log").open("w"),
-        text=True,
-        env=os.environ.copy(),
+    return start_sim(
+        url,
+        hub.ca,
+        token,
+        DEVICES_PER_SIM,
+        out,
+        *("--seed", str(seed), "--fail-rate", "0.4", "--download-time", "0.3", "--start-time", "0.3"),
+        *("--report-interval", "10", "--poll-wait", "20", "--summary-interval", "5"),
     )
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 @pytest.mark.timeout(900)

@@ -365,11 +365,9 @@ class Demo:
                     params={"filters": json.dumps({"label": [f"io.edgefleet.owner={device_id}"]})},
                 ).json()
                 self.result.running[name] = sorted(c["Labels"].get("io.edgefleet.release", "?") for c in found)
-        for name, device_id in self.result.agents.items():
-            shown = json.loads(self.cli("device", "show", device_id, "--json", quiet=True))
-            outcome = _outcome((shown.get("updates") or {}).get(APP))
-            if outcome:
-                self.result.outcomes[name] = outcome
+        for agent in self._agent_states():
+            if agent.outcome:
+                self.result.outcomes[agent.name] = agent.outcome
         verified = self._run("audit", "verify")
         self.result.audit = "ok: " + verified.stdout.strip()[:200] if verified.returncode == 0 else verified.stderr
         for name in sorted(self.result.agents):

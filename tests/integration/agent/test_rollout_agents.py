@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from edgefleet.agent.engine.docker import DockerEngine
-from tests.e2e.conftest import RunningHub, edgefleet, start_hub
+from tests.e2e.conftest import RunningHub, edgefleet, start_hub, start_sim, wait_for
 from tests.integration.agent.conftest import app_name
 from tests.integration.agent.test_agent_runner import app_text
 
@@ -35,14 +34,6 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
     yield from start_hub(
         tmp_path, None, env={"EDGEFLEET_ROLLOUT_INTERVAL_SECONDS": "0.3", "EDGEFLEET_LONG_POLL_MAX_SECONDS": "10"}
     )
-
-
-def wait_for(check: Any, what: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return found
 
 
 def on_podman(engine: DockerEngine, app: str) -> list[Any]:
@@ -91,24 +82,23 @@ def test_a_rollout_reaches_real_agents_and_simulated_devices(
     )
     simulated = hub.cli("token", "create", "--fleet", "lab", "--tag", "ring=sim", "--uses", str(SIMULATED), "--json")
     agents = [start_agent(hub, tmp_path, name, real["token"], podman_socket) for name in ("agenta", "agentb")]
-    sim = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "edgefleet.cli.main", "sim", "--devices", str(SIMULATED), "--hub", hub.url),
-            *("--ca", str(hub.ca), "--token", json.loads(simulated.stdout)["token"], "--fail-rate", "0"),
-            *("--offline", "0", "--download-time", "0.2", "--start-time", "0.2", "--poll-wait", "10"),
-            *("--report-interval", "5", "--workers", "1", "--policy", str(tmp_path / "policy.toml"), "--json"),
-        ],
-        stdout=(tmp_path / "sim.json").open("w"),
-        stderr=(tmp_path / "sim.log").open("w"),
-        text=True,
-        env=os.environ.copy(),
+    sim = start_sim(
+        hub.url,
+        hub.ca,
+        json.loads(simulated.stdout)["token"],
+        SIMULATED,
+        tmp_path / "sim.json",
+        *("--fail-rate", "0", "--download-time", "0.2", "--start-time", "0.2", "--poll-wait", "10"),
+        *("--report-interval", "5", "--policy", str(tmp_path / "policy.toml")),
     )
     try:
 
         def devices() -> list[dict[str, Any]]:
             return list(json.loads(hub.cli("device", "list", "--status", "accepted", "--json").stdout))
 
-        enrolled = wait_for(lambda: len(found := devices()) == SIMULATED + 2 and found, "every device to enroll")
+        enrolled = wait_for(
+            lambda: len(found := devices()) == SIMULATED + 2 and found, "every device to enroll", timeout=180
+        )
         real_ids = sorted(d["id"] for d in enrolled if d["tags"].get("ring") == "real")
         assert len(real_ids) == 2
 
@@ -122,7 +112,9 @@ def test_a_rollout_reaches_real_agents_and_simulated_devices(
             "--waves", "5,100%", "--max-failure", "0%",
         )  # fmt: skip
         assert created.returncode == 0, created.stderr
-        done = wait_for(lambda: (s := status("first"))["deployment"]["state"] == "completed" and s, "first rollout")
+        done = wait_for(
+            lambda: (s := status("first"))["deployment"]["state"] == "completed" and s, "first rollout", timeout=180
+        )
         assert [w["size"] for w in done["waves"]] == [5, SIMULATED + 2 - 5]
         assert sum(w["updated"] for w in done["waves"]) == SIMULATED + 2
         on_agents = wait_for(
@@ -143,7 +135,9 @@ def test_a_rollout_reaches_real_agents_and_simulated_devices(
             "--priority", "1", "--waves", "1,100%", "--max-failure", "0%",
         )  # fmt: skip
         assert broken.returncode == 0, broken.stderr
-        paused = wait_for(lambda: (s := status("broken"))["deployment"]["state"] == "paused" and s, "a pause")
+        paused = wait_for(
+            lambda: (s := status("broken"))["deployment"]["state"] == "paused" and s, "a pause", timeout=180
+        )
         assert paused["deployment"]["wave"] == 1
         assert paused["deployment"]["reason"] == "wave 1: 1 of 1 devices failed (threshold 0%)"
         assert [w["size"] for w in paused["waves"]] == [1, 0]

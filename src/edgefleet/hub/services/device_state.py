@@ -20,6 +20,7 @@ from edgefleet.hub.errors import ForbiddenError, NotFoundError
 from edgefleet.hub.records import Assignment, Device, UpdateOutcome
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize
+from edgefleet.hub.services.rollouts import service_healthy
 from edgefleet.protocol import AppTarget, TargetState
 
 
@@ -164,12 +165,6 @@ def running_versions(reported: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def _unhealthy(service: object) -> bool:
-    if not isinstance(service, dict):
-        return True
-    return service.get("state") != "running" or service.get("health") == "unhealthy"
-
-
 def health_of(
     device: Device,
     assigned: Mapping[str, str],
@@ -196,7 +191,7 @@ def health_of(
             return "failed"
         entry = apps.get(app) if isinstance(apps, dict) else None
         services = entry.get("services") if isinstance(entry, dict) and running.get(app) == version else None
-        if isinstance(services, dict) and any(_unhealthy(s) for s in services.values()):
+        if isinstance(services, dict) and any(not service_healthy(s) for s in services.values()):
             return "failed"
     if device.last_seen_at is None or now - device.last_seen_at > offline_after:
         return "offline"

@@ -150,7 +150,7 @@ def report_of(
     entry = apps.get(deployment.app) if isinstance(apps, dict) else None
     if isinstance(entry, dict) and entry.get("version") == deployment.version:
         services = entry.get("services")
-        if isinstance(services, dict) and any(not _healthy(s) for s in services.values()):
+        if isinstance(services, dict) and any(not service_healthy(s) for s in services.values()):
             return "unhealthy"
         return "updated"
     if outcome is not None and outcome == ("committed", deployment.version):
@@ -160,7 +160,8 @@ def report_of(
     return "none"
 
 
-def _healthy(service: object) -> bool:
+def service_healthy(service: object) -> bool:
+    """A service as a device reports it is running and not unhealthy (anything malformed is not)."""
     if not isinstance(service, dict):
         return False
     return service.get("state") in _HEALTHY_STATES and service.get("health") != "unhealthy"

@@ -18,13 +18,14 @@ from edgefleet.hub.services.operators import authorize
 from edgefleet.hub.web.deps import HubDep, SessionDep
 from edgefleet.hub.web.render import render
 from edgefleet.hub.web.views import STATES, FilterError, overview, page_of, parse_filter, wave_bars
+from edgefleet.protocol import DEVICE_ID_PATTERN
 
 router = APIRouter()
 DEVICE_AUDIT_SCAN = 5000
 """Newest audit entries searched for a device's trail (the log has no index by device)."""
 DEVICE_AUDIT_ROWS = 50
 DEPLOYMENT_ROWS = 1000
-_DEVICE_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 DeploymentKey = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 

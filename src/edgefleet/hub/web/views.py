@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edgefleet.hub.services.device_state import FLEET_STATES, DeviceSummary, FleetView
+from edgefleet.selector import TAG_KEY, TAG_VALUE
 
 STATES = (*FLEET_STATES, "pending", "rejected", "revoked")
 """Every value of a device's `state` filter: the fleet states, then registry statuses."""
 NOTHING = "(nothing)"
 """The release bucket of devices that report no app."""
 MAX_FILTER_CHARS = 200
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}(=[A-Za-z0-9_.\-:/@]{0,128})?$")
 _RELEASE_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}@[A-Za-z0-9_.+\-]{1,64}$")
 
 
@@ -53,7 +53,8 @@ def parse_filter(params: Mapping[str, str]) -> DeviceFilter:
             raise FilterError(f"{name} contains a NUL character")
     if values["state"] and values["state"] not in STATES:
         raise FilterError(f"state must be one of {', '.join(STATES)}")
-    if values["tag"] and not _TAG_RE.fullmatch(values["tag"]):
+    key, has_value, value = values["tag"].partition("=")
+    if values["tag"] and not (TAG_KEY.fullmatch(key) and (not has_value or TAG_VALUE.fullmatch(value))):
         raise FilterError("tag must be KEY or KEY=VALUE (a tag name, then optionally = and a value)")
     if values["release"] and values["release"] != NOTHING and not _RELEASE_RE.fullmatch(values["release"]):
         raise FilterError("release must be APP@VERSION, e.g. sensor@1.2.0")

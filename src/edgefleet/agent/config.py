@@ -51,6 +51,13 @@ class AgentSettings(BaseModel):
     request_timeout: float = Field(default=30.0, gt=0, le=300)
     disk_reserve: int = Field(default=256 * 1024**2, ge=0, le=1024**4)
     """Bytes of the engine's storage an update must leave free (beyond the new images)."""
+    config_file: Path | None = Field(default=None, exclude=True)
+    """The file these settings were read from (set by `load_settings`, not by the file)."""
+
+    def own_paths(self) -> list[Path | str | None]:
+        """The agent's own files and its engine's socket: never shared with a container (`agent.hostpaths`)."""
+        socket = self.engine.removeprefix("unix://") if self.engine.startswith("unix://") else None
+        return [self.data_dir, self.policy, self.ca, self.repository_root, self.config_file, socket]
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings:
@@ -70,6 +77,7 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise AgentConfigError(f"{source}: {exc}") from exc
     data.update({key: value for key, value in overrides.items() if value is not None})
+    data["config_file"] = source if source.exists() else None
     try:
         return AgentSettings.model_validate(data)
     except ValidationError as exc:

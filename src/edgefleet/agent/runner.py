@@ -60,12 +60,13 @@ def next_delay(attempt: int, *, initial: float, ceiling: float, rand: Callable[[
     return float(rand() * min(ceiling, initial * 2.0 ** min(attempt, 32)))
 
 
-def host_facts() -> HostFacts:
-    """Device nodes present on this machine that permissions may map to."""
+def host_facts(*, protected: tuple[str, ...] = ()) -> HostFacts:
+    """Device nodes present on this machine that permissions may map to; `protected`: its paths never shared."""
     dev = Path("/dev")
     return HostFacts(
         video_devices=tuple(sorted(str(p) for p in dev.glob("video*"))),
         gpio_devices=tuple(sorted(str(p) for p in dev.glob("gpiochip*"))),
+        protected_paths=protected,
     )
 
 

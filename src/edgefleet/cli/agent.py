@@ -23,6 +23,7 @@ from edgefleet.agent.config import AgentConfigError, AgentSettings, load_setting
 from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.enroll import enroll, host_arch, refresh
 from edgefleet.agent.errors import AgentError
+from edgefleet.agent.hostpaths import protected_paths
 from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
@@ -85,12 +86,16 @@ def _agent(
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
     except (AgentError, OSError) as exc:
         raise CliError(f"cannot start: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
+    protected = protected_paths(settings.own_paths())
     agent = Agent(
         client=client,
         identity=identity,
-        engine=DockerEngine(settings.engine, owner=identity.device_id, namespace=settings.engine_namespace),
+        engine=DockerEngine(
+            settings.engine, owner=identity.device_id, namespace=settings.engine_namespace, protected=protected
+        ),
         data_dir=settings.data_dir,
         policy=policy,
+        facts=host_facts(protected=protected),
         arch=settings.arch or host_arch(),
         poll_wait=settings.poll_wait,
         disk_reserve=settings.disk_reserve,
@@ -169,7 +174,8 @@ def plan_command(
     )
     state = load_state(settings.data_dir)
     try:
-        steps, _ = plan_for(engine_client, state.desired(policy, host_facts()))
+        facts = host_facts(protected=protected_paths(settings.own_paths()))
+        steps, _ = plan_for(engine_client, state.desired(policy, facts))
     except AgentError as exc:
         raise CliError(
             str(exc),

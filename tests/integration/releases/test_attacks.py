@@ -204,3 +204,27 @@ def test_rollback_marked_by_the_director_is_accepted(device: Device, publisher: 
     assert response.json()["rollback"] is True
     release = device.update("sensor", installed=2)
     assert (release.version, release.rollback) == ("1.0.0", True)
+
+
+HOST_PATH_ESCAPES = ("host-read://etc", "host-write://", "host-write:/./var/spool/cron/", "host-read:/var")
+
+
+@pytest.mark.parametrize("permission", HOST_PATH_ESCAPES)
+def test_a_signed_release_sharing_a_denied_host_path_is_refused_by_the_hub(
+    fleet: Fleet, publisher: Publisher, permission: str
+) -> None:
+    # A publisher tool that let the spelling through (or one that never checked) signs it all the same.
+    build = publisher.build("sensor", "2.0.0")
+    manifest = (build / "compose.yaml").read_text()
+    (build / "compose.yaml").write_text(
+        manifest.replace("pids: 64}", f'pids: 64}}\n      permissions: ["{permission}"]')
+    )
+    assert permission in (build / "compose.yaml").read_text()
+    targets = publisher.sign(build)
+    publisher.upload(build)
+    before = fleet.counts()
+    response = publisher.push_targets(targets)
+    assert (response.status_code, response.json()["code"]) == (409, "targets_rejected"), response.text
+    assert "cannot be shared" in response.json()["message"]
+    assert fleet.counts() == {**before, "audit_log": before["audit_log"] + 1}
+    assert fleet.call("GET", "/repository/releases").json() == []

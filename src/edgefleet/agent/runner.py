@@ -311,14 +311,13 @@ class Agent:
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
-            release = verifier.verify(
-                app, installed_counter=current.release_counter if current else None, install_dir=directory
-            )
+            release = verifier.verify(app, installed_counter=self._floor(app, current), install_dir=directory)
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
             outcome = self._switch(app, release.manifest, current, environment, bundles, mark)
             if outcome.status == "committed":
+                self.journal.set_floor(app, release.release_counter)
                 installed[app] = Installed(
                     release.version,
                     release.release_counter,
@@ -333,9 +332,20 @@ class Agent:
             if outcome.status == "committed":
                 self._prune(app)
         for app in set(installed) - set(assigned):
+            # Its floor stays in the journal: assigned again later, it still cannot go back unmarked.
+            self.journal.set_floor(app, self._floor(app, installed[app]) or 0)
             del installed[app]
         self.state = LocalState(apps=installed, environment=environment, failed=failed)
         save_state(self.data_dir, self.state)
+
+    def _floor(self, app: str, current: Installed | None) -> int | None:
+        """The lowest release counter `app` may move to without a signed rollback mark (None: nothing installed yet).
+
+        The journal's floor, or the installed record's counter for a release installed before
+        floors were kept, whichever is higher.
+        """
+        counters = [c for c in (self.journal.floor(app), current.release_counter if current else None) if c is not None]
+        return max(counters) if counters else None
 
     def _switch(
         self,

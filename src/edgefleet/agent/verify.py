@@ -8,8 +8,9 @@ is accepted only when:
 1. the director's targets name this device (and architecture), one target per app;
 2. the image repository lists the same target with the same length and hashes, and the
    custom fields that must match (app, version, release counter; architecture supported);
-3. its release counter is not below what the device runs, unless the director marks it as
-   a rollback (and it is still a current target of the image repository: step 2);
+3. its release counter is not below that of the last release the device installed for the
+   app (kept even after the app was unassigned: `Journal.floor`), unless the director marks
+   it as a rollback (and it is still a current target of the image repository: step 2);
 4. every downloaded file (manifest, bundled images) matches its signed length and hash,
    and the manifest parses and names the same release.
 
@@ -224,6 +225,9 @@ class ReleaseVerifier:
     def verify(self, app: str, *, installed_counter: int | None, install_dir: Path) -> VerifiedRelease:
         """Verify and download the release assigned to `app` into `install_dir` (which must not exist).
 
+        `installed_counter` is the app's release floor: the counter of the last release installed
+        for it, even if it has been unassigned since (None: never installed here).
+
         Raises:
             UpdateRefusedError: any check failed; nothing is left at `install_dir`.
             HubUnreachableError: a download failed for network reasons; retry later.
@@ -235,8 +239,8 @@ class ReleaseVerifier:
         if installed_counter is not None and info.release_counter < installed_counter and not assigned.custom.rollback:
             raise UpdateRefusedError(
                 "release_rollback",
-                f"{app}@{info.version} (counter {info.release_counter}) is older than the installed release "
-                f"(counter {installed_counter}) and the director did not mark it as a rollback",
+                f"{app}@{info.version} (counter {info.release_counter}) is older than the last release installed "
+                f"here (counter {installed_counter}) and the director did not mark it as a rollback",
             )
         if install_dir.exists():
             raise FileExistsError(str(install_dir))

@@ -182,7 +182,14 @@ def revoke(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: Ca
 def assign(
     device_id: DeviceArg,
     release: Annotated[str, typer.Argument(metavar="APP@VERSION")],
-    rollback: Annotated[bool, typer.Option("--rollback", help="Allow a release older than the assigned one")] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback",
+            help="Sign it as a rollback: needed for a release older than the assigned one, "
+            "or than the one the device ran before the app was unassigned",
+        ),
+    ] = False,
     hub: HubUrl = None,
     token: Token = None,
     ca: CaFile = None,

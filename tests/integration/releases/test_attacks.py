@@ -18,6 +18,7 @@ from securesystemslib.signer import CryptoSigner
 
 from edgefleet.agent.errors import UpdateRefusedError
 from edgefleet.publisher.keys import load_signers
+from edgefleet.releases import DEVICE_FIELD
 from tests.conftest import Fleet
 from tests.publishing import Device, Publisher, Tamper, assign, endless, resign
 
@@ -38,8 +39,10 @@ def device(fleet: Fleet, publisher: Publisher, tmp_path: Path) -> Device:
     return device
 
 
-def refused(device: Device, reason: str, rules: dict[str, Callable[[bytes], Any]], **kwargs: Any) -> Tamper:
-    tamper = Tamper(device.fleet.device_client().fetcher(device.identity), rules)
+def refused(
+    device: Device, reason: str, rules: dict[str, Callable[[bytes], Any]], *, replay: bool = False, **kwargs: Any
+) -> Tamper:
+    tamper = Tamper(device.fleet.device_client().fetcher(device.identity), rules, replay=replay)
     before = device.installed_files()
     with pytest.raises(UpdateRefusedError) as caught:
         device.update("sensor", fetcher=tamper, **kwargs)
@@ -168,6 +171,38 @@ def test_another_devices_director_metadata(device: Device, fleet: Fleet, tmp_pat
     assert json.loads(theirs.content)["signed"]["targets"], "the other device's assignment is in it"
     # Same version as the device's own (both: empty at enrollment, then one assignment).
     refused(device, "wrong_device", {r"/tuf/director/\d+\.targets\.json$": lambda _d: theirs.content})
+
+
+def test_another_devices_newer_director_metadata_never_jams_the_device(
+    device: Device, publisher: Publisher, fleet: Fleet, tmp_path: Path
+) -> None:
+    assert device.update("sensor").version == "1.0.0"
+    trusted = device.trust.metadata_dir("director") / "targets.json"
+    before = trusted.read_bytes()
+    # The other device's director metadata is at higher versions than this device's own...
+    publisher.publish("sensor", "1.1.0")
+    other = Device.enroll(fleet, tmp_path)
+    for version in ("1.0.0", "1.1.0", "1.0.0", "1.1.0"):
+        assert assign(fleet, other.id, f"sensor@{version}", rollback=True).status_code == 200
+        fleet.device_call(other.identity, "GET", "/tuf/director/timestamp.json")  # signed when asked for
+    theirs = {
+        role: fleet.device_call(other.identity, "GET", f"/tuf/director/{role}.json").content
+        for role in ("timestamp", "snapshot", "targets")
+    }
+    ours = json.loads(fleet.device_call(device.identity, "GET", "/tuf/director/targets.json").content)
+    assert json.loads(theirs["targets"])["signed"]["version"] > ours["signed"]["version"]
+    # ...all validly signed by the director: a replay of them is refused for what it says...
+    refused(
+        device,
+        "wrong_device",
+        {rf"/tuf/director/(\d+\.)?{role}\.json$": lambda _d, role=role: theirs[role] for role in theirs},
+        replay=True,
+    )
+    # ...and none of it was kept: the device goes on with its own, lower versions.
+    assert trusted.read_bytes() == before
+    assert json.loads(before)["signed"][DEVICE_FIELD] == device.id
+    assert assign(fleet, device.id, "sensor@1.1.0").status_code == 200
+    assert device.update("sensor").version == "1.1.0"
 
 
 def test_director_metadata_is_served_only_to_its_device(device: Device, fleet: Fleet) -> None:

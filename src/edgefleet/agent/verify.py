@@ -35,6 +35,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
+from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.protocol import API_PREFIX
@@ -303,8 +304,10 @@ class ReleaseVerifier:
             _sync_tree(staging)  # durable before it is named: power loss must not leave a torn release
             os.replace(staging, install_dir)
             _sync_dir(install_dir.parent)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, UpdateRefusedError) and isinstance(self._fetcher, HttpxFetcher):
+                self._fetcher.discard_unfinished()  # bytes refused now are not kept for a later attempt
             raise
         return VerifiedRelease(
             app=info.app,

@@ -17,6 +17,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from edgefleet.agent.errors import UpdateRefusedError
+from edgefleet.hub.artifacts import ArtifactStore
 from edgefleet.publisher.keys import load_signers
 from edgefleet.releases import DEVICE_FIELD
 from tests.conftest import Fleet
@@ -72,6 +73,20 @@ def test_tampered_manifest(device: Device) -> None:
 
 def test_artifact_longer_than_signed(device: Device) -> None:
     refused(device, "too_large", {BUNDLE_URL: endless})
+
+
+def test_an_artifact_refused_for_its_length_leaves_no_partial_file(device: Device, fleet: Fleet) -> None:
+    # The hub (compromised, or its disk) serves a bundle longer than signed, on the agent's resumable fetcher.
+    release = fleet.call("GET", "/repository/releases").json()[0]
+    for digest in release["artifacts"][1:]:
+        with ArtifactStore(fleet.hub.settings.artifacts_path()).path(digest).open("ab") as artifact:
+            artifact.write(b"x" * 256 * 1024)
+    partial = device.state / "partial"
+    fetcher = fleet.device_client().fetcher(device.identity, partial_dir=partial)
+    with pytest.raises(UpdateRefusedError) as refused:
+        device.update("sensor", fetcher=fetcher)
+    assert refused.value.reason == "too_large"
+    assert list(partial.iterdir()) == []  # at the refusal, not at the next attempt
 
 
 def test_metadata_larger_than_its_bound(device: Device) -> None:

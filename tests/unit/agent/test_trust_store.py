@@ -23,6 +23,7 @@ def trusted_set(trust: TrustStore) -> Path:
 def test_a_staging_copy_left_alone_changes_nothing(tmp_path: Path) -> None:
     trust = TrustStore(tmp_path)
     directory = trusted_set(trust)
+
     def refresh_and_refuse() -> None:
         with trust.staged("director") as staging:
             assert (staging / "root.json").read_text() == "root v1"

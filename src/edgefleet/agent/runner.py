@@ -42,6 +42,7 @@ from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Outcome, TransactionEngine, Updater
+from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
@@ -238,6 +239,8 @@ class Agent:
     """Hears of each chunk of a release file downloaded (`agent.progress`): log lines or a terminal bar."""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """Wall-clock time, for the certificate's expiry (`clock` is monotonic, for delays)."""
+    root_trust: TrustMode | None = None
+    """How the image repository's root came to be trusted (`agent.trust`), reported in the twin."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
     outbox: Outbox = field(init=False)
@@ -559,6 +562,8 @@ class Agent:
             "mem_available": _mem_available(),
             "last_error": self.last_error,
         }
+        if self.root_trust is not None:
+            properties["repository_root"] = self.root_trust
         self.outbox.keep_report(properties)
         try:
             self.deliver()

@@ -1,4 +1,4 @@
-"""`edgefleet keys init|rotate`: the publisher's offline root and targets keys for the image repository."""
+"""`edgefleet keys init|rotate|root-digest`: the publisher's offline root and targets keys for the image repository."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from edgefleet.cli.common import (
 from edgefleet.publisher.errors import KeyStoreError, PublisherError
 from edgefleet.publisher.keys import ROLES, KeyType, Role, init_keys
 from edgefleet.publisher.rotation import PushRefusedError, rotate
+from edgefleet.publisher.state import load_root
+from edgefleet.releases import root_digest
 
 app = typer.Typer(help="Publisher keys (kept offline; the hub never sees them).", no_args_is_help=True)
 
@@ -108,3 +110,24 @@ def rotate_command(
     out.print(f"root version {done.root_version} now trusts {len(done.keys.keys)} new {chosen} key(s)")
     if done.targets_version is not None:
         out.print(f"targets version {done.targets_version} re-signed with the new keys")
+
+
+@app.command("root-digest")
+def root_digest_command(
+    directory: Annotated[Path, typer.Option("--dir", help="The publisher key directory")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Print the digest of the repository root this key directory last pushed, for devices to pin.
+
+    Devices given it (``repository_root_sha256`` in their config, or ``--repository-root-sha256``)
+    trust only that root at their first start, whatever a hub says.
+    """
+    try:
+        root = load_root(directory)
+        digest = root_digest(root.to_bytes())
+    except (KeyStoreError, ValueError) as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE, hint="run edgefleet repo init with this key directory") from exc
+    if json_out:
+        print_json({"version": root.signed.version, "sha256": digest})
+        return
+    out.print(f"repository_root_sha256 = {digest}   # root version {root.signed.version}")

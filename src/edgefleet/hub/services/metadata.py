@@ -13,11 +13,14 @@ import json
 import re
 from pathlib import Path
 
+from securesystemslib.signer import Signer
+
 from edgefleet.hub import signing
 from edgefleet.hub.artifacts import SHA256_HEX, ArtifactStore
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import AuthenticationError, ForbiddenError, NotFoundError
+from edgefleet.hub.services import online_keys
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import Operator, authorize
 
@@ -35,16 +38,21 @@ def check_reader(hub: Hub, caller: Caller) -> None:
         raise AuthenticationError("missing_credentials", "send 'Authorization: Bearer <token>'")
 
 
+def _signer(hub: Hub, tx: Tx, role: str) -> Signer:
+    """The key the newest root names for `role` (after `hub keys rotate`, the old one until the publisher's root)."""
+    root = tx.latest_metadata("root")
+    return online_keys.repository_signer(hub.keys, role, None if root is None else signing.parse_stored(root[1]).signed)
+
+
 def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
     """Sign a snapshot naming `targets_version` and a timestamp naming that snapshot (repository lock held)."""
     now = hub.clock()
-    signers = hub.keys.online_signers
     snap = signing.snapshot(
         targets_version,
         version=signing.next_version(tx.latest_metadata("snapshot")),
         now=now,
         lifetime=hub.settings.snapshot_lifetime,
-        signer=signers["snapshot"],
+        signer=_signer(hub, tx, "snapshot"),
     )
     tx.insert_metadata("snapshot", snap.version, snap.body, now=now)
     _sign_timestamp(hub, tx, snap)
@@ -57,7 +65,7 @@ def _sign_timestamp(hub: Hub, tx: Tx, snap: signing.Stored) -> None:
         version=signing.next_version(tx.latest_metadata("timestamp")),
         now=now,
         lifetime=hub.settings.timestamp_lifetime,
-        signer=hub.keys.online_signers["timestamp"],
+        signer=_signer(hub, tx, "timestamp"),
     )
     tx.insert_metadata("timestamp", stamp.version, stamp.body, now=now)
 

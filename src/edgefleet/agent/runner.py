@@ -184,6 +184,8 @@ REFUSED_FOR_GOOD = frozenset({400, 413, 422})
 UPDATE_RETRY_FIRST = 30.0
 UPDATE_RETRY_MAX = 1800.0
 """Seconds before an update that could not be carried out (disk, engine) is tried again, doubling per failure."""
+RETRIED_REFUSALS = frozenset({"hash_mismatch", "expired", "rollback_attack"})
+"""Refusals tried again later by themselves; others wait for a new assignment (a forgery stays refused)."""
 EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
 """Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
 
@@ -453,9 +455,11 @@ class Agent:
                 self.update()
             except UpdateRefusedError as exc:
                 self.last_error = f"update refused ({exc.reason}): {exc.message}"[:500]
-                # Bytes that did not match may be a damaged download (kept across a power loss), not
-                # a forgery: it is fetched anew later, with the same growing delays as engine trouble.
-                self.retry = exc.reason == "hash_mismatch"
+                # Tried again later, with the same growing delays as engine trouble, when the cause may
+                # go away without a new assignment: bytes that did not match may be a damaged download
+                # (kept across a power loss), not a forgery; metadata expired or fast-forwarded by a
+                # compromised hub is cured by the hub's repair (re-signing, or its key rotation).
+                self.retry = exc.reason in RETRIED_REFUSALS
             except PermissionRefusedError as exc:
                 self.last_error = str(exc)[:500]
             except HubUnreachableError:

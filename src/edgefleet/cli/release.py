@@ -249,7 +249,7 @@ def list_command(
     for row in rows:
         row["targets"] = len(row["artifacts"])
         row["architectures"] = ",".join(row["architectures"])
-        row["signers"] = ",".join(keyid[:12] for keyid in row["signer_keyids"])
-        row["status"] = "current" if row.get("current", True) else "withdrawn"
-    columns = ("app", "version", "release_counter", "architectures", "targets", "role", "signers", "status")
-    print_table(rows, (*columns, "created_at"))
+        row["signed_by"] = f"{row['role']}: " + ",".join(keyid[:8] for keyid in row["signer_keyids"])
+        row["status"] = "current" if row["current"] else "withdrawn"
+    columns = ("app", "version", "release_counter", "architectures", "targets", "signed_by", "status", "created_at")
+    print_table(rows, columns)

@@ -216,18 +216,28 @@ def assign(fleet: Any, device_id: str, release: str, *, rollback: bool = False) 
 
 
 class Tamper(FetcherInterface):
-    """A man in the middle (or a compromised hub): rewrites answers whose URL matches a pattern."""
+    """A man in the middle (or a compromised hub): rewrites answers whose URL matches a pattern.
 
-    def __init__(self, inner: FetcherInterface, rules: dict[str, Callable[[bytes], bytes | Iterator[bytes]]]) -> None:
+    With `replay`, the answer is the rule's alone: the real one is never asked for (it may not exist).
+    """
+
+    def __init__(
+        self,
+        inner: FetcherInterface,
+        rules: dict[str, Callable[[bytes], bytes | Iterator[bytes]]],
+        *,
+        replay: bool = False,
+    ) -> None:
         self.inner = inner
         self.rules = rules
+        self.replay = replay
         self.hits: list[str] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         for pattern, rewrite in self.rules.items():
             if re.search(pattern, url):
                 self.hits.append(url)
-                result = rewrite(b"".join(self.inner.fetch(url)))
+                result = rewrite(b"" if self.replay else b"".join(self.inner.fetch(url)))
                 return iter([result]) if isinstance(result, bytes) else result
         return self.inner.fetch(url)
 

@@ -8,7 +8,6 @@ pointer to the permission that expresses the need (see docs/publisher-guide.md, 
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,19 +29,45 @@ SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 IMAGE_BY_DIGEST = re.compile(IMAGE_BY_DIGEST_PATTERN)
-SENSITIVE_HOST_PATHS = ("/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr")
-ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock", "/var/run/balena-engine.sock")
+SENSITIVE_HOST_PATHS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/spool/cron",
+)
+"""The host's programs, libraries, boot files, configuration, kernel interfaces, root's home and crontabs:
+never shared, nor anything below or above them (writing there, or reading the secrets there, is a way out
+of the container)."""
+ENGINE_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/podman/podman.sock",
+    "/var/run/balena-engine.sock",
+    "/run/containerd/containerd.sock",
+)
 PROTECTED_HOST_PATHS = (
     "/run",
     "/var/run",
     "/var/lib/docker",
     "/var/lib/containers",
+    "/var/lib/containerd",
     "/var/lib/balena-engine",
     "/var/lib/edgefleet",
     "/etc/edgefleet",
-    "/root",
 )
-"""Engine sockets and state, and the agent's own state: never shared, nor any directory above them."""
+"""Engine sockets and state, and the agent's own state: never shared, nor anything below or above them
+(the device's agent adds its own data dir, configuration, engine socket and engine data root)."""
+MAX_HOST_PATH = 1024
 SERIAL_PORT = re.compile(r"^/dev/(tty(USB|ACM|S|AMA|mxc|O)[0-9]{1,3}|serial[0-9]{1,2}|rfcomm[0-9]{1,2})$")
 
 FORBIDDEN_KEYS: dict[str, str] = {
@@ -114,12 +139,52 @@ def parse_duration(value: object) -> float:
     return hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
-def _clean_host_path(path: str) -> str:
+def canonical_path(path: str) -> str:
+    """The one spelling of an absolute path: no empty ('//'), '.' or trailing segments; '..' refused.
+
+    Every allow/deny decision on a host path works on this form: the kernel reads ``//etc``,
+    ``/./etc`` and ``/etc/`` as ``/etc``, and so must every check (symlinks are the agent's
+    to resolve, on the device: `agent.hostpaths`).
+
+    Raises:
+        ValueError: not absolute, too long, or containing '..', NUL or another control character.
+    """
     if not path.startswith("/"):
         raise ValueError("must be an absolute path")
-    if "\x00" in path or any(part == ".." for part in path.split("/")):
+    if len(path) > MAX_HOST_PATH:
+        raise ValueError(f"must be at most {MAX_HOST_PATH} characters")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        raise ValueError("must not contain control characters")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
         raise ValueError("must not contain '..'")
-    return posixpath.normpath(path)
+    return "/" + "/".join(parts)
+
+
+def _within(path: str, base: str) -> bool:
+    """`path` is `base` or below it (both canonical)."""
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def host_path_problem(path: str, *, protected: tuple[str, ...] = ()) -> str | None:
+    """Why a canonical host path may not be shared with a container (None: it may).
+
+    Args:
+        path: a path from `canonical_path` (or, on the device, its symlinks resolved too).
+        protected: more paths never shared, nor anything below or above them (a device's own
+            agent state, configuration, engine socket and data root); canonical.
+    """
+    if path == "/":
+        return "/ is the whole host, a sensitive host path, and cannot be shared"
+    if path in ENGINE_SOCKETS:
+        return "the container engine's socket is never shared"
+    for sensitive in SENSITIVE_HOST_PATHS:
+        if _within(path, sensitive) or _within(sensitive, path):
+            return f"{path} is or holds a sensitive host path ({sensitive}) and cannot be shared"
+    for kept in (*PROTECTED_HOST_PATHS, *ENGINE_SOCKETS, *protected):
+        if _within(path, kept) or _within(kept, path):
+            return f"{path} is or holds the container engine's or edgefleet's state ({kept}) and cannot be shared"
+    return None
 
 
 # --- permissions ---------------------------------------------------------------------
@@ -155,7 +220,7 @@ def parse_permission(text: str) -> Permission:
             raise ValueError("network-bind needs a port 1..65535")
         return Permission(kind, str(int(arg)))
     if kind == "serial-port":
-        path = _clean_host_path(arg)
+        path = canonical_path(arg)
         if not SERIAL_PORT.fullmatch(path):
             raise ValueError("serial-port needs a serial device such as /dev/ttyUSB0, /dev/ttyACM0 or /dev/ttyS1")
         return Permission(kind, path)
@@ -165,14 +230,10 @@ def parse_permission(text: str) -> Permission:
             raise ValueError(f"{kind} needs a number 0..{limit}")
         return Permission(kind, str(int(arg)))
     if kind in ("host-read", "host-write"):
-        path = _clean_host_path(arg)
-        if path in ENGINE_SOCKETS:
-            raise ValueError("the container engine's socket is never shared")
-        if any(path == p or (p != "/" and path.startswith(p + "/")) for p in SENSITIVE_HOST_PATHS):
-            raise ValueError(f"{path} is a sensitive host path and cannot be shared")
-        for protected in (*PROTECTED_HOST_PATHS, *ENGINE_SOCKETS):
-            if path == protected or path.startswith(protected + "/") or protected.startswith(path + "/"):
-                raise ValueError(f"{path} is or holds the container engine's or edgefleet's state and cannot be shared")
+        path = canonical_path(arg)
+        problem = host_path_problem(path)
+        if problem is not None:
+            raise ValueError(problem)
         return Permission(kind, path)
     raise ValueError(f"unknown permission {text!r}")
 
@@ -292,7 +353,7 @@ def _parse_volume(value: object) -> VolumeMount:
             f"{source!r} is not a named volume: host paths come from the 'host-read:PATH' or "
             "'host-write:PATH' permission"
         )
-    return VolumeMount(source=source, target=_clean_host_path(target), read_only=read_only)
+    return VolumeMount(source=source, target=canonical_path(target), read_only=read_only)
 
 
 def _string_map(value: object, what: str) -> dict[str, str]:

@@ -9,15 +9,20 @@ device's operator-set environment and the operator's retry generation.
 
 The top-level targets may delegate an app's paths to a named role (a team with keys of its
 own): its name follows `DELEGATED_ROLE`, and `app_patterns` are the shell-style patterns
-that match exactly that app's target paths.
+that match exactly that app's target paths. `root_digest` names an image-repository root the
+way devices pin it (``repository_root_sha256``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
+from securesystemslib.exceptions import FormatError
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import Metadata, Root
 
 from edgefleet.protocol import AppName, Arch, DeviceId, Environment, ImageRef, RetryGeneration, WireModel
 from edgefleet.protocol import Version as Version  # re-exported: where release versions were defined first
@@ -155,3 +160,19 @@ def parse_director_custom(custom: dict[str, Any] | None) -> DirectorTarget:
         return DirectorTarget.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(f"malformed director custom field: {exc.errors()[0].get('msg', 'invalid')}") from exc
+
+
+def root_digest(root: bytes) -> str:
+    """SHA-256 of a root's canonical signed content: the same however its JSON is laid out (hub or key directory).
+
+    Raises:
+        ValueError: not root metadata.
+    """
+    try:
+        metadata = Metadata[Root].from_bytes(root)
+        signed = metadata.signed_bytes
+    except (RepositoryError, FormatError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not root metadata: {str(exc)[:200]}") from exc
+    if not isinstance(metadata.signed, Root):
+        raise ValueError("not root metadata")
+    return hashlib.sha256(signed).hexdigest()

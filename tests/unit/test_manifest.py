@@ -278,7 +278,7 @@ def test_dependency_cycles_are_refused():
         ("serial-port:/dev/mem", "serial device"),
         ("host-read:/run", "engine"),
         ("host-read:/run/podman", "engine"),
-        ("host-read:/var", "engine"),
+        ("host-read:/var", "holds"),
         ("host-write:/var/lib", "engine"),
         ("host-read:/var/lib/edgefleet", "engine"),
         ("host-read:/var/lib/containers/storage", "engine"),

@@ -182,17 +182,35 @@ class DeviceClient:
 
     def tuf_roots(self, identity: LocalIdentity) -> tuple[bytes, bytes]:
         """(image repository root v1, director root) as the hub serves them: trusted on first use only."""
-        roots = []
-        for path in ("/tuf/repository/1.root.json", "/tuf/director/root.json"):
-            response = self._send(Call("GET", path, identity))
-            if response.status_code == 404 and "repository" in path:
+        return self.repository_roots(identity, limit=1)[0], self.director_root(identity)
+
+    def repository_roots(self, identity: LocalIdentity, *, limit: int) -> list[bytes]:
+        """The image repository's root versions from 1 up, as the hub serves them (at most `limit`).
+
+        Raises:
+            HubUnreachableError: the hub has no image repository yet, or could not be asked.
+        """
+        roots: list[bytes] = []
+        for version in range(1, limit + 1):
+            response = self._send(Call("GET", f"/tuf/repository/{version}.root.json", identity))
+            if response.status_code == 404 and roots:
+                break
+            if response.status_code == 404:
                 raise HubUnreachableError(
                     "the hub has no image repository yet: a publisher creates it with `edgefleet repo init`"
                 )
-            if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
-                raise HubUnreachableError(f"cannot fetch {path}: HTTP {response.status_code}")
-            roots.append(response.content)
-        return roots[0], roots[1]
+            roots.append(self._metadata(response, f"root version {version}"))
+        return roots
+
+    def director_root(self, identity: LocalIdentity) -> bytes:
+        """The director's current root (the hub's own key: taken from the hub)."""
+        return self._metadata(self._send(Call("GET", "/tuf/director/root.json", identity)), "the director's root")
+
+    @staticmethod
+    def _metadata(response: httpx.Response, what: str) -> bytes:
+        if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
+            raise HubUnreachableError(f"cannot fetch {what}: HTTP {response.status_code}")
+        return response.content
 
     def target_state(
         self, identity: LocalIdentity, *, wait: float = 0, etag: str | None = None

@@ -8,7 +8,11 @@ Every bound the agent keeps (long-poll wait, backoff, download and report sizes)
     data_dir = "/var/lib/edgefleet"
     engine = "unix:///run/podman/podman.sock"
     policy = "/etc/edgefleet/policy.toml"
-    # repository_root = "/etc/edgefleet/root.json"   # pin the publisher's root instead of trusting the hub once
+    repository_root = "/etc/edgefleet/root.json"   # the publisher's root, provisioned with the device image
+    # repository_root_sha256 = "..."              # or its digest (edgefleet keys root-digest), given out of band
+    # trust_first_root = true                      # or neither: take the hub's root on first use (demos only)
+
+One of the three is needed before a device's first start (`agent.trust`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefleet.agent.trust import RootPin
 from edgefleet.protocol import Arch
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
@@ -43,6 +48,11 @@ class AgentSettings(BaseModel):
     """Prefixes the names of containers, networks and volumes, for several agents on one engine (demos, tests)."""
     policy: Path = Path("/etc/edgefleet/policy.toml")
     repository_root: Path | None = None
+    """The image repository's root to trust, a file provisioned with the device (the publisher's root.json)."""
+    repository_root_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Or the digest of that root (`agent.trust.root_digest`), given at enrollment out of band."""
+    trust_first_root: bool = False
+    """Neither: take the hub's root on first use (it is then reported as not pinned)."""
     arch: Arch | None = None
     poll_wait: float = Field(default=60.0, ge=0, le=900)
     """Seconds the hub may hold a target-state poll."""
@@ -51,6 +61,27 @@ class AgentSettings(BaseModel):
     request_timeout: float = Field(default=30.0, gt=0, le=300)
     disk_reserve: int = Field(default=256 * 1024**2, ge=0, le=1024**4)
     """Bytes of the engine's storage an update must leave free (beyond the new images)."""
+    config_file: Path | None = Field(default=None, exclude=True)
+    """The file these settings were read from (set by `load_settings`, not by the file)."""
+
+    def own_paths(self) -> list[Path | str | None]:
+        """The agent's own files and its engine's socket: never shared with a container (`agent.hostpaths`)."""
+        socket = self.engine.removeprefix("unix://") if self.engine.startswith("unix://") else None
+        return [self.data_dir, self.policy, self.ca, self.repository_root, self.config_file, socket]
+
+    def root_pin(self) -> RootPin:
+        """What this device was provisioned with to trust the image repository's root.
+
+        Raises:
+            AgentConfigError: the pinned root file cannot be read.
+        """
+        root = None
+        if self.repository_root is not None:
+            try:
+                root = self.repository_root.read_bytes()
+            except OSError as exc:
+                raise AgentConfigError(f"repository_root: cannot read {self.repository_root}: {exc.strerror}") from exc
+        return RootPin(root=root, sha256=self.repository_root_sha256, first_use=self.trust_first_root)
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings:
@@ -70,6 +101,7 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> AgentSettings
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise AgentConfigError(f"{source}: {exc}") from exc
     data.update({key: value for key, value in overrides.items() if value is not None})
+    data["config_file"] = source if source.exists() else None
     try:
         return AgentSettings.model_validate(data)
     except ValidationError as exc:

@@ -15,6 +15,8 @@ attempt. Only target URLs are kept that way: with consistent snapshots their nam
 their hash, so the same URL always means the same bytes. ngclient still checks the whole
 file against its signed length and hash before anything uses it; a partial file is
 removed once its download completes, so a bad one costs one failed attempt, never a use.
+Only a lost connection keeps a partial file: a download its reader abandons (ngclient
+refusing more bytes than signed) loses it, at once when the reader calls `discard_unfinished`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class HttpxFetcher(FetcherInterface):
         self._resumes = resumes
         self._partial_dir = partial_dir
         self._progress = progress
+        self._unfinished: set[Path] = set()
 
     def _headers(self, offset: int) -> dict[str, str]:
         headers = {}
@@ -98,6 +101,12 @@ class HttpxFetcher(FetcherInterface):
         self._partial_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self._partial_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
 
+    def discard_unfinished(self) -> None:
+        """Remove what was kept of downloads still open: their reader refused them (too long, say)."""
+        for partial in self._unfinished:
+            partial.unlink(missing_ok=True)
+        self._unfinished.clear()
+
     def _prune(self) -> None:
         if self._partial_dir is None:
             return
@@ -126,6 +135,9 @@ class HttpxFetcher(FetcherInterface):
         report = self._progress if self._progress is not None and "/targets/" in url else None
         total = _total_length(response, kept)
         complete = False
+        keep = False  # only a lost connection keeps what arrived, for the next attempt
+        if partial is not None:
+            self._unfinished.add(partial)
         try:
             if report is not None:
                 report.update(url, received, total)
@@ -145,23 +157,27 @@ class HttpxFetcher(FetcherInterface):
                         if report is not None:
                             report.update(url, received, total)
                         yield chunk
-                    if partial is not None:
-                        partial.unlink(missing_ok=True)
                     complete = True
                     return
                 except (httpx.TransportError, httpx.StreamError) as exc:
                     response.close()
                     resumes += 1
+                    keep = True
                     if resumes > self._resumes:
                         raise DownloadError(f"{url}: connection lost after {received} bytes") from exc
                     if sink is not None:
                         sink.flush()
                     log.info("connection lost; resuming %s at byte %d", url, received)
                     response = self._open(url, received)
+                    keep = False
         finally:
             response.close()
             if sink is not None:
                 sink.close()
+            if partial is not None:
+                self._unfinished.discard(partial)
+                if complete or not keep:
+                    partial.unlink(missing_ok=True)
             if report is not None:
                 report.end(url, complete=complete)
 

@@ -9,6 +9,11 @@ to disk (fsync) before the agent acts on it, so after a crash or power loss the 
 knows exactly where each update stood and completes or undoes it before anything else.
 Every unfinished phase has a deadline: nothing can stay "updating" forever. At most one
 unfinished transaction per app.
+
+Beside the transactions, the journal keeps each app's release floor: the release counter of
+the last release installed (`raise_floor`). It outlives the app's installed record: an app
+that is unassigned and assigned again later still cannot be given an older release without
+the director's signed rollback mark (`agent.verify`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ CREATE TABLE IF NOT EXISTS transactions (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transactions_open ON transactions (app, phase);
+CREATE TABLE IF NOT EXISTS release_floors (app TEXT PRIMARY KEY, release_counter INTEGER NOT NULL);
 """
 
 
@@ -215,6 +221,24 @@ class Journal:
                 break
             count += 1
         return count
+
+    def floor(self, app: str) -> int | None:
+        """The release counter of the last release installed for `app`, even after it was unassigned."""
+        row = self._db.execute("SELECT release_counter FROM release_floors WHERE app = ?", (app,)).fetchone()
+        return None if row is None else int(row["release_counter"])
+
+    def set_floor(self, app: str, release_counter: int) -> None:
+        """Record that `app` now runs a release with this counter (durably, before the installed record).
+
+        The floor goes down only when the release installed was a signed rollback: the caller
+        has checked that (`agent.verify`), so this simply records what was installed.
+        """
+        with self._write():
+            self._db.execute(
+                "INSERT INTO release_floors (app, release_counter) VALUES (?, ?)"
+                " ON CONFLICT (app) DO UPDATE SET release_counter = excluded.release_counter",
+                (app, release_counter),
+            )
 
     def last(self, app: str) -> Transaction | None:
         row = self._db.execute("SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)).fetchone()

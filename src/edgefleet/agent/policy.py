@@ -8,7 +8,10 @@ A TOML file outside any release (``/etc/edgefleet/policy.toml`` by default)::
 A permission is granted only if an `allow` entry matches it and no `deny` entry does
 (deny wins). An entry is a permission string, or a kind with ``:*`` for any argument of
 that kind. Nothing is allowed by default (snap-style: plugs are denied unless connected).
-Checking is pure: a release and a policy in, the refusals out.
+Checking is pure: a release and a policy in, the refusals out. Whatever a policy says,
+`host-read`/`host-write` of a denied host path (`manifest.host_path_problem`, with this
+device's own paths added) is refused: the device checks the canonical path itself rather
+than trust the signed manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.manifest import Permission, Release, parse_permission
+from edgefleet.manifest import Permission, Release, canonical_path, host_path_problem, parse_permission
 
 ARGUMENT_KINDS = ("network-bind", "serial-port", "gpio", "i2c", "host-read", "host-write")
 MAX_POLICY_BYTES = 64 * 1024
@@ -34,6 +37,7 @@ class Refusal:
 
     service: str
     permission: str
+    reason: str = "not granted by this device's policy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +102,30 @@ def load_policy(path: Path) -> Policy:
         raise PolicyError(f"{path}: {exc}") from exc
 
 
-def refusals(release: Release, policy: Policy) -> list[Refusal]:
-    """Every (service, permission) of the release that the policy does not grant; empty means go."""
-    return [
-        Refusal(service.name, str(permission))
-        for service in release.services
-        for permission in service.policy.permissions
-        if not policy.grants(permission)
-    ]
+def _host_path_problem(permission: Permission, protected: tuple[str, ...]) -> str | None:
+    if permission.kind not in ("host-read", "host-write"):
+        return None
+    try:
+        return host_path_problem(canonical_path(permission.arg or ""), protected=protected)
+    except ValueError as exc:
+        return str(exc)
+
+
+def refusals(release: Release, policy: Policy, *, protected: tuple[str, ...] = ()) -> list[Refusal]:
+    """Every (service, permission) of the release this device refuses; empty means go.
+
+    Args:
+        release: the verified release.
+        policy: the device owner's grants.
+        protected: this device's own paths (agent state, configuration, engine socket), canonical:
+            never shared, whatever the policy says.
+    """
+    found = []
+    for service in release.services:
+        for permission in service.policy.permissions:
+            problem = _host_path_problem(permission, protected)
+            if problem is not None:
+                found.append(Refusal(service.name, str(permission), problem))
+            elif not policy.grants(permission):
+                found.append(Refusal(service.name, str(permission)))
+    return found

@@ -34,10 +34,18 @@ class PermissionRefusedError(Exception):
     """A release asks for permissions the device's policy does not grant; nothing was changed."""
 
     def __init__(self, app: str, refused: list[Refusal]) -> None:
-        names = ", ".join(f"{r.service}: {r.permission}" for r in refused)
-        super().__init__(f"{app}: permissions not granted by this device's policy: {names}")
+        super().__init__(f"{app}: permissions refused on this device: {describe_refusals(refused)}")
         self.app = app
         self.refused = refused
+
+
+def describe_refusals(refused: list[Refusal]) -> str:
+    """``SERVICE: PERMISSION (why)``, grouped by reason."""
+    reasons = dict.fromkeys(r.reason for r in refused)
+    return "; ".join(
+        ", ".join(f"{r.service}: {r.permission}" for r in refused if r.reason == reason) + f" ({reason})"
+        for reason in reasons
+    )
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ def checked_specs(
     Raises:
         PermissionRefusedError: a permission the policy does not grant.
     """
-    refused = refusals(release, policy)
+    refused = refusals(release, policy, protected=facts.protected_paths)
     if refused:
         raise PermissionRefusedError(release.app, refused)
     return release_specs(release, facts=facts, environment=dict(environment))

@@ -42,6 +42,7 @@ from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Outcome, TransactionEngine, Updater
+from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
@@ -60,12 +61,13 @@ def next_delay(attempt: int, *, initial: float, ceiling: float, rand: Callable[[
     return float(rand() * min(ceiling, initial * 2.0 ** min(attempt, 32)))
 
 
-def host_facts() -> HostFacts:
-    """Device nodes present on this machine that permissions may map to."""
+def host_facts(*, protected: tuple[str, ...] = ()) -> HostFacts:
+    """Device nodes present on this machine that permissions may map to; `protected`: its paths never shared."""
     dev = Path("/dev")
     return HostFacts(
         video_devices=tuple(sorted(str(p) for p in dev.glob("video*"))),
         gpio_devices=tuple(sorted(str(p) for p in dev.glob("gpiochip*"))),
+        protected_paths=protected,
     )
 
 
@@ -237,6 +239,8 @@ class Agent:
     """Hears of each chunk of a release file downloaded (`agent.progress`): log lines or a terminal bar."""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """Wall-clock time, for the certificate's expiry (`clock` is monotonic, for delays)."""
+    root_trust: TrustMode | None = None
+    """How the image repository's root came to be trusted (`agent.trust`), reported in the twin."""
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
     outbox: Outbox = field(init=False)
@@ -310,14 +314,13 @@ class Agent:
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
-            release = verifier.verify(
-                app, installed_counter=current.release_counter if current else None, install_dir=directory
-            )
+            release = verifier.verify(app, installed_counter=self._floor(app, current), install_dir=directory)
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
             outcome = self._switch(app, release.manifest, current, environment, bundles, mark)
             if outcome.status == "committed":
+                self.journal.set_floor(app, release.release_counter)
                 installed[app] = Installed(
                     release.version,
                     release.release_counter,
@@ -332,9 +335,20 @@ class Agent:
             if outcome.status == "committed":
                 self._prune(app)
         for app in set(installed) - set(assigned):
+            # Its floor stays in the journal: assigned again later, it still cannot go back unmarked.
+            self.journal.set_floor(app, self._floor(app, installed[app]) or 0)
             del installed[app]
         self.state = LocalState(apps=installed, environment=environment, failed=failed)
         save_state(self.data_dir, self.state)
+
+    def _floor(self, app: str, current: Installed | None) -> int | None:
+        """The lowest release counter `app` may move to without a signed rollback mark (None: nothing installed yet).
+
+        The journal's floor, or the installed record's counter for a release installed before
+        floors were kept, whichever is higher.
+        """
+        counters = [c for c in (self.journal.floor(app), current.release_counter if current else None) if c is not None]
+        return max(counters) if counters else None
 
     def _switch(
         self,
@@ -548,6 +562,8 @@ class Agent:
             "mem_available": _mem_available(),
             "last_error": self.last_error,
         }
+        if self.root_trust is not None:
+            properties["repository_root"] = self.root_trust
         self.outbox.keep_report(properties)
         try:
             self.deliver()

@@ -36,10 +36,12 @@ LOW_PORT = 1024
 
 @dataclass(frozen=True, slots=True)
 class HostFacts:
-    """Device nodes present on this host that permissions may map to."""
+    """Device nodes present on this host that permissions may map to, and its paths never shared."""
 
     video_devices: tuple[str, ...] = ()
     gpio_devices: tuple[str, ...] = ()
+    protected_paths: tuple[str, ...] = ()
+    """The agent's own state, configuration and policy, and the engine's socket (`agent.hostpaths`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,15 @@ def _restarts(policy: str) -> int:
     return int(count) if count else DEFAULT_RESTARTS
 
 
+INTERFACE_BINDS = {
+    "raw-usb": Mount("bind", "/dev/bus/usb", "/dev/bus/usb", read_only=False),
+    "hardware-observe": Mount("bind", "/sys/class/thermal", "/sys/class/thermal", read_only=True),
+    "removable-media": Mount("bind", "/media", "/media", read_only=False),
+    "log-observe": Mount("bind", "/var/log", "/var/log", read_only=True),
+}
+"""The fixed host binds of named permissions; every other bind is a `host-read`/`host-write` path."""
+
+
 def _grants(permissions: tuple[Permission, ...], facts: HostFacts) -> tuple[list[Mount], list[str], list[str]]:
     """(binds, devices, device cgroup rules) for the granted permissions."""
     binds: list[Mount] = []
@@ -152,15 +163,10 @@ def _grants(permissions: tuple[Permission, ...], facts: HostFacts) -> tuple[list
             devices.extend(f"{d}:{d}:rwm" for d in facts.gpio_devices)
         elif kind == "i2c" and arg is not None:
             devices.append(f"/dev/i2c-{arg}:/dev/i2c-{arg}:rwm")
-        elif kind == "raw-usb":
-            binds.append(Mount("bind", "/dev/bus/usb", "/dev/bus/usb", read_only=False))
-            rules.append("c 189:* rwm")
-        elif kind == "hardware-observe":
-            binds.append(Mount("bind", "/sys/class/thermal", "/sys/class/thermal", read_only=True))
-        elif kind == "removable-media":
-            binds.append(Mount("bind", "/media", "/media", read_only=False))
-        elif kind == "log-observe":
-            binds.append(Mount("bind", "/var/log", "/var/log", read_only=True))
+        elif kind in INTERFACE_BINDS:
+            binds.append(INTERFACE_BINDS[kind])
+            if kind == "raw-usb":
+                rules.append("c 189:* rwm")
         elif kind in ("host-read", "host-write") and arg:
             binds.append(Mount("bind", arg, arg, read_only=kind == "host-read"))
     return binds, devices, rules

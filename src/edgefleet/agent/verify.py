@@ -12,8 +12,9 @@ is accepted only when:
    delegate its path to (a team's own keys for its app), searched preorder depth-first; the
    path must be the one the release's app and version give, so a role delegated one app's
    paths cannot pass off a release of another app;
-3. its release counter is not below what the device runs, unless the director marks it as
-   a rollback (and it is still a current target of the image repository: step 2);
+3. its release counter is not below that of the last release the device installed for the
+   app (kept even after the app was unassigned: `Journal.floor`), unless the director marks
+   it as a rollback (and it is still a current target of the image repository: step 2);
 4. every downloaded file (manifest, bundled images) matches its signed length and hash,
    and the manifest parses and names the same release.
 
@@ -38,6 +39,8 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
+from edgefleet.agent.fetcher import HttpxFetcher
+from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.protocol import API_PREFIX
 from edgefleet.releases import (
@@ -56,6 +59,9 @@ DIRECTOR = "director"
 ROOT_MAX_BYTES = 512 * 1024
 MAX_DELEGATIONS = 32
 """Delegated roles one target search of the image repository may visit (python-tuf's default)."""
+TRUSTED_FILES = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
+"""What ngclient keeps of a repository (beside its root versions), in the order `TrustStore.keep` keeps them."""
+ROOT_HISTORY = "root_history"
 
 
 def updater_config(*, max_delegations: int = MAX_DELEGATIONS) -> UpdaterConfig:
@@ -91,6 +97,43 @@ class TrustStore:
 
     def is_bootstrapped(self) -> bool:
         return all((self.metadata_dir(repo) / "root.json").exists() for repo in (REPOSITORY, DIRECTOR))
+
+    @contextmanager
+    def staged(self, repo: str) -> Iterator[Path]:
+        """A private copy of `repo`'s trusted metadata to refresh in; removed afterwards, kept only by `keep`."""
+        for stale in self.root.glob(".staging-*"):  # a copy a crash left behind: never trusted
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = self.root / f".staging-{repo}-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            trusted = self.metadata_dir(repo)
+            (staging / ROOT_HISTORY).mkdir()
+            for path in (*trusted.glob("*.json"), *trusted.glob(f"{ROOT_HISTORY}/*.root.json")):
+                shutil.copyfile(path, staging / path.relative_to(trusted))  # a root.json link as the root it names
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def keep(self, repo: str, staging: Path) -> None:
+        """Make the verified metadata in `staging` the trusted set of `repo`, each changed file atomically.
+
+        Root versions first (``root_history/N.root.json``, then ``root.json`` naming the newest,
+        as ngclient keeps them), then targets, snapshot and timestamp.
+        """
+        trusted = self.metadata_dir(repo)
+        (trusted / ROOT_HISTORY).mkdir(mode=0o700, exist_ok=True)
+        for fresh in sorted(staging.glob(f"{ROOT_HISTORY}/*.root.json")):
+            _keep_file(fresh, trusted / ROOT_HISTORY / fresh.name)
+        root = staging / "root.json"
+        if root.is_symlink():
+            link = trusted / ".root.json.link"
+            link.unlink(missing_ok=True)
+            link.symlink_to(os.readlink(root))
+            os.replace(link, trusted / "root.json")
+        for name in TRUSTED_FILES:
+            if (staging / name).is_file() and not (name == "root.json" and root.is_symlink()):
+                _keep_file(staging / name, trusted / name)
+        _sync_dir(trusted)
 
     def bootstrap(self, *, repository_root: bytes, director_root: bytes) -> None:
         """Trust these roots from now on (first use only; later roots arrive only through TUF rotation).
@@ -164,21 +207,16 @@ class ReleaseVerifier:
         self._trust = trust
         self._device_id = device_id
         self._arch = arch
-        config = updater_config()
+        self._fetcher = fetcher
+        self._director_url = f"{base}/{DIRECTOR}/"
+        self._config = updater_config()
         with _refusals():
-            self._director = Updater(
-                str(trust.metadata_dir(DIRECTOR)),
-                f"{base}/{DIRECTOR}/",
-                fetcher=fetcher,
-                config=director_config(),
-                bootstrap=None,
-            )
             self._image = Updater(
                 str(trust.metadata_dir(REPOSITORY)),
                 f"{base}/{REPOSITORY}/",
                 target_base_url=f"{base}/{REPOSITORY}/targets/",
                 fetcher=fetcher,
-                config=config,
+                config=self._config,
                 bootstrap=None,
             )
         self._assigned: dict[str, Assigned] | None = None
@@ -186,16 +224,32 @@ class ReleaseVerifier:
     def assignments(self) -> dict[str, Assigned]:
         """Refresh the director and return this device's assignment per app.
 
+        The director's metadata is refreshed in a copy of the trusted set and becomes trusted
+        only once everything about it checked out (python-tuf's checks, then ours: this
+        device's ID, no delegations, one well-formed target per app). Metadata for another
+        device, even validly signed at a higher version, is never kept, so a replay cannot
+        jam the device against its own later versions.
+
         Raises:
             UpdateRefusedError: the director's metadata does not verify or is not for this device.
         """
         if self._assigned is not None:
             return self._assigned
-        with _refusals():
-            self._director.refresh()
-            # ngclient keeps the metadata it just verified under its unversioned name.
-            path = self._trust.metadata_dir(DIRECTOR) / "targets.json"
-            targets = Metadata[Targets].from_bytes(path.read_bytes()).signed
+        with self._trust.staged(DIRECTOR) as staging:
+            with _refusals():
+                director = Updater(
+                    str(staging), self._director_url, fetcher=self._fetcher, config=director_config(), bootstrap=None
+                )
+                director.refresh()
+                # ngclient keeps the metadata it just verified under its unversioned name.
+                targets = Metadata[Targets].from_bytes((staging / "targets.json").read_bytes()).signed
+            assigned = self._checked(targets)
+            self._trust.keep(DIRECTOR, staging)
+        self._assigned = assigned
+        return assigned
+
+    def _checked(self, targets: Targets) -> dict[str, Assigned]:
+        """The device's assignment per app in the director's verified targets, or why they are not its own."""
         if targets.unrecognized_fields.get(DEVICE_FIELD) != self._device_id:
             raise UpdateRefusedError("wrong_device", "the director's targets are for another device")
         if targets.delegations is not None:
@@ -211,7 +265,6 @@ class ReleaseVerifier:
             if custom.app in assigned:
                 raise UpdateRefusedError("metadata", f"the director lists {custom.app} twice")
             assigned[custom.app] = Assigned(target=target, custom=custom)
-        self._assigned = assigned
         return assigned
 
     def _image_target(self, path: str) -> TargetFile:
@@ -245,6 +298,9 @@ class ReleaseVerifier:
     def verify(self, app: str, *, installed_counter: int | None, install_dir: Path) -> VerifiedRelease:
         """Verify and download the release assigned to `app` into `install_dir` (which must not exist).
 
+        `installed_counter` is the app's release floor: the counter of the last release installed
+        for it, even if it has been unassigned since (None: never installed here).
+
         Raises:
             UpdateRefusedError: any check failed; nothing is left at `install_dir`.
             HubUnreachableError: a download failed for network reasons; retry later.
@@ -256,8 +312,8 @@ class ReleaseVerifier:
         if installed_counter is not None and info.release_counter < installed_counter and not assigned.custom.rollback:
             raise UpdateRefusedError(
                 "release_rollback",
-                f"{app}@{info.version} (counter {info.release_counter}) is older than the installed release "
-                f"(counter {installed_counter}) and the director did not mark it as a rollback",
+                f"{app}@{info.version} (counter {info.release_counter}) is older than the last release installed "
+                f"here (counter {installed_counter}) and the director did not mark it as a rollback",
             )
         if install_dir.exists():
             raise FileExistsError(str(install_dir))
@@ -269,8 +325,10 @@ class ReleaseVerifier:
             _sync_tree(staging)  # durable before it is named: power loss must not leave a torn release
             os.replace(staging, install_dir)
             _sync_dir(install_dir.parent)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, UpdateRefusedError) and isinstance(self._fetcher, HttpxFetcher):
+                self._fetcher.discard_unfinished()  # bytes refused now are not kept for a later attempt
             raise
         return VerifiedRelease(
             app=info.app,
@@ -302,6 +360,14 @@ class ReleaseVerifier:
             with _refusals():
                 self._image.download_target(bundle, filepath=str(staging / "images" / path.rsplit("/", 1)[-1]))
         return manifest
+
+
+def _keep_file(fresh: Path, trusted: Path) -> None:
+    """`trusted` becomes a copy of `fresh` (atomically, durably); nothing is written when they are equal."""
+    data = fresh.read_bytes()
+    if trusted.is_file() and not trusted.is_symlink() and trusted.read_bytes() == data:
+        return  # unchanged: no write (flash storage wears)
+    write_public_file(trusted, data)
 
 
 def _sync_dir(directory: Path) -> None:

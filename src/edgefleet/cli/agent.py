@@ -23,6 +23,7 @@ from edgefleet.agent.config import AgentConfigError, AgentSettings, load_setting
 from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.enroll import enroll, host_arch, refresh
 from edgefleet.agent.errors import AgentError
+from edgefleet.agent.hostpaths import protected_paths
 from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import PolicyError, load_policy
@@ -30,6 +31,7 @@ from edgefleet.agent.progress import DownloadProgress, LoggedProgress
 from edgefleet.agent.reconcile import plan_for
 from edgefleet.agent.runner import Agent, host_facts, load_state, run, trust_store
 from edgefleet.agent.transaction import FaultHook
+from edgefleet.agent.trust import RootTrustError, establish
 from edgefleet.cli.common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -42,6 +44,7 @@ from edgefleet.cli.common import (
     run_app,
 )
 
+log = logging.getLogger("edgefleet.agent")
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Agent config (default /etc/edgefleet/agent.toml)")]
 HubOpt = Annotated[str | None, typer.Option("--hub", help="Hub URL")]
@@ -50,6 +53,17 @@ TokenOpt = Annotated[str | None, typer.Option("--token", help="Enrollment token 
 DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="Agent state directory")]
 EngineOpt = Annotated[
     str | None, typer.Option("--engine", help="Engine API socket, e.g. unix:///run/podman/podman.sock")
+]
+RootOpt = Annotated[
+    Path | None, typer.Option("--repository-root", help="The publisher's root.json to trust (first start)")
+]
+RootDigestOpt = Annotated[
+    str | None,
+    typer.Option("--repository-root-sha256", help="Digest of the root to trust (edgefleet keys root-digest)"),
+]
+FirstRootOpt = Annotated[
+    bool,
+    typer.Option("--trust-first-root", help="No pinned root: take the hub's on first use (reported as not pinned)"),
 ]
 
 
@@ -68,35 +82,47 @@ def _agent(
     progress: DownloadProgress | None = None,
 ) -> Agent:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    trust = trust_store(settings.data_dir)
     try:
         policy = load_policy(settings.policy)
+        pin = settings.root_pin()
+        if not trust.is_bootstrapped():
+            pin.check()  # before the enrollment token is spent
         identity: LocalIdentity = enroll(
             client, settings.data_dir, token=settings.enrollment_token or "", arch=settings.arch
         )
         if identity.identity is not None and identity.identity.status == "pending":
             identity = refresh(client, settings.data_dir, identity)
-        trust = trust_store(settings.data_dir)
-        if not trust.is_bootstrapped():
-            repository_root, director_root = client.tuf_roots(identity)
-            if settings.repository_root is not None:
-                repository_root = settings.repository_root.read_bytes()
-            trust.bootstrap(repository_root=repository_root, director_root=director_root)
-    except PolicyError as exc:
+        root_trust = establish(client, identity, trust, pin)
+    except (PolicyError, AgentConfigError) as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
+    except RootTrustError as exc:
+        raise CliError(
+            f"cannot start: {exc}",
+            exit_code=EXIT_USAGE,
+            hint="pin the publisher's root (repository_root or repository_root_sha256 in the config)",
+        ) from exc
     except (AgentError, OSError) as exc:
         raise CliError(f"cannot start: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
+    protected = protected_paths(settings.own_paths())
     agent = Agent(
         client=client,
         identity=identity,
-        engine=DockerEngine(settings.engine, owner=identity.device_id, namespace=settings.engine_namespace),
+        engine=DockerEngine(
+            settings.engine, owner=identity.device_id, namespace=settings.engine_namespace, protected=protected
+        ),
         data_dir=settings.data_dir,
         policy=policy,
+        facts=host_facts(protected=protected),
         arch=settings.arch or host_arch(),
         poll_wait=settings.poll_wait,
         disk_reserve=settings.disk_reserve,
         fault=fault,
         progress=progress,
+        root_trust=root_trust,
     )
+    if root_trust == "first-use":
+        log.warning("the image repository's root was taken on trust from the hub (not pinned)")
     agent.recover()
     return agent
 
@@ -109,10 +135,27 @@ def run_command(
     token: TokenOpt = None,
     data_dir: DataOpt = None,
     engine: EngineOpt = None,
+    repository_root: RootOpt = None,
+    repository_root_sha256: RootDigestOpt = None,
+    trust_first_root: FirstRootOpt = False,
     once: Annotated[bool, typer.Option("--once", help="One cycle, then exit")] = False,
 ) -> None:
-    """Enroll if needed, then poll the hub, verify, reconcile and report until stopped (SIGTERM)."""
-    settings = _settings(config, hub_url=hub, ca=ca, enrollment_token=token, data_dir=data_dir, engine=engine)
+    """Enroll if needed, then poll the hub, verify, reconcile and report until stopped (SIGTERM).
+
+    A first start needs the image repository's root pinned (--repository-root or
+    --repository-root-sha256, or the config), or --trust-first-root.
+    """
+    settings = _settings(
+        config,
+        hub_url=hub,
+        ca=ca,
+        enrollment_token=token,
+        data_dir=data_dir,
+        engine=engine,
+        repository_root=repository_root,
+        repository_root_sha256=repository_root_sha256,
+        trust_first_root=trust_first_root or None,
+    )
     serve(settings, once=once)
 
 
@@ -169,7 +212,8 @@ def plan_command(
     )
     state = load_state(settings.data_dir)
     try:
-        steps, _ = plan_for(engine_client, state.desired(policy, host_facts()))
+        facts = host_facts(protected=protected_paths(settings.own_paths()))
+        steps, _ = plan_for(engine_client, state.desired(policy, facts))
     except AgentError as exc:
         raise CliError(
             str(exc),

@@ -90,11 +90,18 @@ def show(
         _say(f"  {_update_line(app_name, update)}")
         for line in (update["logs"] or "").splitlines()[-LOG_LINES:]:
             _say(f"    | {line}")
-    others = {k: v for k, v in state["reported"].items() if k not in ("apps", "last_error")}
+    _say(f"{'image root:':18} {ROOT_TRUST.get(str(state['reported'].get('repository_root')), ROOT_TRUST['None'])}")
+    others = {k: v for k, v in state["reported"].items() if k not in ("apps", "last_error", "repository_root")}
     for key, value in others.items():
         _say(f"{'reported.' + key + ':':18} {_cell(value)}")
 
 
+ROOT_TRUST = {
+    "pinned": "pinned (the publisher's root, provisioned with the device)",
+    "first-use": "NOT PINNED: taken from the hub on first use (--trust-first-root)",
+    "None": "not reported (an agent from before root pinning)",
+}
+"""How `device show` marks the way a device came to trust the image repository's root (reported by the agent)."""
 LOG_LINES = 10
 """Log lines `device show` prints per update outcome (`--json` has all the device sent)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -182,7 +189,14 @@ def revoke(device_id: DeviceArg, hub: HubUrl = None, token: Token = None, ca: Ca
 def assign(
     device_id: DeviceArg,
     release: Annotated[str, typer.Argument(metavar="APP@VERSION")],
-    rollback: Annotated[bool, typer.Option("--rollback", help="Allow a release older than the assigned one")] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback",
+            help="Sign it as a rollback: needed for a release older than the assigned one, "
+            "or than the one the device ran before the app was unassigned",
+        ),
+    ] = False,
     hub: HubUrl = None,
     token: Token = None,
     ca: CaFile = None,

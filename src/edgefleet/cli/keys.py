@@ -1,4 +1,4 @@
-"""`edgefleet keys init|rotate|delegate|revoke-delegation|delegations`: the publisher's and teams' offline keys."""
+"""`edgefleet keys init|rotate|root-digest|delegate|revoke-delegation|delegations`: publisher and team keys."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from edgefleet.publisher.keys import (
     team_keys,
 )
 from edgefleet.publisher.rotation import PushRefusedError, rotate
-from edgefleet.publisher.state import restore_targets_record, targets_record
+from edgefleet.publisher.state import load_root, restore_targets_record, targets_record
+from edgefleet.releases import root_digest
 
 app = typer.Typer(help="Publisher keys (kept offline; the hub never sees them).", no_args_is_help=True)
 
@@ -137,6 +138,27 @@ def rotate_command(
     out.print(f"root version {done.root_version} now trusts {len(done.keys.keys)} new {chosen} key(s)")
     if done.targets_version is not None:
         out.print(f"targets version {done.targets_version} re-signed with the new keys")
+
+
+@app.command("root-digest")
+def root_digest_command(
+    directory: Annotated[Path, typer.Option("--dir", help="The publisher key directory")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Print the digest of the repository root this key directory last pushed, for devices to pin.
+
+    Devices given it (``repository_root_sha256`` in their config, or ``--repository-root-sha256``)
+    trust only that root at their first start, whatever a hub says.
+    """
+    try:
+        root = load_root(directory)
+        digest = root_digest(root.to_bytes())
+    except (KeyStoreError, ValueError) as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE, hint="run edgefleet repo init with this key directory") from exc
+    if json_out:
+        print_json({"version": root.signed.version, "sha256": digest})
+        return
+    out.print(f"repository_root_sha256 = {digest}   # root version {root.signed.version}")
 
 
 Expires = Annotated[str, typer.Option("--expires", help="Lifetime of the new targets version, e.g. 365d")]

@@ -13,7 +13,8 @@ from edgefleet.cli.common import EXIT_USAGE, CaFile, CliError, HubClient, HubUrl
 from edgefleet.publisher.errors import KeyStoreError, PublisherError
 from edgefleet.publisher.keys import key_from_wire, load_index, load_signers
 from edgefleet.publisher.metadata import make_root, sign_root
-from edgefleet.publisher.state import save_root
+from edgefleet.publisher.state import ROOT, save_root
+from edgefleet.releases import root_digest
 
 app = typer.Typer(help="The hub's image repository (publisher side).", no_args_is_help=True)
 
@@ -47,3 +48,5 @@ def init(
     accepted = client.call("POST", "/repository/root", body=signed.to_dict())
     save_root(keys, signed)
     out.print(f"image repository root version {accepted['version']} accepted; expires {accepted['expires']}")
+    out.print(f"devices pin it with repository_root = {keys / ROOT} (copy it to the device image)")
+    out.print(f"  or repository_root_sha256 = {root_digest(signed.to_bytes())}")

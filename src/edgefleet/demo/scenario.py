@@ -294,6 +294,7 @@ class Demo:
                 f'hub_url = "{self.env["EDGEFLEET_HUB"]}"\nca = "{self.env["EDGEFLEET_CA"]}"\n'
                 f'enrollment_token = "{token}"\ndata_dir = "{self.root / name}"\nengine = "unix://{socket_path}"\n'
                 f'policy = "{policy}"\narch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}{self.run_id}"\n'
+                f'repository_root = "{self.root / "publisher-keys" / "repository" / "root.json"}"\n'
             )
             self.report(Command(f"edgefleet agent run --config DIR/{name}.toml   # a real agent on Podman"))
             self.children.start(

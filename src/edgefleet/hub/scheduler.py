@@ -4,7 +4,8 @@ A pass reads every accepted device, so its cost grows with the fleet. The thread
 `rollout_interval_seconds` between passes, or four times as long as the last pass took when
 that is longer (the scheduler uses at most about a fifth of one core). When no deployment
 is active (only completed or paused ones, which just take in newcomers), it runs a pass
-every `IDLE_SECONDS`.
+every `IDLE_SECONDS`. At that pace it also forgets spent device tokens that have expired
+(`devices.forget_expired_tokens`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubError
-from edgefleet.hub.services import rollouts
+from edgefleet.hub.services import devices, rollouts
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,14 @@ class Scheduler:
 
     def _run(self) -> None:
         interval = self._hub.settings.rollout_interval_seconds
-        last_pass = float("-inf")
+        last_pass = last_prune = float("-inf")
         while not self._stop.is_set():
             started = time.monotonic()
             took = 0.0
             try:
+                if started - last_prune >= IDLE_SECONDS:
+                    last_prune = started
+                    devices.forget_expired_tokens(self._hub)
                 if rollouts.active(self._hub) or started - last_pass >= IDLE_SECONDS:
                     rollouts.tick(self._hub)
                     last_pass = started

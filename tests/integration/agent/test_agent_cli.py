@@ -45,6 +45,7 @@ def test_agent_run_once_then_plan(
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{tmp_path / "dev"}"\n'
         f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+        f'repository_root = "{keys / "repository" / "root.json"}"\n'
     )
 
     first = agent("run", "--config", str(config), "--once")
@@ -80,3 +81,40 @@ def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:
     assert "hub_url" in result.stderr
     missing = agent("run", "--config", str(tmp_path / "none.toml"))
     assert missing.returncode == 2
+
+
+def test_a_first_start_needs_the_image_root_pinned(hub: RunningHub, tmp_path: Path, podman_socket: str) -> None:
+    keys = tmp_path / "keys"
+    assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
+    initialised = hub.cli("repo", "init", "--keys", str(keys))
+    digest = json.loads(edgefleet("keys", "root-digest", "--dir", str(keys), "--json").stdout)["sha256"]
+    assert f"repository_root_sha256 = {digest}" in initialised.stdout
+    token = json.loads(hub.cli("token", "create", "--fleet", "lab", "--uses", "3", "--json").stdout)["token"]
+    (tmp_path / "policy.toml").write_text('allow = ["network"]\n')
+
+    def run(name: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{tmp_path / name}"\n'
+            f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+        )
+        return agent("run", "--config", str(config), "--once", *flags)
+
+    def image_root(index: int) -> str:
+        devices = sorted(json.loads(hub.cli("device", "list", "--json").stdout), key=lambda d: d["enrolled_at"])
+        shown = hub.cli("device", "show", devices[index]["id"]).stdout
+        return next(line for line in shown.splitlines() if line.startswith("image root:"))
+
+    refused = run("unpinned")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: cannot start: no pinned image-repository root")
+    assert json.loads(hub.cli("device", "list", "--json").stdout) == []  # the enrollment token is not spent
+
+    assert run("by-digest", "--repository-root-sha256", digest).returncode == 0
+    assert "image root:" in image_root(0)
+    assert "pinned (the publisher's root" in image_root(0)
+    assert run("on-trust", "--trust-first-root").returncode == 0
+    assert "NOT PINNED" in image_root(1)
+    other = run("wrong-digest", "--repository-root-sha256", "0" * 64)
+    assert other.returncode == 2
+    assert "none of the hub's 1 image-repository root versions has the pinned digest" in other.stderr

@@ -301,3 +301,46 @@ def test_after_a_commit_only_the_running_and_the_previous_release_are_kept(
     wait_running(agent.engine, app, 2)
     assert {c.labels["io.edgefleet.release"] for c in containers(agent.engine, app).values()} == {"1.1.0"}
     assert present() == {"1.1.0", "1.2.0"}
+
+
+def test_the_release_floor_outlives_unassignment_and_restarts(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str
+) -> None:
+    app = app_name(apps, "plant")
+    device = agent.identity.device_id
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        publisher.publish(app, version, text=app_text(app, version, busybox))
+    assert assign(fleet, device, f"{app}@3.0.0").status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)
+    assert agent.state.apps[app].release_counter == 3
+
+    # The app leaves the director's targets: the device stops it and drops its installed record...
+    with fleet.hub.store.transaction() as tx:
+        tx.delete_assignment(device, app)
+    agent.cycle()
+    assert app not in agent.state.apps
+    assert containers(agent.engine, app) == {}
+
+    # ...and the outside review's attack: the older release assigned anew, without the rollback mark.
+    assert assign(fleet, device, f"{app}@1.0.0").json()["rollback"] is False
+    for current in (agent, replace_agent(agent)):  # the floor is on disk: a restarted agent keeps it
+        current.cycle()
+        assert app not in current.state.apps
+        assert containers(current.engine, app) == {}
+        assert "release_rollback" in (current.last_error or "")
+        assert "(counter 1) is older than the last release installed here (counter 3)" in (current.last_error or "")
+    assert "release_rollback" in twin(fleet, device)["last_error"]
+
+    # With the director's signed mark, asked for explicitly, the operator's rollback installs.
+    marked = assign(fleet, device, f"{app}@1.0.0", rollback=True)
+    assert (marked.status_code, marked.json()["rollback"]) == (200, True)
+    restarted = replace_agent(agent)
+    restarted.cycle()
+    wait_running(restarted.engine, app, 2)
+    assert restarted.state.apps[app].version == "1.0.0"
+    # A signed rollback lowers the floor to what runs now: 2.0.0 is an ordinary update from there.
+    assert assign(fleet, device, f"{app}@2.0.0").json()["rollback"] is False
+    restarted.cycle()
+    wait_running(restarted.engine, app, 2)
+    assert restarted.state.apps[app].version == "2.0.0"

@@ -102,6 +102,7 @@ def device(tmp_path: Path, podman_socket: str, published: Published, apps: list[
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{data_dir}"\n'
         f'engine = "{podman_socket}"\npolicy = "{published.root / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+        f'repository_root = "{published.root / "keys" / "repository" / "root.json"}"\n'
     )
     made = Device(hub, config, data_dir, published.app, "")
     enrolled = made.run("--once")

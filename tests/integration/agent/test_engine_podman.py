@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import docker
@@ -12,10 +13,12 @@ import pytest
 
 from edgefleet.agent.engine.docker import MANAGED, DockerEngine
 from edgefleet.agent.errors import EngineError
+from edgefleet.agent.hostpaths import protected_paths
+from edgefleet.agent.plan import CreateContainer
 from edgefleet.agent.policy import Policy, parse_policy
 from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
-from edgefleet.agent.spec import HostFacts
-from edgefleet.manifest import Release, parse_manifest
+from edgefleet.agent.spec import HostFacts, release_specs
+from edgefleet.manifest import Permission, Release, parse_manifest
 from edgefleet.publisher.registry import RegistryClient
 from tests.integration.agent.conftest import PODMAN, app_name, push_busybox
 from tests.integration.registry.conftest import Registry
@@ -259,3 +262,70 @@ def test_a_network_the_agent_did_not_make_is_never_adopted(engine: DockerEngine,
         assert containers(engine, app) == {}
     finally:
         squatter.remove()
+
+
+def slipped_through(release: Release, *permissions: str) -> Release:
+    """`release` as if its manifest had passed a parser that let these host paths through (a signed
+    manifest, a release installed before this agent's upgrade): built without `parse_permission`."""
+    service = release.services[-1]
+    granted = tuple(Permission(*text.split(":", 1)) for text in permissions)
+    changed = replace(service, policy=service.policy.model_copy(update={"permissions": granted}))
+    return replace(release, services=(*release.services[:-1], changed))
+
+
+ALLOW_HOST_PATHS = parse_policy('allow = ["network", "host-read:*", "host-write:*"]')
+
+
+@pytest.mark.parametrize("permission", ["host-read://etc", "host-write://", "host-write:/var/lib/containers/"])
+def test_the_agent_refuses_a_denied_host_path_a_signed_manifest_names(
+    engine: DockerEngine, apps: list[str], busybox: str, permission: str
+) -> None:
+    # The outside review's attack: the policy allows host-read:*, and the release names a spelling of
+    # a denied path. The agent refuses it when it plans, whatever the manifest's signature...
+    app = app_name(apps, "escape")
+    evil = slipped_through(manifest(app, busybox), permission)
+    with pytest.raises(PermissionRefusedError, match="cannot be shared"):
+        reconcile(engine, desired(evil, policy=ALLOW_HOST_PATHS))
+    # ...and the engine adapter again right before the container would be made with the mount.
+    spec = release_specs(evil, facts=HostFacts())[-1]
+    with pytest.raises(EngineError, match="host path refused") as refused:
+        engine.execute(CreateContainer(spec.target()), {(app, spec.service): spec})
+    assert not refused.value.retryable
+    assert containers(engine, app) == {}
+
+
+def test_host_paths_are_checked_where_they_lead_and_against_the_agents_own(
+    engine: DockerEngine, apps: list[str], busybox: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello").write_text("from the host\n")
+    (tmp_path / "config").symlink_to("/etc")
+    agent_state = tmp_path / "agent"
+    agent_state.mkdir()
+    own = DockerEngine(engine.base_url, owner=engine.owner, protected=protected_paths([agent_state]))
+    root = engine.client.info()["DockerRootDir"]
+    socket = engine.base_url.removeprefix("unix://")
+    try:
+        for path, why in [
+            (tmp_path / "config", "leads to /etc"),
+            (agent_state / "tuf", "edgefleet's state"),
+            (Path(root) / "volumes", "edgefleet's state"),
+            (Path(socket).parent, "edgefleet's state"),
+        ]:
+            app = app_name(apps, "paths")
+            release = slipped_through(manifest(app, busybox), f"host-read:{path}")
+            spec = release_specs(release, facts=HostFacts())[-1]
+            with pytest.raises(EngineError, match=why):
+                own.execute(CreateContainer(spec.target()), {(app, spec.service): spec})
+            assert containers(engine, app) == {}
+        # A path the device may share is mounted read-only where the release asked.
+        app = app_name(apps, "paths")
+        fine = manifest(app, busybox, permissions=f'["host-read:/{shared}/./"]')
+        reconcile(own, desired(fine, policy=ALLOW_HOST_PATHS))
+        wait_running(own, app, 2)
+        web = containers(own, app)["web"]
+        assert sh(web, f"cat {shared}/hello") == (0, "from the host\n")
+        assert sh(web, f"touch {shared}/new")[0] != 0
+    finally:
+        own.close()

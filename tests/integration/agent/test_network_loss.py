@@ -200,6 +200,7 @@ def device(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{data_dir}"\n'
         f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\n'
         "poll_wait = 1\nrequest_timeout = 3\nbackoff_initial = 0.2\nbackoff_max = 1\n"
+        f'repository_root = "{keys / "repository" / "root.json"}"\n'
     )
     made = IsolatedDevice(hub, link, config, data_dir, app, tmp_path / "agent.log")
     made.start()

@@ -48,6 +48,7 @@ def start_agent(hub: RunningHub, tmp_path: Path, name: str, token: str, podman_s
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\n'
         f'data_dir = "{tmp_path / name}"\nengine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\n'
         f'arch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}"\n'
+        f'repository_root = "{tmp_path / "keys" / "repository" / "root.json"}"\n'
     )
     return subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli.main", "agent", "run", "--config", str(config)],

@@ -17,7 +17,9 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from edgefleet.agent.errors import UpdateRefusedError
+from edgefleet.hub.artifacts import ArtifactStore
 from edgefleet.publisher.keys import load_signers
+from edgefleet.releases import DEVICE_FIELD
 from tests.conftest import Fleet
 from tests.publishing import Device, Publisher, Tamper, assign, endless, resign
 
@@ -38,8 +40,10 @@ def device(fleet: Fleet, publisher: Publisher, tmp_path: Path) -> Device:
     return device
 
 
-def refused(device: Device, reason: str, rules: dict[str, Callable[[bytes], Any]], **kwargs: Any) -> Tamper:
-    tamper = Tamper(device.fleet.device_client().fetcher(device.identity), rules)
+def refused(
+    device: Device, reason: str, rules: dict[str, Callable[[bytes], Any]], *, replay: bool = False, **kwargs: Any
+) -> Tamper:
+    tamper = Tamper(device.fleet.device_client().fetcher(device.identity), rules, replay=replay)
     before = device.installed_files()
     with pytest.raises(UpdateRefusedError) as caught:
         device.update("sensor", fetcher=tamper, **kwargs)
@@ -69,6 +73,20 @@ def test_tampered_manifest(device: Device) -> None:
 
 def test_artifact_longer_than_signed(device: Device) -> None:
     refused(device, "too_large", {BUNDLE_URL: endless})
+
+
+def test_an_artifact_refused_for_its_length_leaves_no_partial_file(device: Device, fleet: Fleet) -> None:
+    # The hub (compromised, or its disk) serves a bundle longer than signed, on the agent's resumable fetcher.
+    release = fleet.call("GET", "/repository/releases").json()[0]
+    for digest in release["artifacts"][1:]:
+        with ArtifactStore(fleet.hub.settings.artifacts_path()).path(digest).open("ab") as artifact:
+            artifact.write(b"x" * 256 * 1024)
+    partial = device.state / "partial"
+    fetcher = fleet.device_client().fetcher(device.identity, partial_dir=partial)
+    with pytest.raises(UpdateRefusedError) as refused:
+        device.update("sensor", fetcher=fetcher)
+    assert refused.value.reason == "too_large"
+    assert list(partial.iterdir()) == []  # at the refusal, not at the next attempt
 
 
 def test_metadata_larger_than_its_bound(device: Device) -> None:
@@ -170,6 +188,38 @@ def test_another_devices_director_metadata(device: Device, fleet: Fleet, tmp_pat
     refused(device, "wrong_device", {r"/tuf/director/\d+\.targets\.json$": lambda _d: theirs.content})
 
 
+def test_another_devices_newer_director_metadata_never_jams_the_device(
+    device: Device, publisher: Publisher, fleet: Fleet, tmp_path: Path
+) -> None:
+    assert device.update("sensor").version == "1.0.0"
+    trusted = device.trust.metadata_dir("director") / "targets.json"
+    before = trusted.read_bytes()
+    # The other device's director metadata is at higher versions than this device's own...
+    publisher.publish("sensor", "1.1.0")
+    other = Device.enroll(fleet, tmp_path)
+    for version in ("1.0.0", "1.1.0", "1.0.0", "1.1.0"):
+        assert assign(fleet, other.id, f"sensor@{version}", rollback=True).status_code == 200
+        fleet.device_call(other.identity, "GET", "/tuf/director/timestamp.json")  # signed when asked for
+    theirs = {
+        role: fleet.device_call(other.identity, "GET", f"/tuf/director/{role}.json").content
+        for role in ("timestamp", "snapshot", "targets")
+    }
+    ours = json.loads(fleet.device_call(device.identity, "GET", "/tuf/director/targets.json").content)
+    assert json.loads(theirs["targets"])["signed"]["version"] > ours["signed"]["version"]
+    # ...all validly signed by the director: a replay of them is refused for what it says...
+    refused(
+        device,
+        "wrong_device",
+        {rf"/tuf/director/(\d+\.)?{role}\.json$": lambda _d, role=role: theirs[role] for role in theirs},
+        replay=True,
+    )
+    # ...and none of it was kept: the device goes on with its own, lower versions.
+    assert trusted.read_bytes() == before
+    assert json.loads(before)["signed"][DEVICE_FIELD] == device.id
+    assert assign(fleet, device.id, "sensor@1.1.0").status_code == 200
+    assert device.update("sensor").version == "1.1.0"
+
+
 def test_director_metadata_is_served_only_to_its_device(device: Device, fleet: Fleet) -> None:
     response = fleet.call("GET", "/tuf/director/timestamp.json")  # an operator token
     assert response.status_code == 401
@@ -204,3 +254,27 @@ def test_rollback_marked_by_the_director_is_accepted(device: Device, publisher: 
     assert response.json()["rollback"] is True
     release = device.update("sensor", installed=2)
     assert (release.version, release.rollback) == ("1.0.0", True)
+
+
+HOST_PATH_ESCAPES = ("host-read://etc", "host-write://", "host-write:/./var/spool/cron/", "host-read:/var")
+
+
+@pytest.mark.parametrize("permission", HOST_PATH_ESCAPES)
+def test_a_signed_release_sharing_a_denied_host_path_is_refused_by_the_hub(
+    fleet: Fleet, publisher: Publisher, permission: str
+) -> None:
+    # A publisher tool that let the spelling through (or one that never checked) signs it all the same.
+    build = publisher.build("sensor", "2.0.0")
+    manifest = (build / "compose.yaml").read_text()
+    (build / "compose.yaml").write_text(
+        manifest.replace("pids: 64}", f'pids: 64}}\n      permissions: ["{permission}"]')
+    )
+    assert permission in (build / "compose.yaml").read_text()
+    targets = publisher.sign(build)
+    publisher.upload(build)
+    before = fleet.counts()
+    response = publisher.push_targets(targets)
+    assert (response.status_code, response.json()["code"]) == (409, "targets_rejected"), response.text
+    assert "cannot be shared" in response.json()["message"]
+    assert fleet.counts() == {**before, "audit_log": before["audit_log"] + 1}
+    assert fleet.call("GET", "/repository/releases").json() == []

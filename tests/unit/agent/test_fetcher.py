@@ -105,6 +105,25 @@ def test_a_download_given_up_resumes_on_the_next_attempt_from_what_was_kept(serv
     assert list(partial.iterdir()) == []  # nothing kept once complete
 
 
+def test_a_download_refused_for_its_length_keeps_nothing(server: str, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, partial_dir=partial)
+        with pytest.raises(DownloadLengthMismatchError) as refused:
+            fetcher.download_bytes(f"{server}/targets/blob", 1000)
+        # The refusal is still being handled (its traceback holds the open download): nothing kept even so.
+        fetcher.discard_unfinished()
+        assert list(partial.iterdir()) == []
+        del refused
+        assert list(partial.iterdir()) == []
+        # A reader that just drops the download (no discard) loses the partial when the download closes.
+        chunks = fetcher.fetch(f"{server}/targets/blob")
+        next(chunks)
+        assert len(list(partial.iterdir())) == 1
+        chunks.close()
+        assert list(partial.iterdir()) == []
+
+
 def test_a_kept_partial_survives_an_attempt_that_cannot_connect(tmp_path) -> None:
     partial = tmp_path / "partial"
     url = "http://127.0.0.1:9/targets/blob"  # nothing listens: the link is still down

@@ -74,6 +74,17 @@ def test_build_needs_architectures_and_a_valid_manifest(tmp_path: Path) -> None:
         build(source, tmp_path / "out")
 
 
+@pytest.mark.parametrize("permission", ["host-read://etc", "host-write://", "host-write:/var/spool/cron/."])
+def test_build_refuses_every_spelling_of_a_denied_host_path(tmp_path: Path, permission: str) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    text = compose().replace("pids: 64}", f'pids: 64}}\n      permissions: ["{permission}"]')
+    (source / "compose.yaml").write_text(text)
+    with pytest.raises(BuildError, match="cannot be shared"):
+        build(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_failed_export_leaves_no_build(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()

@@ -33,6 +33,7 @@ from docker.types import EndpointConfig, LogConfig, Mount, Ulimit
 
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth
+from edgefleet.agent.hostpaths import bind_problem, protected_paths
 from edgefleet.agent.plan import (
     CreateContainer,
     CreateNetwork,
@@ -46,7 +47,7 @@ from edgefleet.agent.plan import (
     Step,
     StopContainer,
 )
-from edgefleet.agent.spec import LOG_MAX_FILES, LOG_MAX_SIZE, NOFILE, TMPFS, ContainerSpec
+from edgefleet.agent.spec import INTERFACE_BINDS, LOG_MAX_FILES, LOG_MAX_SIZE, NOFILE, TMPFS, ContainerSpec
 
 log = logging.getLogger(__name__)
 MANAGED = "io.edgefleet.managed"
@@ -119,7 +120,10 @@ class DockerEngine:
     """Prefixes the names of what it creates, so several agents can share one engine ("": none)."""
     bundles: dict[str, Path] = field(default_factory=dict)
     """Image (name@sha256:...) -> a verified OCI archive to load instead of pulling."""
+    protected: tuple[str, ...] = ()
+    """The agent's own paths (`agent.hostpaths.protected_paths`): never bind-mounted into a container."""
     _client: docker.DockerClient | None = None
+    _engine_paths: tuple[str, ...] | None = None
 
     @property
     def _labels(self) -> dict[str, str]:
@@ -389,7 +393,32 @@ class DockerEngine:
         if not self._has_image(image):
             raise EngineError(f"{image} is not present by its digest after fetching it", retryable=False)
 
+    def _own_paths(self) -> tuple[str, ...]:
+        """The agent's paths, and this engine's socket and data root (asked once)."""
+        if self._engine_paths is None:
+            with _converted("engine info"):
+                root = str(self.client.info().get("DockerRootDir") or "")
+            socket = self.base_url.removeprefix("unix://") if self.base_url.startswith("unix://") else None
+            self._engine_paths = protected_paths([socket, root or None])
+        return (*self.protected, *self._engine_paths)
+
+    def _check_binds(self, spec: ContainerSpec) -> None:
+        """Refuse, before anything is created, a host path the device never shares (however the release got here).
+
+        Raises:
+            EngineError: not retryable; names the path and why.
+        """
+        for mount in spec.mounts:
+            if mount.kind != "bind" or mount in INTERFACE_BINDS.values():
+                continue
+            problem = bind_problem(mount.source, protected=self._own_paths())
+            if problem is None and mount.target != mount.source:
+                problem = f"{mount.source} would be mounted at {mount.target}; host paths keep their place"
+            if problem is not None:
+                raise EngineError(f"{spec.app}/{spec.service}: host path refused: {problem}", retryable=False)
+
     def _create(self, spec: ContainerSpec) -> None:
+        self._check_binds(spec)
         internal = self._ensure_network(spec.app, egress=False)
         egress = self._ensure_network(spec.app, egress=True) if spec.egress else None
         mounts = [

@@ -289,3 +289,13 @@ class WebSessionRow(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeviceTokenUseRow(Base):
+    """A device token that already made a change (`hub.db.token_uses`): kept until the token expires."""
+
+    __tablename__ = "device_token_uses"
+
+    device_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgefleet import crypto
 from edgefleet.errors import CryptoError
 from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Tx
+from edgefleet.hub.db.token_uses import TokenUses
 from edgefleet.hub.errors import AuthenticationError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from edgefleet.hub.records import Device
 from edgefleet.hub.services.audit import record, refusals_audited
@@ -30,15 +32,40 @@ from edgefleet.protocol import MAX_REPORTED_BYTES, DeviceIdentity
 LAST_SEEN_GRANULARITY = timedelta(seconds=30)
 
 
+MAX_JTI = 64
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceCaller:
     """An authenticated device request."""
 
     device: Device
+    jti: str | None = None
+    """The token's id: each token may make one change (`claim_token`)."""
+    token_expires: datetime | None = None
 
     @property
     def actor(self) -> str:
         return f"device:{self.device.id}"
+
+
+def forget_expired_tokens(hub: Hub) -> int:
+    """Drop the records of spent device tokens that have expired (of devices that went quiet too)."""
+    with hub.store.transaction() as tx:
+        return TokenUses(tx).prune(now=hub.clock())
+
+
+def claim_token(hub: Hub, tx: Tx, caller: DeviceCaller) -> None:
+    """Spend the caller's token on the change `tx` makes: a token replayed to any hub process is refused.
+
+    Raises:
+        AuthenticationError: the token has no usable `jti`, or it already made a change.
+    """
+    if caller.jti is None or caller.token_expires is None:
+        raise AuthenticationError("token_id_required", "a device token that makes a change needs a jti claim")
+    fresh = TokenUses(tx).claim(caller.device.id, caller.jti, expires_at=caller.token_expires, now=hub.clock())
+    if not fresh:
+        raise AuthenticationError("token_replayed", "this device token was already used for a change; send a new one")
 
 
 def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> DeviceCaller:
@@ -63,7 +90,7 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
         if device is None:
             raise AuthenticationError("invalid_device_token", "device token signature or claims invalid")
         try:
-            crypto.verify_device_token(
+            claims = crypto.verify_device_token(
                 bearer,
                 crypto.load_public_key(device.public_key_pem),
                 device_id=device.id,
@@ -85,7 +112,12 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
         # Written at most every LAST_SEEN_GRANULARITY, in its own short transaction.
         with hub.store.transaction() as tx:
             device = tx.update_device(device.id, last_seen_at=now)
-    return DeviceCaller(device=device)
+    jti = claims.get("jti")
+    return DeviceCaller(
+        device=device,
+        jti=jti if isinstance(jti, str) and 0 < len(jti) <= MAX_JTI else None,
+        token_expires=datetime.fromtimestamp(int(claims["exp"]), UTC) + hub.settings.clock_leeway,
+    )
 
 
 # --- the device's own view ---------------------------------------------------------------
@@ -123,6 +155,7 @@ def renew_certificate(hub: Hub, caller: DeviceCaller, *, csr: str, key_change_pr
             current = tx.get_device(device.id, for_update=True)
             if current is None or current.status != "accepted" or current.key_fingerprint != device.key_fingerprint:
                 raise ConflictError("device_changed", "the device was revoked or re-keyed meanwhile")
+            claim_token(hub, tx, caller)
             ensure_key_unused(tx, fingerprint, except_device=device.id)
             updated = tx.update_device(
                 device.id,
@@ -181,6 +214,7 @@ def update_reported(hub: Hub, caller: DeviceCaller | Operator, device_id: str, p
         current = tx.get_device(device_id, for_update=True)
         if current is None or current.status != "accepted":
             raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
+        claim_token(hub, tx, caller)
         merged = {**current.reported, **properties}
         merged = {key: value for key, value in merged.items() if value is not None}
         if len(merged) > 64 or len(json.dumps(merged)) > MAX_REPORTED_BYTES:

@@ -86,7 +86,9 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             app=app,
             version=version,
             release_counter=release.release_counter,
-            rollback=older,
+            # Asked for explicitly, the mark is signed even when the hub sees nothing newer assigned:
+            # the device remembers releases it ran before the app was unassigned, and needs it then.
+            rollback=older or rollback,
             assigned_by=operator.actor,
             assigned_at=hub.clock(),
             retry=0 if previous is None else previous.retry,  # never decreases: the agent compares generations
@@ -101,7 +103,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             detail={
                 "app": app,
                 "version": version,
-                "rollback": older,
+                "rollback": older or rollback,
                 "previous": None if previous is None else previous.version,
             },
         )

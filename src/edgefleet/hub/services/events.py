@@ -15,7 +15,7 @@ from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import ForbiddenError
 from edgefleet.hub.records import UpdateOutcome
 from edgefleet.hub.services.audit import record
-from edgefleet.hub.services.devices import DeviceCaller
+from edgefleet.hub.services.devices import DeviceCaller, claim_token
 from edgefleet.protocol import DeviceEvent, DeviceEvents, EventsAck
 
 
@@ -65,6 +65,7 @@ def record_events(hub: Hub, caller: DeviceCaller, batch: DeviceEvents) -> Events
         device = tx.get_device(device_id, for_update=True)
         if device is None or device.status != "accepted":
             raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
+        claim_token(hub, tx, caller)
         acknowledged = tx.events_acknowledged(device_id)
         fresh = [event for event in batch.events if event.seq > acknowledged]
         if batch.dropped and (fresh or not batch.events):

@@ -1,0 +1,46 @@
+"""Queries on the device tokens that made a change (the `device_token_uses` table), over an open `Tx`.
+
+A device's token may carry one change (a report, events, a certificate renewal): its `jti` is
+claimed in the transaction that makes the change, so a replay of the token, to any hub process,
+finds it claimed. Rows go once their token has expired (a token past its expiry is refused
+anyway): a device's own on each claim, everybody's in `prune`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from edgefleet.hub.db.models import DeviceTokenUseRow
+from edgefleet.hub.db.store import Tx
+
+
+class TokenUses:
+    """The token-use queries of one transaction."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._s = tx._s  # the transaction's own session (same package)
+
+    def claim(self, device_id: str, jti: str, *, expires_at: datetime, now: datetime) -> bool:
+        """Record that the token `jti` of the device made a change; False when it already had.
+
+        A False leaves the transaction unusable on PostgreSQL: the caller raises.
+        """
+        self._s.execute(
+            delete(DeviceTokenUseRow).where(
+                DeviceTokenUseRow.device_id == device_id, DeviceTokenUseRow.expires_at < now
+            )
+        )
+        self._s.add(DeviceTokenUseRow(device_id=device_id, jti=jti, expires_at=expires_at))
+        try:
+            self._s.flush()
+        except IntegrityError:
+            return False
+        return True
+
+    def prune(self, *, now: datetime) -> int:
+        """Forget every token that has expired; returns how many."""
+        result = self._s.execute(delete(DeviceTokenUseRow).where(DeviceTokenUseRow.expires_at < now))
+        return int(getattr(result, "rowcount", 0) or 0)

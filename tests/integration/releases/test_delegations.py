@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.agent.errors import UpdateRefusedError
@@ -24,7 +25,7 @@ from edgefleet.publisher.keys import load_signers
 from edgefleet.publisher.state import load_targets
 from edgefleet.releases import CUSTOM_KEY, ManifestTarget
 from tests.conftest import Fleet
-from tests.publishing import Device, Publisher, assign, compose
+from tests.publishing import Device, Publisher, Tamper, assign, compose, resign
 
 
 @pytest.fixture
@@ -243,3 +244,27 @@ def test_a_team_with_a_threshold_and_a_redelegation_to_new_keys(fleet: Fleet, pu
     newcomer = Publisher.team(fleet, tmp_path / "new", "sensor-team")
     assert publisher.delegate(newcomer, "sensor").status_code == 201
     assert releases(fleet)["sensor@1.0.0"] == ("sensor-team", False)
+
+
+def test_a_director_that_delegates_is_refused(fleet: Fleet, publisher: Publisher, team: Publisher, tmp_path):
+    """The director's targets never delegate: a compromised hub cannot hand a device's assignment to another key."""
+    team.publish("sensor", "1.0.0")
+    device = Device.enroll(fleet, tmp_path)
+    assert assign(fleet, device.id, "sensor@1.0.0").status_code == 200
+    director_key = fleet.hub.keys.online_signers["director"]
+    stranger = CryptoSigner.generate_ed25519()
+
+    def delegating(signed: dict[str, Any]) -> None:
+        role = {"name": "elsewhere", "keyids": [stranger.public_key.keyid], "threshold": 1, "terminating": True}
+        signed["delegations"] = {
+            "keys": {stranger.public_key.keyid: stranger.public_key.to_dict()},
+            "roles": [{**role, "paths": ["*/*/*"]}],
+        }
+
+    rules = {r"/tuf/director/\d+\.targets\.json$": lambda d: resign(d, director_key, delegating)}
+    tamper = Tamper(fleet.device_client().fetcher(device.identity), rules)
+    with pytest.raises(UpdateRefusedError) as refused:
+        device.update("sensor", fetcher=tamper)
+    assert (refused.value.reason, refused.value.message) == ("metadata", "the director's targets must not delegate")
+    assert tamper.hits
+    assert device.installed_files() == []

@@ -16,7 +16,7 @@ import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,10 @@ class RunningHub:
     data_dir: Path
     database_url: str | None
     process: subprocess.Popen[str]
+    argv: list[str] = field(default_factory=list)
+    """How `hub serve` was started: `restart` starts it again the same way."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
 
     def env(self, token: str | None = None) -> dict[str, str]:
         return {"EDGEFLEET_HUB": self.url, "EDGEFLEET_CA": str(self.ca), "EDGEFLEET_TOKEN": token or self.admin_token}
@@ -153,6 +157,21 @@ class RunningHub:
     def terminal(self, *args: str) -> tuple[int, str]:
         """The CLI against this hub on a pseudo-terminal: (exit code, everything it drew)."""
         return in_terminal(*args, env=self.env())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop the hub process and serve the same data dir and database again (on the same address)."""
+        self.stop()
+        assert self.log is not None
+        self.process = _serve(self.argv, self.extra_env, self.log)
+        _wait_until_serving(self.url, self.ca, self.process, self.log)
 
 
 def _fresh_postgres() -> Iterator[str]:
@@ -168,6 +187,26 @@ def _fresh_postgres() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _serve(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    with log.open("a") as output:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+
+
+def _wait_until_serving(url: str, ca: Path, process: subprocess.Popen[str], log: Path) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"hub did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 def start_hub(
     tmp_path: Path, database_url: str | None, env: dict[str, str] | None = None, *, bind: str = "127.0.0.1"
 ) -> Iterator[RunningHub]:
@@ -179,54 +218,29 @@ def start_hub(
     assert init.returncode == 0, init.stderr
     token = next(line.split()[-1] for line in init.stdout.splitlines() if line.startswith("admin token:"))
     port = free_port()
-    log = (tmp_path / "hub.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgefleet.cli.main",
-            "hub",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--bind",
-            f"{bind}:{port}",
-            *db_args,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+    log = tmp_path / "hub.log"
+    argv = [
+        *(sys.executable, "-m", "edgefleet.cli.main", "hub", "serve"),
+        *("--data-dir", str(data_dir), "--bind", f"{bind}:{port}", *db_args),
+    ]
     url = f"https://{bind}:{port}"
-    context = ssl.create_default_context(cafile=str(data_dir / "ca.crt"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"hub did not start:\n{(tmp_path / 'hub.log').read_text()}")
-        time.sleep(0.1)
+    process = _serve(argv, env or {}, log)
+    _wait_until_serving(url, data_dir / "ca.crt", process, log)
+    hub = RunningHub(
+        url=url,
+        ca=data_dir / "ca.crt",
+        admin_token=token,
+        data_dir=data_dir,
+        database_url=database_url,
+        process=process,
+        argv=argv,
+        extra_env=env or {},
+        log=log,
+    )
     try:
-        yield RunningHub(
-            url=url,
-            ca=data_dir / "ca.crt",
-            admin_token=token,
-            data_dir=data_dir,
-            database_url=database_url,
-            process=process,
-        )
+        yield hub
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        hub.stop()
 
 
 @pytest.fixture(params=backends())

@@ -1,4 +1,4 @@
-"""`edgefleet hub init|serve|up`: create a hub's data dir and run the hub over HTTPS."""
+"""`edgefleet hub init|serve|up|keys rotate`: create a hub's data dir, run the hub over HTTPS, rotate its keys."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, err, out
+from edgefleet.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, JsonFlag, err, out, print_json
+from edgefleet.hub.datadir import ONLINE_ROLES
 from edgefleet.hub.errors import HubError
 from edgefleet.hub.lifecycle import InitResult, init_hub, serve
+from edgefleet.hub.rotation import rotate_keys
 from edgefleet.hub.settings import HubSettings
 
 app = typer.Typer(help="Create and run a hub.", no_args_is_help=True)
+keys_app = typer.Typer(help="The hub's online signing keys (director, snapshot, timestamp).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Hub data dir (keys, certificates, SQLite store)")]
 DatabaseUrl = Annotated[
@@ -99,3 +103,53 @@ def up_command(
     )
     out.print("stop with Ctrl-C")
     _serve(settings, bind)
+
+
+@keys_app.command("rotate")
+def keys_rotate_command(
+    data_dir: DataDir,
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="director, snapshot or timestamp (repeatable)")
+    ] = None,
+    all_roles: Annotated[bool, typer.Option("--all", help="Rotate all three")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Replace online signing keys in the data dir (offline); the old ones move to keys/retired/.
+
+    Every hub process using the data dir must be restarted to load the new keys. The director
+    root is then rotated by the hub itself; for snapshot and timestamp the publisher runs
+    `edgefleet repo rotate-online-keys`, and until then the hub keeps signing with the old keys.
+    """
+    if bool(role) == all_roles:
+        raise CliError(
+            "give --role (once per role) or --all", exit_code=EXIT_USAGE, hint="e.g. --role snapshot --role timestamp"
+        )
+    roles = list(ONLINE_ROLES) if all_roles else list(role or ())
+    unknown = sorted(set(roles) - set(ONLINE_ROLES))
+    if unknown:
+        raise CliError(f"unknown role {unknown[0]!r}", exit_code=EXIT_USAGE, hint="use director, snapshot or timestamp")
+    try:
+        done = rotate_keys(data_dir.resolve(), roles)
+    except HubError as exc:
+        raise CliError(exc.message, exit_code=EXIT_UNAVAILABLE) from exc
+    if json_out:
+        print_json(
+            {
+                "resumed": done.resumed,
+                "keys": [{"role": k.role, "keyid": k.keyid, "retired_keyid": k.retired_keyid} for k in done.keys],
+            }
+        )
+    else:
+        if done.resumed:
+            err.print("Finished a rotation an earlier run had started.")
+        for key in done.keys:
+            out.print(f"{key.role + ':':10} new key {key.keyid}  (replaced {key.retired_keyid}, kept in keys/retired/)")
+    rotated = {key.role for key in done.keys}
+    err.print("Next: restart every hub process that uses this data dir (all replicas) to load the new keys.")
+    if rotated & {"snapshot", "timestamp"}:
+        err.print(
+            "Then the publisher names the new keys in the image repository's root: "
+            "edgefleet repo rotate-online-keys --keys KEYS (until then the hub signs with the old ones)."
+        )
+    if "director" in rotated:
+        err.print("The restarted hub signs the next director root with the old and the new director key by itself.")

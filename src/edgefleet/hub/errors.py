@@ -10,6 +10,7 @@ Tree::
      ├── NotFoundError          404
      ├── ConflictError          409  the request contradicts current state (name taken, already decided)
      ├── PayloadTooLargeError   413  a streamed upload passed its bound
+     ├── UnavailableError       503  this process cannot do it now (its keys are older than the roots)
      └── HubConfigError         --   the data dir or database is unusable (start-up only, never HTTP)
 """
 
@@ -67,6 +68,12 @@ class PayloadTooLargeError(HubError):
     """A streamed body (an artifact upload) passed its bound."""
 
     status = 413
+
+
+class UnavailableError(HubError):
+    """The request cannot be served by this process now, through no fault of the caller; another may, or later."""
+
+    status = 503
 
 
 class HubConfigError(HubError):

@@ -14,8 +14,9 @@ from edgefleet.hub.context import Clock, Hub, utc_now
 from edgefleet.hub.datadir import init_data_dir, load_keys
 from edgefleet.hub.db import Store
 from edgefleet.hub.db.migrate import upgrade
-from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.errors import HubConfigError, UnavailableError
 from edgefleet.hub.scheduler import Scheduler
+from edgefleet.hub.services import director, online_keys
 from edgefleet.hub.services.operators import bootstrap_admin
 from edgefleet.hub.settings import HubSettings
 
@@ -31,12 +32,29 @@ class InitResult:
 
 
 def open_hub(settings: HubSettings, *, clock: Clock = utc_now, migrate: bool = True) -> Hub:
-    """Load keys, connect to the database and (by default) apply migrations."""
+    """Load keys, connect to the database, (by default) apply migrations, and settle the online keys.
+
+    The roots in the database must name keys this data dir holds; after `hub keys rotate
+    --role director` the next director root is signed here, before any device asks.
+
+    Raises:
+        HubConfigError: unusable keys or database, or a root naming a key the data dir lacks.
+    """
     keys = load_keys(settings.data_dir)
     store = Store(settings.sqlalchemy_url())
-    if migrate:
-        upgrade(store)
-    return Hub(settings=settings, store=store, keys=keys, clock=clock)
+    try:
+        if migrate:
+            upgrade(store)
+        hub = Hub(settings=settings, store=store, keys=keys, clock=clock)
+        online_keys.check_held(hub)
+        director.settle_root(hub)
+    except UnavailableError as exc:
+        store.dispose()
+        raise HubConfigError(exc.code, exc.message) from exc
+    except BaseException:
+        store.dispose()
+        raise
+    return hub
 
 
 def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock = utc_now) -> InitResult:

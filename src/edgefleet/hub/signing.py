@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,9 +57,11 @@ def stale(expires: datetime, now: datetime, lifetime: timedelta) -> bool:
     return expires - now < lifetime / 2
 
 
-def _sign(signed: Root | Targets | Snapshot | Timestamp, signer: Signer) -> Stored:
+def _sign(signed: Root | Targets | Snapshot | Timestamp, signer: Signer, *more: Signer) -> Stored:
     metadata: Metadata[Any] = Metadata(signed)
     metadata.sign(signer)
+    for other in more:
+        metadata.sign(other, append=True)
     return Stored(version=signed.version, body=to_text(metadata), expires=signed.expires)
 
 
@@ -86,12 +88,18 @@ def timestamp(snap: Stored, *, version: int, now: datetime, lifetime: timedelta,
     return _sign(signed, signer)
 
 
-def director_root(key: Key, *, version: int, now: datetime, signer: Signer) -> Stored:
-    """The director repository's root: every role held by the hub's director key."""
+def director_root(
+    key: Key, *, version: int, now: datetime, signer: Signer, previous_signers: Sequence[Signer] = ()
+) -> Stored:
+    """The director repository's root: every role held by the hub's director key.
+
+    After a key rotation `previous_signers` (the key the previous root names) sign it too, so
+    devices that trust the previous root accept this one.
+    """
     signed = Root(version=version, expires=expiry(now, DIRECTOR_ROOT_LIFETIME), consistent_snapshot=True)
     for role in ("root", "targets", "snapshot", "timestamp"):
         signed.add_key(key, role)
-    return _sign(signed, signer)
+    return _sign(signed, signer, *previous_signers)
 
 
 def director_targets(

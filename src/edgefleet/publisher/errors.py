@@ -3,7 +3,8 @@
 Tree::
 
     PublisherError
-     └── KeyStoreError     the key directory is missing, malformed, too open, or would be overwritten
+     ├── KeyStoreError     the key directory is missing, malformed, too open, or would be overwritten
+     └── AnswerLostError   a push whose answer never came: the hub may hold what was sent, or not
 """
 
 from __future__ import annotations
@@ -17,3 +18,7 @@ class PublisherError(EdgefleetError):
 
 class KeyStoreError(PublisherError):
     """The publisher's key directory cannot be created or used."""
+
+
+class AnswerLostError(PublisherError):
+    """A push whose answer never came: the hub may hold what was sent, or not."""

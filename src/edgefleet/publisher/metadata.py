@@ -8,7 +8,7 @@ keep those current without ever holding a root or targets key.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from securesystemslib.signer import Key, Signer
@@ -19,6 +19,8 @@ from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.keys import Role, RoleKeys
 
 ROOT_LIFETIME = timedelta(days=365)
+ONLINE_ROLES = ("snapshot", "timestamp")
+"""The image repository's roles the hub signs with its online keys."""
 
 
 class MetadataSigningError(PublisherError):
@@ -47,7 +49,7 @@ def make_root(
         for key in keys.keys:
             root.add_key(key, role)
         root.roles[role].threshold = keys.threshold
-    for online_role in ("snapshot", "timestamp"):
+    for online_role in ONLINE_ROLES:
         root.add_key(online[online_role], online_role)
         root.roles[online_role].threshold = 1
     return Metadata(root)
@@ -88,13 +90,39 @@ def rotated_root(
     Sign it with `sign_root(..., trusted=current)`: for a root rotation the old threshold
     and the new keys' threshold must both sign it, so devices that trust `current` accept it.
     """
+    return _next_root(current, {role: new_keys}, now=now, lifetime=lifetime)
+
+
+def with_online_keys(
+    current: Root, online: Mapping[str, Key], *, now: datetime, lifetime: timedelta = ROOT_LIFETIME
+) -> Metadata[Root]:
+    """The next root version naming these hub keys for snapshot and timestamp; everything else unchanged.
+
+    Signed with `sign_root(..., trusted=current)` by the publisher's root keys, it tells
+    devices to drop snapshot and timestamp metadata signed by the keys the hub replaced.
+    """
+    return _next_root(
+        current,
+        {role: RoleKeys(threshold=1, keys=(online[role],)) for role in ONLINE_ROLES},
+        now=now,
+        lifetime=lifetime,
+    )
+
+
+def names_online_keys(root: Root, online: Mapping[str, Key]) -> bool:
+    """`root` names exactly these keys for snapshot and timestamp."""
+    return all(root.roles[role].keyids == [online[role].keyid] for role in ONLINE_ROLES)
+
+
+def _next_root(current: Root, changes: Mapping[str, RoleKeys], *, now: datetime, lifetime: timedelta) -> Metadata[Root]:
     # to_dict() shares lists with `current`: copy deeply so the trusted root stays as it was.
     root = Root.from_dict(copy.deepcopy(current.to_dict()))
-    for keyid in list(root.roles[role].keyids):
-        root.revoke_key(keyid, role)
-    for key in new_keys.keys:
-        root.add_key(key, role)
-    root.roles[role].threshold = new_keys.threshold
+    for role, keys in changes.items():
+        for keyid in list(root.roles[role].keyids):
+            root.revoke_key(keyid, role)
+        for key in keys.keys:
+            root.add_key(key, role)
+        root.roles[role].threshold = keys.threshold
     root.version = current.version + 1
     root.expires = (now + lifetime).replace(microsecond=0)
     return Metadata(root)

@@ -146,6 +146,7 @@ HUB_COMMANDS_ELSEWHERE = {
     ("keys", "rotate"): "reads and re-signs the key directory first (tests/integration/releases)",
     ("keys", "delegate"): "reads and signs the key directory first (tests/e2e/test_delegation_cli.py)",
     ("keys", "revoke-delegation"): "reads and signs the key directory first (tests/e2e/test_delegation_cli.py)",
+    ("repo", "rotate-online-keys"): "reads the key directory's root first (tests/unit/cli/test_hub_keys.py, tests/e2e)",
     ("release", "push"): "reads the signed build first (tests/e2e)",
     ("release", "publish"): "builds and signs first (tests/e2e)",
     ("agent", "run"): "retries an unreachable hub with backoff, as an agent must",

@@ -8,11 +8,16 @@ environment is a new, signed targets version) and the assignment's retry generat
 operator's retry bumps it, so the device tries again a release that failed there). They
 are signed with the hub's online director key and served only to that device; its own ID
 is inside, so they cannot be replayed to another.
+
+After `hub keys rotate --role director` the restarted hub signs the next director root with
+the old and the new key (`settle_root`), and each device's metadata anew with the new key
+when that device next asks: no pass over the fleet.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 from tuf.api.metadata import TargetFile
 
@@ -22,6 +27,7 @@ from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import ConflictError, NotFoundError
 from edgefleet.hub.records import Assignment, Device
 from edgefleet.hub.services import metadata as repo_metadata
+from edgefleet.hub.services import online_keys
 from edgefleet.hub.services.audit import record
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
@@ -33,6 +39,7 @@ ROOT_ROLE = "director-root"
 DEVICE_ROLES = ("targets", "snapshot", "timestamp")
 MAX_APPS = 64
 """Apps assigned to one device (what the target-state poll may list)."""
+ROTATION_ACTOR = "system:hub"
 
 
 def _accepted_device(tx: Tx, device_id: str) -> Device:
@@ -182,10 +189,74 @@ def _wanted(tx: Tx, device: Device) -> list[TargetFile]:
     return entries
 
 
+def _director_keyid(hub: Hub) -> str:
+    return hub.keys.online_signers["director"].public_key.keyid
+
+
+def _root_current(hub: Hub, root: tuple[int, str] | None, now: datetime) -> bool:
+    """The newest director root exists, has half its lifetime left, and names the current director key."""
+    if root is None:
+        return False
+    signed = signing.parse_stored(root[1]).signed
+    fresh = not signing.stale(signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME)
+    return fresh and online_keys.names_only(signed, _director_keyid(hub))
+
+
+def _sign_root(hub: Hub, tx: Tx, now: datetime) -> None:
+    """The next director root, naming the current key; after a rotation signed by the previous key too (audited).
+
+    Raises:
+        UnavailableError: the previous root names a key this process does not hold.
+    """
+    latest = tx.latest_metadata(ROOT_ROLE)
+    previous = None if latest is None else signing.parse_stored(latest[1]).signed
+    signer, *previous_signers = online_keys.director_root_signers(hub.keys, previous)
+    fresh = signing.director_root(
+        signer.public_key,
+        version=signing.next_version(latest),
+        now=now,
+        signer=signer,
+        previous_signers=previous_signers,
+    )
+    tx.insert_metadata(ROOT_ROLE, fresh.version, fresh.body, now=now)
+    if previous_signers:
+        record(
+            hub,
+            tx,
+            actor=ROTATION_ACTOR,
+            action="director.root.rotate",
+            target=f"director:root:{fresh.version}",
+            detail={"keyid": signer.public_key.keyid, "previous_keyid": previous_signers[0].public_key.keyid},
+        )
+
+
+def settle_root(hub: Hub) -> None:
+    """At start: when the director root names another key than this hub's (`hub keys rotate`), sign the next one now.
+
+    Before any device asks, so none fetches a timestamp signed by a key its root does not
+    name yet. Staleness is left to `refresh`, as before.
+
+    Raises:
+        UnavailableError: the director root names a key this process does not hold.
+    """
+    keyid = _director_keyid(hub)
+
+    def rotated(tx: Tx) -> bool:
+        latest = tx.latest_metadata(ROOT_ROLE)
+        return latest is not None and not online_keys.names_only(signing.parse_stored(latest[1]).signed, keyid)
+
+    with hub.store.transaction(readonly=True) as tx:
+        if not rotated(tx):
+            return
+    with hub.store.transaction() as tx:
+        tx.lock_repository()
+        if rotated(tx):
+            _sign_root(hub, tx, hub.clock())
+
+
 def _needs(hub: Hub, tx: Tx, device: Device) -> bool:
     now, settings = hub.clock(), hub.settings
-    root = tx.latest_metadata(ROOT_ROLE)
-    if root is None or signing.stale(signing.parse_stored(root[1]).signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
+    if not _root_current(hub, tx.latest_metadata(ROOT_ROLE), now):
         return True
     latest = {role: tx.latest_director(device.id, role) for role in DEVICE_ROLES}
     if any(value is None for value in latest.values()):
@@ -197,19 +268,22 @@ def _needs(hub: Hub, tx: Tx, device: Device) -> bool:
     content = signing.director_content(targets[1])
     if content != {"targets": wanted, DEVICE_FIELD: device.id}:
         return True
-    return signing.stale(
-        signing.parse_stored(targets[1]).signed.expires, now, settings.director_lifetime
-    ) or signing.stale(signing.parse_stored(stamp[1]).signed.expires, now, settings.timestamp_lifetime)
+    signed_targets, signed_stamp = signing.parse_stored(targets[1]), signing.parse_stored(stamp[1])
+    keyid = _director_keyid(hub)
+    # _resign signs all three together: targets and timestamp tell for the snapshot too.
+    if not (online_keys.signed_only_by(signed_targets, keyid) and online_keys.signed_only_by(signed_stamp, keyid)):
+        return True
+    return signing.stale(signed_targets.signed.expires, now, settings.director_lifetime) or signing.stale(
+        signed_stamp.signed.expires, now, settings.timestamp_lifetime
+    )
 
 
 def _resign(hub: Hub, tx: Tx, device: Device) -> None:
     """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp."""
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
-    root = tx.latest_metadata(ROOT_ROLE)
-    if root is None or signing.stale(signing.parse_stored(root[1]).signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
-        fresh = signing.director_root(signer.public_key, version=signing.next_version(root), now=now, signer=signer)
-        tx.insert_metadata(ROOT_ROLE, fresh.version, fresh.body, now=now)
+    if not _root_current(hub, tx.latest_metadata(ROOT_ROLE), now):
+        _sign_root(hub, tx, now)
     targets = signing.director_targets(
         device.id,
         _wanted(tx, device),

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata
 
 from edgefleet.hub import delegation, signing
@@ -25,6 +26,7 @@ from edgefleet.hub.artifacts import SHA256_HEX, ArtifactStore
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import AuthenticationError, ForbiddenError, NotFoundError
+from edgefleet.hub.services import online_keys
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import Operator, authorize
 from edgefleet.releases import DELEGATED_ROLE_PATTERN, role_name_problem
@@ -46,6 +48,12 @@ def check_reader(hub: Hub, caller: Caller) -> None:
         raise AuthenticationError("missing_credentials", "send 'Authorization: Bearer <token>'")
 
 
+def _signer(hub: Hub, tx: Tx, role: str) -> Signer:
+    """The key the newest root names for `role` (after `hub keys rotate`, the old one until the publisher's root)."""
+    root = tx.latest_metadata("root")
+    return online_keys.repository_signer(hub.keys, role, None if root is None else signing.parse_stored(root[1]).signed)
+
+
 def delegated_versions(tx: Tx) -> dict[str, int]:
     """The newest stored version of every delegated role (revoked ones too)."""
     return {role: version for role, version in tx.metadata_versions().items() if role_name_problem(role) is None}
@@ -54,14 +62,13 @@ def delegated_versions(tx: Tx) -> dict[str, int]:
 def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
     """Sign a snapshot naming `targets_version` (and every delegated role) and a timestamp naming it (lock held)."""
     now = hub.clock()
-    signers = hub.keys.online_signers
     snap = signing.snapshot(
         targets_version,
         roles=delegated_versions(tx),
         version=signing.next_version(tx.latest_metadata("snapshot")),
         now=now,
         lifetime=hub.settings.snapshot_lifetime,
-        signer=signers["snapshot"],
+        signer=_signer(hub, tx, "snapshot"),
     )
     tx.insert_metadata("snapshot", snap.version, snap.body, now=now)
     _sign_timestamp(hub, tx, snap)
@@ -74,7 +81,7 @@ def _sign_timestamp(hub: Hub, tx: Tx, snap: signing.Stored) -> None:
         version=signing.next_version(tx.latest_metadata("timestamp")),
         now=now,
         lifetime=hub.settings.timestamp_lifetime,
-        signer=hub.keys.online_signers["timestamp"],
+        signer=_signer(hub, tx, "timestamp"),
     )
     tx.insert_metadata("timestamp", stamp.version, stamp.body, now=now)
 

@@ -3,7 +3,10 @@
 The first root a repository gets is taken on an admin's word (trust on first use, audited);
 every later one must be version + 1 and signed by the threshold of both the current root
 and itself, so only the publisher's offline keys can change who is trusted. Every root must
-name the hub's own online keys for snapshot and timestamp, or the hub could not serve it.
+name the hub's own (current) online keys for snapshot and timestamp, or the hub could not serve
+it. A root naming other snapshot or timestamp keys than the one before (after `hub keys
+rotate`) gets a snapshot and timestamp signed with them in the same transaction, so no device
+that fetched the new root meets a timestamp signed by a key it no longer trusts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from tuf.api.metadata import Metadata, Root
 from edgefleet.hub import signing
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services.audit import record
+from edgefleet.hub.services.online_keys import REPOSITORY_ROLES
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
 
 MAX_ROOT_VERSION = 1_000_000
@@ -38,13 +43,18 @@ def _parse_root(body: dict[str, Any]) -> tuple[Metadata[Root], bytes]:
 
 
 def _check_online_keys(hub: Hub, root: Root) -> None:
-    for role in ("snapshot", "timestamp"):
+    for role in REPOSITORY_ROLES:
         expected = hub.keys.online_public[role]["keyid"]
         if root.roles[role].keyids != [expected] or root.roles[role].threshold != 1:
             raise ConflictError(
                 "online_keys_mismatch",
-                f"root must name exactly the hub's {role} key {expected} (GET /api/v1/repository/online-keys)",
+                f"root must name exactly the hub's {role} key {expected} (GET /api/v1/repository/online-keys; "
+                "after `hub keys rotate`, `edgefleet repo rotate-online-keys` signs such a root)",
             )
+
+
+def _online_keyids(root: Root) -> dict[str, list[str]]:
+    return {role: sorted(root.roles[role].keyids) for role in REPOSITORY_ROLES}
 
 
 def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
@@ -68,22 +78,28 @@ def push_root(hub: Hub, operator: Operator, body: dict[str, Any]) -> Root:
         if root.is_expired(hub.clock()):
             raise ConflictError("expired", "root metadata has already expired")
         _check_online_keys(hub, root)
+        trusted = None if current is None else signing.parse_stored(current[1]).signed
         try:
             root.verify_delegate(Root.type, signed_bytes, metadata.signatures)
-            if current is not None:
-                trusted = signing.parse_stored(current[1]).signed
+            if trusted is not None:
                 trusted.verify_delegate(Root.type, signed_bytes, metadata.signatures)
         except (UnsignedMetadataError, ValueError, TypeError, KeyError, FormatError) as exc:
             raise ForbiddenError("signature_threshold", f"root signatures: {exc}") from exc
         stored = signing.to_text(metadata)
         tx.insert_metadata("root", root.version, stored, now=hub.clock())
+        detail: dict[str, Any] = {"first": current is None, "root_keyids": sorted(root.roles["root"].keyids)[:16]}
+        if trusted is not None and _online_keyids(trusted) != _online_keyids(root):
+            detail["online_keyids"] = _online_keyids(root)
+            targets = tx.latest_metadata("targets")
+            if targets is not None:
+                repo_metadata.publish(hub, tx, targets[0])  # signed with the keys this root names
         record(
             hub,
             tx,
             actor=operator.actor,
             action="repository.root",
             target=f"repository:root:{root.version}",
-            detail={"first": current is None, "root_keyids": sorted(root.roles["root"].keyids)[:16]},
+            detail=detail,
         )
     return root
 

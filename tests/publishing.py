@@ -21,7 +21,16 @@ from tuf.ngclient import FetcherInterface
 
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore, VerifiedRelease
-from edgefleet.publisher.keys import Role, init_keys, key_from_wire, load_index, load_signers
+from edgefleet.publisher.delegation import delegate, revoke
+from edgefleet.publisher.keys import (
+    Role,
+    init_delegated_keys,
+    init_keys,
+    key_from_wire,
+    load_delegated,
+    load_index,
+    load_signers,
+)
 from edgefleet.publisher.metadata import make_root, sign_root
 from edgefleet.publisher.release import build, sign
 from edgefleet.publisher.rotation import Rotation, rotate
@@ -53,12 +62,17 @@ x-edgefleet:
 
 @dataclass
 class Publisher:
-    """A publisher's key directory and its repository on a test hub (through `fleet`)."""
+    """A publisher's key directory and its repository on a test hub (through `fleet`).
+
+    A team (`Publisher.team`) has a key directory of one delegated role instead: the same
+    build, sign and publish push its role's targets, once the targets holders delegated to it.
+    """
 
     fleet: Any
     tmp: Path
     keys: Path
     pushed: list[dict[str, Any]] = field(default_factory=list)
+    role: str = "targets"
 
     @classmethod
     def create(cls, fleet: Any, tmp: Path, *, threshold: int = 1) -> Publisher:
@@ -67,6 +81,22 @@ class Publisher:
         publisher = cls(fleet=fleet, tmp=tmp, keys=keys)
         publisher.push_root(publisher.signed_root())
         return publisher
+
+    @classmethod
+    def team(cls, fleet: Any, tmp: Path, role: str = "sensor-team", *, threshold: int = 1) -> Publisher:
+        """A team's own key directory for the delegated role `role` (nothing pushed yet)."""
+        init_delegated_keys(tmp / role / "keys", role, threshold=threshold)
+        return cls(fleet=fleet, tmp=tmp / role, keys=tmp / role / "keys", role=role)
+
+    def delegate(self, team: Publisher, *apps: str) -> Any:
+        """Delegate `apps` to the team's role with its public keys, and push the targets."""
+        found = load_delegated(team.keys)
+        assert found is not None
+        metadata = delegate(self.keys, found[0], found[1], apps, now=datetime.now(UTC))
+        return self.push_targets(metadata.to_dict())
+
+    def revoke(self, role: str) -> Any:
+        return self.push_targets(revoke(self.keys, role, now=datetime.now(UTC)).to_dict())
 
     def online_keys(self) -> dict[str, Any]:
         raw = self.fleet.call("GET", "/repository/online-keys").json()
@@ -98,7 +128,7 @@ class Publisher:
         **kwargs: Any,
     ) -> Path:
         app_dir = self.tmp / f"app-{app}-{version}"
-        app_dir.mkdir(exist_ok=True)
+        app_dir.mkdir(parents=True, exist_ok=True)
         (app_dir / "compose.yaml").write_text(text if text is not None else compose(app, version, **kwargs))
         out = self.tmp / f"build-{app}-{version}"
         build(app_dir, out, exporter=fake_oci_archive if bundle else None)
@@ -117,7 +147,8 @@ class Publisher:
             assert response.status_code == 201, response.text
 
     def push_targets(self, targets: dict[str, Any]) -> Any:
-        return self.fleet.call("POST", "/repository/targets", json=targets)
+        path = "/repository/targets" if self.role == "targets" else f"/repository/targets/{self.role}"
+        return self.fleet.call("POST", path, json=targets)
 
     def publish(self, app: str = "sensor", version: str = "1.0.0", **kwargs: Any) -> dict[str, Any]:
         build_dir = self.build(app, version, **kwargs)

@@ -28,7 +28,8 @@ FleetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}
 DEVICE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
-AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,62}$")]
+APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9\-]{0,62}$"
+AppName = Annotated[str, StringConstraints(pattern=APP_NAME_PATTERN)]
 """An app's name: also a target-path segment and part of engine object names."""
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+\-]{0,63}$")]
 """A release's version: also a target-path segment."""

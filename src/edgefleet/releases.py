@@ -7,7 +7,10 @@ every release the publisher signs) and its architectures. The director's per-dev
 target repeats the fields that must match, plus the device, the rollback mark, the
 device's operator-set environment and the operator's retry generation.
 
-`root_digest` names an image-repository root the way devices pin it (``repository_root_sha256``).
+The top-level targets may delegate an app's paths to a named role (a team with keys of its
+own): its name follows `DELEGATED_ROLE`, and `app_patterns` are the shell-style patterns
+that match exactly that app's target paths. `root_digest` names an image-repository root the
+way devices pin it (``repository_root_sha256``).
 """
 
 from __future__ import annotations
@@ -80,6 +83,42 @@ class DirectorTarget(WireModel):
     rollback: bool = False
     environment: Environment = Field(default_factory=dict)
     retry: RetryGeneration = 0
+
+
+DELEGATED_ROLE_PATTERN = r"^[a-z0-9][a-z0-9\-]{0,31}$"
+DELEGATED_ROLE = re.compile(DELEGATED_ROLE_PATTERN)
+"""A delegated role's name: 1 to 32 of a-z, 0-9 and '-' (it is a file name and a URL segment)."""
+TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+RESERVED_ROLE_PREFIX = "director"
+"""The hub keeps the director's own metadata beside the image repository's under names like this."""
+MAX_DELEGATED_ROLES = 16
+"""Roles the top-level targets may delegate to at once."""
+MAX_DELEGATION_PATHS = 32
+"""Path patterns (or hash prefixes) of one delegated role."""
+MAX_PATTERN_LENGTH = 256
+MAX_ROLE_KEYS = 16
+"""Keys of one delegated role."""
+
+
+def role_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a delegated role's name, or None when it can."""
+    if not DELEGATED_ROLE.fullmatch(name):
+        return "a role name is 1 to 32 of a-z, 0-9 and '-', starting with a letter or digit"
+    if name in TOP_LEVEL_ROLES:
+        return f"{name} is a top-level role"
+    if name.startswith(RESERVED_ROLE_PREFIX):
+        return f"names starting with {RESERVED_ROLE_PREFIX!r} are reserved for the hub's director"
+    return None
+
+
+def app_patterns(app: str) -> tuple[str, str]:
+    """The path patterns of exactly `app`'s targets: its manifests and its bundled images.
+
+    Patterns match segment by segment (a `*` never crosses '/', and the segment counts must be
+    equal), so ``APP/*/*`` is every ``APP/VERSION/compose.yaml`` and ``APP/*/images/*`` every
+    ``APP/VERSION/images/sha256-HEX.tar``; no other app's path matches either.
+    """
+    return f"{app}/*/*", f"{app}/*/images/*"
 
 
 def manifest_path(app: str, version: str) -> str:

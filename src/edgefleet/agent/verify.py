@@ -7,7 +7,11 @@ is accepted only when:
 
 1. the director's targets name this device (and architecture), one target per app;
 2. the image repository lists the same target with the same length and hashes, and the
-   custom fields that must match (app, version, release counter; architecture supported);
+   custom fields that must match (app, version, release counter; architecture supported).
+   The target is found as TUF defines it: in the top-level targets or in a role they
+   delegate its path to (a team's own keys for its app), searched preorder depth-first; the
+   path must be the one the release's app and version give, so a role delegated one app's
+   paths cannot pass off a release of another app;
 3. its release counter is not below that of the last release the device installed for the
    app (kept even after the app was unassigned: `Journal.floor`), unless the director marks
    it as a rollback (and it is still a current target of the image repository: step 2);
@@ -44,6 +48,8 @@ from edgefleet.releases import (
     BundleTarget,
     DirectorTarget,
     ManifestTarget,
+    bundle_path,
+    manifest_path,
     parse_custom,
     parse_director_custom,
 )
@@ -51,21 +57,33 @@ from edgefleet.releases import (
 REPOSITORY = "repository"
 DIRECTOR = "director"
 ROOT_MAX_BYTES = 512 * 1024
+MAX_DELEGATIONS = 32
+"""Delegated roles one target search of the image repository may visit (python-tuf's default)."""
 TRUSTED_FILES = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
 """What ngclient keeps of a repository (beside its root versions), in the order `TrustStore.keep` keeps them."""
 ROOT_HISTORY = "root_history"
 
 
-def updater_config() -> UpdaterConfig:
-    """The bounds every metadata download is held to (endless-data protection)."""
+def updater_config(*, max_delegations: int = MAX_DELEGATIONS) -> UpdaterConfig:
+    """The bounds every metadata download is held to (endless-data protection).
+
+    The image repository's targets may delegate (a team's own keys sign its app's paths):
+    a target search walks them preorder depth-first, visiting the top-level targets and at most
+    `max_delegations` delegated roles.
+    """
     return UpdaterConfig(
         max_root_rotations=64,
-        max_delegations=1,
+        max_delegations=max_delegations,
         root_max_length=ROOT_MAX_BYTES,
         timestamp_max_length=16 * 1024,
         snapshot_max_length=64 * 1024,
         targets_max_length=5 * 1024 * 1024,
     )
+
+
+def director_config() -> UpdaterConfig:
+    """The director's bounds: its targets never delegate (the agent refuses any that do), so nothing to walk."""
+    return updater_config(max_delegations=0)
 
 
 @dataclass(frozen=True)
@@ -220,7 +238,7 @@ class ReleaseVerifier:
         with self._trust.staged(DIRECTOR) as staging:
             with _refusals():
                 director = Updater(
-                    str(staging), self._director_url, fetcher=self._fetcher, config=self._config, bootstrap=None
+                    str(staging), self._director_url, fetcher=self._fetcher, config=director_config(), bootstrap=None
                 )
                 director.refresh()
                 # ngclient keeps the metadata it just verified under its unversioned name.
@@ -266,6 +284,9 @@ class ReleaseVerifier:
             raise UpdateRefusedError("metadata", f"{image.path}: {exc}") from exc
         if not isinstance(info, ManifestTarget):
             raise UpdateRefusedError("mix_and_match", f"{image.path} is not a release manifest")
+        if image.path != manifest_path(info.app, info.version):
+            # The path decides which role may sign it: another app's release under this path is forged.
+            raise UpdateRefusedError("mix_and_match", f"{image.path} names {info.app}@{info.version}")
         if director.length != image.length or director.hashes != image.hashes:
             raise UpdateRefusedError("mix_and_match", f"{image.path}: director and image repository name other bytes")
         if (info.app, info.version, info.release_counter) != (custom.app, custom.version, custom.release_counter):
@@ -333,7 +354,7 @@ class ReleaseVerifier:
                 custom = parse_custom(bundle.custom)
             except ValueError as exc:
                 raise UpdateRefusedError("metadata", f"{path}: {exc}") from exc
-            if not isinstance(custom, BundleTarget) or (custom.app, custom.version) != (info.app, info.version):
+            if not isinstance(custom, BundleTarget) or path != bundle_path(info.app, info.version, custom.image):
                 raise UpdateRefusedError("mix_and_match", f"{path} is not a bundle of {info.app}@{info.version}")
             (staging / "images").mkdir(exist_ok=True)
             with _refusals():

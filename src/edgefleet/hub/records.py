@@ -90,7 +90,7 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseRecord:
-    """A release the image repository offers (one manifest target of the publisher's targets)."""
+    """A release the image repository offered (one manifest target of the top-level or a delegated role's targets)."""
 
     app: str
     version: str
@@ -102,8 +102,12 @@ class ReleaseRecord:
     artifacts: tuple[str, ...]
     """SHA-256 of every artifact of the release (manifest and bundles): what an assigned device may fetch."""
     signer_keyids: tuple[str, ...]
+    """The keys whose signatures met the threshold of the role that listed it."""
     targets_version: int
+    """The version of that role's targets metadata that first listed it."""
     created_at: datetime
+    role: str = "targets"
+    """The role whose targets listed it when it was published: "targets", or a delegated role."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,9 +65,19 @@ def _sign(signed: Root | Targets | Snapshot | Timestamp, signer: Signer, *more: 
     return Stored(version=signed.version, body=to_text(metadata), expires=signed.expires)
 
 
-def snapshot(targets_version: int, *, version: int, now: datetime, lifetime: timedelta, signer: Signer) -> Stored:
-    """A snapshot naming the targets version."""
-    signed = Snapshot(version=version, expires=expiry(now, lifetime), meta={"targets.json": MetaFile(targets_version)})
+def snapshot(
+    targets_version: int,
+    *,
+    version: int,
+    now: datetime,
+    lifetime: timedelta,
+    signer: Signer,
+    roles: Mapping[str, int] | None = None,
+) -> Stored:
+    """A snapshot naming the targets version and, by name, each delegated role's version."""
+    meta = {f"{role}.json": MetaFile(role_version) for role, role_version in sorted((roles or {}).items())}
+    meta["targets.json"] = MetaFile(targets_version)
+    signed = Snapshot(version=version, expires=expiry(now, lifetime), meta=meta)
     return _sign(signed, signer)
 
 

@@ -1,9 +1,13 @@
-"""The publisher's offline keys for the image repository: root and targets, created and loaded here.
+"""The publisher's offline keys for the image repository: root and targets, or a team's delegated role.
 
 Layout of a key directory (the hub never sees it)::
 
     KEYS/keys.json                 per role: threshold and public keys (TUF key format)
     KEYS/<role>/<keyid>.key        private keys, PKCS#8 PEM, mode 0600
+
+A publisher's directory holds the roles "root" and "targets". A team's directory
+(`init_delegated_keys`) holds one delegated role, marked ``"delegated": true`` in keys.json;
+that file has public keys only, and is what the team hands to the targets key holders.
 
 Keys are made and used through securesystemslib's `CryptoSigner`, so they can later move
 to an HSM or KMS signer without changing the metadata code.
@@ -23,6 +27,7 @@ from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 from edgefleet.crypto import write_private_file, write_public_file
 from edgefleet.files import filled_whole
 from edgefleet.publisher.errors import KeyStoreError
+from edgefleet.releases import role_name_problem
 
 Role = Literal["root", "targets"]
 ROLES: tuple[Role, ...] = ("root", "targets")
@@ -85,11 +90,40 @@ def _new_keys(directory: Path, *, threshold: int, count: int, key_type: KeyType)
 
 
 def _write_index(directory: Path, roles: dict[Role, RoleKeys]) -> None:
-    index = {
-        role: {"threshold": keys.threshold, "keys": {k.keyid: k.to_dict() for k in keys.keys}}
-        for role, keys in roles.items()
-    }
+    index = {role: _index_entry(keys) for role, keys in roles.items()}
     write_public_file(directory / INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
+
+
+def _index_entry(keys: RoleKeys) -> dict[str, Any]:
+    return {"threshold": keys.threshold, "keys": {k.keyid: k.to_dict() for k in keys.keys}}
+
+
+def init_delegated_keys(
+    directory: Path, role: str, *, threshold: int = 1, count: int | None = None, key_type: KeyType = "ed25519"
+) -> RoleKeys:
+    """Create a team's key directory: `count` keys (default: `threshold`) of the delegated role `role`.
+
+    Raises:
+        KeyStoreError: bad role name, threshold or count, the directory exists and is not empty,
+            or it cannot be written (what was written is removed again).
+    """
+    problem = role_name_problem(role)
+    if problem is not None:
+        raise KeyStoreError(f"bad role name {role!r}: {problem}")
+    count = _checked_count(threshold, count)
+    if directory.exists() and any(directory.iterdir()):
+        raise KeyStoreError(f"{directory} already exists and is not empty; refusing to overwrite keys")
+    try:
+        with filled_whole(directory):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)
+            (directory / role).mkdir(mode=0o700)
+            keys, _ = _new_keys(directory / role, threshold=threshold, count=count, key_type=key_type)
+            index = {role: {**_index_entry(keys), "delegated": True}}
+            write_public_file(directory / INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise KeyStoreError(f"cannot create keys in {directory}: {exc.strerror or exc}") from exc
+    return keys
 
 
 def key_from_wire(data: dict[str, Any]) -> SSlibKey:
@@ -104,32 +138,104 @@ def key_from_wire(data: dict[str, Any]) -> SSlibKey:
         raise KeyStoreError(f"not a TUF public key: {exc}") from exc
 
 
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KeyStoreError(f"{path} is missing or malformed: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise KeyStoreError(f"{path} is malformed: not a JSON object")
+    return raw
+
+
+def _role_keys(path: Path, entry: Any) -> RoleKeys:
+    try:
+        keys = tuple(SSlibKey.from_dict(keyid, dict(data)) for keyid, data in entry["keys"].items())
+        threshold = int(entry["threshold"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeyStoreError(f"{path} is malformed: {exc}") from exc
+    if not 1 <= threshold <= len(keys) <= MAX_KEYS:
+        raise KeyStoreError(f"{path} is malformed: threshold {threshold} of {len(keys)} keys")
+    return RoleKeys(threshold=threshold, keys=keys)
+
+
+def _delegated_entry(path: Path, raw: dict[str, Any]) -> tuple[str, Any] | None:
+    """The one delegated role of a team's keys.json, or None when it is a publisher's."""
+    marked = [(name, entry) for name, entry in raw.items() if isinstance(entry, dict) and entry.get("delegated")]
+    if not marked:
+        return None
+    if len(marked) != 1 or len(raw) != 1:
+        raise KeyStoreError(f"{path} is malformed: a team's keys.json holds exactly one delegated role")
+    name, entry = marked[0]
+    problem = role_name_problem(name)
+    if problem is not None:
+        raise KeyStoreError(f"{path} is malformed: role {name[:40]!r}: {problem}")
+    return name, entry
+
+
 def load_index(directory: Path) -> dict[Role, RoleKeys]:
-    """The public half of a key directory.
+    """The public half of a publisher's key directory (root and targets).
+
+    Raises:
+        KeyStoreError: missing or malformed keys.json, or a team's key directory.
+    """
+    path = directory / INDEX
+    raw = _read_index(path)
+    team = _delegated_entry(path, raw)
+    if team is not None:
+        raise KeyStoreError(
+            f"{directory} holds the keys of the delegated role {team[0]}, not the publisher's root and targets keys"
+        )
+    missing = [role for role in ROLES if role not in raw]
+    if missing:
+        raise KeyStoreError(f"{path} is missing or malformed: no {', '.join(missing)} keys")
+    return {role: _role_keys(path, raw[role]) for role in ROLES}
+
+
+def load_delegated(directory: Path) -> tuple[str, RoleKeys] | None:
+    """The delegated role (name and public keys) of a team's key directory; None for a publisher's.
 
     Raises:
         KeyStoreError: missing or malformed keys.json.
     """
-    try:
-        raw: dict[str, Any] = json.loads((directory / INDEX).read_text())
-        return {
-            role: RoleKeys(
-                threshold=int(raw[role]["threshold"]),
-                keys=tuple(SSlibKey.from_dict(keyid, dict(data)) for keyid, data in raw[role]["keys"].items()),
-            )
-            for role in ROLES
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise KeyStoreError(f"{directory / INDEX} is missing or malformed: {exc}") from exc
+    return team_keys(directory / INDEX, missing_ok=True)
 
 
-def load_signers(directory: Path, role: Role) -> list[CryptoSigner]:
+def team_keys(path: Path, *, missing_ok: bool = False) -> tuple[str, RoleKeys] | None:
+    """The delegated role and its public keys from a team's keys.json (what a team hands over).
+
+    Returns None when the file is a publisher's keys.json and `missing_ok`.
+
+    Raises:
+        KeyStoreError: missing, malformed, or not a team's (unless `missing_ok`).
+    """
+    raw = _read_index(path)
+    team = _delegated_entry(path, raw)
+    if team is None:
+        if missing_ok:
+            return None
+        raise KeyStoreError(f"{path} is not a team's keys.json (edgefleet keys init --delegated ROLE writes one)")
+    return team[0], _role_keys(path, team[1])
+
+
+def _listed_keys(directory: Path, role: str) -> dict[str, Key]:
+    team = load_delegated(directory)
+    if team is not None:
+        if role != team[0]:
+            raise KeyStoreError(f"{directory} holds the keys of {team[0]}, not of {role}")
+        return {key.keyid: key for key in team[1].keys}
+    if role not in ROLES:
+        raise KeyStoreError(f"{directory} holds root and targets keys, not keys of {role}")
+    return {key.keyid: key for key in load_index(directory)["root" if role == "root" else "targets"].keys}
+
+
+def load_signers(directory: Path, role: str) -> list[CryptoSigner]:
     """Every private key of `role` that is present (a threshold may be met by several holders).
 
     Raises:
         KeyStoreError: a key file is readable by others, unparsable, or not listed in keys.json.
     """
-    listed = {key.keyid: key for key in load_index(directory)[role].keys}
+    listed = _listed_keys(directory, role)
     signers = []
     for path in sorted((directory / role).glob("*.key")):
         if path.stat().st_mode & 0o077:

@@ -5,11 +5,13 @@ A build directory holds everything a push needs and nothing secret::
     BUILD/release.json      app, version, architectures, and target path -> local file
     BUILD/compose.yaml      the validated manifest, images pinned by digest
     BUILD/images/*.tar      OCI archives, when bundled
-    BUILD/targets.json      the signed targets metadata (after `sign`)
+    BUILD/targets.json      the signed targets metadata (after `sign` with the targets keys)
+    BUILD/delegated/ROLE.json   or, signed with a team's key directory, its delegated role's
 
-The key directory keeps the last targets metadata it signed (``KEYS/repository/targets.json``);
-each signature extends it with one release, so the repository's targets always list every
-release, and the release counter of an app rises by one with every release it signs.
+The key directory keeps the last targets metadata it signed (``KEYS/repository/targets.json``,
+or ``KEYS/repository/ROLE.json`` for a team's delegated role); each signature extends it with
+one release, so the role's targets always list every release it signed, and the release
+counter of an app rises by one with every release it signs.
 """
 
 from __future__ import annotations
@@ -30,10 +32,21 @@ from edgefleet.crypto import write_public_file
 from edgefleet.manifest import MAX_MANIFEST_BYTES, ManifestError, Release, parse_manifest
 from edgefleet.publisher.errors import PublisherError
 from edgefleet.publisher.registry import ARCHITECTURES, Resolved
-from edgefleet.publisher.state import TARGETS_LIFETIME, load_targets, sign_targets
-from edgefleet.releases import CUSTOM_KEY, BundleTarget, ManifestTarget, bundle_path, manifest_path, parse_custom
+from edgefleet.publisher.state import TARGETS_LIFETIME, load_targets, sign_targets, signing_role
+from edgefleet.releases import (
+    CUSTOM_KEY,
+    MAX_RELEASE_COUNTER,
+    BundleTarget,
+    ManifestTarget,
+    bundle_path,
+    manifest_path,
+    parse_custom,
+    role_name_problem,
+)
 
 MANIFEST_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+SIGNED_TARGETS = "targets.json"
+SIGNED_DELEGATED = "delegated"
 
 Exporter = Callable[[str, Path], None]
 """(image pinned by digest, destination) -> writes the image as an OCI archive."""
@@ -275,18 +288,37 @@ def next_counter(base: Targets | None, app: str) -> int:
     return highest + 1
 
 
+def delegated_to(targets: Targets, path: str) -> str | None:
+    """The role the targets delegate `path` to (the first, as a TUF client searches), if any."""
+    if targets.delegations is None:
+        return None
+    return next((name for name, _ in targets.delegations.get_roles_for_target(path)), None)
+
+
 def sign(
-    build_dir: Path, keys_dir: Path, *, now: datetime, lifetime: timedelta = TARGETS_LIFETIME
+    build_dir: Path,
+    keys_dir: Path,
+    *,
+    now: datetime,
+    lifetime: timedelta = TARGETS_LIFETIME,
+    counter_above: int = 0,
 ) -> Metadata[Targets]:
-    """Add the build's release to the key directory's targets, sign with its targets keys, write both copies.
+    """Add the build's release to the key directory's targets, sign with its keys, write both copies.
+
+    With a publisher's key directory the top-level targets are signed (``BUILD/targets.json``);
+    with a team's, its delegated role's (``BUILD/delegated/ROLE.json``). The release counter is
+    one above the app's last in the record, and above `counter_above` (the hub's highest, when
+    the app was released by other keys before).
 
     Raises:
         BuildError: not a build directory, or files changed since the build.
-        SigningError: the release is already signed, or the threshold is not met.
+        SigningError: the release is already signed, the app is delegated to a team (top-level
+            keys), or the threshold is not met.
         KeyStoreError: unusable keys.
     """
     release = load_build(build_dir)
-    base = load_targets(keys_dir)
+    role = signing_role(keys_dir)
+    base = load_targets(keys_dir, role=role)
     signed = Targets(version=1, expires=(now + lifetime).replace(microsecond=0))
     if base is not None:
         signed = base.signed
@@ -294,7 +326,15 @@ def sign(
         signed.expires = (now + lifetime).replace(microsecond=0)
     if manifest_path(release.app, release.version) in signed.targets:
         raise SigningError(f"{release.ref} is already signed; releases are immutable, bump the version")
-    counter = next_counter(base.signed if base else None, release.app)
+    owner = delegated_to(signed, manifest_path(release.app, release.version))
+    if owner is not None:
+        raise SigningError(
+            f"{release.app} is delegated to the role {owner}: its team signs it with its own keys "
+            f"(or revoke the delegation first: edgefleet keys revoke-delegation {owner})"
+        )
+    counter = max(next_counter(base.signed if base else None, release.app), counter_above + 1)
+    if counter > MAX_RELEASE_COUNTER:
+        raise SigningError(f"the release counter of {release.app} would pass {MAX_RELEASE_COUNTER}")
     for path, name in release.files.items():
         file = build_dir / name
         if not file.is_file():
@@ -313,5 +353,34 @@ def sign(
             )
         signed.targets[path] = _target_file(path, file, {CUSTOM_KEY: info.model_dump(mode="json")})
     metadata = Metadata(signed)
-    write_public_file(build_dir / "targets.json", sign_targets(keys_dir, metadata))
+    body = sign_targets(keys_dir, metadata, role=role)
+    _write_signed(build_dir, role, body)
     return metadata
+
+
+def _write_signed(build_dir: Path, role: str, body: bytes) -> None:
+    """The build's one signed targets file: the last signing's, whichever role it was."""
+    delegated = build_dir / SIGNED_DELEGATED
+    (build_dir / SIGNED_TARGETS).unlink(missing_ok=True)
+    if delegated.exists():
+        shutil.rmtree(delegated)
+    if role == Targets.type:
+        write_public_file(build_dir / SIGNED_TARGETS, body)
+    else:
+        delegated.mkdir()
+        write_public_file(delegated / f"{role}.json", body)
+
+
+def signed_targets(build_dir: Path) -> tuple[str, Path]:
+    """The role and file of a signed build's targets metadata.
+
+    Raises:
+        BuildError: the build is not signed (or holds two signings, which `sign` never leaves).
+    """
+    top = build_dir / SIGNED_TARGETS
+    delegated = sorted((build_dir / SIGNED_DELEGATED).glob("*.json")) if (build_dir / SIGNED_DELEGATED).is_dir() else []
+    if top.is_file() and not delegated:
+        return Targets.type, top
+    if len(delegated) == 1 and not top.is_file() and role_name_problem(delegated[0].stem) is None:
+        return delegated[0].stem, delegated[0]
+    raise BuildError(f"{build_dir} is not a signed build: run edgefleet release sign first")

@@ -1,8 +1,9 @@
 """The key directory's copy of what it last signed for the repository, and signing targets with its keys.
 
 ``KEYS/repository/root.json`` is written when a root is pushed, ``KEYS/repository/targets.json``
-when targets are signed; they are the publisher's own record, trusted as the key directory
-itself is, so a new release or a rotation starts from them and never from what a hub says.
+when targets are signed (in a team's key directory, ``KEYS/repository/ROLE.json`` for its
+delegated role); they are the publisher's own record, trusted as the key directory itself is,
+so a new release or a rotation starts from them and never from what a hub says.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from edgefleet.crypto import write_public_file
 from edgefleet.publisher.errors import KeyStoreError
-from edgefleet.publisher.keys import load_index, load_signers
+from edgefleet.publisher.keys import load_delegated, load_index, load_signers
 
 ROOT = Path("repository") / "root.json"
 TARGETS = Path("repository") / "targets.json"
+"""The top-level targets record (`record_path()`)."""
 TARGETS_LIFETIME = timedelta(days=365)
 
 
@@ -44,17 +46,33 @@ def load_root(keys_dir: Path) -> Metadata[Root]:
         raise KeyStoreError(f"{path} is unusable: {exc}") from exc
 
 
-def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
-    """Sign with every targets key present, check the threshold, record the result; returns the JSON.
+def record_path(role: str = "targets") -> Path:
+    """Where a key directory records the last targets metadata it signed for `role`."""
+    return Path("repository") / f"{role}.json"
+
+
+def signing_role(keys_dir: Path) -> str:
+    """The targets role this key directory signs: "targets", or a team's delegated role.
 
     Raises:
-        KeyStoreError: fewer valid signatures than the targets threshold in keys.json.
+        KeyStoreError: missing or malformed keys.json.
+    """
+    team = load_delegated(keys_dir)
+    return "targets" if team is None else team[0]
+
+
+def sign_targets(keys_dir: Path, metadata: Metadata[Targets], *, role: str = "targets") -> bytes:
+    """Sign with every key of `role` present, check its threshold, record the result; returns the JSON.
+
+    Raises:
+        KeyStoreError: fewer valid signatures than the role's threshold in keys.json.
     """
     metadata.signatures.clear()
-    for signer in load_signers(keys_dir, "targets"):
+    for signer in load_signers(keys_dir, role):
         metadata.sign(signer, append=True)
-    role = load_index(keys_dir)["targets"]
-    keys = {key.keyid: key for key in role.keys}
+    team = load_delegated(keys_dir)
+    listed = load_index(keys_dir)["targets"] if team is None else team[1]
+    keys = {key.keyid: key for key in listed.keys}
     valid = 0
     for keyid, signature in metadata.signatures.items():
         if keyid not in keys:
@@ -64,40 +82,40 @@ def sign_targets(keys_dir: Path, metadata: Metadata[Targets]) -> bytes:
             valid += 1
         except (UnverifiedSignatureError, VerificationError):
             continue
-    if valid < role.threshold:
-        raise KeyStoreError(f"targets signed by {valid} of the {role.threshold} keys needed; bring more targets keys")
+    if valid < listed.threshold:
+        raise KeyStoreError(f"{role} signed by {valid} of the {listed.threshold} keys needed; bring more {role} keys")
     body = json.dumps(metadata.to_dict(), indent=1, sort_keys=True).encode()
-    (keys_dir / TARGETS).parent.mkdir(mode=0o700, exist_ok=True)
-    write_public_file(keys_dir / TARGETS, body)
+    (keys_dir / record_path(role)).parent.mkdir(mode=0o700, exist_ok=True)
+    write_public_file(keys_dir / record_path(role), body)
     return body
 
 
-def targets_record(keys_dir: Path) -> bytes | None:
+def targets_record(keys_dir: Path, *, role: str = "targets") -> bytes | None:
     """The key directory's targets record as it is now (None: nothing signed yet), to put back later."""
-    path = keys_dir / TARGETS
+    path = keys_dir / record_path(role)
     return path.read_bytes() if path.exists() else None
 
 
-def restore_targets_record(keys_dir: Path, record: bytes | None) -> None:
+def restore_targets_record(keys_dir: Path, record: bytes | None, *, role: str = "targets") -> None:
     """Put back a record from `targets_record`: for a signing whose release the hub never stored.
 
     A release signed in one step with its push (`release publish`) and not published must not
     stay in the record: the next publish would sign it again, or name files the hub lacks.
     """
-    path = keys_dir / TARGETS
+    path = keys_dir / record_path(role)
     if record is None:
         path.unlink(missing_ok=True)
     else:
         write_public_file(path, record)
 
 
-def load_targets(keys_dir: Path) -> Metadata[Targets] | None:
-    """The last targets metadata this key directory signed, if any.
+def load_targets(keys_dir: Path, *, role: str = "targets") -> Metadata[Targets] | None:
+    """The last targets metadata this key directory signed for `role`, if any.
 
     Raises:
         KeyStoreError: present but unreadable.
     """
-    path = keys_dir / TARGETS
+    path = keys_dir / record_path(role)
     if not path.exists():
         return None
     try:

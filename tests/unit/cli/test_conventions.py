@@ -24,7 +24,7 @@ from edgefleet.hub import datadir
 from edgefleet.publisher import keys as publisher_keys
 
 ROOT = Path(__file__).resolve().parents[3]
-LISTINGS = {"list", "show", "status", "preview", "why", "assignments", "plan"}
+LISTINGS = {"list", "show", "status", "preview", "why", "assignments", "plan", "delegations"}
 UNREACHABLE = ["--hub", "https://127.0.0.1:9", "--token", "efa_not-a-token"]
 
 
@@ -144,6 +144,8 @@ HUB_COMMANDS: dict[tuple[str, ...], list[str]] = {
 # own tests), or are long-running processes that retry the hub by design.
 HUB_COMMANDS_ELSEWHERE = {
     ("keys", "rotate"): "reads and re-signs the key directory first (tests/integration/releases)",
+    ("keys", "delegate"): "reads and signs the key directory first (tests/e2e/test_delegation_cli.py)",
+    ("keys", "revoke-delegation"): "reads and signs the key directory first (tests/e2e/test_delegation_cli.py)",
     ("repo", "rotate-online-keys"): "reads the key directory's root first (tests/unit/cli/test_hub_keys.py, tests/e2e)",
     ("release", "push"): "reads the signed build first (tests/e2e)",
     ("release", "publish"): "builds and signs first (tests/e2e)",

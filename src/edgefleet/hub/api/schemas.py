@@ -182,6 +182,7 @@ class TargetsAccepted(WireModel):
 
     version: int
     releases: list[str]
+    role: str = Field(default="targets", description='"targets", or the delegated role whose targets these are.')
 
 
 class ArtifactStored(WireModel):
@@ -200,6 +201,10 @@ class ReleaseOut(ReadModel):
     signer_keyids: list[str]
     targets_version: int
     created_at: datetime
+    role: str = Field(description='The role whose targets listed it when published: "targets" or a delegated role.')
+    current: bool = Field(
+        description="Whether a TUF client finds it in the image repository now (no: withdrawn, or its role revoked)."
+    )
 
 
 class AssignmentIn(RequestModel):

@@ -159,6 +159,7 @@ class ReleaseRow(Base):
     signer_keyids: Mapped[list[str]] = mapped_column(JSON)
     targets_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    role: Mapped[str] = mapped_column(String(32), server_default=text("'targets'"))
 
 
 class AssignmentRow(Base):

@@ -139,6 +139,7 @@ def _release(row: ReleaseRow) -> ReleaseRecord:
         signer_keyids=tuple(row.signer_keyids),
         targets_version=row.targets_version,
         created_at=row.created_at,
+        role=row.role,
     )
 
 
@@ -353,6 +354,11 @@ class Tx(RolloutQueries):
             query = query.with_for_update()
         row = self._s.scalar(query)
         return None if row is None else (row.version, row.body)
+
+    def metadata_versions(self) -> dict[str, int]:
+        """The newest stored version of every role (few: the top-level roles, the director's root, delegated roles)."""
+        query = select(RepoMetadataRow.role, func.max(RepoMetadataRow.version)).group_by(RepoMetadataRow.role)
+        return {role: int(version) for role, version in self._s.execute(query)}
 
     def get_metadata(self, role: str, version: int) -> str | None:
         row = self._s.get(RepoMetadataRow, (role, version))

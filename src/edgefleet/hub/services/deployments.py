@@ -100,7 +100,7 @@ def _release_counter(tx: Tx, spec: Spec) -> int:
     release = tx.get_release(spec.app, spec.version)
     if release is None:
         raise NotFoundError("release_not_found", f"no release {spec.app}@{spec.version}")
-    if release.manifest_path not in repo_metadata.current_targets(tx):
+    if not repo_metadata.is_target(tx, release.manifest_path):
         raise ConflictError("release_withdrawn", f"{spec.app}@{spec.version} is no longer a target of the repository")
     return release.release_counter
 

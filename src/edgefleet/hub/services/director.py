@@ -70,7 +70,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
         release = tx.get_release(app, version)
         if release is None:
             raise NotFoundError("release_not_found", f"no release {app}@{version}")
-        if release.manifest_path not in repo_metadata.current_targets(tx):
+        if not repo_metadata.is_target(tx, release.manifest_path):
             raise ConflictError("release_withdrawn", f"{app}@{version} is no longer a target of the image repository")
         if device.arch not in release.architectures:
             raise ConflictError(

@@ -1,21 +1,27 @@
-"""Serving the image repository at TUF paths, and keeping its hub-signed snapshot and timestamp fresh.
+"""Serving the image repository at TUF paths, keeping its hub-signed snapshot and timestamp fresh, and its targets.
 
 Paths follow the TUF specification with consistent snapshots, so a stock TUF client works:
-``N.root.json``, ``timestamp.json``, ``N.snapshot.json``, ``N.targets.json`` and targets as
-``DIR/SHA256.NAME``. The timestamp (and snapshot) are re-signed lazily: whoever reads a
-timestamp with less than half its lifetime left gets a fresh one, signed under the
-repository lock so two replicas never sign the same version.
+``N.root.json``, ``timestamp.json``, ``N.snapshot.json``, ``N.targets.json``, each delegated
+role's ``N.ROLE.json`` and targets as ``DIR/SHA256.NAME``. The timestamp (and snapshot) are
+re-signed lazily: whoever reads a timestamp with less than half its lifetime left gets a
+fresh one, signed under the repository lock so two replicas never sign the same version.
+
+The snapshot lists every delegated role ever stored, revoked ones too: a TUF client refuses a
+snapshot that drops a role its previous one listed. Which releases are targets *now* is what
+a client would find (`target_roles`): the top-level targets, then the roles they delegate to.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata
 
-from edgefleet.hub import signing
+from edgefleet.hub import delegation, signing
 from edgefleet.hub.artifacts import SHA256_HEX, ArtifactStore
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
@@ -23,8 +29,12 @@ from edgefleet.hub.errors import AuthenticationError, ForbiddenError, NotFoundEr
 from edgefleet.hub.services import online_keys
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import Operator, authorize
+from edgefleet.releases import DELEGATED_ROLE_PATTERN, role_name_problem
 
 METADATA_NAME = re.compile(r"^(?:(?P<version>[1-9][0-9]{0,8})\.)?(?P<role>root|snapshot|targets|timestamp)\.json$")
+DELEGATED_NAME = re.compile(
+    r"^(?:(?P<version>[1-9][0-9]{0,8})\.)?(?P<role>" + DELEGATED_ROLE_PATTERN.strip("^$") + r")\.json$"
+)
 TARGET_NAME = re.compile(r"^(?P<sha256>[0-9a-f]{64})\.[\w.\-]{1,128}$")
 
 Caller = Operator | DeviceCaller | None
@@ -44,11 +54,17 @@ def _signer(hub: Hub, tx: Tx, role: str) -> Signer:
     return online_keys.repository_signer(hub.keys, role, None if root is None else signing.parse_stored(root[1]).signed)
 
 
+def delegated_versions(tx: Tx) -> dict[str, int]:
+    """The newest stored version of every delegated role (revoked ones too)."""
+    return {role: version for role, version in tx.metadata_versions().items() if role_name_problem(role) is None}
+
+
 def publish(hub: Hub, tx: Tx, targets_version: int) -> None:
-    """Sign a snapshot naming `targets_version` and a timestamp naming that snapshot (repository lock held)."""
+    """Sign a snapshot naming `targets_version` (and every delegated role) and a timestamp naming it (lock held)."""
     now = hub.clock()
     snap = signing.snapshot(
         targets_version,
+        roles=delegated_versions(tx),
         version=signing.next_version(tx.latest_metadata("snapshot")),
         now=now,
         lifetime=hub.settings.snapshot_lifetime,
@@ -102,8 +118,8 @@ def refresh(hub: Hub) -> None:
 def read(hub: Hub, caller: Caller, name: str) -> bytes:
     """One metadata file of the image repository by its TUF name."""
     check_reader(hub, caller)
-    match = METADATA_NAME.fullmatch(name)
-    if match is None:
+    match = METADATA_NAME.fullmatch(name) or DELEGATED_NAME.fullmatch(name)
+    if match is None or (match.re is DELEGATED_NAME and role_name_problem(match["role"]) is not None):
         raise NotFoundError("metadata_not_found", "no such metadata file")
     role, version = match["role"], match["version"]
     if role == "timestamp":
@@ -146,10 +162,24 @@ def artifact(hub: Hub, caller: Caller, path: str) -> Path:
     return store.path(digest)
 
 
-def current_targets(tx: Tx) -> dict[str, dict[str, object]]:
-    """The target entries of the newest targets metadata (empty before the first push)."""
+def target_roles(tx: Tx, paths: Iterable[str]) -> dict[str, str]:
+    """Of `paths`, those a TUF client finds in the image repository now, each with the role that lists it."""
     latest = tx.latest_metadata("targets")
     if latest is None:
         return {}
-    targets: dict[str, dict[str, object]] = json.loads(latest[1])["signed"].get("targets", {})
-    return targets
+    top = signing.parse_stored(latest[1]).signed
+    loaded: dict[str, Metadata[Any] | None] = {}
+
+    def load(role: str) -> Metadata[Any] | None:
+        if role not in loaded:
+            row = tx.latest_metadata(role)
+            loaded[role] = None if row is None else signing.parse_stored(row[1])
+        return loaded[role]
+
+    found = {path: delegation.find(top, path, load) for path in paths}
+    return {path: role for path, role in found.items() if role is not None}
+
+
+def is_target(tx: Tx, path: str) -> bool:
+    """Whether a TUF client finds `path` in the image repository now (a withdrawn or revoked release: no)."""
+    return path in target_roles(tx, (path,))

@@ -311,6 +311,8 @@ def test_releases_and_audit_pages(fleet: Fleet, admin_browser: Browser, publishe
     assert keyids
     assert all(k in releases.text for k in keyids)
 
+    assert 'data-testid="withdrawn"' not in releases.text
+
     audit = admin_browser.get("/ui/audit")
     assert audit.status_code == 200
     assert "web.login" in audit.text
@@ -355,3 +357,22 @@ def test_a_live_stream_does_not_keep_its_session_alive(fleet: Fleet, publisher: 
     fleet.clock.advance(timedelta(minutes=2))  # 31 minutes since the last page: idle
     assert browser.get(url).status_code == 401
     assert browser.get("/ui/").status_code == 303
+
+
+def test_the_releases_page_shows_a_teams_releases_and_their_revocation(
+    fleet: Fleet, admin_browser: Browser, publisher: Publisher, tmp_path: Path
+) -> None:
+    team = Publisher.team(fleet, tmp_path, "gateway-team")
+    assert publisher.delegate(team, "gateway").status_code == 201
+    team.publish("gateway", "1.0.0")
+    page = admin_browser.get("/ui/releases").text
+    row = re.search(r"<tr>\s*<td>gateway@1\.0\.0.*?</tr>", page, flags=re.DOTALL)
+    assert row is not None
+    assert "role gateway-team" in row.group(0)
+    assert 'data-testid="withdrawn"' not in row.group(0)
+    assert publisher.revoke("gateway-team").status_code == 201
+    page = admin_browser.get("/ui/releases").text
+    row = re.search(r"<tr>\s*<td>gateway@1\.0\.0.*?</tr>", page, flags=re.DOTALL)
+    assert row is not None
+    assert 'data-testid="withdrawn"' in row.group(0)
+    assert page.count('data-testid="withdrawn"') == 1  # the holders' own releases stay targets

@@ -16,8 +16,10 @@ from edgefleet.hub.errors import BadRequestError
 from edgefleet.hub.services import metadata, releases, repository
 from edgefleet.hub.services.operators import authorize
 from edgefleet.protocol import AppName
+from edgefleet.releases import DELEGATED_ROLE_PATTERN
 
 router = APIRouter(prefix="/repository", tags=["repository"], responses=ERRORS)
+RoleName = Annotated[str, Path(pattern=DELEGATED_ROLE_PATTERN, description="A delegated role's name")]
 
 
 @router.get("/online-keys", response_model=OnlineKeys)
@@ -89,9 +91,32 @@ def latest_targets(hub: HubDep, operator: OperatorDep) -> dict[str, Any]:
     return parsed
 
 
+@router.post("/targets/{role}", response_model=TargetsAccepted, status_code=201)
+def push_delegated_targets(
+    hub: HubDep,
+    operator: OperatorDep,
+    role: RoleName,
+    body: Annotated[dict[str, Any], Body(description="Targets metadata signed by the role's keys")],
+) -> TargetsAccepted:
+    """Publish a new version of a delegated role's targets; the top-level targets must delegate each path to it."""
+    accepted = releases.push_delegated_targets(hub, operator, role, body)
+    return TargetsAccepted(version=accepted.version, releases=list(accepted.releases), role=accepted.role)
+
+
+@router.get("/targets/{role}", response_model=dict[str, Any])
+def latest_delegated_targets(hub: HubDep, operator: OperatorDep, role: RoleName) -> dict[str, Any]:
+    """A delegated role's newest targets metadata, exactly as signed."""
+    return releases.latest_delegated_targets(hub, operator, role)
+
+
 @router.get("/releases", response_model=list[ReleaseOut])
 def list_releases(
     hub: HubDep, operator: OperatorDep, limit: LimitDep, app: Annotated[AppName | None, Query()] = None
 ) -> list[ReleaseOut]:
-    """Published releases, newest first per app."""
-    return [ReleaseOut.model_validate(r) for r in releases.list_releases(hub, operator, app=app, limit=limit)]
+    """Published releases, newest first per app, each saying whether it is still a target."""
+    return [_release_out(listed) for listed in releases.list_releases(hub, operator, app=app, limit=limit)]
+
+
+def _release_out(listed: releases.ListedRelease) -> ReleaseOut:
+    fields = {name: getattr(listed.release, name) for name in ReleaseOut.model_fields if name != "current"}
+    return ReleaseOut.model_validate({**fields, "current": listed.current})

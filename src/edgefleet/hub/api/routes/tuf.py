@@ -19,7 +19,9 @@ from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import Operator
 
 router = APIRouter(prefix="/tuf", tags=["tuf"], responses=ERRORS)
-MetadataName = Annotated[str, Path(max_length=32, description="TUF file name, e.g. 3.root.json or timestamp.json")]
+MetadataName = Annotated[
+    str, Path(max_length=64, description="TUF file name, e.g. 3.root.json, timestamp.json or 2.ROLE.json")
+]
 JSON = "application/json"
 
 

@@ -354,7 +354,11 @@ class ReleaseVerifier:
                 custom = parse_custom(bundle.custom)
             except ValueError as exc:
                 raise UpdateRefusedError("metadata", f"{path}: {exc}") from exc
-            if not isinstance(custom, BundleTarget) or path != bundle_path(info.app, info.version, custom.image):
+            if (
+                not isinstance(custom, BundleTarget)
+                or (custom.app, custom.version) != (info.app, info.version)
+                or path != bundle_path(info.app, info.version, custom.image)
+            ):
                 raise UpdateRefusedError("mix_and_match", f"{path} is not a bundle of {info.app}@{info.version}")
             (staging / "images").mkdir(exist_ok=True)
             with _refusals():

@@ -6,7 +6,8 @@ streams (request line and headers out; status, headers and a Content-Length body
 the generator costs far less CPU per request than the servers it measures: with httpx it was
 the bottleneck. With `--state-dir` (a simulator's state directory) every request is signed as
 one of its enrolled devices, as the agent signs (`agent.client.target_call`): a token minted per
-device and reused, which the hub accepts while it is valid (it keeps no record of token IDs).
+device and reused, which the hub accepts while it is valid (a read does not spend a token; a
+report, events or a renewal would, each token making at most one change).
 Prints one JSON object: requests/s, statuses, transport errors, latency percentiles, the
 generator's CPU seconds and (with `--server-pid`) the server's share of a core.
 

@@ -32,7 +32,7 @@ from edgefleet.publisher.keys import (
     load_signers,
 )
 from edgefleet.publisher.metadata import make_root, sign_root
-from edgefleet.publisher.release import build, sign
+from edgefleet.publisher.release import Exporter, build, sign
 from edgefleet.publisher.rotation import Rotation, rotate
 from edgefleet.publisher.state import save_root
 
@@ -125,13 +125,15 @@ class Publisher:
         *,
         bundle: bool = False,
         text: str | None = None,
+        exporter: Exporter | None = None,
         **kwargs: Any,
     ) -> Path:
+        """A build directory; `bundle` bundles stand-in archives, `exporter` real ones (`RegistryClient.export`)."""
         app_dir = self.tmp / f"app-{app}-{version}"
         app_dir.mkdir(parents=True, exist_ok=True)
         (app_dir / "compose.yaml").write_text(text if text is not None else compose(app, version, **kwargs))
         out = self.tmp / f"build-{app}-{version}"
-        build(app_dir, out, exporter=fake_oci_archive if bundle else None)
+        build(app_dir, out, exporter=exporter or (fake_oci_archive if bundle else None))
         return out
 
     def sign(self, build_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""OCI registry client for `release build`: parse image references, resolve tags to digests, export OCI archives.
+"""OCI registry client for `release build`: parse image references, resolve tags to digests, export bundles.
 
 Speaks the OCI distribution API (``/v2/...``) through httpx, anonymously: when a registry
 answers 401 with a ``Bearer`` challenge, a pull token is fetched from the realm it names,
@@ -35,30 +35,43 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, get_args
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from edgefleet.bundles import (
+    ARCH_ALIASES,
+    BLOB_DIRECTORIES,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEX_FILE,
+    INDEX_TYPES,
+    LAYOUT_FILE,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_LAYOUT,
+    OCI_MANIFEST,
+    DockerImage,
+    OciDescriptor,
+    OciIndex,
+    OciManifest,
+    blob_path,
+    docker_archive_files,
+    docker_image,
+    layout_index,
+    linux_images,
+    sha256,
+)
 from edgefleet.protocol import Arch
 from edgefleet.publisher.errors import PublisherError
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
-OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
 
 DOCKER_HUB = "registry-1.docker.io"
 DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB})
 ARCHITECTURES: tuple[str, ...] = get_args(Arch)
 """The architectures edgefleet knows, in the order releases list them."""
-_ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 MAX_REFERENCE_LENGTH = 512
 MAX_NAME_LENGTH = 255
@@ -231,40 +244,12 @@ def _registry_in(text: str, host: str) -> str:
 
 # --- what registries send ----------------------------------------------------------------
 
-_Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
-_ShortText = Annotated[str, StringConstraints(max_length=128)]
 
+class _ImageConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
-
-
-class _Platform(_Wire):
-    architecture: _ShortText
-    os: _ShortText
-
-
-class _Descriptor(_Wire):
-    media_type: Annotated[str, StringConstraints(max_length=255)] = Field(alias="mediaType")
-    digest: _Digest
-    size: Annotated[int, Field(ge=0)]
-    platform: _Platform | None = None
-
-
-class _Index(_Wire):
-    schema_version: Literal[2] = Field(alias="schemaVersion")
-    manifests: list[_Descriptor]
-
-
-class _ImageManifest(_Wire):
-    schema_version: Literal[2] = Field(alias="schemaVersion")
-    config: _Descriptor
-    layers: list[_Descriptor]
-
-
-class _ImageConfig(_Wire):
-    architecture: _ShortText = ""
-    os: _ShortText = ""
+    architecture: Annotated[str, StringConstraints(max_length=128)] = ""
+    os: Annotated[str, StringConstraints(max_length=128)] = ""
 
 
 @dataclass(frozen=True)
@@ -274,26 +259,16 @@ class _Manifest:
     media_type: str
     digest: str
     body: bytes
-    content: _Index | _ImageManifest
+    content: OciIndex | OciManifest
 
 
 def _arch(name: str) -> str | None:
-    name = _ARCH_ALIASES.get(name, name)
+    name = ARCH_ALIASES.get(name, name)
     return name if name in ARCHITECTURES else None
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def blob_path(digest: str) -> str:
-    """Where a blob lives in an OCI image layout."""
-    algorithm, _, hexdigest = digest.partition(":")
-    return f"blobs/{algorithm}/{hexdigest}"
 
 
 def parse_challenge(header: str) -> dict[str, str] | None:
@@ -324,7 +299,7 @@ def parse_challenge(header: str) -> dict[str, str] | None:
 class _VerifyingReader(io.RawIOBase):
     """A blob download read as a file: counts and hashes it, refuses more, fewer or other bytes than described."""
 
-    def __init__(self, chunks: Iterator[bytes], descriptor: _Descriptor, what: str) -> None:
+    def __init__(self, chunks: Iterator[bytes], descriptor: OciDescriptor, what: str) -> None:
         super().__init__()
         self._chunks = chunks
         self._descriptor = descriptor
@@ -460,13 +435,14 @@ class RegistryClient:
         return Resolved(image=ref.pinned(manifest.digest), architectures=architectures)
 
     def export(self, image: str, destination: Path) -> None:
-        """Write `image` (pinned by digest) to `destination` as an OCI image-layout tar archive.
+        """Write `image` (pinned by digest) to `destination` as a bundle archive (`edgefleet.bundles`).
 
         The archive holds ``oci-layout``, ``index.json`` (one entry: the image's manifest
-        or index, named by the ``org.opencontainers.image.ref.name`` annotation) and
+        or index, named by the ``org.opencontainers.image.ref.name`` annotation),
         ``blobs/sha256/HEX`` for the manifest, every manifest of an index, their configs
-        and layers. Each blob is verified against its digest while it downloads; the archive
-        is written to a temporary file beside `destination` and renamed into place only when
+        and layers, and the ``manifest.json`` and ``repositories`` `docker load` reads.
+        Each blob is verified against its digest while it downloads; the archive is written
+        to a temporary file beside `destination` and renamed into place only when
         complete, so a failed export leaves nothing behind.
 
         Raises:
@@ -503,13 +479,13 @@ class RegistryClient:
 
     # --- manifests --------------------------------------------------------------------
 
-    def _manifest(self, ref: Reference, target: str, *, descriptor: _Descriptor | None = None) -> _Manifest:
+    def _manifest(self, ref: Reference, target: str, *, descriptor: OciDescriptor | None = None) -> _Manifest:
         what = f"{ref}: manifest {target}" if target != ref.target else f"{ref}: manifest"
         with self._get(ref, f"manifests/{target}", accept=ACCEPT, what=what) as response:
             body = self._read(response, self.limits.manifest_bytes, what)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             announced = response.headers.get("Docker-Content-Digest")
-        digest = _sha256(body)
+        digest = sha256(body)
         if target.startswith("sha256:") and digest != target:
             raise RegistryError(f"{what}: the registry sent a manifest whose digest is {digest}")
         if announced and announced.startswith("sha256:") and announced != digest:
@@ -519,7 +495,7 @@ class RegistryClient:
             raise RegistryError(f"{what}: size or media type differs from the index entry that names it")
         return _Manifest(media_type=media_type, digest=digest, body=body, content=content)
 
-    def _parse_manifest(self, body: bytes, content_type: str, what: str) -> tuple[str, _Index | _ImageManifest]:
+    def _parse_manifest(self, body: bytes, content_type: str, what: str) -> tuple[str, OciIndex | OciManifest]:
         try:
             raw = json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -537,11 +513,11 @@ class RegistryClient:
             raise RegistryError(f"{what}: unsupported manifest type {_show(content_type or 'none')}")
         try:
             if media_type in INDEX_TYPES:
-                index = _Index.model_validate(raw)
+                index = OciIndex.model_validate(raw)
                 if len(index.manifests) > self.limits.index_entries:
                     raise RegistryError(f"{what}: more than {self.limits.index_entries} entries")
                 return media_type, index
-            manifest = _ImageManifest.model_validate(raw)
+            manifest = OciManifest.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first.get("loc", ())) or "(document)"
@@ -552,7 +528,7 @@ class RegistryClient:
 
     def _architectures(self, ref: Reference, manifest: _Manifest) -> tuple[str, ...]:
         found: set[str | None] = set()
-        if isinstance(manifest.content, _Index):
+        if isinstance(manifest.content, OciIndex):
             for entry in manifest.content.manifests:
                 # Attestations (SBOM, provenance) sit in the index with platform unknown/unknown.
                 if entry.platform and entry.platform.os == "linux" and entry.platform.architecture != "unknown":
@@ -563,13 +539,13 @@ class RegistryClient:
                 found.add(_arch(config.architecture))
         return tuple(arch for arch in ARCHITECTURES if arch in found)
 
-    def _config(self, ref: Reference, descriptor: _Descriptor) -> _ImageConfig:
+    def _config(self, ref: Reference, descriptor: OciDescriptor) -> _ImageConfig:
         what = f"{ref}: config {descriptor.digest}"
         if descriptor.size > self.limits.config_bytes:
             raise RegistryError(f"{what}: larger than {self.limits.config_bytes} bytes")
         with self._get(ref, f"blobs/{descriptor.digest}", what=what) as response:
             body = self._read(response, descriptor.size, what)
-        if len(body) != descriptor.size or _sha256(body) != descriptor.digest:
+        if len(body) != descriptor.size or sha256(body) != descriptor.digest:
             raise RegistryError(f"{what}: content does not match its digest")
         try:
             return _ImageConfig.model_validate_json(body)
@@ -579,42 +555,43 @@ class RegistryClient:
     # --- export -----------------------------------------------------------------------
 
     def _write_layout(self, ref: Reference, top: _Manifest, writer: _ArchiveWriter) -> None:
-        name = ref.pinned(top.digest)
-        index = {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [
-                {
-                    "mediaType": top.media_type,
-                    "digest": top.digest,
-                    "size": len(top.body),
-                    "annotations": {REF_NAME_ANNOTATION: name, CONTAINERD_NAME_ANNOTATION: name},
-                }
-            ],
-        }
-        writer.add_bytes("oci-layout", OCI_LAYOUT)
-        writer.add_bytes("index.json", json.dumps(index, indent=2).encode())
-        writer.directory("blobs/")
-        writer.directory("blobs/sha256/")
+        """The OCI layout of `top`, then the ``manifest.json`` and ``repositories`` Docker's image load reads.
+
+        ``manifest.json`` lists every Linux image (an index's attestations and other systems
+        are left out: Docker refuses to load them), each tagged by its own manifest's digest.
+        """
+        writer.add_bytes(LAYOUT_FILE, OCI_LAYOUT)
+        writer.add_bytes(
+            INDEX_FILE, layout_index(name=ref.name, media_type=top.media_type, digest=top.digest, size=len(top.body))
+        )
+        for directory in BLOB_DIRECTORIES:
+            writer.directory(directory)
         writer.add_bytes(blob_path(top.digest), top.body)
-        images: list[_ImageManifest] = []
-        if isinstance(top.content, _Index):
+        images: list[OciManifest] = []
+        loadable: list[DockerImage] = []
+        if isinstance(top.content, OciIndex):
+            platforms = {entry.digest for entry in linux_images(top.content)}
             for entry in top.content.manifests:
                 if entry.media_type not in MANIFEST_TYPES:
                     raise RegistryError(f"{ref}: index entry {entry.digest} is a {entry.media_type}, not an image")
                 child = self._manifest(ref, entry.digest, descriptor=entry)
                 writer.add_bytes(blob_path(child.digest), child.body)
-                if not isinstance(child.content, _ImageManifest):
+                if not isinstance(child.content, OciManifest):
                     raise RegistryError(f"{ref}: index entry {entry.digest} is not an image manifest")
                 images.append(child.content)
+                if entry.digest in platforms:
+                    loadable.append(docker_image(ref.name, child.digest, child.content))
         else:
             images.append(top.content)
+            loadable.append(docker_image(ref.name, top.digest, top.content))
         for image in images:
             for blob in (image.config, *image.layers):
                 if blob_path(blob.digest) not in writer.written:
                     self._copy_blob(ref, blob, writer)
+        for name, data in docker_archive_files(loadable).items():
+            writer.add_bytes(name, data)
 
-    def _copy_blob(self, ref: Reference, descriptor: _Descriptor, writer: _ArchiveWriter) -> None:
+    def _copy_blob(self, ref: Reference, descriptor: OciDescriptor, writer: _ArchiveWriter) -> None:
         what = f"{ref}: blob {descriptor.digest}"
         if descriptor.size > self.limits.blob_bytes:
             raise RegistryError(f"{what}: larger than {self.limits.blob_bytes} bytes")

@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.bundles import DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX, REF_NAME_ANNOTATION
 from edgefleet.cli.main import main
 from edgefleet.manifest import IMAGE_BY_DIGEST, parse_manifest
 from edgefleet.publisher.registry import (
-    DOCKER_MANIFEST,
-    INDEX_TYPES,
-    OCI_INDEX,
-    REF_NAME_ANNOTATION,
     RegistryClient,
     RegistryError,
     RegistryLimits,
@@ -226,7 +223,7 @@ def test_a_token_realm_over_plain_http_must_be_listed_as_insecure(registry: Regi
 
 
 def check_layout(archive: Path, image: str) -> dict[str, bytes]:
-    """Assert `archive` is a complete OCI image layout of `image`; return its files."""
+    """Assert `archive` is a complete OCI image layout of `image` that `docker load` reads too; return its files."""
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         files = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}
@@ -242,13 +239,16 @@ def check_layout(archive: Path, image: str) -> dict[str, bytes]:
     assert top["annotations"][REF_NAME_ANNOTATION] == image
     assert top["digest"] == image.rsplit("@", 1)[1]
     blobs = {name.removeprefix("blobs/sha256/"): data for name, data in files.items() if name.startswith("blobs/")}
-    assert set(files) == {"oci-layout", "index.json"} | {f"blobs/sha256/{h}" for h in blobs}
+    docker_files = {"manifest.json", "repositories"}
+    assert set(files) == {"oci-layout", "index.json"} | docker_files | {f"blobs/sha256/{h}" for h in blobs}
     for hexdigest, data in blobs.items():
         assert hashlib.sha256(data).hexdigest() == hexdigest
 
     reached: set[str] = set()
+    loadable: list[dict[str, object]] = []  # what manifest.json must list: every Linux image, tagged by its digest
+    name = image.rsplit("@", 1)[0]
 
-    def walk(descriptor: dict[str, object]) -> None:
+    def walk(descriptor: dict[str, object], *, linux: bool) -> None:
         digest = str(descriptor["digest"])
         hexdigest = digest.removeprefix("sha256:")
         assert hexdigest in blobs, f"{digest} is referenced but missing"
@@ -256,14 +256,28 @@ def check_layout(archive: Path, image: str) -> dict[str, bytes]:
         reached.add(hexdigest)
         if descriptor["mediaType"] in INDEX_TYPES:
             for entry in json.loads(blobs[hexdigest])["manifests"]:
-                walk(entry)
+                platform = entry.get("platform") or {}
+                walk(entry, linux=platform.get("os") == "linux" and platform.get("architecture") != "unknown")
         elif "manifest" in str(descriptor["mediaType"]):
             manifest = json.loads(blobs[hexdigest])
             for entry in (manifest["config"], *manifest["layers"]):
-                walk(entry)
+                walk(entry, linux=False)
+            if linux:
+                loadable.append(
+                    {
+                        "Config": f"blobs/{manifest['config']['digest'].replace(':', '/')}",
+                        "RepoTags": [f"{name}:sha256-{hexdigest}"],
+                        "Layers": [f"blobs/{layer['digest'].replace(':', '/')}" for layer in manifest["layers"]],
+                    }
+                )
 
-    walk(top)
+    walk(top, linux=True)
     assert reached == set(blobs), "blobs nothing references"
+    assert json.loads(files["manifest.json"]) == loadable
+    repositories = json.loads(files["repositories"])
+    assert repositories == {
+        name: {entry["RepoTags"][0].rsplit(":", 1)[1]: entry["Layers"][-1].rsplit("/", 1)[1] for entry in loadable}
+    }
     return files
 
 
@@ -280,6 +294,8 @@ def test_export_writes_a_complete_oci_layout_of_a_multi_arch_image(
     # index + 3 manifests (amd64, arm64, attestation) + their configs (the attestation's is shared
     # with nothing) + their layers
     assert len([name for name in files if name.startswith("blobs/")]) == 1 + 3 + 3 + 3
+    # Docker loads the two images, not the attestation (its platform is unknown/unknown).
+    assert len(json.loads(files["manifest.json"])) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar"]
 
 

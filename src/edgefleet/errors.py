@@ -1,12 +1,13 @@
-"""Errors raised by the shared models (crypto, protocol); each package converts them at its boundary.
+"""Errors raised by the shared models (crypto, protocol, bundles); each package converts them at its boundary.
 
 Tree::
 
     EdgefleetError
-     └── CryptoError                 key, CSR, certificate or token material is unusable
-          ├── InvalidKeyError        not a parsable key, or a key of a type we do not accept
-          ├── InvalidCsrError        not a parsable CSR, or its self-signature does not verify
-          └── InvalidDeviceTokenError a device token is malformed, badly signed or expired
+     ├── CryptoError                 key, CSR, certificate or token material is unusable
+     │    ├── InvalidKeyError        not a parsable key, or a key of a type we do not accept
+     │    ├── InvalidCsrError        not a parsable CSR, or its self-signature does not verify
+     │    └── InvalidDeviceTokenError a device token is malformed, badly signed or expired
+     └── BundleError                 a bundle archive or a document in it is malformed, or lacks the image asked for
 """
 
 
@@ -28,3 +29,7 @@ class InvalidCsrError(CryptoError):
 
 class InvalidDeviceTokenError(CryptoError):
     """A device token is malformed, not signed by the expected key, or outside its lifetime."""
+
+
+class BundleError(EdgefleetError):
+    """A bundle archive, or a document in it, is malformed or does not hold the image asked for."""

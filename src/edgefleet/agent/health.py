@@ -54,6 +54,14 @@ def verdict(services: Iterable[ServiceHealth], *, restart_limit: int, window_ove
             pending = service
     if not window_over:
         return Verdict("pending")
+    if pending is not None and pending.state == "restarting":
+        # Between restarts Docker shows "restarting" (Podman mostly "exited"): a crash, said as one.
+        code = "" if pending.exit_code is None else f" with code {pending.exit_code}"
+        return Verdict(
+            "failed",
+            pending.service,
+            f"exited{code} and was restarting at the end of the health window ({pending.restarts} restarts)",
+        )
     if pending is not None:
         what = pending.health or pending.state
         return Verdict("failed", pending.service, f"not healthy by the end of the health window ({what})")

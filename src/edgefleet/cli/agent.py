@@ -22,7 +22,7 @@ from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.config import AgentConfigError, AgentSettings, load_settings
 from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.enroll import enroll, host_arch, refresh
-from edgefleet.agent.errors import AgentError
+from edgefleet.agent.errors import AgentError, EngineError
 from edgefleet.agent.hostpaths import protected_paths
 from edgefleet.agent.identity import LocalIdentity, saved_device_id
 from edgefleet.agent.plan import describe
@@ -74,6 +74,24 @@ def _settings(config: Path | None, **flags: object) -> AgentSettings:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
 
 
+def check_engine(url: str) -> None:
+    """Say which engine answers; refuse, before enrolling, one too old to drive (one that is away may come later).
+
+    Raises:
+        CliError: the engine's API is older than the agent's.
+    """
+    probe = DockerEngine(url)
+    try:
+        found = probe.identify()
+        log.info("engine: %s %s (Engine API %s)", found.kind, found.version, found.api_version)
+    except EngineError as exc:
+        if not exc.retryable:
+            raise CliError(f"cannot start: {exc.message}", exit_code=EXIT_UNAVAILABLE) from exc
+        log.warning("the engine is not answering yet (%s); going on", exc.message)
+    finally:
+        probe.close()
+
+
 def _agent(
     settings: AgentSettings,
     client: DeviceClient,
@@ -81,6 +99,7 @@ def _agent(
     fault: FaultHook | None = None,
     progress: DownloadProgress | None = None,
 ) -> Agent:
+    check_engine(settings.engine)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust = trust_store(settings.data_dir)
     try:

@@ -38,6 +38,12 @@ def test_reasons_say_what_happened() -> None:
     )
     late = verdict([svc("a", health="starting")], restart_limit=5, window_over=True)
     assert late.reason == "not healthy by the end of the health window (starting)"
+    # Docker shows a crashed service between its restarts as "restarting": said as the crash it is.
+    crashing = verdict([svc("a", state="restarting", restarts=3, code=4)], restart_limit=5, window_over=True)
+    assert crashing.reason == "exited with code 4 and was restarting at the end of the health window (3 restarts)"
+    assert verdict([svc("a", state="restarting", restarts=3, code=4)], restart_limit=5, window_over=False).outcome == (
+        "pending"
+    )
 
 
 STATES = st.sampled_from(["running", "created", "restarting", "exited"])

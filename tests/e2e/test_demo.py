@@ -1,4 +1,4 @@
-"""`edgefleet demo` end to end: the scenario on real Podman, its end state checked, and nothing left behind."""
+"""`edgefleet demo` end to end: the scenario on real Podman and Docker, its end state checked, nothing left behind."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.demo.engines import ENGINE_NAMES
 from edgefleet.demo.scenario import MARKER, Result, manifest
 from edgefleet.manifest import parse_manifest
 from tests.e2e.conftest import Terminal
@@ -22,8 +23,12 @@ pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.slow, pytest.mark.t
 DEMO = [sys.executable, "-m", "edgefleet.cli.main", "demo"]
 
 
-def left_behind(data_dir: Path) -> list[str]:
-    """The demo's processes still running, and its agents' containers, networks and volumes still on Podman."""
+def left_behind(data_dir: Path, engine: str = "podman") -> list[str]:
+    """The demo's processes still running (its own dockerd among them), and what its agents made still on Podman.
+
+    A demo on Docker runs a dockerd of its own: once that has stopped and its data root is gone,
+    nothing the agents made is left.
+    """
     # This run's engine namespaces (another demo may run beside it, under names of its own).
     namespaces = [tomllib.loads(p.read_text())["engine_namespace"] for p in sorted(data_dir.glob("demo*.toml"))]
     assert len(namespaces) == 3
@@ -36,6 +41,8 @@ def left_behind(data_dir: Path) -> list[str]:
             continue
         if str(data_dir) in cmdline and int(pid) != os.getpid():
             found.append(cmdline[:200])
+    if engine == "docker":
+        return found + [str(path) for path in data_dir.glob("docker*")]
     for kind in ("ps -a", "network ls", "volume ls"):
         listed = subprocess.run(["podman", *kind.split(), "--format", "{{.Names}}" if kind == "ps -a" else "{{.Name}}"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -43,9 +50,11 @@ def left_behind(data_dir: Path) -> list[str]:
     return found
 
 
-def test_demo_ci_runs_the_whole_scenario_and_leaves_nothing_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=pytest.mark.xdist_group(e)) for e in ENGINE_NAMES])
+def test_demo_ci_runs_the_whole_scenario_and_leaves_nothing_running(tmp_path: Path, engine: str) -> None:
     data_dir = tmp_path / "demo"
-    done = subprocess.run([*DEMO, "--ci", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=800)
+    argv = [*DEMO, "--ci", "--engine", engine, "--data-dir", str(data_dir)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "3 devices enrolled and accepted (3 real agents)" in out
@@ -55,7 +64,8 @@ def test_demo_ci_runs_the_whole_scenario_and_leaves_nothing_running(tmp_path: Pa
     assert out.count("last update: failed 1.0.0->1.1.0") == 1
     assert "release 1.0.0 runs on every agent" in done.stderr
     assert "efa_" not in out  # the admin token is shown only in interactive mode
-    assert left_behind(data_dir) == []
+    assert f"a real agent on {'Podman' if engine == 'podman' else 'Docker'}" in out
+    assert left_behind(data_dir, engine) == []
 
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgefleet.cli.common import CliError, err, out
+from edgefleet.cli.common import EXIT_USAGE, CliError, err, out
+from edgefleet.demo.engines import ENGINE_NAMES, EngineName, installed
 from edgefleet.demo.errors import DemoError
 from edgefleet.demo.scenario import Demo, Options, Result
 from edgefleet.demo.terminal import LiveReporter, PlainReporter
@@ -47,16 +48,36 @@ def _hold(result: Result, data_dir: Path) -> None:
     out.print("Stopping ...")
 
 
+def _engine(name: str | None) -> EngineName:
+    """The engine asked for, or the first installed one."""
+    found = installed()
+    if name is None:
+        if not found:
+            raise CliError("no container engine: neither podman nor dockerd is installed", hint="run scripts/setup")
+        return found[0]
+    for known in ENGINE_NAMES:
+        if name == known:
+            if known not in found:
+                raise CliError(f"{known} is not installed", hint="run scripts/setup, or choose another --engine")
+            return known
+    raise CliError(f"unknown engine {name!r}", exit_code=EXIT_USAGE, hint="use --engine podman or --engine docker")
+
+
 def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps everything (wiped by the next run)")] = Path(
         ".edgefleet/demo"
     ),
     simulated: Annotated[int, typer.Option(min=0, max=5000, help="Simulated devices beside the real agents")] = 0,
     ci: Annotated[bool, typer.Option("--ci", help="Check the end state and exit (non-interactive)")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="podman or docker (default: whichever is installed, Podman first)"),
+    ] = None,
 ) -> None:
-    """Run the demo: hub, signed releases, three real agents on Podman, a rollout, and a bad release stopped."""
+    """Run the demo: hub, signed releases, three real agents on Podman or Docker, a rollout, a bad release stopped."""
+    chosen = _engine(engine)
     reporter = reporter_for(out, ci=ci)
-    scenario = Demo(Options(data_dir=data_dir, simulated=simulated, ci=ci), report=reporter)
+    scenario = Demo(Options(data_dir=data_dir, engine=chosen, simulated=simulated, ci=ci), report=reporter)
 
     def hold(result: Result) -> None:
         reporter.stop()  # the summary is printed normally, below the finished checklist

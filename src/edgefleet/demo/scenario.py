@@ -1,11 +1,12 @@
 """The demo's scenario, step by step: hub, publisher keys, two signed releases, real agents, a rollout, a bad one.
 
 Everything runs on this machine and is started here, in a data dir of the demo's own: a
-Podman API service, a registry (Debian's docker-registry) holding the sample image, a hub
-on SQLite, three `edgefleet agent run` processes with their own data dirs and engine
-namespaces, and optionally `edgefleet sim`. The steps use the `edgefleet` commands a user
-would type (reported as they run, tokens elided). At the end, whatever happened, every child
-is stopped and the agents' containers, networks and volumes are removed.
+container engine (Podman's API service, or a dockerd of the demo's own: `demo.engines`), a
+registry (Debian's docker-registry) holding the sample image, a hub on SQLite, three
+`edgefleet agent run` processes with their own data dirs and engine namespaces, and
+optionally `edgefleet sim`. The steps use the `edgefleet` commands a user would type
+(reported as they run, tokens elided). At the end, whatever happened, every child is stopped
+and the agents' containers, networks and volumes are removed.
 
 The scenario writes nothing itself: it reports what happens as events (`events.py`) to the
 reporter it is given, which prints plain lines or draws a live view (`terminal.py`).
@@ -21,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +36,15 @@ import yaml
 
 from edgefleet.agent.identity import saved_device_id
 from edgefleet.demo.children import Children
+from edgefleet.demo.engines import (
+    EngineCommand,
+    EngineName,
+    dockerd_command,
+    dockerd_start_lock,
+    installed,
+    podman_command,
+    remove_leftovers,
+)
 from edgefleet.demo.errors import DemoError
 from edgefleet.demo.events import AgentState, Command, Note, Reporter, RolloutProgress, StepDone, StepStarted, Wave
 from edgefleet.demo.image import push_sample_image
@@ -41,7 +52,8 @@ from edgefleet.demo.image import push_sample_image
 APP = "hello"
 MARKER = ".edgefleet-demo"
 """A file in the data dir saying the demo made it, so a rerun may wipe it (and nothing else)."""
-PODMAN = "/usr/bin/podman"
+DOCKER_POOL = "base=10.198.0.0/16,size=24"
+"""Networks the demo's dockerd hands out (tests' own dockerds use 10.200 and up)."""
 REGISTRY = "/usr/bin/docker-registry"
 CLI_TIMEOUT = 300.0
 START_TIMEOUT = 60.0
@@ -74,6 +86,7 @@ x-edgefleet:
 @dataclass(frozen=True, slots=True)
 class Options:
     data_dir: Path
+    engine: EngineName = "podman"
     agents: int = 3
     simulated: int = 0
     ci: bool = False
@@ -123,6 +136,7 @@ class Demo:
         self.root = options.data_dir.resolve()
         self.children = Children(self.root / "logs")
         self.engine = Children(self.root / "logs")  # stopped last, after the agents' containers are gone
+        self.engine_command: EngineCommand | None = None
         self.env: dict[str, str] = {}
         self.http: httpx.Client | None = None
         self.result = Result()
@@ -136,7 +150,7 @@ class Demo:
         self._fresh_dir()
         try:
             with self._step("Container engine"):
-                socket_path = self._podman()
+                socket_path = self._engine()
             with self._step("Registry"):
                 registry = self._registry()
             with self._step("Hub"):
@@ -190,24 +204,37 @@ class Demo:
         (self.root / "logs").mkdir(parents=True)
         (self.root / MARKER).write_text("made by `edgefleet demo`; removed by the next run\n")
 
-    def _podman(self) -> Path:
-        if not Path(PODMAN).exists():
-            raise DemoError("podman is missing: run scripts/setup first")
-        path = self.root / "podman.sock"
-        self.say("Starting a Podman API service (the container engine the agents use)")
-        child = self.engine.start("podman", [PODMAN, "system", "service", "--time=0", f"unix://{path}"])
+    def _engine(self) -> Path:
+        """Start the chosen engine; its API socket."""
+        if self.options.engine not in installed():
+            raise DemoError(f"{self.options.engine} is missing: run scripts/setup first")
+        if self.options.engine == "podman":
+            command = podman_command(self.root)
+            self.say("Starting a Podman API service (the container engine the agents use)")
+        else:
+            exec_root = Path(tempfile.mkdtemp(prefix="efdemo-", dir="/tmp"))  # short: sockets inside
+            command = dockerd_command(self.root, exec_root=exec_root, address_pool=DOCKER_POOL)
+            self.say("Starting a Docker Engine of the demo's own (the container engine the agents use)")
+        self.engine_command = command
 
         def answers() -> bool:
-            if not path.exists():
+            if not command.socket.exists():
                 return False
             try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=2) as client:
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(command.socket)), timeout=2) as client:
                     return client.get("http://engine/_ping").status_code == 200
             except httpx.HTTPError:
                 return False
 
-        self.engine.wait_until(child, answers, what="Podman's API", timeout=START_TIMEOUT)
-        return path
+        what = "Podman's API" if command.name == "podman" else "Docker Engine's API"
+        if command.name == "docker":
+            with dockerd_start_lock():
+                child = self.engine.start(command.name, command.argv)
+                self.engine.wait_until(child, answers, what=what, timeout=START_TIMEOUT)
+        else:
+            child = self.engine.start(command.name, command.argv)
+            self.engine.wait_until(child, answers, what=what, timeout=START_TIMEOUT)
+        return command.socket
 
     def _registry(self) -> str:
         if not Path(REGISTRY).exists():
@@ -296,7 +323,8 @@ class Demo:
                 f'policy = "{policy}"\narch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}{self.run_id}"\n'
                 f'repository_root = "{self.root / "publisher-keys" / "repository" / "root.json"}"\n'
             )
-            self.report(Command(f"edgefleet agent run --config DIR/{name}.toml   # a real agent on Podman"))
+            on = "Podman" if self.options.engine == "podman" else "Docker"
+            self.report(Command(f"edgefleet agent run --config DIR/{name}.toml   # a real agent on {on}"))
             self.children.start(
                 name, [sys.executable, "-m", "edgefleet.cli.main", "agent", "run", "--config", str(config)]
             )
@@ -357,7 +385,7 @@ class Demo:
             time.sleep(1)
 
     def _end_state(self, socket_path: Path) -> None:
-        """What each agent runs (asked of Podman) and its last outcome (asked of the hub); the audit check."""
+        """What each agent runs (asked of the engine) and its last outcome (asked of the hub); the audit check."""
         time.sleep(2)  # the canary's containers settle after its rollback
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=30) as engine:
             for name, device_id in self.result.agents.items():
@@ -380,13 +408,15 @@ class Demo:
             self.children.stop_all()
             if self.http is not None:
                 self.http.close()
-            socket_path = self.root / "podman.sock"
-            if socket_path.exists() and self.result.agents:
+            command = self.engine_command
+            if command is not None and command.socket.exists() and self.result.agents:
                 try:
-                    _remove_owned(socket_path, list(self.result.agents.values()))
+                    _remove_owned(command.socket, list(self.result.agents.values()))
                 except (httpx.HTTPError, ValueError) as exc:
                     self.say(f"could not remove the agents' containers: {exc}")
             self.engine.stop_all()
+            if command is not None:
+                remove_leftovers(command)
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -154,6 +154,12 @@ class RunningHub:
     def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         return edgefleet(*args, env=self.env(token))
 
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The operator API as the admin, over HTTPS (for set-up steps a test does not check the CLI of)."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca)), timeout=60) as http:
+            return http.request(method, f"{self.url}/api/v1{path}", headers=headers, **kwargs)
+
     def terminal(self, *args: str) -> tuple[int, str]:
         """The CLI against this hub on a pseudo-terminal: (exit code, everything it drew)."""
         return in_terminal(*args, env=self.env())

@@ -17,6 +17,7 @@ and removes older ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.engine.info import EngineInfo
 from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
@@ -87,6 +89,8 @@ class AgentEngine(Engine, TransactionEngine, Protocol):
 
     def status(self) -> dict[str, dict[str, dict[str, Any]]]: ...
 
+    def identify(self) -> EngineInfo: ...
+
     def remove_image(self, image: str) -> bool: ...
 
 
@@ -138,8 +142,22 @@ class LocalState:
         return Desired(releases=releases, policy=policy, facts=facts, environment=self.environment)
 
     def bundles(self) -> dict[str, Path]:
-        """Every installed release's verified OCI archives, by image reference."""
+        """The verified bundle archives of every kept release (installed and previous), by image reference.
+
+        The previous releases' count too: their images stay on the engine, and Docker Engine
+        knows a loaded image only through its bundle (`DockerEngine` finds it by config digest).
+        """
         found: dict[str, Path] = {}
+        for entry in self.apps.values():
+            if entry.previous:
+                try:
+                    previous = parse_manifest(
+                        (Path(entry.previous) / "compose.yaml").read_bytes(), source=entry.previous
+                    )
+                except (OSError, ManifestError):
+                    previous = None  # gone or unreadable: its images are pulled if ever needed again
+                if previous is not None:
+                    found.update(bundles_of(previous, Path(entry.previous)))
         for app, release in self.releases().items():
             found.update(bundles_of(release, Path(self.apps[app].directory)))
         return found
@@ -568,6 +586,8 @@ class Agent:
         }
         if self.root_trust is not None:
             properties["repository_root"] = self.root_trust
+        with contextlib.suppress(EngineError):  # unknown while the engine is away: the twin keeps what it said
+            properties["engine"] = self.engine.identify().as_report()
         self.outbox.keep_report(properties)
         try:
             self.deliver()

@@ -1,8 +1,14 @@
-"""Real Podman for agent tests: a Docker-compatible API socket of our own, a registry, a busybox image.
+"""Real engines for agent tests: Podman's Docker-compatible service and a Docker Engine of our own, a registry, busybox.
 
 Podman's storage is the machine's, so every test works on apps named for it alone, with an
 engine owner label of its own, and removes what it made. The session's plain-HTTP registry
 is marked insecure only for this session's Podman service (CONTAINERS_REGISTRIES_CONF).
+
+Docker Engine (Debian's `docker.io`, 20.10) runs as a `dockerd` of the session's own: its
+socket, data root and exec root under the session's directory, no default bridge, and
+address pools of its own (`docker_pool`), so it never meets another worker's or the
+machine's networks. `engine_socket` is either engine, by parameter: a test that takes it
+runs on both, in the xdist group of each engine (one engine's tests at a time per worker).
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from edgefleet.agent.engine.docker import APP, DockerEngine
+from edgefleet.demo.engines import DOCKERD, dockerd_command, dockerd_start_lock, remove_leftovers
 from edgefleet.demo.image import busybox_layer as demo_layer
 from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, run_registry
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
+ENGINES = ("podman", "docker")
+"""The engines every engine-level test runs on (`engine_socket`)."""
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "echo", "cat", "nc", "wget", "httpd", "ls", "env", "true", "id", "touch", "grep", "test")
 
@@ -47,31 +58,85 @@ def podman_socket(tmp_path_factory: pytest.TempPathFactory, test_registry: Regis
     if not Path(PODMAN).exists():
         pytest.fail("podman is missing: scripts/setup installs it")
     root = tmp_path_factory.mktemp("podman")
-    socket = root / "podman.sock"
     process = podman_service(root, test_registry.host)
-    url = f"unix://{socket}"
-    deadline = time.monotonic() + 30
+    url = f"unix://{root / 'podman.sock'}"
+    try:
+        wait_for_engine(url, process, root / "service.log", "podman system service")
+        yield url
+    finally:
+        stop(process)
+
+
+def docker_pool() -> str:
+    """Address pool for this worker's dockerd: 10.{200+N}.0.0/16 for xdist worker N, in /24 networks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return f"base=10.{200 + int(worker or 0) % 50}.0.0/16,size=24"
+
+
+def wait_for_engine(url: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 60
     while True:
-        if socket.exists():
+        if Path(url.removeprefix("unix://")).exists():
             try:
                 client = docker.DockerClient(base_url=url, version="1.41", timeout=5)
                 client.ping()
                 client.close()
-                break
-            except docker.errors.DockerException:
+                return
+            except (docker.errors.DockerException, requests.exceptions.ConnectionError):
                 pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"podman system service did not start: {(root / 'service.log').read_text()[-2000:]}")
+            pytest.fail(f"{what} did not start: {log.read_text()[-2000:]}")
         time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        yield url
-    finally:
-        process.terminate()
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def docker_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `dockerd` of this session's; removed with everything it made when the session ends."""
+    if not Path(DOCKERD).exists():
+        pytest.fail("dockerd is missing: scripts/setup installs docker.io")
+    root = Path(tempfile.mkdtemp(prefix="efd-", dir="/tmp"))  # unix socket paths must stay short
+    command = dockerd_command(root, exec_root=root / "exec", address_pool=docker_pool())
+    with dockerd_start_lock():  # every dockerd shares iptables' chains: two starting at once race to make them
+        with (root / "dockerd.log").open("wb") as log:
+            process = subprocess.Popen(command.argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            wait_for_engine(command.url, process, root / "dockerd.log", "dockerd")
+        except BaseException:
+            stop(process)
+            raise
+    try:
+        yield command.url
+    finally:
+        stop(process)
+        remove_leftovers(command)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(
+    scope="session",
+    params=[pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in ENGINES],
+)
+def engine_socket(request: pytest.FixtureRequest) -> str:
+    """The API socket of the engine this test runs on (every engine in `ENGINES`, by parameter)."""
+    url: str = request.getfixturevalue(f"{request.param}_socket")
+    return url
+
+
+@pytest.fixture
+def engine_name(engine_socket: str, request: pytest.FixtureRequest) -> str:
+    """Which engine `engine_socket` is, for the few checks that differ between engines (each says why)."""
+    name: str = request.node.callspec.params["engine_socket"]
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -115,11 +180,11 @@ def busybox(test_registry: Registry) -> str:
 
 
 @pytest.fixture
-def apps(podman_socket: str) -> Iterator[list[str]]:
+def apps(engine_socket: str) -> Iterator[list[str]]:
     """Unique app names for one test; whatever the agent made for them is removed afterwards."""
     names: list[str] = []
     yield names
-    client = docker.DockerClient(base_url=podman_socket, version="1.41", timeout=60)
+    client = docker.DockerClient(base_url=engine_socket, version="1.41", timeout=60)
     try:
         # Only this test's apps (one label per filter, checked again: Podman's volume listing ignores
         # a list of label filters), so other workers' objects are never touched.
@@ -139,8 +204,8 @@ def apps(podman_socket: str) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def engine(podman_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
-    instance = DockerEngine(podman_socket, owner=f"test-{secrets.token_hex(4)}")
+def engine(engine_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
+    instance = DockerEngine(engine_socket, owner=f"test-{secrets.token_hex(4)}")
     yield instance
     instance.close()
 

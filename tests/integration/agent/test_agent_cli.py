@@ -13,7 +13,7 @@ from edgefleet.agent.engine.docker import DockerEngine
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub
 from tests.integration.agent.conftest import app_name
 from tests.integration.agent.test_agent_runner import app_text
-from tests.integration.agent.test_engine_podman import containers, wait_running
+from tests.integration.agent.test_engine import containers, wait_running
 
 pytestmark = pytest.mark.xdist_group("podman")
 
@@ -28,7 +28,7 @@ def agent(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_agent_run_once_then_plan(
-    hub: RunningHub, tmp_path: Path, podman_socket: str, busybox: str, apps: list[str], engine: DockerEngine
+    hub: RunningHub, tmp_path: Path, engine_socket: str, busybox: str, apps: list[str], engine: DockerEngine
 ) -> None:
     keys = tmp_path / "keys"
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
@@ -44,7 +44,7 @@ def test_agent_run_once_then_plan(
     config = tmp_path / "agent.toml"
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{tmp_path / "dev"}"\n'
-        f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+        f'engine = "{engine_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
         f'repository_root = "{keys / "repository" / "root.json"}"\n'
     )
 
@@ -83,7 +83,7 @@ def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:
     assert missing.returncode == 2
 
 
-def test_a_first_start_needs_the_image_root_pinned(hub: RunningHub, tmp_path: Path, podman_socket: str) -> None:
+def test_a_first_start_needs_the_image_root_pinned(hub: RunningHub, tmp_path: Path, engine_socket: str) -> None:
     keys = tmp_path / "keys"
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
     initialised = hub.cli("repo", "init", "--keys", str(keys))
@@ -96,7 +96,7 @@ def test_a_first_start_needs_the_image_root_pinned(hub: RunningHub, tmp_path: Pa
         config = tmp_path / f"{name}.toml"
         config.write_text(
             f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{tmp_path / name}"\n'
-            f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
+            f'engine = "{engine_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\npoll_wait = 0\n'
         )
         return agent("run", "--config", str(config), "--once", *flags)
 
@@ -107,7 +107,7 @@ def test_a_first_start_needs_the_image_root_pinned(hub: RunningHub, tmp_path: Pa
 
     refused = run("unpinned")
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: cannot start: no pinned image-repository root")
+    assert "\nerror: cannot start: no pinned image-repository root" in "\n" + refused.stderr
     assert json.loads(hub.cli("device", "list", "--json").stdout) == []  # the enrollment token is not spent
 
     assert run("by-digest", "--repository-root-sha256", digest).returncode == 0

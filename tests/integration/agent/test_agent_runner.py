@@ -20,7 +20,8 @@ from edgefleet.agent.policy import parse_policy
 from edgefleet.agent.runner import Agent, run, trust_store
 from tests.conftest import Fleet
 from tests.integration.agent.conftest import app_name, push_busybox
-from tests.integration.agent.test_engine_podman import containers, wait_running
+from tests.integration.agent.images import configs, export, forget, old_format, push_multi_arch
+from tests.integration.agent.test_engine import containers, wait_running
 from tests.integration.registry.conftest import Registry
 from tests.publishing import Publisher, assign
 
@@ -70,14 +71,14 @@ def publisher(fleet: Fleet, tmp_path: Path) -> Publisher:
 
 
 @pytest.fixture
-def agent(fleet: Fleet, tmp_path: Path, podman_socket: str, publisher: Publisher) -> Any:
+def agent(fleet: Fleet, tmp_path: Path, engine_socket: str, publisher: Publisher) -> Any:
     identity = fleet.enroll()  # an arm64 device, as the fleet helper enrolls them
     data_dir = tmp_path / "agent"
     data_dir.mkdir()
     client = fleet.device_client()
     repository_root, director_root = client.tuf_roots(identity)
     trust_store(data_dir).bootstrap(repository_root=repository_root, director_root=director_root)
-    engine = DockerEngine(podman_socket, owner=identity.device_id)
+    engine = DockerEngine(engine_socket, owner=identity.device_id)
     made = Agent(
         client=client, identity=identity, engine=engine, data_dir=data_dir, policy=POLICY, arch="arm64", poll_wait=0
     )
@@ -104,7 +105,7 @@ def twin(fleet: Fleet, device_id: str) -> dict[str, Any]:
 
 
 def test_agent_follows_its_assignment(
-    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str, podman_socket: str
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str, engine_name: str
 ) -> None:
     app = app_name(apps, "plant")
     publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
@@ -121,6 +122,8 @@ def test_agent_follows_its_assignment(
     assert reported["apps"][app]["version"] == "1.0.0"
     assert set(reported["apps"][app]["services"]) == {"db", "web"}
     assert reported.get("last_error") is None  # null removes it from the twin
+    assert reported["engine"]["kind"] == engine_name  # the engine the agent found, and its versions
+    assert reported["engine"]["api_version"] == "1.41"
     assert agent.cycle() is False  # unchanged: a 304, and nothing to do
 
     # A new release changing only web's environment.
@@ -159,7 +162,7 @@ def test_agent_follows_its_assignment(
     restarted = Agent(
         client=reachable,
         identity=agent.identity,
-        engine=DockerEngine(podman_socket, owner=agent.identity.device_id),
+        engine=DockerEngine(agent.engine.base_url, owner=agent.identity.device_id),
         data_dir=agent.data_dir,
         policy=POLICY,
         arch="arm64",
@@ -344,3 +347,73 @@ def test_the_release_floor_outlives_unassignment_and_restarts(
     restarted.cycle()
     wait_running(restarted.engine, app, 2)
     assert restarted.state.apps[app].version == "2.0.0"
+
+
+def test_bundled_releases_install_and_a_registry_release_of_a_bundled_image_runs(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], test_registry: Registry, engine_socket: str
+) -> None:
+    first, second = app_name(apps, "bundled"), app_name(apps, "pulled")
+    device = agent.identity.device_id
+    held = push_busybox(test_registry, f"{first}-held")
+    multi = push_multi_arch(test_registry, f"{first}-multi")
+    ids = {image: configs(test_registry, image)["amd64"] for image in (held, multi)}
+
+    def old_bundle(image: str, destination: Path) -> None:
+        """As `release build --bundle` wrote archives before they carried Docker's manifest.json."""
+        old_format(export(test_registry, image, destination.with_suffix(".new")), destination)
+        destination.with_suffix(".new").unlink()
+
+    def new_bundle(image: str, destination: Path) -> None:
+        export(test_registry, image, destination)
+
+    def running_images(app: str) -> set[str]:
+        return {c.image.id for c in containers(agent.engine, app).values()}
+
+    try:
+        # A release bundled by an earlier publisher: the device loads it, on Docker Engine as on Podman.
+        publisher.publish(first, "1.0.0", text=app_text(first, "1.0.0", held), exporter=old_bundle)
+        assert assign(fleet, device, f"{first}@1.0.0").status_code == 200
+        agent.cycle()
+        wait_running(agent.engine, first, 2)
+        assert agent.journal.last(first).phase == "committed"
+        assert running_images(first) == {ids[held]}
+
+        # Another app's registry release of the same image: the device holds that image through the
+        # first app's bundle (Docker knows it by its config digest only, and used to load the bundle
+        # again here and fail), so nothing is pulled or reloaded.
+        publisher.publish(second, "1.0.0", text=app_text(second, "1.0.0", held))
+        assert assign(fleet, device, f"{second}@1.0.0").status_code == 200
+        agent.cycle()
+        wait_running(agent.engine, second, 2)
+        assert agent.journal.last(second).phase == "committed"
+        assert running_images(second) == {ids[held]}
+
+        # A multi-architecture bundle as `release build --bundle` writes it now: the engine's platform runs.
+        publisher.publish(first, "1.1.0", text=app_text(first, "1.1.0", multi), exporter=new_bundle)
+        assert assign(fleet, device, f"{first}@1.1.0").status_code == 200
+        agent.cycle()
+        wait_running(agent.engine, first, 2)
+        assert agent.journal.last(first).phase == "committed"
+        assert running_images(first) == {ids[multi]}
+        reported = twin(fleet, device)["apps"]
+        assert {s["image"] for s in reported[first]["services"].values()} == {multi}
+        assert reported.get("last_error") is None
+
+        # A restarted agent (a new engine client, nothing in memory) finds every image by its release's
+        # digest: the second app's through the bundle of the first app's previous release, kept with its image.
+        restarted = Agent(
+            client=agent.client,
+            identity=agent.identity,
+            engine=DockerEngine(engine_socket, owner=device),
+            data_dir=agent.data_dir,
+            policy=POLICY,
+            arch="arm64",
+            poll_wait=0,
+        )
+        assert restarted.apply() == 0
+        assert {s["image"] for s in restarted.engine.status()[second].values()} == {held}
+    finally:
+        for app in (first, second):  # what the apps fixture would remove, first: the images go with them
+            for container in containers(agent.engine, app).values():
+                container.remove(force=True)
+        forget(agent.engine.client, *ids.values())

@@ -31,7 +31,7 @@ from edgefleet.agent.engine.docker import DockerEngine
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub
 from tests.integration.agent.conftest import app_name, busybox_layer
 from tests.integration.agent.test_agent_runner import app_text
-from tests.integration.agent.test_engine_podman import containers, wait_running
+from tests.integration.agent.test_engine import containers, wait_running
 from tests.integration.registry.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, sha256
 
 pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.slow]
@@ -175,7 +175,7 @@ def wait_for(what: str, check: Callable[[], bool], *, timeout: float = 90, every
 
 @pytest.fixture
 def device(
-    tmp_path: Path, link: Link, podman_socket: str, test_registry: Registry, apps: list[str]
+    tmp_path: Path, link: Link, engine_socket: str, test_registry: Registry, apps: list[str]
 ) -> Iterator[IsolatedDevice]:
     """An agent in its own namespace, enrolled with a hub reachable only over the veth."""
     hub_process = start_hub(tmp_path, None, bind=link.hub_address)
@@ -198,7 +198,7 @@ def device(
     config = tmp_path / "agent.toml"
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\ndata_dir = "{data_dir}"\n'
-        f'engine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\n'
+        f'engine = "{engine_socket}"\npolicy = "{tmp_path / "policy.toml"}"\narch = "amd64"\n'
         "poll_wait = 1\nrequest_timeout = 3\nbackoff_initial = 0.2\nbackoff_max = 1\n"
         f'repository_root = "{keys / "repository" / "root.json"}"\n'
     )
@@ -216,9 +216,9 @@ def device(
 
 
 def test_cut_links_mid_download_and_mid_report_recover_without_restarting_anything(
-    device: IsolatedDevice, podman_socket: str
+    device: IsolatedDevice, engine_socket: str
 ) -> None:
-    engine = DockerEngine(podman_socket, owner=device.id)
+    engine = DockerEngine(engine_socket, owner=device.id)
     hub, link = device.hub, device.link
     assert hub.cli("device", "assign", device.id, f"{device.app}@1.0.0").returncode == 0
     wait_for("1.0.0 committed", lambda: device.phase() == "committed 1.0.0")

@@ -42,11 +42,11 @@ def on_podman(engine: DockerEngine, app: str) -> list[Any]:
     return sorted(found, key=lambda c: c.name)
 
 
-def start_agent(hub: RunningHub, tmp_path: Path, name: str, token: str, podman_socket: str) -> subprocess.Popen[str]:
+def start_agent(hub: RunningHub, tmp_path: Path, name: str, token: str, engine_socket: str) -> subprocess.Popen[str]:
     config = tmp_path / f"{name}.toml"
     config.write_text(
         f'hub_url = "{hub.url}"\nca = "{hub.ca}"\nenrollment_token = "{token}"\n'
-        f'data_dir = "{tmp_path / name}"\nengine = "{podman_socket}"\npolicy = "{tmp_path / "policy.toml"}"\n'
+        f'data_dir = "{tmp_path / name}"\nengine = "{engine_socket}"\npolicy = "{tmp_path / "policy.toml"}"\n'
         f'arch = "amd64"\npoll_wait = 10\nengine_namespace = "{name}"\n'
         f'repository_root = "{tmp_path / "keys" / "repository" / "root.json"}"\n'
     )
@@ -60,7 +60,7 @@ def start_agent(hub: RunningHub, tmp_path: Path, name: str, token: str, podman_s
 
 
 def test_a_rollout_reaches_real_agents_and_simulated_devices(
-    hub: RunningHub, tmp_path: Path, podman_socket: str, busybox: str, apps: list[str], engine: DockerEngine
+    hub: RunningHub, tmp_path: Path, engine_socket: str, busybox: str, apps: list[str], engine: DockerEngine
 ) -> None:
     keys = tmp_path / "keys"
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
@@ -82,7 +82,7 @@ def test_a_rollout_reaches_real_agents_and_simulated_devices(
         hub.cli("token", "create", "--fleet", "lab", "--tag", "ring=real", "--uses", "2", "--json").stdout
     )
     simulated = hub.cli("token", "create", "--fleet", "lab", "--tag", "ring=sim", "--uses", str(SIMULATED), "--json")
-    agents = [start_agent(hub, tmp_path, name, real["token"], podman_socket) for name in ("agenta", "agentb")]
+    agents = [start_agent(hub, tmp_path, name, real["token"], engine_socket) for name in ("agenta", "agentb")]
     sim = start_sim(
         hub.url,
         hub.ca,

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.agent.engine.info import api_level, engine_kind
 from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
-from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, event, printable, run
+from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, Installed, LocalState, event, printable, run
 from edgefleet.protocol import DeviceEvent
 
 
@@ -204,6 +205,9 @@ class AwayEngine:
     def status(self) -> dict[str, Any]:
         raise EngineError("cannot reach the engine: connection refused")
 
+    def identify(self) -> Any:
+        raise EngineError("cannot reach the engine: connection refused")
+
 
 def test_a_report_while_the_engine_is_away_says_so_instead_of_stopping_the_agent(tmp_path: Path) -> None:
     hub = FakeHub()
@@ -218,6 +222,7 @@ def test_a_report_while_the_engine_is_away_says_so_instead_of_stopping_the_agent
     device.report()
     (sent,) = hub.reports
     assert cast(dict[str, Any], sent)["last_error"] == "engine: cannot reach the engine: connection refused"
+    assert "engine" not in cast(dict[str, Any], sent)  # unknown now: the twin keeps what it said last
 
 
 def test_every_cycle_starts_by_renewing_the_certificate_and_an_unreachable_hub_there_means_back_off(
@@ -244,3 +249,65 @@ def test_an_engine_error_is_cleared_once_the_engine_answers_again(tmp_path: Path
     device.last_error = "update refused (signature): bad"
     device.cycle()
     assert device.last_error == "update refused (signature): bad"  # not the engine's: kept
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ({"Components": [{"Name": "Engine"}, {"Name": "containerd"}], "Platform": {"Name": ""}}, "docker"),
+        ({"Components": [{"Name": "Podman Engine"}], "Platform": {"Name": "linux/amd64/debian-12"}}, "podman"),
+        ({"Components": [{"Name": "Engine"}], "Platform": {"Name": "balenaEngine"}}, "balena-engine"),
+        ({"Components": None}, "docker"),
+        ({}, "docker"),
+    ],
+)
+def test_the_engine_is_told_by_its_own_version_answer(answer: dict[str, Any], kind: str) -> None:
+    assert engine_kind(answer) == kind
+
+
+def test_api_levels_compare_as_numbers() -> None:
+    assert api_level("1.41") > api_level("1.9") > api_level("1.4")
+    assert api_level("junk") < api_level("1.0")
+
+
+def kept_release(directory: Path, app: str, version: str, image: str, *, bundled: bool) -> str:
+    """An installed release's directory as the agent keeps it: compose.yaml and, when bundled, its archive."""
+    (directory / "images").mkdir(parents=True)
+    (directory / "compose.yaml").write_text(f"""
+services:
+  main:
+    image: {image}
+x-edgefleet:
+  app: {app}
+  version: {version}
+  services:
+    main: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
+""")
+    if bundled:
+        (directory / "images" / f"sha256-{image.rsplit(':', 1)[1]}.tar").write_bytes(b"archive")
+    return str(directory)
+
+
+def test_the_bundles_of_previous_releases_are_known_too(tmp_path: Path) -> None:
+    # Docker Engine knows an image it loaded only through its bundle, and the previous release keeps its images.
+    old, new, other = ("registry.example/a@sha256:" + c * 64 for c in "123")
+    state = LocalState(
+        apps={
+            "a": Installed(
+                "2.0.0",
+                2,
+                kept_release(tmp_path / "a2", "a", "2.0.0", new, bundled=True),
+                previous=kept_release(tmp_path / "a1", "a", "1.0.0", old, bundled=True),
+            ),
+            "b": Installed(
+                "1.0.0",
+                1,
+                kept_release(tmp_path / "b1", "b", "1.0.0", other, bundled=False),
+                previous=str(tmp_path / "gone"),  # pruned meanwhile: nothing of it counts
+            ),
+        }
+    )
+    assert state.bundles() == {
+        old: tmp_path / "a1" / "images" / f"sha256-{'1' * 64}.tar",
+        new: tmp_path / "a2" / "images" / f"sha256-{'2' * 64}.tar",
+    }

@@ -10,7 +10,10 @@ no route out) and ``edgefleet_APP_egress`` (for services with the `network` perm
 or published ports), volumes ``edgefleet_APP_VOLUME``. Each app has its own networks, so
 apps cannot reach each other. Several agents can share one engine (a test bench, a demo)
 when each has its own `namespace`: names then start ``edgefleet-NAMESPACE_``. docker-py
-errors become `EngineError` here.
+errors become `EngineError` here (`agent.engine.boundary`).
+
+Images are pulled by digest, or loaded from a release's verified bundle; `agent.engine.images`
+finds them by the release's references (Docker Engine knows an image it loaded only by ID).
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.models.containers import Container
 from docker.types import EndpointConfig, LogConfig, Mount, Ulimit
 
+from edgefleet.agent.engine.boundary import converted as _converted
+from edgefleet.agent.engine.images import EngineImages
+from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth
 from edgefleet.agent.hostpaths import bind_problem, protected_paths
@@ -57,6 +62,7 @@ APP, SERVICE, RELEASE, DIGEST, VOLUME, OWNER = (
 NPROC = 4096
 """Set together with nofile: Podman otherwise fills in an nproc above some hosts' hard limit."""
 API_VERSION = "1.41"
+"""The Engine API version the agent speaks, and the oldest an engine may offer: Docker 20.10, Podman 4.3 (tested)."""
 STOP_TIMEOUT = 10
 REMOVE_ATTEMPTS = 5
 LOG_TAIL_LINES = 40
@@ -96,18 +102,6 @@ def container_name(spec: ContainerSpec, *, namespace: str = "") -> str:
     return f"{_prefix(namespace)}_{spec.app}_{spec.service}_{spec.config_digest[:8]}"
 
 
-@contextlib.contextmanager
-def _converted(what: str) -> Iterator[None]:
-    """docker-py and transport errors -> EngineError (client errors are not retryable)."""
-    try:
-        yield
-    except docker.errors.APIError as exc:
-        status = exc.status_code or 500
-        raise EngineError(f"{what}: {exc.explanation or exc}", retryable=status >= 500) from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise EngineError(f"{what}: {exc}") from exc
-
-
 @dataclass
 class DockerEngine:
     """One engine endpoint (e.g. ``unix:///run/podman/podman.sock``)."""
@@ -119,11 +113,13 @@ class DockerEngine:
     namespace: str = ""
     """Prefixes the names of what it creates, so several agents can share one engine ("": none)."""
     bundles: dict[str, Path] = field(default_factory=dict)
-    """Image (name@sha256:...) -> a verified OCI archive to load instead of pulling."""
+    """Image (name@sha256:...) -> a verified bundle archive to load instead of pulling."""
     protected: tuple[str, ...] = ()
     """The agent's own paths (`agent.hostpaths.protected_paths`): never bind-mounted into a container."""
     _client: docker.DockerClient | None = None
     _engine_paths: tuple[str, ...] | None = None
+    _info: EngineInfo | None = None
+    _images: EngineImages = field(default_factory=EngineImages, repr=False)
 
     @property
     def _labels(self) -> dict[str, str]:
@@ -147,6 +143,7 @@ class DockerEngine:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._info = None
 
     # --- observe ------------------------------------------------------------------
 
@@ -199,12 +196,7 @@ class DockerEngine:
         )
 
     def _has_image(self, image: str) -> bool:
-        try:
-            with _converted(f"inspect {image}"):
-                self.client.images.get(image)
-        except EngineError:
-            return False
-        return True
+        return self._images.local(self.client, self.bundles, image) is not None
 
     def status(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per app and service: state, health, restart count and image, for the device's report."""
@@ -220,7 +212,7 @@ class DockerEngine:
                 "health": (state.get("Health") or {}).get("Status"),
                 "restarts": attrs.get("RestartCount", 0),
                 "release": listed.labels.get(RELEASE),
-                "image": attrs.get("Config", {}).get("Image"),
+                "image": self._images.reported(attrs.get("Config", {}).get("Image")),
             }
         return report
 
@@ -286,14 +278,8 @@ class DockerEngine:
             return None
 
     def remove_image(self, image: str) -> bool:
-        """Remove an image the agent fetched; False when the engine keeps it (in use, or already gone)."""
-        try:
-            with _converted(f"remove image {image}"):
-                self.client.images.remove(image)
-        except EngineError as exc:
-            log.info("image %s kept: %s", image, exc.message)
-            return False
-        return True
+        """Remove an image the agent fetched; False when the engine keeps it (in use, named by others, or gone)."""
+        return self._images.remove(self.client, self.bundles, image)
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""
@@ -382,22 +368,34 @@ class DockerEngine:
         return name
 
     def _fetch(self, image: str) -> None:
-        archive = self.bundles.get(image)
-        if archive is not None:
-            with _converted(f"load {archive.name}"), archive.open("rb") as data:
-                self.client.images.load(data)
-        else:
-            name, _, digest = image.partition("@")
-            with _converted(f"pull {image}"):
-                self.client.images.pull(name, tag=digest)
-        if not self._has_image(image):
-            raise EngineError(f"{image} is not present by its digest after fetching it", retryable=False)
+        self._images.fetch(self.client, self.bundles, image)
+
+    def identify(self) -> EngineInfo:
+        """Which engine this is and its versions (asked once per connection).
+
+        Raises:
+            EngineError: the engine cannot be asked, or (not retryable) its API is older than `API_VERSION`.
+        """
+        if self._info is None:
+            with _converted("engine version"):
+                version = self.client.api.version(api_version=False)  # unversioned: answers even an old engine
+            kind, release = engine_kind(version), str(version.get("Version", "unknown"))[:64]
+            api_version = str(version.get("ApiVersion", "0"))[:16]
+            if api_level(api_version) < api_level(API_VERSION):
+                raise EngineError(
+                    f"{kind} {release} offers Engine API {api_version}; the agent needs {API_VERSION} or newer "
+                    "(Docker 20.10, Podman 4.3 and newer are tested)",
+                    retryable=False,
+                )
+            with _converted("engine info"):
+                root = str(self.client.info().get("DockerRootDir") or "")
+            self._info = EngineInfo(kind, release, api_version, root)
+        return self._info
 
     def _own_paths(self) -> tuple[str, ...]:
         """The agent's paths, and this engine's socket and data root (asked once)."""
         if self._engine_paths is None:
-            with _converted("engine info"):
-                root = str(self.client.info().get("DockerRootDir") or "")
+            root = self.identify().root_dir
             socket = self.base_url.removeprefix("unix://") if self.base_url.startswith("unix://") else None
             self._engine_paths = protected_paths([socket, root or None])
         return (*self.protected, *self._engine_paths)
@@ -449,7 +447,7 @@ class DockerEngine:
         }
         with _converted(f"create {spec.app}/{spec.service}"):
             container = self.client.containers.create(
-                spec.image,
+                self._images.local(self.client, self.bundles, spec.image) or spec.image,
                 command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
                 name=container_name(spec, namespace=self.namespace),

@@ -11,7 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from edgefleet.agent.engine.docker import MANAGED, DockerEngine
+from edgefleet.agent.engine.docker import API_VERSION, MANAGED, DockerEngine
+from edgefleet.agent.engine.info import api_level
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.hostpaths import protected_paths
 from edgefleet.agent.plan import CreateContainer
@@ -19,8 +20,8 @@ from edgefleet.agent.policy import Policy, parse_policy
 from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
 from edgefleet.agent.spec import HostFacts, release_specs
 from edgefleet.manifest import Permission, Release, parse_manifest
-from edgefleet.publisher.registry import RegistryClient
 from tests.integration.agent.conftest import PODMAN, app_name, push_busybox
+from tests.integration.agent.images import configs, export, forget, image_ids
 from tests.integration.registry.conftest import Registry
 
 pytestmark = pytest.mark.xdist_group("podman")
@@ -107,7 +108,9 @@ def wait_running(engine: DockerEngine, app: str, count: int) -> None:
     pytest.fail(f"{app}: not all {count} containers running: {found}")
 
 
-def test_two_service_release_runs_confined(engine: DockerEngine, apps: list[str], busybox: str) -> None:
+def test_two_service_release_runs_confined(
+    engine: DockerEngine, apps: list[str], busybox: str, engine_name: str
+) -> None:
     app = app_name(apps, "shop")
     steps = reconcile(engine, desired(manifest(app, busybox, port=18081)))
     assert steps
@@ -123,20 +126,28 @@ def test_two_service_release_runs_confined(engine: DockerEngine, apps: list[str]
     assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
     assert set(host["Tmpfs"]) >= {"/tmp", "/run"}
     assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18081"}]}
-    assert {u["Name"]: u["Soft"] for u in host["Ulimits"]} == {"RLIMIT_NOFILE": 4096, "RLIMIT_NPROC": 4096}
+    # Podman names ulimits RLIMIT_NOFILE, Docker nofile: the same limits either way (and in force, below).
+    assert {u["Name"].removeprefix("RLIMIT_").lower(): u["Soft"] for u in host["Ulimits"]} == {
+        "nofile": 4096,
+        "nproc": 4096,
+    }
     assert host["PidMode"] in ("", "private")
     assert host["IpcMode"] in ("", "private", "shareable")
     assert not host.get("Devices")
-    # The compatible API does not echo log options back; Podman's own inspect shows the cap.
-    native = subprocess.run(
-        [PODMAN, "inspect", web.id, "--format", "{{.HostConfig.LogConfig.Size}}"], capture_output=True, text=True
-    )
-    assert native.stdout.strip() == "10MB"
+    if engine_name == "podman":
+        # Podman's compatible API does not echo log options back; its own inspect shows the cap.
+        native = subprocess.run(
+            [PODMAN, "inspect", web.id, "--format", "{{.HostConfig.LogConfig.Size}}"], capture_output=True, text=True
+        )
+        assert native.stdout.strip() == "10MB"
+    else:
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
     assert all(m["Type"] in ("volume", "tmpfs") for m in web.attrs["Mounts"])
     # Inside: no capabilities at all, a read-only root, the limits in force.
     assert sh(web, "grep CapEff /proc/self/status")[1].split()[-1] == "0000000000000000"
     assert sh(web, "touch /etc/x")[0] != 0
     assert sh(web, "touch /tmp/x")[0] == 0
+    assert sh(web, "ulimit -n")[1].strip() == "4096"
     assert "MODE=one" in sh(web, "env")[1]
     assert "FLEET=" not in sh(web, "env")[1]  # the manifest does not declare it: operators cannot inject it
     # Services of one app reach each other by name, over the app's own network.
@@ -201,14 +212,14 @@ def test_apps_cannot_reach_each_other_and_updates_stay_inside_one_app(
 
 
 def test_restarted_agent_finds_its_containers_and_never_touches_others(
-    engine: DockerEngine, apps: list[str], busybox: str, podman_socket: str
+    engine: DockerEngine, apps: list[str], busybox: str, engine_socket: str
 ) -> None:
     app = app_name(apps, "shop")
     reconcile(engine, desired(manifest(app, busybox)))
     wait_running(engine, app, 2)
     foreign = engine.client.containers.run(busybox, ["/bin/sleep", "300"], detach=True, labels={"owner": "someone"})
     try:
-        fresh = DockerEngine(podman_socket, owner=engine.owner)  # a restarted agent: nothing in memory
+        fresh = DockerEngine(engine_socket, owner=engine.owner)  # a restarted agent: nothing in memory
         assert reconcile(fresh, desired(manifest(app, busybox))) == ()
         reconcile(fresh, desired())  # nothing assigned any more: the app goes, the stranger stays
         assert containers(fresh, app) == {}
@@ -236,21 +247,25 @@ def test_images_are_pulled_by_digest_or_loaded_from_a_verified_bundle(
 ) -> None:
     pulled = push_busybox(test_registry, f"pull-{time.time_ns()}")
     bundled = push_busybox(test_registry, f"bundle-{time.time_ns()}")
-    archive = tmp_path / "image.tar"
-    with RegistryClient(insecure=[test_registry.host]) as registry:
-        registry.export(bundled, archive)
-    engine.bundles[bundled] = archive
+    # The archive `release build --bundle` writes (Docker Engine 20.10 loads it since it carries manifest.json).
+    engine.bundles[bundled] = export(test_registry, bundled, tmp_path / "image.tar")
+    ids = {image: configs(test_registry, image)["amd64"] for image in (pulled, bundled)}
     try:
         for image in (pulled, bundled):
             app = app_name(apps, "img")
             reconcile(engine, desired(manifest(app, image)))
             wait_running(engine, app, 2)
-            assert engine.client.images.get(image).id
+            # Found by its digest on every engine: Docker knows a loaded image by its config's digest only.
+            assert engine.observe(frozenset({image})).images == {image}
+            assert {c.image.id for c in containers(engine, app).values()} == {ids[image]}
+            assert {service["image"] for service in engine.status()[app].values()} == {image}
+            # Unassigned, the containers go; then the agent's references to the image go, and with them the image.
+            reconcile(engine, desired())
+            assert engine.remove_image(image) is True
+            assert engine.observe(frozenset({image})).images == frozenset()
+            assert ids[image] not in image_ids(engine.client)
     finally:
-        for image in (pulled, bundled):
-            for container in engine.client.containers.list(all=True, filters={"ancestor": image}):
-                container.remove(force=True)
-            engine.client.images.remove(image, force=True)
+        forget(engine.client, *ids.values())
 
 
 def test_a_network_the_agent_did_not_make_is_never_adopted(engine: DockerEngine, apps: list[str], busybox: str) -> None:
@@ -329,3 +344,12 @@ def test_host_paths_are_checked_where_they_lead_and_against_the_agents_own(
         assert sh(web, f"touch {shared}/new")[0] != 0
     finally:
         own.close()
+
+
+def test_the_agent_knows_its_engine(engine: DockerEngine, engine_name: str) -> None:
+    found = engine.identify()
+    assert found.kind == engine_name
+    assert api_level(found.api_version) >= api_level(API_VERSION)
+    assert found.version.startswith("4." if engine_name == "podman" else "20.10")
+    assert found.root_dir
+    assert found.as_report() == {"kind": engine_name, "version": found.version, "api_version": found.api_version}

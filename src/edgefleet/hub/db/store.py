@@ -67,8 +67,8 @@ _PG_ENVIRONMENT_LOCK = 0x6564676572656E76
 DIRECTOR_VERSIONS_KEPT = 4
 _BATCH = 1000
 """Rows per statement in bulk writes."""
-_ANSWER_COLUMNS = frozenset({"status", "fleet", "tags", "cert_pem", "cert_not_after"})
-"""Device columns a device's answers depend on: its identity, its fleet's environment, tag-selected deployments."""
+_UNANNOUNCED_COLUMNS = frozenset({"last_seen_at", "updated_at"})
+"""Device columns whose change alone is not announced: every other one is in a device's answers or its cached record."""
 _MAX_NOTIFY_PAYLOAD = 1000
 """PostgreSQL refuses payloads of 8000 bytes or more; a longer key (never a device id) wakes every device."""
 
@@ -244,7 +244,7 @@ class Tx(RolloutQueries):
         row = self._s.get(DeviceRow, device_id, with_for_update=True)
         if row is None:
             raise KeyError(device_id)
-        if any(getattr(row, name) != value for name, value in values.items() if name in _ANSWER_COLUMNS):
+        if any(getattr(row, name) != value for name, value in values.items() if name not in _UNANNOUNCED_COLUMNS):
             self._changes(device_id)
         for name, value in values.items():
             setattr(row, name, value)
@@ -632,12 +632,17 @@ class Store:
             except DataError as exc:
                 # Values the schema let through but the database refuses (e.g. NUL in PostgreSQL text).
                 raise BadRequestError("invalid_value", "a value cannot be stored (control characters?)") from exc
-        if tx.changed and self.dialect != "postgresql":
-            # Committed: wake this process's held polls (PostgreSQL's listener does it for every process).
-            if EVERY_DEVICE in tx.changed:
-                self.notifier.wake_all()
-            else:
-                self.notifier.wake(tx.changed)
+        if not tx.changed:
+            return
+        every = EVERY_DEVICE in tx.changed
+        if self.dialect == "postgresql":
+            # Committed: this process's caches forget at once, before its next request; its held
+            # polls (and every other process's caches) are the listener's, which hears the commit.
+            self.notifier.forget(None if every else tx.changed)
+        elif every:
+            self.notifier.wake_all()
+        else:
+            self.notifier.wake(tx.changed)
 
     def listener(self) -> DeviceListener | None:
         """A (not yet started) listener for every hub process's changes; None on SQLite, where commits wake directly."""

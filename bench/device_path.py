@@ -76,7 +76,7 @@ def one_repeat(hub: fs.Hub, app_url: str, app_pid: int, state_dir: Path, args: a
     time.sleep(args.seconds)
     figures["idle_hub_cpu_share"] = round((fs.cpu_seconds(hub.pid) - before) / args.seconds, 3)
     figures["bare"] = load(hub, app_url, app_pid, args, "--path", "/")
-    for case in CASES:
+    for case in args.cases:
         extra = ("--mode", case, "--state-dir", str(state_dir), "--wait", str(args.wait))
         concurrency = args.held_concurrency if case == "held" else 32
         spy = fs.Profile(hub, args.profile / f"{case}.raw").start() if args.profile else None
@@ -92,9 +92,9 @@ def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
         "idle_hub_cpu_share": [r["idle_hub_cpu_share"] for r in repeats],
     }
     for case in ("bare", *CASES):
-        runs = [r[case] for r in repeats if "error" not in r[case]]
+        runs = [r[case] for r in repeats if case in r and "error" not in r[case]]
         if not runs:
-            summary[case] = {"error": repeats[-1][case].get("error")}
+            summary[case] = {"error": repeats[-1].get(case, {"error": "not run"}).get("error")}
             continue
         entry: dict[str, Any] = {}
         for key in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request", "server_cpu_share"):
@@ -108,7 +108,7 @@ def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     for repeat in repeats:
         bare = repeat["bare"].get("server_cpu_ms_per_request")
         for case in CASES:
-            cost = repeat[case].get("server_cpu_ms_per_request")
+            cost = repeat.get(case, {}).get("server_cpu_ms_per_request")
             if bare and cost:
                 ratios.setdefault(case, []).append(bare / cost)
     summary["ratio_to_bare"] = {case: round(statistics.median(values), 3) for case, values in ratios.items()}
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--wait", type=float, default=1.0, help="how long a held poll is held")
     parser.add_argument("--held-concurrency", type=int, default=256)
+    parser.add_argument("--cases", type=lambda text: text.split(","), default=list(CASES), help="e.g. held,report")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path, help="a directory: py-spy (bench-only) profiles each case there")
     args = parser.parse_args()

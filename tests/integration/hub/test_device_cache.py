@@ -213,5 +213,6 @@ def test_a_last_seen_time_never_moves_back(fleet: Fleet, hub: Hub) -> None:
     device = fleet.enroll()
     now = fleet.clock()
     with hub.store.transaction() as tx:
-        DevicePathQueries(tx).touch({device.device_id: now - timedelta(hours=1)})  # e.g. a late batch of another process
+        # e.g. a late batch of another process:
+        DevicePathQueries(tx).touch({device.device_id: now - timedelta(hours=1)})
     assert last_seen(fleet, device.device_id) == now

@@ -38,7 +38,7 @@ from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Store
 from edgefleet.hub.db.listen import APPLICATION_NAME, DeviceListener
 from edgefleet.hub.notify import Notifier
-from edgefleet.hub.records import Assignment
+from edgefleet.hub.records import AssignedBy, Assignment
 from edgefleet.hub.services import device_state
 from tests.conftest import POSTGRES_URL, Fleet, auth
 from tests.e2e.conftest import RunningHub, _fresh_postgres, free_port, start_hub
@@ -134,7 +134,7 @@ def direct_assignment(device_id: str, app: str = "direct") -> Assignment:
         version="1.0.0",
         release_counter=1,
         rollback=False,
-        assigned_by="test",
+        assigned_by=AssignedBy.operator("test"),
         assigned_at=datetime.now(UTC),
     )
 

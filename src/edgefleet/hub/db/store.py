@@ -44,6 +44,7 @@ from edgefleet.hub.errors import BadRequestError, ConflictError, HubConfigError
 from edgefleet.hub.notify import Notifier
 from edgefleet.hub.records import (
     ApiToken,
+    AssignedBy,
     Assignment,
     AuditEntry,
     Device,
@@ -150,10 +151,29 @@ def _assignment(row: AssignmentRow) -> Assignment:
         version=row.version,
         release_counter=row.release_counter,
         rollback=row.rollback,
-        assigned_by=row.assigned_by,
+        assigned_by=_assigned_by(row.assigned_by),
         assigned_at=row.assigned_at,
         retry=row.retry,
     )
+
+
+_ROLLOUT_PREFIX, _ROLLBACK_SUFFIX = "deployment:", ":rollback"
+
+
+def _assigned_by(stored: str) -> AssignedBy:
+    """The column's text (`str(AssignedBy)`) read back into its parts: here, and nowhere else."""
+    if not stored.startswith(_ROLLOUT_PREFIX):
+        return AssignedBy.operator(stored)
+    name = stored.removeprefix(_ROLLOUT_PREFIX)
+    if name.endswith(_ROLLBACK_SUFFIX):
+        return AssignedBy.rollout(name.removesuffix(_ROLLBACK_SUFFIX), rollback=True)
+    return AssignedBy.rollout(name)
+
+
+def _assignment_values(assignment: Assignment) -> dict[str, Any]:
+    values = {name: getattr(assignment, name) for name in Assignment.__slots__}
+    values["assigned_by"] = str(assignment.assigned_by)
+    return values
 
 
 def _update_outcome(row: DeviceUpdateRow) -> UpdateOutcome:
@@ -418,8 +438,7 @@ class Tx(RolloutQueries):
         self._s.flush()
 
     def put_assignment(self, assignment: Assignment) -> None:
-        values = {f: getattr(assignment, f) for f in Assignment.__slots__}
-        self._put(AssignmentRow, (assignment.device_id, assignment.app), values)
+        self._put(AssignmentRow, (assignment.device_id, assignment.app), _assignment_values(assignment))
         self._changes(assignment.device_id)
 
     def put_assignments(self, assignments: Sequence[Assignment]) -> None:
@@ -436,7 +455,7 @@ class Tx(RolloutQueries):
             self._s.execute(
                 delete(AssignmentRow).where(AssignmentRow.app == chunk[0].app, AssignmentRow.device_id.in_(devices))
             )
-            self._s.execute(insert(AssignmentRow), [{f: getattr(a, f) for f in Assignment.__slots__} for a in chunk])
+            self._s.execute(insert(AssignmentRow), [_assignment_values(a) for a in chunk])
         self._s.expire_all()  # rows loaded earlier in this transaction are stale now
         self._changes_many([a.device_id for a in assignments])
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.app import create_app
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Store
-from edgefleet.hub.db.listen import APPLICATION_NAME, DeviceListener
+from edgefleet.hub.db.listen import APPLICATION_NAME, CHANNEL, DeviceListener
 from edgefleet.hub.notify import Notifier
 from edgefleet.hub.records import AssignedBy, Assignment
 from edgefleet.hub.services import device_state
@@ -189,6 +190,7 @@ def test_a_held_poll_reads_nothing_while_its_device_is_unchanged(
     fleet: Fleet, publisher: Publisher, reads: Counter[str]
 ) -> None:
     device, other = fleet.enroll(), fleet.enroll()
+    caught_up(fleet.hub)  # their enrollments' notifications are in: nothing drops what the next poll caches
     etag = poll(fleet, device).headers["etag"]
     reads.clear()
     statements: list[str] = []
@@ -215,6 +217,7 @@ def test_a_held_poll_reads_nothing_while_its_device_is_unchanged(
 
 def test_a_rolled_back_change_wakes_nobody(fleet: Fleet, reads: Counter[str]) -> None:
     device = fleet.enroll()
+    caught_up(fleet.hub)
     etag = poll(fleet, device).headers["etag"]
     reads.clear()
     waiting = held_poll(fleet, device, etag, wait=2)
@@ -246,6 +249,25 @@ def listener_backends(hub: Hub) -> set[int]:
             (APPLICATION_NAME,),
         ).fetchall()
     return {row[0] for row in rows}
+
+
+def caught_up(hub: Hub) -> None:
+    """On PostgreSQL, wait until `hub`'s listener has heard every change committed so far (its own too).
+
+    PostgreSQL delivers notifications in commit order: once a marker sent now arrives, so has
+    everything committed before it.
+    """
+    if hub.store.dialect != "postgresql":
+        return  # SQLite: the committing process forgets and wakes before the commit returns
+    marker = f"marker-{uuid.uuid4()}"
+    heard: list[str] = []
+    hub.notifier.watch(lambda ids: heard.extend(ids or ()))
+    with psycopg.connect(admin_dsn(hub), autocommit=True) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
+    deadline = time.monotonic() + 5
+    while marker not in heard:
+        assert time.monotonic() < deadline, "the listener did not hear the marker"
+        time.sleep(0.01)
 
 
 @postgres_only

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edgefleet.hub.db.store import _assigned_by
+from edgefleet.hub.db.assignments import _assigned_by
 from edgefleet.hub.records import AssignedBy, Deployment
 from edgefleet.hub.services.deployments import Reason, explain
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from sqlalchemy import Integer, bindparam, column, or_, text, update
 
+from edgefleet.hub.db.base import _BATCH
+from edgefleet.hub.db.devices import _device
 from edgefleet.hub.db.listen import CHANNEL
 from edgefleet.hub.db.models import DeviceRow
-from edgefleet.hub.db.store import _BATCH, Tx, _device
+from edgefleet.hub.db.store import Tx
 from edgefleet.hub.records import Device
 
 # PostgreSQL: claim the token, compare-and-set the twin, announce the change; all or nothing.

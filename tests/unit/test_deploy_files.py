@@ -75,7 +75,16 @@ def test_the_compose_replicas_share_only_what_they_must_behind_haproxy() -> None
     config = (COMPOSE / "haproxy.cfg").read_text()
     servers = {line.split()[1]: line.split()[2] for line in config.splitlines() if line.strip().startswith("server ")}
     assert servers == {name: f"{name}:8443" for name in hubs}
-    assert (COMPOSE / "Dockerfile").exists()
+    # The image gets the package only: the build context is the repository, hub-data and all.
+    copied = [
+        line.split()[1:-1] for line in (COMPOSE / "Dockerfile").read_text().splitlines() if line.startswith("COPY")
+    ]
+    assert sorted(source for sources in copied for source in sources) == [
+        "README.md",
+        "constraints.txt",
+        "pyproject.toml",
+        "src",
+    ]
 
 
 def test_haproxy_accepts_the_shipped_configuration() -> None:

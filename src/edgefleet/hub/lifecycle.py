@@ -144,14 +144,19 @@ def _tls_context(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext])
 
 def _supervise(settings: HubSettings, config: uvicorn.Config) -> None:
     """Run `config.workers` worker processes on one socket until interrupted; their metrics in a shared directory."""
+    saved = {name: os.environ.get(name) for name in (WORKER_SETTINGS, METRICS_DIR)}
     with tempfile.TemporaryDirectory(prefix="edgefleet-hub-metrics-") as metrics_dir:
         # Spawned workers start a fresh interpreter: they read these before importing anything.
         os.environ[WORKER_SETTINGS] = settings.model_dump_json()
-        os.environ[METRICS_DIR] = metrics_dir
+        os.environ[METRICS_DIR] = metrics_dir  # this run's own: a directory left by another would add up old counts
         try:
             Multiprocess(config, sockets=[config.bind_socket()]).run()
         finally:
-            del os.environ[WORKER_SETTINGS], os.environ[METRICS_DIR]
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def worker_app() -> FastAPI:

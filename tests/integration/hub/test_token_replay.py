@@ -91,6 +91,8 @@ def test_a_report_that_changes_nothing_is_answered_without_spending_or_writing(f
     one = ("PATCH", f"/devices/{device.device_id}/twin/reported", {"json": {"properties": {"flag": 1}}})
     assert send(fleet.api, fresh, one).json()["code"] == "token_replayed"
     assert send(fleet.api, device.token(now=fleet.clock()), one).json()["reported"]["flag"] == 1
+    stored = fleet.call("GET", f"/devices/{device.device_id}/twin").json()["reported"]["flag"]
+    assert (stored, type(stored)) == (1, int)  # written, though 1 == True to Python
 
 
 def test_an_old_report_replayed_cannot_put_the_twin_back(fleet: Fleet) -> None:

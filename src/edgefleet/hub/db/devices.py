@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import flag_modified
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DeviceRow
@@ -15,6 +17,13 @@ from edgefleet.hub.records import Device
 
 _UNANNOUNCED_COLUMNS = frozenset({"last_seen_at", "updated_at"})
 """Device columns whose change alone is not announced: every other one is in a device's answers or its cached record."""
+
+
+def _differs(old: Any, new: Any) -> bool:
+    """Whether a column's value changes; JSON values compared as JSON (`1` is not `true` to a reader of the twin)."""
+    if isinstance(old, dict | list) or isinstance(new, dict | list):
+        return json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True)
+    return bool(old != new)
 
 
 def _device(row: DeviceRow) -> Device:
@@ -78,9 +87,12 @@ class DeviceQueries(TxBase):
         row = self._s.get(DeviceRow, device_id, with_for_update=True)
         if row is None:
             raise KeyError(device_id)
-        if any(getattr(row, name) != value for name, value in values.items() if name not in _UNANNOUNCED_COLUMNS):
+        changed = {name for name, value in values.items() if _differs(getattr(row, name), value)}
+        if changed - _UNANNOUNCED_COLUMNS:
             self._changes(device_id)
         for name, value in values.items():
             setattr(row, name, value)
+            if name in changed and isinstance(value, dict | list):
+                flag_modified(row, name)  # SQLAlchemy compares with ==, where 1 == True: it would skip the write
         self._flush_device()
         return _device(row)

@@ -1,8 +1,11 @@
 """Devices: authenticating device requests, the operator's registry actions, and the device twin.
 
 A device authenticates every request with a short-lived token signed by its own key
-(see docs/security.md). Its status and certificate are checked on every request, so a
-revocation or an expiry takes effect on the very next one.
+(see docs/security.md). Its status and certificate are checked on every request, against
+the device's record as this process's cache holds it (`hub.devicecache`): a revocation takes
+effect on the next request to the process that made it, and on every other process once its
+listener hears of it (milliseconds; a process whose listener is not listening uses no cache).
+An expiry takes effect on the very next request.
 """
 
 from __future__ import annotations
@@ -62,9 +65,16 @@ def claim_token(hub: Hub, tx: Tx, caller: DeviceCaller) -> None:
     """
     if caller.jti is None or caller.token_expires is None:
         raise AuthenticationError("token_id_required", "a device token that makes a change needs a jti claim")
+    _unexpired(hub, caller.token_expires)
     fresh = TokenUses(tx).claim(caller.device.id, caller.jti, expires_at=caller.token_expires)
     if not fresh:
         raise AuthenticationError("token_replayed", "this device token was already used for a change; send a new one")
+
+
+def _unexpired(hub: Hub, token_expires: datetime) -> None:
+    """A token makes a change only before it expires: after that its first use may have been pruned already."""
+    if hub.clock() > token_expires:
+        raise AuthenticationError("invalid_device_token", "device token expired (check the device clock)")
 
 
 def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> DeviceCaller:
@@ -292,6 +302,7 @@ def _report_in_one_statement(
     hub: Hub, caller: DeviceCaller, properties: dict[str, Any], *, jti: str, token_expires: datetime
 ) -> Device | None:
     """The twin after the report, written in one statement; None when the caller's record is stale."""
+    _unexpired(hub, token_expires)
     expected = caller.device.reported
     try:
         with hub.store.transaction() as tx:

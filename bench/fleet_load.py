@@ -6,8 +6,10 @@ streams (request line and headers out; status, headers and a Content-Length body
 the generator costs far less CPU per request than the servers it measures: with httpx it was
 the bottleneck. With `--state-dir` (a simulator's state directory) every request is signed as
 one of its enrolled devices, as the agent signs (`agent.client.target_call`): a token minted per
-device and reused, which the hub accepts while it is valid (a read does not spend a token; a
-report, events or a renewal would, each token making at most one change).
+device and reused, which the hub accepts while it is valid (a read does not spend a token, nor
+does a report that changes nothing; a change would, each token making at most one).
+`--mode` picks the device request (`MODES`): a poll answered 200, a 304, a poll held for
+`--wait` seconds that ends unchanged, or an unchanged state report.
 Prints one JSON object: requests/s, statuses, transport errors, latency percentiles, the
 generator's CPU seconds and (with `--server-pid`) the server's share of a core.
 
@@ -33,7 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from edgefleet.agent.client import target_call
+import httpx
+
+from edgefleet.agent.client import report_call, target_call
 from edgefleet.agent.identity import load_identity
 from edgefleet.protocol import API_PREFIX
 
@@ -48,22 +52,50 @@ def percentile(ordered: list[float], q: float) -> float | None:
     return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
 
 
-def raw_request(host: str, path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Accept: */*", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+MODES = {
+    "target": "GET /device/target (signed, no wait, no ETag): 200",
+    "not-modified": "GET /device/target with the current ETag, no wait: 304",
+    "held": "GET /device/target with the current ETag, held for --wait seconds: 304",
+    "report": "PATCH its twin's reported properties with what it holds already (unchanged)",
+}
 
 
-def device_requests(host: str, state_dir: Path) -> list[bytes]:
-    """GET /device/target (no wait, no ETag) signed by up to SIGNING_DEVICES enrolled devices."""
+def raw_request(host: str, path: str, headers: dict[str, str], *, method: str = "GET", body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Accept: */*", *(f"{k}: {v}" for k, v in headers.items())]
+    if body:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def device_requests(url: str, ca: Path, state_dir: Path, *, mode: str = "target", wait: float = 0) -> list[bytes]:
+    """The `mode`'s request signed by each of up to SIGNING_DEVICES enrolled devices.
+
+    For `not-modified` and `held`, each device's current ETag is asked first; for `report`, each
+    device's report is sent once, so that every measured one changes nothing.
+    """
+    host = urlsplit(url).netloc
     dirs = sorted((state_dir / "devices").iterdir())[:SIGNING_DEVICES]
     now = datetime.now(UTC)
     requests = []
-    for data_dir in dirs:
-        call = target_call(load_identity(data_dir))
-        assert call.identity is not None
-        query = f"?{urlencode(call.params)}" if call.params else ""
-        headers = {**call.headers, "Authorization": f"Bearer {call.identity.token(now=now)}"}
-        requests.append(raw_request(host, API_PREFIX + call.path + query, headers))
+    with httpx.Client(base_url=url + API_PREFIX, verify=ssl.create_default_context(cafile=str(ca))) as http:
+        for data_dir in dirs:
+            identity = load_identity(data_dir)
+            bearer = {"Authorization": f"Bearer {identity.token(now=now)}"}
+            if mode == "report":
+                call = report_call(identity, {"bench": {"site": "lab", "build": data_dir.name}})
+                body = json.dumps(call.json).encode()
+                sent = {**bearer, "Content-Type": "application/json"}
+                http.request(call.method, call.path, headers=sent, content=body).raise_for_status()
+                requests.append(raw_request(host, API_PREFIX + call.path, bearer, method=call.method, body=body))
+                continue
+            etag = None
+            if mode in ("not-modified", "held"):
+                first = http.get(target_call(identity).path, headers=bearer)
+                first.raise_for_status()
+                etag = first.headers["etag"]
+            call = target_call(identity, wait=wait if mode == "held" else 0, etag=etag)
+            query = f"?{urlencode(call.params)}" if call.params else ""
+            requests.append(raw_request(host, API_PREFIX + call.path + query, {**call.headers, **bearer}))
     return requests
 
 
@@ -92,8 +124,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=str(args.ca))
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 443
+    mode = "target" if args.device_target else args.mode
     requests = (
-        device_requests(url.netloc, args.state_dir) if args.device_target else [raw_request(url.netloc, args.path, {})]
+        device_requests(args.url, args.ca, args.state_dir, mode=mode, wait=args.wait)
+        if mode
+        else [raw_request(url.netloc, args.path, {})]
     )
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
@@ -139,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     done = sum(statuses.values())
     figures: dict[str, Any] = {
         "url": args.url,
-        "what": f"GET {API_PREFIX}/device/target (signed, no wait)" if args.device_target else f"GET {args.path}",
+        "what": MODES[mode] if mode else f"GET {args.path}",
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "requests": done,
@@ -152,7 +187,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_share": round((marks["cpu_end"] - marks["cpu"]) / args.seconds, 2),
     }
     if args.server_pid:
-        figures["server_cpu_share"] = round((marks["server_end"] - marks["server"]) / args.seconds, 2)
+        server_cpu = marks["server_end"] - marks["server"]
+        figures["server_cpu_share"] = round(server_cpu / args.seconds, 2)
+        figures["server_cpu_ms_per_request"] = round(server_cpu * 1000 / done, 3) if done else None
     return figures
 
 
@@ -171,14 +208,16 @@ def main() -> None:
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--path", default="/")
     parser.add_argument("--device-target", action="store_true", help="GET /api/v1/device/target signed by devices")
+    parser.add_argument("--mode", choices=sorted(MODES), help="a device request, signed by devices (see MODES)")
+    parser.add_argument("--wait", type=float, default=1.0, help="seconds a `held` poll asks to be held")
     parser.add_argument("--state-dir", type=Path, help="the simulator's state directory (enrolled devices)")
     parser.add_argument("--server-pid", type=int, help="the server process, for its CPU share")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     args = parser.parse_args()
-    if args.device_target and args.state_dir is None:
-        parser.error("--device-target needs --state-dir")
+    if (args.device_target or args.mode) and args.state_dir is None:
+        parser.error("--device-target and --mode need --state-dir")
     json.dump(asyncio.run(run(args)), sys.stdout)
     print()
 

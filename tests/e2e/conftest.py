@@ -214,9 +214,14 @@ def _wait_until_serving(url: str, ca: Path, process: subprocess.Popen[str], log:
 
 
 def start_hub(
-    tmp_path: Path, database_url: str | None, env: dict[str, str] | None = None, *, bind: str = "127.0.0.1"
+    tmp_path: Path,
+    database_url: str | None,
+    env: dict[str, str] | None = None,
+    *,
+    bind: str = "127.0.0.1",
+    serve_args: tuple[str, ...] = (),
 ) -> Iterator[RunningHub]:
-    """`edgefleet hub serve` on `bind` (its certificate names that address too), until the test ends."""
+    """`edgefleet hub serve [SERVE_ARGS]` on `bind` (its certificate names that address too), until the test ends."""
     data_dir = tmp_path / "hub"
     db_args = ["--database-url", database_url] if database_url else []
     names = ["--hostname", "hub.test"] + (["--hostname", bind] if bind != "127.0.0.1" else [])
@@ -227,7 +232,7 @@ def start_hub(
     log = tmp_path / "hub.log"
     argv = [
         *(sys.executable, "-m", "edgefleet.cli.main", "hub", "serve"),
-        *("--data-dir", str(data_dir), "--bind", f"{bind}:{port}", *db_args),
+        *("--data-dir", str(data_dir), "--bind", f"{bind}:{port}", *db_args, *serve_args),
     ]
     url = f"https://{bind}:{port}"
     process = _serve(argv, env or {}, log)

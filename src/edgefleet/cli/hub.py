@@ -61,10 +61,27 @@ def _print_init(result: InitResult) -> None:
     err.print("The admin token is shown only now; it is stored hashed. Keep it safe.")
 
 
-def _serve(settings: HubSettings, bind: str) -> None:
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=64,
+        help="Processes serving the API on one port (PostgreSQL only; about one per core)",
+    ),
+]
+
+
+def _serve(settings: HubSettings, bind: str, workers: int = 1) -> None:
     host, port = _bind(bind)
+    if workers > 1 and not settings.sqlalchemy_url().startswith("postgresql"):
+        raise CliError(
+            "SQLite serves one process: --workers needs PostgreSQL",
+            exit_code=EXIT_USAGE,
+            hint="pass --database-url postgresql://... (or leave --workers at 1)",
+        )
     try:
-        serve(settings, host=host, port=port)
+        serve(settings, host=host, port=port, workers=workers)
     except HubError as exc:
         raise CliError(exc.message, exit_code=EXIT_UNAVAILABLE) from exc
 
@@ -76,9 +93,11 @@ def init_command(data_dir: DataDir, hostname: Hostnames = None, database_url: Da
 
 
 @app.command("serve")
-def serve_command(data_dir: DataDir, bind: Bind = "127.0.0.1:8443", database_url: DatabaseUrl = None) -> None:
+def serve_command(
+    data_dir: DataDir, bind: Bind = "127.0.0.1:8443", database_url: DatabaseUrl = None, workers: Workers = 1
+) -> None:
     """Serve the hub API over HTTPS; migrations are applied at start."""
-    _serve(_settings(data_dir, database_url), bind)
+    _serve(_settings(data_dir, database_url), bind, workers)
 
 
 @app.command("up")

@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from edgefleet.hub.datadir import HubKeys
 from edgefleet.hub.db import Store
+from edgefleet.hub.db.device_path import DevicePathQueries
+from edgefleet.hub.devicecache import DeviceCaches
+from edgefleet.hub.lastseen import LastSeen
 from edgefleet.hub.notify import Notifier
 from edgefleet.hub.settings import HubSettings
 
@@ -57,10 +60,33 @@ class Hub:
     keys: HubKeys
     clock: Clock = utc_now
     refusal_budget: RefusalBudget = field(init=False)
+    caches: DeviceCaches = field(init=False)
+    """This process's device records and target answers (see `hub.devicecache`)."""
+    last_seen: LastSeen = field(init=False)
+    """Devices heard from, written in batches by the API app (see `hub.lastseen`)."""
 
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.
-        object.__setattr__(self, "refusal_budget", RefusalBudget(self.settings.refusal_audits_per_minute))
+        settings = self.settings
+        object.__setattr__(self, "refusal_budget", RefusalBudget(settings.refusal_audits_per_minute))
+        caches = DeviceCaches(
+            capacity=settings.device_cache_entries,
+            ttl=settings.device_cache_seconds,
+            # On PostgreSQL only once a listener hears every process's changes (`DeviceCaches.use_while`).
+            usable=(lambda: settings.device_cache_seconds > 0) if self.store.dialect != "postgresql" else lambda: False,
+        )
+        self.store.notifier.watch(caches.changed)
+        object.__setattr__(self, "caches", caches)
+        object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
+
+    def flush_last_seen(self) -> int:
+        """Write the devices heard from since the last flush, in one transaction; how many."""
+
+        def write(seen: dict[str, datetime]) -> None:
+            with self.store.transaction() as tx:
+                DevicePathQueries(tx).touch(seen)
+
+        return self.last_seen.flush(write)
 
     @property
     def notifier(self) -> Notifier:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from edgefleet.hub.api.app import create_app
 from edgefleet.hub.context import Clock, Hub, utc_now
@@ -78,31 +83,88 @@ def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock 
     )
 
 
-def serve(settings: HubSettings, *, host: str, port: int, log_level: str = "info") -> None:
-    """Serve the API over HTTPS (TLS 1.2 or newer) until interrupted."""
+WORKER_SETTINGS = "EDGEFLEET_HUB_WORKER_SETTINGS"
+"""The environment variable that carries the hub's settings (JSON) to the worker processes of `serve`."""
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess mode: every worker writes its metrics there; `/metrics` adds them up."""
+
+
+def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
+    """Serve the API over HTTPS (TLS 1.2 or newer) until interrupted, in `workers` processes on one port.
+
+    With one worker the hub runs in this process. With more (PostgreSQL only: SQLite is one
+    process's database) this process applies migrations, runs the rollout scheduler and keeps
+    the workers running (uvicorn's supervisor restarts one that dies); each worker serves the API
+    on the shared socket with caches and a change listener of its own, and their Prometheus
+    metrics are added up in a directory they share.
+
+    Raises:
+        HubConfigError: more than one worker on SQLite, or unusable keys or database.
+    """
+    if workers > 1 and not settings.sqlalchemy_url().startswith("postgresql"):
+        raise HubConfigError(
+            "sqlite_single_process",
+            f"SQLite serves one process: {workers} workers need PostgreSQL (--database-url postgresql://...)",
+        )
     hub = open_hub(settings)
-    app = create_app(hub)
     config = uvicorn.Config(
-        app,
+        create_app(hub) if workers == 1 else f"{__name__}:worker_app",
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
         log_level=log_level,
         access_log=False,
         ssl_certfile=str(hub.keys.tls_cert_path),
         ssl_keyfile=str(hub.keys.tls_key_path),
+        ssl_context_factory=_tls_context,
         timeout_graceful_shutdown=5,
         # Long-polls are bounded by settings; keep-alive stays a little longer than the longest one.
         timeout_keep_alive=int(settings.long_poll_max_seconds) + 5,
         limit_concurrency=settings.max_concurrent_requests,
     )
-    config.load()
-    if config.ssl is None:
-        raise HubConfigError("tls_unavailable", "uvicorn did not build a TLS context")
-    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     scheduler = Scheduler(hub)
     scheduler.start()
     try:
-        uvicorn.Server(config).run()
+        if workers == 1:
+            uvicorn.Server(config).run()
+        else:
+            _supervise(settings, config)
     finally:
         scheduler.stop()
         hub.store.dispose()
+
+
+def _tls_context(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """The TLS context uvicorn builds for the hub's certificate, refusing what is older than TLS 1.2 (every worker)."""
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _supervise(settings: HubSettings, config: uvicorn.Config) -> None:
+    """Run `config.workers` worker processes on one socket until interrupted; their metrics in a shared directory."""
+    saved = {name: os.environ.get(name) for name in (WORKER_SETTINGS, METRICS_DIR)}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-hub-metrics-") as metrics_dir:
+        # Spawned workers start a fresh interpreter: they read these before importing anything.
+        os.environ[WORKER_SETTINGS] = settings.model_dump_json()
+        os.environ[METRICS_DIR] = metrics_dir  # this run's own: a directory left by another would add up old counts
+        try:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def worker_app() -> FastAPI:
+    """The API app of one worker process of `serve` (uvicorn's factory), from the settings its parent passed."""
+    raw = os.environ.get(WORKER_SETTINGS)
+    if raw is None:
+        raise HubConfigError("not_a_worker", f"{WORKER_SETTINGS} is unset: start workers with 'hub serve --workers N'")
+    # The parent applied migrations and settled the director root before starting the workers.
+    metrics_dir = os.environ.get(METRICS_DIR)
+    hub = open_hub(HubSettings.model_validate_json(raw), migrate=False)
+    return create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)

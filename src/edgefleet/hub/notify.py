@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+
+Watcher = Callable[[Iterable[str] | None], None]
+"""Told of every change before any held request is woken: the device ids, or None for every device."""
 
 
 class Subscription:
@@ -49,6 +52,16 @@ class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._watchers: list[Watcher] = []
+
+    def watch(self, watcher: Watcher) -> None:
+        """Tell `watcher` of every change from now on (the device caches), before the requests it wakes read again."""
+        self._watchers.append(watcher)
+
+    def forget(self, device_ids: Iterable[str] | None) -> None:
+        """Tell the watchers these devices changed (None: every device) without waking anyone."""
+        for watcher in self._watchers:
+            watcher(device_ids)
 
     @contextmanager
     def subscribe(self, device_id: str) -> Iterator[Subscription]:
@@ -71,12 +84,15 @@ class Notifier:
 
     def wake(self, device_ids: Iterable[str]) -> None:
         """Wake the requests held for these devices (safe from any thread; devices nobody waits for cost nothing)."""
+        device_ids = set(device_ids)
+        self.forget(device_ids)
         with self._lock:
-            woken = [s for device_id in set(device_ids) for s in self._subscribers.get(device_id, ())]
+            woken = [s for device_id in device_ids for s in self._subscribers.get(device_id, ())]
         _deliver(woken)
 
     def wake_all(self) -> None:
         """Wake every held request: after a fleet-wide change, or when changes may have been missed."""
+        self.forget(None)
         with self._lock:
             woken = [s for subscribers in self._subscribers.values() for s in subscribers]
         _deliver(woken)

@@ -111,6 +111,30 @@ class ReleaseRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AssignedBy:
+    """Who last wrote an assignment: an operator (their actor, `user:NAME`), or a deployment's rollout or rollback."""
+
+    actor: str | None = None
+    deployment: str | None = None
+    rollback: bool = False
+    """With `deployment`: written by that deployment's rollback (`deploy abort --rollback`), not its rollout."""
+
+    @classmethod
+    def operator(cls, actor: str) -> AssignedBy:
+        return cls(actor=actor)
+
+    @classmethod
+    def rollout(cls, deployment: str, *, rollback: bool = False) -> AssignedBy:
+        return cls(deployment=deployment, rollback=rollback)
+
+    def __str__(self) -> str:
+        """As operators read it, and as the API and the database keep it: `deployment:NAME[:rollback]` or the actor."""
+        if self.deployment is not None:
+            return f"deployment:{self.deployment}" + (":rollback" if self.rollback else "")
+        return self.actor or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """What one app on one device must run, set by an operator (later by deployments)."""
 
@@ -119,7 +143,7 @@ class Assignment:
     version: str
     release_counter: int
     rollback: bool
-    assigned_by: str
+    assigned_by: AssignedBy
     assigned_at: datetime
     retry: int = 0
     """Retry generation: an operator's retry bumps it; it never decreases for a device's app."""

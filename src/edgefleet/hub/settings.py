@@ -61,6 +61,18 @@ class HubSettings(BaseSettings):
         ge=timedelta(seconds=60),  # devices' last_seen is written at most every 30 s
         description="A device not heard from for this long counts as offline in rollouts.",
     )
+    device_cache_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description="How long a process keeps a device's record and target answer between changes (0: not at all).",
+    )
+    device_cache_entries: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="Devices whose record and answer one process keeps."
+    )
+    last_seen_flush_seconds: float = Field(
+        default=5.0, gt=0, le=30, description="How often a process writes the devices it heard from, in one batch."
+    )
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."
     )

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,9 +37,9 @@ from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.app import create_app
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Store
-from edgefleet.hub.db.listen import APPLICATION_NAME, DeviceListener
+from edgefleet.hub.db.listen import APPLICATION_NAME, CHANNEL, DeviceListener
 from edgefleet.hub.notify import Notifier
-from edgefleet.hub.records import Assignment
+from edgefleet.hub.records import AssignedBy, Assignment
 from edgefleet.hub.services import device_state
 from tests.conftest import POSTGRES_URL, Fleet, auth
 from tests.e2e.conftest import RunningHub, _fresh_postgres, free_port, start_hub
@@ -134,7 +135,7 @@ def direct_assignment(device_id: str, app: str = "direct") -> Assignment:
         version="1.0.0",
         release_counter=1,
         rollback=False,
-        assigned_by="test",
+        assigned_by=AssignedBy.operator("test"),
         assigned_at=datetime.now(UTC),
     )
 
@@ -189,6 +190,7 @@ def test_a_held_poll_reads_nothing_while_its_device_is_unchanged(
     fleet: Fleet, publisher: Publisher, reads: Counter[str]
 ) -> None:
     device, other = fleet.enroll(), fleet.enroll()
+    caught_up(fleet.hub)  # their enrollments' notifications are in: nothing drops what the next poll caches
     etag = poll(fleet, device).headers["etag"]
     reads.clear()
     statements: list[str] = []
@@ -199,21 +201,23 @@ def test_a_held_poll_reads_nothing_while_its_device_is_unchanged(
     event.listen(fleet.hub.store.engine, "before_cursor_execute", count_statement)
     try:
         waiting = held_poll(fleet, device, etag, wait=3)
-        quiet_from = len(statements)
         time.sleep(1.2)
-        assert statements[quiet_from:] == [], "a held poll must not touch the database while nothing changes"
+        # Its device's record and answer are this process's, from the poll before: not even the start reads.
+        touched = [s for s in statements if "last_seen_at" not in s]  # the batched last-seen write may fall here
+        assert touched == [], "a held poll must not touch the database while nothing changes"
         # Another device's change wakes only that device's polls.
         assert assign(fleet, other.device_id, "sensor@1.0.0").status_code == 200
         waiting.thread.join(timeout=10)
     finally:
         event.remove(fleet.hub.store.engine, "before_cursor_execute", count_statement)
     assert waiting.answers[0].status_code == 304
-    assert reads[device.device_id] == 1, "read once when the poll began, then never again"
+    assert reads[device.device_id] == 0, "its answer was cached by the poll before, and nothing changed it"
     assert fleet.hub.notifier.waiting() == 0
 
 
 def test_a_rolled_back_change_wakes_nobody(fleet: Fleet, reads: Counter[str]) -> None:
     device = fleet.enroll()
+    caught_up(fleet.hub)
     etag = poll(fleet, device).headers["etag"]
     reads.clear()
     waiting = held_poll(fleet, device, etag, wait=2)
@@ -222,7 +226,7 @@ def test_a_rolled_back_change_wakes_nobody(fleet: Fleet, reads: Counter[str]) ->
         raise RuntimeError("changed my mind")
     waiting.thread.join(timeout=10)
     assert waiting.answers[0].status_code == 304
-    assert reads[device.device_id] == 1
+    assert reads[device.device_id] == 0  # not woken, and its answer still the cached one
 
 
 # --- several processes on one PostgreSQL database --------------------------------------------
@@ -245,6 +249,25 @@ def listener_backends(hub: Hub) -> set[int]:
             (APPLICATION_NAME,),
         ).fetchall()
     return {row[0] for row in rows}
+
+
+def caught_up(hub: Hub) -> None:
+    """On PostgreSQL, wait until `hub`'s listener has heard every change committed so far (its own too).
+
+    PostgreSQL delivers notifications in commit order: once a marker sent now arrives, so has
+    everything committed before it.
+    """
+    if hub.store.dialect != "postgresql":
+        return  # SQLite: the committing process forgets and wakes before the commit returns
+    marker = f"marker-{uuid.uuid4()}"
+    heard: list[str] = []
+    hub.notifier.watch(lambda ids: heard.extend(ids or ()))
+    with psycopg.connect(admin_dsn(hub), autocommit=True) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
+    deadline = time.monotonic() + 5
+    while marker not in heard:
+        assert time.monotonic() < deadline, "the listener did not hear the marker"
+        time.sleep(0.01)
 
 
 @postgres_only

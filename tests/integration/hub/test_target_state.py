@@ -11,7 +11,7 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.hub.records import Assignment
+from edgefleet.hub.records import AssignedBy, Assignment
 from tests.conftest import Fleet
 from tests.publishing import Device, Publisher, assign
 
@@ -173,7 +173,7 @@ def test_a_device_runs_at_most_64_apps(fleet: Fleet, publisher: Publisher) -> No
                     version="1.0.0",
                     release_counter=1,
                     rollback=False,
-                    assigned_by="test",
+                    assigned_by=AssignedBy.operator("test"),
                     assigned_at=fleet.clock(),
                 )
             )

@@ -63,12 +63,36 @@ def test_a_replayed_token_makes_no_second_change(fleet: Fleet, make: Request) ->
     first = send(fleet.api, token, make(device))
     assert first.status_code in (200, 201), first.text
     before = fleet.counts()
-    replayed = send(fleet.api, token, make(device))
+    # A report that repeats the twin changes nothing and is answered as it is (below): replay another.
+    replayed = send(fleet.api, token, report(device, "b") if make is report else make(device))
     assert (replayed.status_code, replayed.json()["code"]) == (401, "token_replayed")
     refusal_audited = make is renewal  # a refused renewal is audited, as every refused renewal is
     assert fleet.counts() == {**before, "audit_log": before["audit_log"] + refusal_audited}
     # A fresh token (as agents mint for every request) is fine.
     assert send(fleet.api, device.token(now=fleet.clock()), make(device)).status_code in (200, 201)
+
+
+def test_a_report_that_changes_nothing_is_answered_without_spending_or_writing(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    token = device.token(now=fleet.clock())
+    first = send(fleet.api, token, report(device))
+    assert first.status_code == 200
+    before = fleet.counts()
+    fleet.clock.advance(timedelta(seconds=5))
+    again = send(fleet.api, token, report(device))  # the same token, the same report: nothing to change
+    assert (again.status_code, again.json()) == (200, first.json())  # updated_at too: nothing was written
+    fresh = device.token(now=fleet.clock())
+    gone = ("PATCH", f"/devices/{device.device_id}/twin/reported", {"json": {"properties": {"absent": None}}})
+    assert send(fleet.api, fresh, gone).json() == first.json()  # deleting a key it does not hold
+    assert fleet.counts() == before
+    # Neither spent `fresh`: it still makes a change. And 1 is not true to a reader of the twin.
+    flag = ("PATCH", f"/devices/{device.device_id}/twin/reported", {"json": {"properties": {"flag": True}}})
+    assert send(fleet.api, fresh, flag).json()["reported"]["flag"] is True
+    one = ("PATCH", f"/devices/{device.device_id}/twin/reported", {"json": {"properties": {"flag": 1}}})
+    assert send(fleet.api, fresh, one).json()["code"] == "token_replayed"
+    assert send(fleet.api, device.token(now=fleet.clock()), one).json()["reported"]["flag"] == 1
+    stored = fleet.call("GET", f"/devices/{device.device_id}/twin").json()["reported"]["flag"]
+    assert (stored, type(stored)) == (1, int)  # written, though 1 == True to Python
 
 
 def test_an_old_report_replayed_cannot_put_the_twin_back(fleet: Fleet) -> None:
@@ -135,8 +159,8 @@ def test_spent_tokens_are_forgotten_once_they_expire(fleet: Fleet) -> None:
 
     assert spent() == 3
     fleet.clock.advance(TOKEN_LIFETIME + fleet.hub.settings.clock_leeway + timedelta(seconds=1))
-    # A device's own spent tokens go when it spends another; everyone's in the scheduler's prune.
-    assert send(fleet.api, devices[0].token(now=fleet.clock()), report(devices[0])).status_code == 200
-    assert spent() == 3
-    assert forget_expired_tokens(fleet.hub) == 2
+    # They go in the scheduler's prune (every 30 s), not in the statement that spends a token.
+    assert send(fleet.api, devices[0].token(now=fleet.clock()), report(devices[0], "b")).status_code == 200
+    assert spent() == 4
+    assert forget_expired_tokens(fleet.hub) == 3
     assert spent() == 1

@@ -19,7 +19,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.agent.errors import UpdateRefusedError
 from edgefleet.hub import signing
-from edgefleet.hub.records import Assignment, ReleaseRecord
+from edgefleet.hub.records import AssignedBy, Assignment, ReleaseRecord
 from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.publisher.keys import load_signers
 from edgefleet.publisher.state import load_targets
@@ -122,7 +122,7 @@ def _serve_past_the_hub(fleet: Fleet, role: str, metadata: Metadata[Targets], re
                 version=release.version,
                 release_counter=release.release_counter,
                 rollback=False,
-                assigned_by="attacker",
+                assigned_by=AssignedBy.operator("attacker"),
                 assigned_at=hub.clock(),
             )
         )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +39,8 @@ from edgefleet.hub.web import create_web_app
 from edgefleet.protocol import API_PREFIX, ErrorBody
 
 log = logging.getLogger(__name__)
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 _HTTP_CODES = {
     400: "malformed_json",
@@ -88,22 +94,50 @@ async def _to_dashboard() -> RedirectResponse:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves: on PostgreSQL, the listener that wakes held device polls for every process's changes."""
+    """While the app serves: the last-seen writer and, on PostgreSQL, the listener of every process's changes.
+
+    The listener wakes held device polls and keeps the device caches true; the caches are
+    used only while it listens (`DeviceCaches.use_while`).
+    """
     hub: Hub = app.state.hub
     listener = hub.store.listener()
     app.state.listener = listener
-    if listener is None:
-        yield
-        return
-    listener.start()
+    if listener is not None:
+        hub.caches.use_while(lambda: hub.settings.device_cache_seconds > 0 and listener.listening.is_set())
+        listener.start()
+    writer = asyncio.create_task(_write_last_seen(hub), name="edgefleet-last-seen")
     try:
         yield
     finally:
-        await run_in_threadpool(listener.stop)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        try:
+            await run_in_threadpool(hub.flush_last_seen)
+        except HubError as exc:
+            log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
+        if listener is not None:
+            await run_in_threadpool(listener.stop)
 
 
-def create_app(hub: Hub) -> FastAPI:
-    """Build the API for one hub; all state hangs off `app.state`, nothing is global."""
+async def _write_last_seen(hub: Hub) -> None:
+    """Every `last_seen_flush_seconds`, write the devices heard from; a failed write is tried again next time."""
+    while True:
+        await asyncio.sleep(hub.settings.last_seen_flush_seconds)
+        try:
+            await run_in_threadpool(hub.flush_last_seen)
+        except HubError as exc:
+            log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
+        except Exception:
+            log.exception("writing when devices were last seen failed")
+
+
+def create_app(hub: Hub, *, metrics_dir: Path | None = None) -> FastAPI:
+    """Build the API for one hub; all state hangs off `app.state`, nothing is global.
+
+    `metrics_dir` is prometheus-client's multiprocess directory when several processes serve
+    the hub (`lifecycle.serve`): `/metrics` then adds up every process's metrics found there.
+    """
     app = FastAPI(
         title="edgefleet hub",
         version=__version__,
@@ -111,9 +145,13 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(reject_unknown_query)],
         lifespan=_lifespan,
+        # The hub's metrics are its own Prometheus /metrics; FastAPI's OpenTelemetry hooks would
+        # look up providers (and the environment) on every request.
+        telemetry=NO_TELEMETRY,
     )
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
+    app.state.metrics_dir = metrics_dir
     app.include_router(system.router)
     for module in (device, devices, deployments, environment, tokens, users, audit, repository, tuf):
         app.include_router(module.router, prefix=API_PREFIX)

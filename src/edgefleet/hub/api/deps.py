@@ -8,9 +8,10 @@ from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.hub.context import Hub
-from edgefleet.hub.errors import AuthenticationError, BadRequestError
+from edgefleet.hub.errors import AuthenticationError, BadRequestError, ForbiddenError
 from edgefleet.hub.services import devices, operators
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import API_TOKEN_PREFIX, Operator
@@ -22,7 +23,7 @@ _bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_hub(request: Request) -> Hub:
+async def get_hub(request: Request) -> Hub:  # async: a plain function would be run in the thread pool
     hub: Hub = request.app.state.hub
     return hub
 
@@ -43,25 +44,33 @@ def current_operator(hub: HubDep, credentials: Credentials) -> Operator:
     return operators.authenticate(hub, secret)
 
 
-def current_device(hub: HubDep, credentials: Credentials) -> DeviceCaller:
+async def current_device(hub: HubDep, credentials: Credentials) -> DeviceCaller:
+    return await _device_caller(hub, credentials, allow_unaccepted=False)
+
+
+async def current_device_any_status(hub: HubDep, credentials: Credentials) -> DeviceCaller:
+    return await _device_caller(hub, credentials, allow_unaccepted=True)
+
+
+async def current_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller:
+    secret = _secret(credentials)
+    if secret.startswith(API_TOKEN_PREFIX):
+        return await run_in_threadpool(operators.authenticate, hub, secret)
+    return await _device_caller(hub, credentials, allow_unaccepted=False)
+
+
+async def _device_caller(hub: Hub, credentials: Credentials, *, allow_unaccepted: bool) -> DeviceCaller:
+    """The device, from this process's cache without leaving the event loop; the database only when not held."""
     secret = _secret(credentials)
     if secret.startswith(API_TOKEN_PREFIX):
         raise AuthenticationError("device_token_required", "this endpoint needs a device token")
-    return devices.authenticate(hub, secret)
-
-
-def current_device_any_status(hub: HubDep, credentials: Credentials) -> DeviceCaller:
-    secret = _secret(credentials)
-    if secret.startswith(API_TOKEN_PREFIX):
-        raise AuthenticationError("device_token_required", "this endpoint needs a device token")
-    return devices.authenticate(hub, secret, allow_unaccepted=True)
-
-
-def current_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller:
-    secret = _secret(credentials)
-    if secret.startswith(API_TOKEN_PREFIX):
-        return operators.authenticate(hub, secret)
-    return devices.authenticate(hub, secret)
+    cached = devices.cached_device(hub, devices.token_subject(secret))
+    if cached is not None:
+        try:
+            return devices.admit(hub, secret, cached, allow_unaccepted=allow_unaccepted)
+        except (AuthenticationError, ForbiddenError):
+            pass  # perhaps changed in another process a moment ago: the database decides
+    return await run_in_threadpool(devices.authenticate, hub, secret, allow_unaccepted=allow_unaccepted)
 
 
 OperatorDep = Annotated[Operator, Depends(current_operator)]
@@ -85,7 +94,7 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """Unknown query parameters are errors, as unknown body fields are: a typo never passes silently."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:

@@ -45,6 +45,7 @@ async def hold(
     notifier: Notifier,
     device_id: str,
     first: Answer | None = None,
+    peek: Callable[[], Answer | None] | None = None,
     if_none_match: str | None,
     wait: float,
     max_seconds: float,
@@ -60,24 +61,31 @@ async def hold(
         first: the answer as the caller already read it, if it did: answered at once when it
             differs from `if_none_match`; otherwise read again once subscribed, since a
             change may have committed between that read and the subscription.
+        peek: the answer as this process's cache holds it, or None (no I/O, in the event
+            loop); tried before each `read`. Whatever invalidates it also wakes the request.
         if_none_match: the ETag the device already holds, if any.
         wait: how long the device is willing to wait (seconds).
         max_seconds: the hub's cap on `wait`.
     """
     if first is not None and etag(first) != if_none_match:
         return _answer(response, first, if_none_match)
+
+    async def fetch() -> Answer:
+        held = peek() if peek is not None else None
+        return held if held is not None else await run_in_threadpool(read)
+
     duration = min(wait, max_seconds)
     if if_none_match is None or duration <= 0:
-        answer = first if first is not None else await run_in_threadpool(read)
+        answer = first if first is not None else await fetch()
         return _answer(response, answer, if_none_match)
     deadline = time.monotonic() + duration
     with notifier.subscribe(device_id) as changes:
         # Subscribed before this read: a change committed after it wakes the wait below.
-        answer = await run_in_threadpool(read)
+        answer = await fetch()
         while etag(answer) == if_none_match and (remaining := deadline - time.monotonic()) > 0:
             woken = await changes.wait(min(FALLBACK_SECONDS, remaining))
             if woken or remaining > FALLBACK_SECONDS:
-                answer = await run_in_threadpool(read)
+                answer = await fetch()
     return _answer(response, answer, if_none_match)
 
 

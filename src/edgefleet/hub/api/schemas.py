@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from edgefleet.protocol import (
     AppName,
@@ -220,7 +220,9 @@ class AssignmentOut(ReadModel):
     release_counter: int
     rollback: bool
     retry: int = Field(description="Retry generation: bumped by each operator retry, signed into the director targets.")
-    assigned_by: str
+    assigned_by: Annotated[str, BeforeValidator(str)] = Field(
+        description="An operator (user:NAME), or deployment:NAME (its rollout) or deployment:NAME:rollback"
+    )
     assigned_at: datetime
 
 

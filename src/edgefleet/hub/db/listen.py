@@ -30,8 +30,12 @@ RECEIVE_SECONDS = 0.25
 CONNECT_TIMEOUT_SECONDS = 5
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 30.0
-KEEPALIVE_IDLE_SECONDS = 30
-"""TCP keepalives: the connection is mostly idle, so a peer that vanished silently is noticed within about a minute."""
+KEEPALIVE_IDLE_SECONDS = 5
+"""TCP keepalives (then every 2 s, 3 tries) and a round trip every `HEARTBEAT_SECONDS` whose bytes must be
+acknowledged within `UNACKED_SECONDS`: a peer that vanished silently is noticed within about 15 s, and the
+process's device caches are not used from then on (`DeviceCaches.use_while`)."""
+HEARTBEAT_SECONDS = 5.0
+UNACKED_SECONDS = 10
 
 
 class DeviceListener:
@@ -86,17 +90,22 @@ class DeviceListener:
             application_name=self._application_name,
             keepalives=1,
             keepalives_idle=KEEPALIVE_IDLE_SECONDS,
-            keepalives_interval=10,
+            keepalives_interval=2,
             keepalives_count=3,
+            tcp_user_timeout=UNACKED_SECONDS * 1000,
         ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self.backend_pid = conn.info.backend_pid
             # Whatever was sent before LISTEN took effect is lost: every held request reads again.
             self._notifier.wake_all()
             self.listening.set()
+            heartbeat = time.monotonic()
             while not self._stopping.is_set():
                 for notification in conn.notifies(timeout=RECEIVE_SECONDS):
                     self._forward(notification)
+                if time.monotonic() - heartbeat >= HEARTBEAT_SECONDS:
+                    conn.execute("SELECT 1")  # a dead connection fails here (or within UNACKED_SECONDS)
+                    heartbeat = time.monotonic()
 
     def _forward(self, notification: psycopg.Notify) -> None:
         payload = notification.payload

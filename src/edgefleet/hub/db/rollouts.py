@@ -151,7 +151,7 @@ class RolloutQueries:
         return {r[0]: (r[1], r[2]) for r in self._s.execute(query)}
 
     def assignments_for_app(self, app: str) -> dict[str, tuple[str, str]]:
-        """Device id -> (version, assigned_by) of every assignment of `app`."""
+        """Device id -> (version, who assigned it as text: `str(AssignedBy)`) of every assignment of `app`."""
         query = select(AssignmentRow.device_id, AssignmentRow.version, AssignmentRow.assigned_by).where(
             AssignmentRow.app == app
         )

@@ -2,8 +2,9 @@
 
 A device's token may carry one change (a report, events, a certificate renewal): its `jti` is
 claimed in the transaction that makes the change, so a replay of the token, to any hub process,
-finds it claimed. Rows go once their token has expired (a token past its expiry is refused
-anyway): a device's own on each claim, everybody's in `prune`.
+finds it claimed (on PostgreSQL a changed report claims it in its own statement,
+`device_path.DevicePathQueries.report`). Rows go once their token has expired (a token past
+its expiry is refused anyway), in `prune`, which the scheduler runs every 30 s.
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ class TokenUses:
     def __init__(self, tx: Tx) -> None:
         self._s = tx._s  # the transaction's own session (same package)
 
-    def claim(self, device_id: str, jti: str, *, expires_at: datetime, now: datetime) -> bool:
+    def claim(self, device_id: str, jti: str, *, expires_at: datetime) -> bool:
         """Record that the token `jti` of the device made a change; False when it already had.
 
         A False leaves the transaction unusable on PostgreSQL: the caller raises.
         """
-        self._s.execute(
-            delete(DeviceTokenUseRow).where(
-                DeviceTokenUseRow.device_id == device_id, DeviceTokenUseRow.expires_at < now
-            )
-        )
         self._s.add(DeviceTokenUseRow(device_id=device_id, jti=jti, expires_at=expires_at))
         try:
             self._s.flush()

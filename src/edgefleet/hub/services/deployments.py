@@ -20,7 +20,7 @@ from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import BadRequestError, ConflictError, NotFoundError
-from edgefleet.hub.records import Deployment
+from edgefleet.hub.records import AssignedBy, Deployment
 from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services import rollouts
 from edgefleet.hub.services.audit import record
@@ -404,7 +404,7 @@ class Reason:
 
     app: str
     assigned: str | None
-    assigned_by: str | None
+    assigned_by: AssignedBy | None
     deployment: Deployment | None
     """The deployment the device follows for the app now, if any."""
     member: str | None
@@ -459,12 +459,11 @@ def why(hub: Hub, operator: Operator, device_id: str) -> list[Reason]:
 
 def explain(reason: Reason) -> str:
     """One or two sentences an operator can read: why the app runs what it runs on the device."""
-    chosen, assigned = reason.deployment, reason.assigned
-    by = reason.assigned_by or ""
+    chosen, assigned, by = reason.deployment, reason.assigned, reason.assigned_by or AssignedBy()
     if chosen is None:
         if assigned is None:
             text = f"No deployment selects this device for {reason.app}, and nothing is assigned."
-        elif by.startswith("deployment:"):  # the scheduler's own names: deployment:NAME[:rollback]
+        elif by.deployment is not None:
             text = (
                 f"{reason.app}@{assigned} was assigned by {by}, which no longer selects this device "
                 "(retagged, finished, or the release has no image for its architecture)."
@@ -478,7 +477,7 @@ def explain(reason: Reason) -> str:
         else:
             text = f"{head} and assigned it {reason.app}@{chosen.version} in wave {(reason.wave or 0) + 1}"
             text += f" ({reason.member})."
-            if by not in (f"deployment:{chosen.name}", f"deployment:{chosen.name}:rollback"):
+            if by.deployment != chosen.name:
                 if assigned != chosen.version:
                     text += f" Since then {by} assigned {reason.app}@{assigned}."
                 else:  # e.g. another deployment's rollback put back this one's release

@@ -82,12 +82,13 @@ def compare(assignments: Sequence[Assignment], reported: Mapping[str, Any]) -> l
 
 
 def target_state(hub: Hub, device_id: str) -> TargetState:
-    """What the device must run now; read again on every re-check of a held poll.
+    """What the device must run now, from the database; kept in this process's cache for its next polls.
 
     Raises:
         ForbiddenError: the device is no longer accepted (revoked while its poll was held).
         NotFoundError: no such device.
     """
+    ticket = hub.caches.targets.ticket()
     with hub.store.transaction(readonly=True) as tx:
         device = tx.get_device(device_id)
         if device is None:
@@ -100,7 +101,14 @@ def target_state(hub: Hub, device_id: str) -> TargetState:
         a.app: AppTarget(version=a.version, release_counter=a.release_counter, rollback=a.rollback, retry=a.retry)
         for a in assignments
     }
-    return TargetState(device_id=device_id, apps=apps, environment=environment)
+    answer = TargetState(device_id=device_id, apps=apps, environment=environment)
+    hub.caches.targets.put(device_id, answer, ticket)
+    return answer
+
+
+def cached_target_state(hub: Hub, device_id: str) -> TargetState | None:
+    """`target_state` as this process's cache holds it, if fresh and usable (no I/O)."""
+    return hub.caches.targets.get(device_id) if hub.caches.usable else None
 
 
 def device_state(hub: Hub, operator: Operator, device_id: str) -> DeviceState:

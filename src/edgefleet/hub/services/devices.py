@@ -1,22 +1,27 @@
 """Devices: authenticating device requests, the operator's registry actions, and the device twin.
 
 A device authenticates every request with a short-lived token signed by its own key
-(see docs/security.md). Its status and certificate are checked on every request, so a
-revocation or an expiry takes effect on the very next one.
+(see docs/security.md). Its status and certificate are checked on every request, against
+the device's record as this process's cache holds it (`hub.devicecache`): a revocation takes
+effect on the next request to the process that made it, and on every other process once its
+listener hears of it (milliseconds; a process whose listener is not listening uses no cache).
+An expiry takes effect on the very next request.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from edgefleet import crypto
 from edgefleet.errors import CryptoError
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
+from edgefleet.hub.db.device_path import DevicePathQueries
 from edgefleet.hub.db.token_uses import TokenUses
+from edgefleet.hub.devicecache import KnownDevice
 from edgefleet.hub.errors import AuthenticationError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from edgefleet.hub.records import Device
 from edgefleet.hub.services.audit import record, refusals_audited
@@ -28,9 +33,6 @@ from edgefleet.hub.services.enrollment import (
 )
 from edgefleet.hub.services.operators import Operator, authorize, operator_action
 from edgefleet.protocol import MAX_REPORTED_BYTES, DeviceIdentity
-
-LAST_SEEN_GRANULARITY = timedelta(seconds=30)
-
 
 MAX_JTI = 64
 
@@ -63,13 +65,23 @@ def claim_token(hub: Hub, tx: Tx, caller: DeviceCaller) -> None:
     """
     if caller.jti is None or caller.token_expires is None:
         raise AuthenticationError("token_id_required", "a device token that makes a change needs a jti claim")
-    fresh = TokenUses(tx).claim(caller.device.id, caller.jti, expires_at=caller.token_expires, now=hub.clock())
+    _unexpired(hub, caller.token_expires)
+    fresh = TokenUses(tx).claim(caller.device.id, caller.jti, expires_at=caller.token_expires)
     if not fresh:
         raise AuthenticationError("token_replayed", "this device token was already used for a change; send a new one")
 
 
+def _unexpired(hub: Hub, token_expires: datetime) -> None:
+    """A token makes a change only before it expires: after that its first use may have been pruned already."""
+    if hub.clock() > token_expires:
+        raise AuthenticationError("invalid_device_token", "device token expired (check the device clock)")
+
+
 def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> DeviceCaller:
-    """Resolve a device token to its device, checking signature, status and certificate expiry.
+    """Resolve a device token to its device, checking signature, status and certificate expiry (blocking).
+
+    The device's record comes from this process's cache when it holds it (`hub.devicecache`);
+    a refusal based on a cached record is checked again against the database.
 
     Args:
         hub: the hub.
@@ -80,38 +92,75 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
         AuthenticationError: malformed or badly signed token, unknown device, expired certificate.
         ForbiddenError: the device is revoked, rejected, or (unless allowed) still pending.
     """
-    now = hub.clock()
+    device_id = token_subject(bearer)
+    cached = cached_device(hub, device_id)
+    if cached is not None:
+        try:
+            return admit(hub, bearer, cached, allow_unaccepted=allow_unaccepted)
+        except (AuthenticationError, ForbiddenError):
+            pass  # perhaps changed in another process a moment ago: the database decides
+    return admit(hub, bearer, load_device(hub, device_id), allow_unaccepted=allow_unaccepted)
+
+
+def token_subject(bearer: str) -> str:
+    """The device a token claims to come from (not yet verified)."""
     try:
-        device_id = crypto.device_token_subject(bearer)
+        return crypto.device_token_subject(bearer)
     except CryptoError as exc:
         raise AuthenticationError("invalid_device_token", str(exc)) from exc
+
+
+def cached_device(hub: Hub, device_id: str) -> KnownDevice | None:
+    """The device's record and key from this process's cache, if it holds them fresh and may use them (no I/O)."""
+    return hub.caches.devices.get(device_id) if hub.caches.usable else None
+
+
+def load_device(hub: Hub, device_id: str) -> KnownDevice | None:
+    """The device's record from the database (blocking), kept with its parsed key for the next requests."""
+    ticket = hub.caches.devices.ticket()
     with hub.store.transaction(readonly=True) as tx:
         device = tx.get_device(device_id)
-        if device is None:
-            raise AuthenticationError("invalid_device_token", "device token signature or claims invalid")
-        try:
-            claims = crypto.verify_device_token(
-                bearer,
-                crypto.load_public_key(device.public_key_pem),
-                device_id=device.id,
-                now=now,
-                max_lifetime=hub.settings.device_token_max_lifetime,
-                leeway=hub.settings.clock_leeway,
-            )
-        except CryptoError as exc:
-            raise AuthenticationError("invalid_device_token", str(exc)) from exc
-        if device.status == "revoked":
-            raise ForbiddenError("device_revoked", "this device has been revoked")
-        if device.status == "rejected":
-            raise ForbiddenError("device_rejected", "this device's enrollment was rejected")
-        if device.status == "pending" and not allow_unaccepted:
-            raise ForbiddenError("device_pending", "this device is waiting for an operator to accept it")
-        if device.cert_not_after is not None and device.cert_not_after <= now:
-            raise AuthenticationError("certificate_expired", "the device certificate has expired; enroll again")
-    if device.last_seen_at is None or now - device.last_seen_at > LAST_SEEN_GRANULARITY:
-        # Written at most every LAST_SEEN_GRANULARITY, in its own short transaction.
-        with hub.store.transaction() as tx:
-            device = tx.update_device(device.id, last_seen_at=now)
+    if device is None:
+        return None
+    try:
+        known = KnownDevice(device, crypto.load_public_key(device.public_key_pem))
+    except CryptoError:
+        known = KnownDevice(device, None)
+    hub.caches.devices.put(device_id, known, ticket)
+    return known
+
+
+def admit(hub: Hub, bearer: str, known: KnownDevice | None, *, allow_unaccepted: bool = False) -> DeviceCaller:
+    """Check a device token against the device's record and key, and note the device as seen (no I/O).
+
+    Raises:
+        AuthenticationError: badly signed token, unknown device, expired certificate.
+        ForbiddenError: the device is revoked, rejected, or (unless allowed) still pending.
+    """
+    now = hub.clock()
+    if known is None or known.key is None:
+        raise AuthenticationError("invalid_device_token", "device token signature or claims invalid")
+    device = known.record
+    try:
+        claims = crypto.verify_device_token(
+            bearer,
+            known.key,
+            device_id=device.id,
+            now=now,
+            max_lifetime=hub.settings.device_token_max_lifetime,
+            leeway=hub.settings.clock_leeway,
+        )
+    except CryptoError as exc:
+        raise AuthenticationError("invalid_device_token", str(exc)) from exc
+    if device.status == "revoked":
+        raise ForbiddenError("device_revoked", "this device has been revoked")
+    if device.status == "rejected":
+        raise ForbiddenError("device_rejected", "this device's enrollment was rejected")
+    if device.status == "pending" and not allow_unaccepted:
+        raise ForbiddenError("device_pending", "this device is waiting for an operator to accept it")
+    if device.cert_not_after is not None and device.cert_not_after <= now:
+        raise AuthenticationError("certificate_expired", "the device certificate has expired; enroll again")
+    hub.last_seen.note(device.id, now, recorded=device.last_seen_at)
     jti = claims.get("jti")
     return DeviceCaller(
         device=device,
@@ -204,24 +253,88 @@ def twin(hub: Hub, caller: DeviceCaller | Operator, device_id: str) -> Device:
     return _visible_device(hub, caller, device_id)
 
 
+def unchanged_by_report(caller: DeviceCaller, device_id: str, properties: dict[str, Any]) -> Device | None:
+    """The caller's record when its report would change nothing in it, so nothing is written (pure).
+
+    Compared as canonical JSON: `1` and `true` are the same to Python, not to a reader of the twin.
+    """
+    device = caller.device
+    if device.id != device_id or device.status != "accepted":
+        return None
+    merged = {key: value for key, value in {**device.reported, **properties}.items() if value is not None}
+    if _canonical_json(merged) != _canonical_json(device.reported):
+        return None
+    return device
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def update_reported(hub: Hub, caller: DeviceCaller | Operator, device_id: str, properties: dict[str, Any]) -> Device:
-    """Merge reported properties (a null value deletes a key); only the device itself may write them."""
+    """Merge reported properties (a null value deletes a key); only the device itself may write them.
+
+    On PostgreSQL the change is one statement (token spent, twin compared and set, change
+    announced) when the twin is still what the caller's record says; otherwise, and on SQLite,
+    the device's row is locked, read and written.
+    """
     if not isinstance(caller, DeviceCaller):
         raise ForbiddenError("device_only", "reported properties are written by the device itself")
     _visible_device(hub, caller, device_id)
     check_json_value(properties)
+    if hub.store.dialect == "postgresql" and caller.jti is not None and caller.token_expires is not None:
+        quick = _report_in_one_statement(hub, caller, properties, jti=caller.jti, token_expires=caller.token_expires)
+        if quick is not None:
+            return quick
     with hub.store.transaction() as tx:
         current = tx.get_device(device_id, for_update=True)
         if current is None or current.status != "accepted":
             raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
         claim_token(hub, tx, caller)
-        merged = {**current.reported, **properties}
-        merged = {key: value for key, value in merged.items() if value is not None}
-        if len(merged) > 64 or len(json.dumps(merged)) > MAX_REPORTED_BYTES:
-            raise BadRequestError(
-                "reported_too_large", f"reported properties exceed 64 keys or {MAX_REPORTED_BYTES} bytes"
+        return tx.update_device(device_id, reported=_merged(current.reported, properties), updated_at=hub.clock())
+
+
+class _StaleRecordError(Exception):
+    """The twin or the device changed since the caller's record was read: undo the claim, take the slow path."""
+
+
+def _report_in_one_statement(
+    hub: Hub, caller: DeviceCaller, properties: dict[str, Any], *, jti: str, token_expires: datetime
+) -> Device | None:
+    """The twin after the report, written in one statement; None when the caller's record is stale."""
+    _unexpired(hub, token_expires)
+    expected = caller.device.reported
+    try:
+        with hub.store.transaction() as tx:
+            outcome = DevicePathQueries(tx).report(
+                caller.device.id,
+                jti=jti,
+                token_expires=token_expires,
+                expected=expected,
+                reported=_merged(expected, properties),
+                now=hub.clock(),
             )
-        return tx.update_device(device_id, reported=merged, updated_at=hub.clock())
+            if not outcome.claimed:
+                raise AuthenticationError(
+                    "token_replayed", "this device token was already used for a change; send a new one"
+                )
+            if outcome.device is None:
+                raise _StaleRecordError
+            return outcome.device
+    except _StaleRecordError:
+        return None
+
+
+def _merged(reported: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """The twin after a report: keys set, nulls deleted; bounded.
+
+    Raises:
+        BadRequestError: more than 64 keys or MAX_REPORTED_BYTES.
+    """
+    merged = {key: value for key, value in {**reported, **properties}.items() if value is not None}
+    if len(merged) > 64 or len(json.dumps(merged)) > MAX_REPORTED_BYTES:
+        raise BadRequestError("reported_too_large", f"reported properties exceed 64 keys or {MAX_REPORTED_BYTES} bytes")
+    return merged
 
 
 MAX_JSON_DEPTH = 16

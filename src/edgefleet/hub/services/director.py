@@ -25,7 +25,7 @@ from edgefleet.hub import signing
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import ConflictError, NotFoundError
-from edgefleet.hub.records import Assignment, Device
+from edgefleet.hub.records import AssignedBy, Assignment, Device
 from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services import online_keys
 from edgefleet.hub.services.audit import record
@@ -96,7 +96,7 @@ def assign(hub: Hub, operator: Operator, device_id: str, *, app: str, version: s
             # Asked for explicitly, the mark is signed even when the hub sees nothing newer assigned:
             # the device remembers releases it ran before the app was unassigned, and needs it then.
             rollback=older or rollback,
-            assigned_by=operator.actor,
+            assigned_by=AssignedBy.operator(operator.actor),
             assigned_at=hub.clock(),
             retry=0 if previous is None else previous.retry,  # never decreases: the agent compares generations
         )

@@ -24,7 +24,7 @@ from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import HubConfigError
-from edgefleet.hub.records import Assignment, Deployment, DeploymentMember
+from edgefleet.hub.records import AssignedBy, Assignment, Deployment, DeploymentMember
 from edgefleet.hub.services.audit import record
 from edgefleet.waves import parse_waves, percent
 
@@ -267,7 +267,7 @@ def _assignment(deployment: Deployment, device_id: str, previous: Assignment | N
         version=deployment.version,
         release_counter=deployment.release_counter,
         rollback=previous is not None and deployment.release_counter < previous.release_counter,
-        assigned_by=f"deployment:{deployment.name}",
+        assigned_by=AssignedBy.rollout(deployment.name),
         assigned_at=now,
         retry=0 if previous is None else previous.retry,
     )
@@ -291,7 +291,7 @@ def _restore(tx: Tx, deployment: Deployment, member: DeploymentMember, now: date
             version=release.version,
             release_counter=release.release_counter,
             rollback=release.release_counter < deployment.release_counter,
-            assigned_by=f"deployment:{deployment.name}:rollback",
+            assigned_by=AssignedBy.rollout(deployment.name, rollback=True),
             assigned_at=now,
         )
     )

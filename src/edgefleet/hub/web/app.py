@@ -121,7 +121,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_web_app(hub: Hub) -> FastAPI:
     """The dashboard for one hub; its state hangs off `app.state`, nothing is global."""
-    app = FastAPI(title="edgefleet dashboard", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="edgefleet dashboard",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # as the API's (`api.app.NO_TELEMETRY`)
+    )
     app.state.hub = hub
     app.state.templates = environment()
     app.state.stream_slots = StreamSlots(hub.settings.web_max_streams)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, HubDep
@@ -12,6 +13,7 @@ from edgefleet.hub.api.longpoll import NOT_MODIFIED, IfNoneMatch, Wait
 from edgefleet.hub.api.routes import ERRORS
 from edgefleet.hub.api.schemas import TwinOut
 from edgefleet.hub.services import device_state, devices, enrollment, events
+from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.protocol import (
     DeviceEvents,
     DeviceId,
@@ -80,11 +82,15 @@ async def device_target(
     def read() -> TargetState:
         return device_state.target_state(hub, caller.device.id)
 
+    def peek() -> TargetState | None:
+        return device_state.cached_target_state(hub, caller.device.id)
+
     return await longpoll.hold(
         response,
         read,
         notifier=hub.notifier,
         device_id=caller.device.id,
+        peek=peek,
         if_none_match=if_none_match,
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
@@ -115,6 +121,12 @@ def get_twin(hub: HubDep, caller: CallerDep, device_id: DevicePath) -> TwinOut:
 
 
 @router.patch("/devices/{device_id}/twin/reported", response_model=TwinOut)
-def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, body: ReportedProperties) -> TwinOut:
-    """Merge the device's reported properties; only the device itself may write them."""
-    return TwinOut.model_validate(devices.update_reported(hub, caller, device_id, body.properties))
+async def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, body: ReportedProperties) -> TwinOut:
+    """Merge the device's reported properties; only the device itself may write them.
+
+    A report that changes nothing is answered from the device's record as it is, without a write.
+    """
+    if isinstance(caller, DeviceCaller) and (same := devices.unchanged_by_report(caller, device_id, body.properties)):
+        return TwinOut.model_validate(same)
+    updated = await run_in_threadpool(devices.update_reported, hub, caller, device_id, body.properties)
+    return TwinOut.model_validate(updated)

@@ -117,7 +117,7 @@ def why(hub: HubDep, operator: OperatorDep, device_id: DevicePath) -> WhyList:
             WhyOut(
                 app=reason.app,
                 assigned=reason.assigned,
-                assigned_by=reason.assigned_by,
+                assigned_by=None if reason.assigned_by is None else str(reason.assigned_by),
                 deployment=None if chosen is None else chosen.name,
                 priority=None if chosen is None else chosen.priority,
                 release=None if chosen is None else f"{chosen.app}@{chosen.version}",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from edgefleet.hub.api.deps import HubDep
 from edgefleet.hub.api.routes import ERRORS
@@ -26,5 +27,9 @@ def healthz(hub: HubDep) -> Health:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
 )
 def metrics(request: Request) -> Response:
-    """Prometheus metrics of this hub process."""
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of the hub: of this process, or of all its worker processes added up."""
+    registry = request.app.state.metrics
+    if request.app.state.metrics_dir is not None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(request.app.state.metrics_dir))  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -25,11 +25,11 @@ MetadataName = Annotated[
 JSON = "application/json"
 
 
-def optional_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller | None:
+async def optional_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller | None:
     """The caller, or None without credentials (allowed only when the repository is public)."""
     if credentials is None:
         return None
-    return current_caller(hub, credentials)
+    return await current_caller(hub, credentials)
 
 
 ReaderDep = Annotated[Operator | DeviceCaller | None, Depends(optional_caller)]

@@ -1,0 +1,67 @@
+"""Queries on the tamper-evident audit chain (part of `Tx`); the seal is computed by the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from edgefleet.hub.db.base import TxBase
+from edgefleet.hub.db.models import (
+    AuditHeadRow,
+    AuditRow,
+)
+from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.records import AuditEntry
+
+Seal = Callable[[int, str, dict[str, Any]], str]
+"""(seq, prev_hash, fields) -> hash: the audit chain's keyed digest, supplied by the caller."""
+
+
+AUDIT_GENESIS = "0" * 64
+
+
+def _audit(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        detail=dict(row.detail),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class AuditQueries(TxBase):
+    """Mixed into `Tx`."""
+
+    def append_audit(self, fields: dict[str, Any], *, seal: Seal) -> AuditEntry:
+        """Append one entry after the current head; the head's row lock orders concurrent appends."""
+        head = self._s.get(AuditHeadRow, 1, with_for_update=True)
+        if head is None:
+            raise HubConfigError("audit_head_missing", "audit head row missing: database not migrated")
+        seq = head.seq + 1
+        digest = seal(seq, head.hash, fields)
+        row = AuditRow(seq=seq, prev_hash=head.hash, hash=digest, **fields)
+        self._s.add(row)
+        head.seq, head.hash = seq, digest
+        self._s.flush()
+        return _audit(row)
+
+    def list_audit(self, *, after: int, limit: int, descending: bool = False) -> list[AuditEntry]:
+        query = select(AuditRow).limit(limit)
+        if descending:
+            query = query.order_by(AuditRow.seq.desc())
+            if after:
+                query = query.where(AuditRow.seq < after)
+        else:
+            query = query.order_by(AuditRow.seq).where(AuditRow.seq > after)
+        return [_audit(row) for row in self._s.scalars(query)]
+
+    def audit_head(self) -> tuple[int, str]:
+        head = self._s.get(AuditHeadRow, 1)
+        return (0, AUDIT_GENESIS) if head is None else (head.seq, head.hash)

@@ -1,0 +1,67 @@
+"""The part of `Tx` every query module shares: the session, the changes a transaction announces, locks."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from edgefleet.hub.db.listen import CHANNEL, EVERY_DEVICE
+from edgefleet.hub.db.models import Base
+
+_BATCH = 1000
+"""Rows per statement in bulk writes."""
+_MAX_NOTIFY_PAYLOAD = 1000
+"""PostgreSQL refuses payloads of 8000 bytes or more; a longer key (never a device id) wakes every device."""
+
+
+class TxBase:
+    """One transaction's session and the devices whose answers it changes; the query mixins build on it."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self._postgres = session.get_bind().dialect.name == "postgresql"
+        self.changed: set[str] = set()
+        """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them."""
+
+    def _changes_many(self, device_ids: Collection[str]) -> None:
+        """`_changes` for many devices, in one statement on PostgreSQL (a wave can assign thousands)."""
+        new = sorted({d for d in device_ids if len(d) <= _MAX_NOTIFY_PAYLOAD} - self.changed)
+        if not new:
+            return
+        self.changed.update(new)
+        if self._postgres:
+            self._s.execute(
+                text("SELECT pg_notify(:channel, device) FROM unnest(CAST(:devices AS text[])) AS device"),
+                {"channel": CHANNEL, "devices": new},
+            )
+
+    def _changes(self, device_id: str | None) -> None:
+        """Note that the device's answers (None: every device's) may change when this transaction commits."""
+        key = EVERY_DEVICE if device_id is None or len(device_id) > _MAX_NOTIFY_PAYLOAD else device_id
+        if key in self.changed:
+            return
+        self.changed.add(key)
+        if self._postgres:
+            # Queued by PostgreSQL and delivered to every listening hub process on commit only.
+            self._s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": key})
+
+    def _put(self, table: type[Base], key: tuple[str, ...], values: dict[str, Any]) -> None:
+        """Insert the row, or overwrite the one with this primary key."""
+        row = self._s.get(table, key)
+        if row is None:
+            self._s.add(table(**values))
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        self._s.flush()
+
+    def _advisory_lock(self, lock_id: int) -> None:
+        """PostgreSQL: a lock held until the transaction ends. SQLite: BEGIN IMMEDIATE already serialises writers."""
+        if self._s.get_bind().dialect.name == "postgresql":
+            self._s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+
+    def ping(self) -> None:
+        self._s.execute(text("SELECT 1"))

@@ -1,0 +1,98 @@
+"""Queries on the device registry (part of `Tx`): enrolled devices, their keys, status and twin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import flag_modified
+
+from edgefleet.hub.db.base import TxBase
+from edgefleet.hub.db.models import DeviceRow
+from edgefleet.hub.errors import ConflictError
+from edgefleet.hub.records import Device
+
+_UNANNOUNCED_COLUMNS = frozenset({"last_seen_at", "updated_at"})
+"""Device columns whose change alone is not announced: every other one is in a device's answers or its cached record."""
+
+
+def _differs(old: Any, new: Any) -> bool:
+    """Whether a column's value changes; JSON values compared as JSON (`1` is not `true` to a reader of the twin)."""
+    if isinstance(old, dict | list) or isinstance(new, dict | list):
+        return json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True)
+    return bool(old != new)
+
+
+def _device(row: DeviceRow) -> Device:
+    return Device(
+        id=row.id,
+        fleet=row.fleet,
+        tags=dict(row.tags),
+        status=row.status,
+        arch=row.arch,
+        hostname=row.hostname,
+        public_key_pem=row.public_key_pem,
+        key_fingerprint=row.key_fingerprint,
+        cert_pem=row.cert_pem,
+        cert_serial=row.cert_serial,
+        cert_not_after=row.cert_not_after,
+        enrollment_token_id=row.enrollment_token_id,
+        enrolled_at=row.enrolled_at,
+        updated_at=row.updated_at,
+        last_seen_at=row.last_seen_at,
+        reported=dict(row.reported),
+    )
+
+
+class DeviceQueries(TxBase):
+    """Mixed into `Tx`."""
+
+    def insert_device(self, device: Device) -> None:
+        self._s.add(DeviceRow(**{name: getattr(device, name) for name in Device.__slots__}))
+        self._flush_device()
+
+    def _flush_device(self) -> None:
+        try:
+            self._s.flush()
+        except IntegrityError as exc:
+            # The partial unique index on active keys: a concurrent enrollment won the race.
+            raise ConflictError("key_already_enrolled", "this key already belongs to an enrolled device") from exc
+
+    def get_device(self, device_id: str, *, for_update: bool = False) -> Device | None:
+        """The device; with `for_update`, its row locked (PostgreSQL) and re-read for a read-modify-write."""
+        row = self._s.get(DeviceRow, device_id, with_for_update=for_update, populate_existing=for_update)
+        return None if row is None else _device(row)
+
+    def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:
+        query = select(DeviceRow).order_by(DeviceRow.id).limit(limit)
+        if fleet is not None:
+            query = query.where(DeviceRow.fleet == fleet)
+        if status is not None:
+            query = query.where(DeviceRow.status == status)
+        if after is not None:
+            query = query.where(DeviceRow.id > after)
+        return [_device(row) for row in self._s.scalars(query)]
+
+    def find_active_device_by_key(self, fingerprint: str, *, statuses: Sequence[str]) -> Device | None:
+        query = (
+            select(DeviceRow).where(DeviceRow.key_fingerprint == fingerprint, DeviceRow.status.in_(statuses)).limit(1)
+        )
+        row = self._s.scalar(query)
+        return None if row is None else _device(row)
+
+    def update_device(self, device_id: str, **values: Any) -> Device:
+        row = self._s.get(DeviceRow, device_id, with_for_update=True)
+        if row is None:
+            raise KeyError(device_id)
+        changed = {name for name, value in values.items() if _differs(getattr(row, name), value)}
+        if changed - _UNANNOUNCED_COLUMNS:
+            self._changes(device_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+            if name in changed and isinstance(value, dict | list):
+                flag_modified(row, name)  # SQLAlchemy compares with ==, where 1 == True: it would skip the write
+        self._flush_device()
+        return _device(row)

@@ -1,0 +1,39 @@
+"""Queries on each device's director metadata (part of `Tx`), the latest few versions kept."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+
+from edgefleet.hub.db.base import TxBase
+from edgefleet.hub.db.models import DirectorMetadataRow
+
+DIRECTOR_VERSIONS_KEPT = 4
+
+
+class DirectorQueries(TxBase):
+    """Mixed into `Tx`."""
+
+    def latest_director(self, device_id: str, role: str) -> tuple[int, str] | None:
+        query = select(DirectorMetadataRow).where(
+            DirectorMetadataRow.device_id == device_id, DirectorMetadataRow.role == role
+        )
+        row = self._s.scalar(query.order_by(DirectorMetadataRow.version.desc()).limit(1))
+        return None if row is None else (row.version, row.body)
+
+    def get_director(self, device_id: str, role: str, version: int) -> str | None:
+        row = self._s.get(DirectorMetadataRow, (device_id, role, version))
+        return None if row is None else row.body
+
+    def insert_director(self, device_id: str, role: str, version: int, body: str, *, now: datetime) -> None:
+        """Store a new version and drop all but the newest few (devices only ever fetch the newest)."""
+        self._s.add(DirectorMetadataRow(device_id=device_id, role=role, version=version, body=body, created_at=now))
+        self._s.execute(
+            delete(DirectorMetadataRow).where(
+                DirectorMetadataRow.device_id == device_id,
+                DirectorMetadataRow.role == role,
+                DirectorMetadataRow.version <= version - DIRECTOR_VERSIONS_KEPT,
+            )
+        )
+        self._s.flush()

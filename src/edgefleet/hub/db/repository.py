@@ -1,0 +1,52 @@
+"""Queries on the image repository's TUF metadata (part of `Tx`), and the lock its writers take."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from edgefleet.hub.db.base import TxBase
+from edgefleet.hub.db.models import RepoMetadataRow
+from edgefleet.hub.errors import ConflictError
+
+_PG_REPOSITORY_LOCK = 0x6564676572657031
+"""Transaction-scoped advisory lock serialising writers of repository and director metadata."""
+
+
+class RepositoryQueries(TxBase):
+    """Mixed into `Tx`."""
+
+    def latest_metadata(self, role: str, *, for_update: bool = False) -> tuple[int, str] | None:
+        """(version, body) of the newest stored metadata of `role`."""
+        query = select(RepoMetadataRow).where(RepoMetadataRow.role == role)
+        query = query.order_by(RepoMetadataRow.version.desc()).limit(1)
+        if for_update:
+            query = query.with_for_update()
+        row = self._s.scalar(query)
+        return None if row is None else (row.version, row.body)
+
+    def metadata_versions(self) -> dict[str, int]:
+        """The newest stored version of every role (few: the top-level roles, the director's root, delegated roles)."""
+        query = select(RepoMetadataRow.role, func.max(RepoMetadataRow.version)).group_by(RepoMetadataRow.role)
+        return {role: int(version) for role, version in self._s.execute(query)}
+
+    def get_metadata(self, role: str, version: int) -> str | None:
+        row = self._s.get(RepoMetadataRow, (role, version))
+        return None if row is None else row.body
+
+    def insert_metadata(self, role: str, version: int, body: str, *, now: datetime) -> None:
+        self._s.add(RepoMetadataRow(role=role, version=version, body=body, created_at=now))
+        try:
+            self._s.flush()
+        except IntegrityError as exc:
+            raise ConflictError("version_exists", f"{role} version {version} already exists") from exc
+
+    def lock_repository(self) -> None:
+        """Serialise writers of repository and director metadata until this transaction ends.
+
+        SQLite already holds its one write lock (BEGIN IMMEDIATE); PostgreSQL takes an
+        advisory lock, so two replicas never sign the same version twice.
+        """
+        self._advisory_lock(_PG_REPOSITORY_LOCK)

@@ -1,0 +1,151 @@
+"""`hub serve --workers N`: several processes on one port and one PostgreSQL database, as one hub.
+
+The parent applies migrations, runs the scheduler and keeps N workers running; each worker
+has its own caches and change listener. Connections are spread over the workers by the kernel,
+so a test that opens a fresh connection per request reaches all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.enroll import enroll
+from edgefleet.agent.identity import LocalIdentity
+from edgefleet.hub.db.listen import APPLICATION_NAME
+from tests.conftest import POSTGRES_URL, auth
+from tests.e2e.conftest import RunningHub, _fresh_postgres, edgefleet, start_hub
+
+pytestmark = [pytest.mark.skipif(not POSTGRES_URL, reason="EDGEFLEET_TEST_POSTGRES_URL unset"), pytest.mark.slow]
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    tmp_path = tmp_path_factory.mktemp("workers")
+    for database in _fresh_postgres():
+        yield from start_hub(tmp_path, database, serve_args=("--workers", str(WORKERS)))
+
+
+def fresh(hub: RunningHub, method: str, path: str, token: str, **kwargs: object) -> httpx.Response:
+    """One request on a connection of its own (so the kernel may hand it to any worker)."""
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(hub.ca)), timeout=30) as http:
+        return http.request(method, f"{hub.url}{path}", headers=auth(token), **kwargs)  # type: ignore[arg-type]
+
+
+def listeners(hub: RunningHub) -> set[int]:
+    """The backends of the workers' change listeners (one per worker)."""
+    assert hub.database_url is not None
+    with psycopg.connect(hub.database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,),
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def until(check: object, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.05)
+
+
+def worker_pids(hub: RunningHub) -> set[int]:
+    children = Path(f"/proc/{hub.process.pid}/task/{hub.process.pid}/children").read_text().split()
+    # uvicorn's spawn start method also runs a resource tracker: the workers are the ones serving the app.
+    return {int(pid) for pid in children if "multiprocessing.resource_tracker" not in _cmdline(int(pid))}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def enrolled(hub: RunningHub, tmp_path: Path) -> LocalIdentity:
+    token = hub.call("POST", "/enrollment-tokens", json={"fleet": "f1"}).json()["token"]
+    with DeviceClient.connect(hub.url, ca=hub.ca) as client:
+        return enroll(client, tmp_path / "device", token=token, arch="arm64")
+
+
+def requests_counted(hub: RunningHub, route: str) -> float:
+    text = fresh(hub, "GET", "/metrics", hub.admin_token).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "edgefleet_http_requests_total" and sample.labels.get("route") == route
+    )
+
+
+def test_each_worker_listens_and_metrics_add_up_over_all_of_them(workers: RunningHub) -> None:
+    until(lambda: len(listeners(workers)) == WORKERS, 30, f"{WORKERS} listeners")
+    before = requests_counted(workers, "/healthz")
+    for _ in range(20):
+        assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
+    assert requests_counted(workers, "/healthz") == before + 20  # whichever worker answered each
+
+
+def connection_owners(hub: RunningHub) -> set[int]:
+    """The processes holding the hub's established connections (`ss`)."""
+    port = hub.url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True
+    )
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out.stdout)}
+
+
+def test_a_revocation_through_one_worker_refuses_the_device_at_every_worker(
+    workers: RunningHub, tmp_path: Path
+) -> None:
+    device = enrolled(workers, tmp_path)
+    path = f"{workers.url}/api/v1/device/target"
+    context = ssl.create_default_context(cafile=str(workers.ca))
+    with ExitStack() as stack:
+        # Keep-alive connections opened at once: the kernel hands them to both workers.
+        clients = [stack.enter_context(httpx.Client(verify=context, timeout=30)) for _ in range(16)]
+
+        def poll(client: httpx.Client) -> int:
+            return client.get(path, headers=auth(device.token(now=datetime.now(UTC)))).status_code
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            assert set(pool.map(poll, clients)) == {200}  # each worker now holds the device in its cache
+            assert connection_owners(workers) == worker_pids(workers), "every worker holds some connection"
+            assert workers.call("POST", f"/devices/{device.device_id}/revoke").status_code == 200
+            time.sleep(1)  # the workers that did not revoke hear of it through their listeners (milliseconds)
+            assert set(pool.map(poll, clients)) == {403}
+
+
+def test_a_killed_worker_is_replaced_and_the_hub_keeps_answering(workers: RunningHub) -> None:
+    until(lambda: len(worker_pids(workers)) == WORKERS, 30, f"{WORKERS} workers")
+    victim = min(worker_pids(workers))
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(20):
+        assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
+    until(lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), 30, "a new worker")
+    until(lambda: len(listeners(workers)) == WORKERS, 30, "its listener")
+
+
+def test_sqlite_says_it_serves_one_process(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    assert edgefleet("hub", "init", "--data-dir", str(data_dir)).returncode == 0
+    refused = edgefleet("hub", "serve", "--data-dir", str(data_dir), "--workers", "2")
+    assert refused.returncode == 2
+    assert "SQLite serves one process: --workers needs PostgreSQL" in refused.stderr

@@ -106,7 +106,7 @@ def test_demo_on_a_terminal_with_simulated_devices_shows_it_live_keeps_running_t
         assert len(json.loads(listed.stdout)) == 9  # the hub keeps running, and the printed token works
 
         terminal.process.send_signal(signal.SIGINT)
-        assert terminal.read_until(None, timeout=180)  # the demo exits, closing the terminal
+        assert terminal.read_until(None, timeout=180), terminal.text()[-3000:]  # the demo exits, closing the terminal
         assert terminal.process.wait(timeout=30) == 0, terminal.text()[-3000:]
         assert "Stopping ..." in terminal.text()
     finally:

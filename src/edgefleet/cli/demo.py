@@ -39,12 +39,15 @@ def _hold(result: Result, data_dir: Path) -> None:
     out.print("  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()), markup=False)
     out.print("Everything keeps running; press Ctrl-C to stop it all and remove what the demo made.")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handlers of our own, whatever this process inherited (a parent that ignores SIGINT passes that on).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(1):
             pass
-    except KeyboardInterrupt:
-        pass
+    finally:  # a second Ctrl-C while stopping interrupts as usual
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     out.print("Stopping ...")
 
 

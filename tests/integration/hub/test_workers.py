@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -29,7 +30,7 @@ from edgefleet.agent.enroll import enroll
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.hub.db.listen import APPLICATION_NAME
 from tests.conftest import POSTGRES_URL, auth
-from tests.e2e.conftest import RunningHub, _fresh_postgres, edgefleet, start_hub
+from tests.e2e.conftest import RunningHub, _fresh_postgres, edgefleet, start_hub, wait_for
 
 pytestmark = [pytest.mark.skipif(not POSTGRES_URL, reason="EDGEFLEET_TEST_POSTGRES_URL unset"), pytest.mark.slow]
 WORKERS = 2
@@ -42,10 +43,10 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
         yield from start_hub(tmp_path, database, serve_args=("--workers", str(WORKERS)))
 
 
-def fresh(hub: RunningHub, method: str, path: str, token: str, **kwargs: object) -> httpx.Response:
+def fresh(hub: RunningHub, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
     """One request on a connection of its own (so the kernel may hand it to any worker)."""
     with httpx.Client(verify=ssl.create_default_context(cafile=str(hub.ca)), timeout=30) as http:
-        return http.request(method, f"{hub.url}{path}", headers=auth(token), **kwargs)  # type: ignore[arg-type]
+        return http.request(method, f"{hub.url}{path}", headers=auth(token), **kwargs)
 
 
 def listeners(hub: RunningHub) -> set[int]:
@@ -57,13 +58,6 @@ def listeners(hub: RunningHub) -> set[int]:
             (APPLICATION_NAME,),
         ).fetchall()
     return {row[0] for row in rows}
-
-
-def until(check: object, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.05)
 
 
 def worker_pids(hub: RunningHub) -> set[int]:
@@ -96,7 +90,7 @@ def requests_counted(hub: RunningHub, route: str) -> float:
 
 
 def test_each_worker_listens_and_metrics_add_up_over_all_of_them(workers: RunningHub) -> None:
-    until(lambda: len(listeners(workers)) == WORKERS, 30, f"{WORKERS} listeners")
+    wait_for(lambda: len(listeners(workers)) == WORKERS, f"{WORKERS} listeners", timeout=30)
     before = requests_counted(workers, "/healthz")
     for _ in range(20):
         assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
@@ -134,13 +128,15 @@ def test_a_revocation_through_one_worker_refuses_the_device_at_every_worker(
 
 
 def test_a_killed_worker_is_replaced_and_the_hub_keeps_answering(workers: RunningHub) -> None:
-    until(lambda: len(worker_pids(workers)) == WORKERS, 30, f"{WORKERS} workers")
+    wait_for(lambda: len(worker_pids(workers)) == WORKERS, f"{WORKERS} workers", timeout=30)
     victim = min(worker_pids(workers))
     os.kill(victim, signal.SIGKILL)
     for _ in range(20):
         assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
-    until(lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), 30, "a new worker")
-    until(lambda: len(listeners(workers)) == WORKERS, 30, "its listener")
+    wait_for(
+        lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), "a new worker", timeout=30
+    )
+    wait_for(lambda: len(listeners(workers)) == WORKERS, "its listener", timeout=30)
 
 
 def test_sqlite_says_it_serves_one_process(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.hub.context import Hub
-from edgefleet.hub.errors import AuthenticationError, BadRequestError, ForbiddenError
+from edgefleet.hub.errors import AuthenticationError, BadRequestError
 from edgefleet.hub.services import devices, operators
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import API_TOKEN_PREFIX, Operator
@@ -64,13 +64,10 @@ async def _device_caller(hub: Hub, credentials: Credentials, *, allow_unaccepted
     secret = _secret(credentials)
     if secret.startswith(API_TOKEN_PREFIX):
         raise AuthenticationError("device_token_required", "this endpoint needs a device token")
-    cached = devices.cached_device(hub, devices.token_subject(secret))
+    cached = devices.admit_cached(hub, secret, allow_unaccepted=allow_unaccepted)
     if cached is not None:
-        try:
-            return devices.admit(hub, secret, cached, allow_unaccepted=allow_unaccepted)
-        except (AuthenticationError, ForbiddenError):
-            pass  # perhaps changed in another process a moment ago: the database decides
-    return await run_in_threadpool(devices.authenticate, hub, secret, allow_unaccepted=allow_unaccepted)
+        return cached
+    return await run_in_threadpool(devices.admit_loaded, hub, secret, allow_unaccepted=allow_unaccepted)
 
 
 OperatorDep = Annotated[Operator, Depends(current_operator)]

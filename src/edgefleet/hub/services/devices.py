@@ -92,14 +92,29 @@ def authenticate(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> De
         AuthenticationError: malformed or badly signed token, unknown device, expired certificate.
         ForbiddenError: the device is revoked, rejected, or (unless allowed) still pending.
     """
-    device_id = token_subject(bearer)
-    cached = cached_device(hub, device_id)
-    if cached is not None:
-        try:
-            return admit(hub, bearer, cached, allow_unaccepted=allow_unaccepted)
-        except (AuthenticationError, ForbiddenError):
-            pass  # perhaps changed in another process a moment ago: the database decides
-    return admit(hub, bearer, load_device(hub, device_id), allow_unaccepted=allow_unaccepted)
+    return admit_cached(hub, bearer, allow_unaccepted=allow_unaccepted) or admit_loaded(
+        hub, bearer, allow_unaccepted=allow_unaccepted
+    )
+
+
+def admit_cached(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> DeviceCaller | None:
+    """`authenticate` from this process's cache (no I/O); None when it holds no record or the record refuses.
+
+    A refusal is not final here: the device may have changed in another process a moment ago,
+    so the database decides (`admit_loaded`).
+    """
+    cached = cached_device(hub, token_subject(bearer))
+    if cached is None:
+        return None
+    try:
+        return admit(hub, bearer, cached, allow_unaccepted=allow_unaccepted)
+    except (AuthenticationError, ForbiddenError):
+        return None
+
+
+def admit_loaded(hub: Hub, bearer: str, *, allow_unaccepted: bool = False) -> DeviceCaller:
+    """`authenticate` against the device's record read from the database (blocking), which the cache then keeps."""
+    return admit(hub, bearer, load_device(hub, token_subject(bearer)), allow_unaccepted=allow_unaccepted)
 
 
 def token_subject(bearer: str) -> str:

@@ -6,16 +6,23 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from edgefleet.hub.datadir import HubKeys
 from edgefleet.hub.db import Store
 from edgefleet.hub.db.device_path import DevicePathQueries
-from edgefleet.hub.devicecache import DeviceCaches
+from edgefleet.hub.devicecache import DeviceCaches, Expiring
+from edgefleet.hub.fleetview import FleetView
 from edgefleet.hub.lastseen import LastSeen
 from edgefleet.hub.notify import Notifier
 from edgefleet.hub.settings import HubSettings
 
 Clock = Callable[[], datetime]
+FLEET_FULL_SECONDS = 600.0
+"""The fleet view is read in full at least this often, whatever was announced."""
+STATUS_SECONDS = 1.0
+"""A deployment's status is shared by every viewer for this long (the dashboard and `deploy status --watch`)."""
+STATUS_ENTRIES = 1000
 
 
 def utc_now() -> datetime:
@@ -64,6 +71,10 @@ class Hub:
     """This process's device records and target answers (see `hub.devicecache`)."""
     last_seen: LastSeen = field(init=False)
     """Devices heard from, written in batches by the API app (see `hub.lastseen`)."""
+    fleet: FleetView = field(init=False)
+    """The accepted fleet as the rollout scheduler sees it (see `hub.fleetview`)."""
+    statuses: Expiring[Any] = field(init=False)
+    """Deployment id -> (fleet view generation, its status), shared for `STATUS_SECONDS` by every viewer."""
 
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.
@@ -77,6 +88,12 @@ class Hub:
         )
         self.store.notifier.watch(caches.changed)
         object.__setattr__(self, "caches", caches)
+        fleet = FleetView(
+            capacity=settings.device_cache_entries, full_seconds=FLEET_FULL_SECONDS, usable=lambda: caches.usable
+        )
+        self.store.notifier.watch(fleet.changed)
+        object.__setattr__(self, "fleet", fleet)
+        object.__setattr__(self, "statuses", Expiring(capacity=STATUS_ENTRIES, ttl=STATUS_SECONDS))
         object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
 
     def flush_last_seen(self) -> int:

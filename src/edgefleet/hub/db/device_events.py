@@ -33,7 +33,8 @@ class DeviceEventQueries(TxBase):
         self._s.flush()
 
     def put_update_outcome(self, outcome: UpdateOutcome) -> None:
-        """Replace the device's latest outcome for the outcome's app."""
+        """Replace the device's latest outcome for the outcome's app (announced: the rollout scheduler judges it)."""
+        self._changes(outcome.device_id)
         values = {name: getattr(outcome, name) for name in UpdateOutcome.__slots__}
         self._put(DeviceUpdateRow, (outcome.device_id, outcome.app), values)
 

@@ -51,6 +51,7 @@ class DeviceQueries(TxBase):
     """Mixed into `Tx`."""
 
     def insert_device(self, device: Device) -> None:
+        self._changes(device.id)  # the fleet view (`hub.fleetview`) learns of new devices this way
         self._s.add(DeviceRow(**{name: getattr(device, name) for name in Device.__slots__}))
         self._flush_device()
 

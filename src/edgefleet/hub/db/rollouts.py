@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from edgefleet.hub.db.base import _BATCH
 from edgefleet.hub.db.models import AssignmentRow, DeploymentMemberRow, DeploymentRow, DeviceRow, DeviceUpdateRow
 from edgefleet.hub.errors import ConflictError
 from edgefleet.hub.records import Deployment, DeploymentMember
@@ -20,6 +21,10 @@ _PG_ROLLOUT_LOCK = 0x6564676572726F6C
 
 def _deployment(row: DeploymentRow) -> Deployment:
     return Deployment(**{name: getattr(row, name) for name in Deployment.__slots__})
+
+
+def _fleet_row(row: Any) -> tuple[str, str, dict[str, str], str, str, dict[str, Any]]:
+    return (row[0], row[1], dict(row[2]), row[3], row[4], dict(row[5]))
 
 
 def _member(row: DeploymentMemberRow) -> DeploymentMember:
@@ -133,15 +138,43 @@ class RolloutQueries:
 
     # --- what the scheduler reads of devices ---------------------------------------------------
 
-    def accepted_devices(self) -> list[tuple[str, str, dict[str, str], str, datetime | None, dict[str, Any]]]:
-        """(id, fleet, tags, arch, last_seen_at, reported) of every accepted device, in id order."""
+    def fleet_devices(
+        self, device_ids: Sequence[str] | None
+    ) -> list[tuple[str, str, dict[str, str], str, str, dict[str, Any]]]:
+        """(id, fleet, tags, arch, status, reported) of these devices (None: every accepted one), in id order."""
+        query = select(
+            DeviceRow.id, DeviceRow.fleet, DeviceRow.tags, DeviceRow.arch, DeviceRow.status, DeviceRow.reported
+        ).order_by(DeviceRow.id)
+        if device_ids is None:
+            return [_fleet_row(r) for r in self._s.execute(query.where(DeviceRow.status == "accepted"))]
+        rows: list[tuple[str, str, dict[str, str], str, str, dict[str, Any]]] = []
+        for start in range(0, len(device_ids), _BATCH):
+            chunk = list(device_ids[start : start + _BATCH])
+            rows.extend(_fleet_row(r) for r in self._s.execute(query.where(DeviceRow.id.in_(chunk))))
+        return rows
+
+    def fleet_outcomes(self, device_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        """(device id, app, status, to_release) of these devices' latest update outcomes."""
+        outcome = DeviceUpdateRow
+        query = select(outcome.device_id, outcome.app, outcome.status, outcome.to_release)
+        rows: list[tuple[str, str, str, str]] = []
+        for start in range(0, len(device_ids), _BATCH):
+            chunk = list(device_ids[start : start + _BATCH])
+            found = self._s.execute(query.where(outcome.device_id.in_(chunk)))
+            rows.extend((r[0], r[1], r[2], r[3]) for r in found)
+        return rows
+
+    def members_last_seen(self, deployment_id: str) -> dict[str, datetime | None]:
+        """When each device the deployment's rollout assigned that has not finished (or left) was last heard from."""
         query = (
-            select(DeviceRow.id, DeviceRow.fleet, DeviceRow.tags, DeviceRow.arch, DeviceRow.last_seen_at)
-            .add_columns(DeviceRow.reported)
-            .where(DeviceRow.status == "accepted")
-            .order_by(DeviceRow.id)
+            select(DeploymentMemberRow.device_id, DeviceRow.last_seen_at)
+            .join(DeviceRow, DeviceRow.id == DeploymentMemberRow.device_id)
+            .where(
+                DeploymentMemberRow.deployment_id == deployment_id,
+                DeploymentMemberRow.status.in_(("assigned", "downloading", "left")),
+            )
         )
-        return [(r[0], r[1], dict(r[2]), r[3], r[4], dict(r[5])) for r in self._s.execute(query)]
+        return {r[0]: r[1] for r in self._s.execute(query)}
 
     def outcomes_for_app(self, app: str) -> dict[str, tuple[str, str]]:
         """Device id -> (status, to_release) of each device's latest update outcome for `app`."""

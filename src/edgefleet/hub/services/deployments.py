@@ -14,12 +14,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import BadRequestError, ConflictError, NotFoundError
+from edgefleet.hub.fleetview import Target, running_of, tags_of
 from edgefleet.hub.records import AssignedBy, Deployment
 from edgefleet.hub.services import metadata as repo_metadata
 from edgefleet.hub.services import rollouts
@@ -323,14 +324,30 @@ def list_deployments(hub: Hub, operator: Operator, *, app: str | None, limit: in
 
 
 def status(hub: Hub, operator: Operator, key: str) -> Status:
-    """Per wave: pending, downloading, updated, failed and offline devices (viewer)."""
+    """Per wave: pending, downloading, updated, failed and offline devices (viewer).
+
+    Computed from the fleet view and the deployment's members (its cost grows with the
+    deployment, not the fleet), and shared for up to `STATUS_SECONDS` by everyone who asks
+    in this process (the dashboard's live view, every `deploy status --watch`) while the
+    deployment and the fleet view stay as they were; a scheduler pass here that acts on the
+    deployment drops it at once, one in another process within that time.
+    """
     authorize(operator, "viewer", action="deployment.status")
+    with hub.store.transaction(readonly=True) as tx:
+        deployment = _find(tx, key)
+    ticket = hub.statuses.ticket()
+    fleet = hub.fleet.refresh(hub.store)
+    held = hub.statuses.get(deployment.id)
+    if held is not None and held[0] == fleet.generation and held[1].deployment == deployment:
+        return cast(Status, held[1])
     with hub.store.transaction(readonly=True) as tx:
         deployment = _find(tx, key)
         stored = {m.device_id: m for m in tx.list_members(deployment.id)}
         others = tx.list_deployments(app=deployment.app, states=rollouts.OWNING)
-        app_view = rollouts.view(tx, deployment.app, [*(d for d in others if d.id != deployment.id), deployment])
-    seen = rollouts.seen_by(hub, app_view, deployment, stored)
+        competing = [*(d for d in others if d.id != deployment.id), deployment]
+        app_view = rollouts.view(hub, tx, deployment.app, competing, fleet)
+        last_seen = tx.members_last_seen(deployment.id)
+    seen = rollouts.seen_by(hub, app_view, deployment, stored, last_seen)
     members = rollouts.members_of(list(stored.values()))
     left = sum(1 for m in members.values() if m.status == "left")
     # A finished rollout targets nothing any more: it is shown as far as it got, its members.
@@ -338,7 +355,9 @@ def status(hub: Hub, operator: Operator, key: str) -> Status:
     waves = parse_waves(deployment.waves)
     reached = reach(waves, targeted)
     per_wave = [(reached[i], rollout.counts(i, members, seen)) for i in range(len(waves))]
-    return Status(deployment=deployment, waves=per_wave, targeted=targeted, left=left)
+    found = Status(deployment=deployment, waves=per_wave, targeted=targeted, left=left)
+    hub.statuses.put(deployment.id, (fleet.generation, found), ticket)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,12 +382,12 @@ def _architectures(tx: Tx, deployment: Deployment) -> tuple[str, ...]:
 def preview(hub: Hub, operator: Operator, spec: Spec, *, limit: int) -> Preview:
     """The devices a deployment would reach, without creating it (viewer)."""
     authorize(operator, "viewer", action="deployment.preview")
+    targets = hub.fleet.refresh(hub.store).targets
     with hub.store.transaction(readonly=True) as tx:
         release = tx.get_release(spec.app, spec.version)
         if release is None:
             raise NotFoundError("release_not_found", f"no release {spec.app}@{spec.version}")
         others = [d for d in tx.list_deployments(app=spec.app, states=rollouts.OWNING) if d.name != spec.name]
-        devices = tx.accepted_devices()
         higher = sorted((d for d in others if d.priority > spec.priority), key=lambda d: -d.priority)
         fits = {d.id: _architectures(tx, d) for d in higher}
     mine = selector.parse(spec.target)
@@ -376,18 +395,19 @@ def preview(hub: Hub, operator: Operator, spec: Spec, *, limit: int) -> Preview:
     chosen: list[str] = []
     kept: dict[str, int] = {}
     incompatible = 0
-    for device_id, fleet, tags, arch, _seen, _reported in devices:
-        visible = rollouts.tags_of(fleet, tags)
-        if not selector.matches(mine, visible):
+    for device in targets.values():
+        if not selector.matches(mine, device.tags):
             continue
-        if arch not in release.architectures:
+        if device.arch not in release.architectures:
             incompatible += 1
             continue
-        winner = next((d for d in higher if arch in fits[d.id] and selector.matches(parsed[d.id], visible)), None)
+        winner = next(
+            (d for d in higher if device.arch in fits[d.id] and selector.matches(parsed[d.id], device.tags)), None
+        )
         if winner is not None:
             kept[winner.name] = kept.get(winner.name, 0) + 1
             continue
-        chosen.append(device_id)
+        chosen.append(device.id)
     waves = parse_waves(spec.waves)
     reached = reach(waves, len(chosen))
     order = canary_order(spec.name, chosen)
@@ -425,15 +445,15 @@ def why(hub: Hub, operator: Operator, device_id: str) -> list[Reason]:
         memberships = {m.deployment_id: m for m in tx.members_of_device(device_id)}
         deployments = tx.list_deployments(states=rollouts.OWNING, limit=100_000)
         views = {
-            app: rollouts.view(tx, app, [d for d in deployments if d.app == app], devices=False)
+            app: rollouts.view(hub, tx, app, [d for d in deployments if d.app == app], None)
             for app in {d.app for d in deployments}
         }
-    target = rollouts.Target(
+    target = Target(
         id=device.id,
-        tags=rollouts.tags_of(device.fleet, device.tags),
+        tags=tags_of(device.fleet, device.tags),
         arch=device.arch,
-        last_seen_at=device.last_seen_at,
-        reported=device.reported,
+        running=running_of(device.reported),
+        outcomes={},
     )
     reasons = []
     for app in sorted(set(assignments) | set(views)):

@@ -17,10 +17,10 @@ from typing import Any
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import ForbiddenError, NotFoundError
+from edgefleet.hub.fleetview import service_healthy
 from edgefleet.hub.records import Assignment, Device, UpdateOutcome
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize
-from edgefleet.hub.services.rollouts import service_healthy
 from edgefleet.protocol import AppTarget, TargetState
 
 

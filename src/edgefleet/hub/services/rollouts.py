@@ -24,6 +24,7 @@ from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.fleetview import Owners, Snapshot, Target
 from edgefleet.hub.records import AssignedBy, Assignment, Deployment, DeploymentMember
 from edgefleet.hub.services.audit import record
 from edgefleet.waves import parse_waves, percent
@@ -35,18 +36,6 @@ OWNING = ("active", "paused", "completed")
 """States in which a deployment decides what its targets run (finished ones no longer do)."""
 SCHEDULER = "hub:scheduler"
 """The actor of what the scheduler does, in the audit log."""
-_HEALTHY_STATES = frozenset({"running"})
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What the scheduler reads of one accepted device."""
-
-    id: str
-    tags: dict[str, str]
-    arch: str
-    last_seen_at: datetime | None
-    reported: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +46,10 @@ class AppView:
     deployments: list[Deployment]
     architectures: dict[str, tuple[str, ...]]
     """Deployment id -> architectures its release has images for."""
-    devices: list[Target]
-    outcomes: dict[str, tuple[str, str]]
     selectors: dict[str, selector.Selector]
-
-
-def tags_of(fleet: str, tags: Mapping[str, str]) -> dict[str, str]:
-    """The tags a selector sees: the device's own, and its fleet as ``fleet``."""
-    return {**tags, "fleet": fleet}
+    owners: Owners
+    """Which of these deployments each accepted device follows."""
+    targets: Mapping[str, Target]
 
 
 def policy_of(deployment: Deployment) -> rollout.Policy:
@@ -102,35 +87,52 @@ def _one_of(allowed: tuple[Choice, ...], value: str) -> Choice:
     raise HubConfigError("bad_rollout_state", f"unknown rollout state {value!r} in the database")
 
 
-def view(tx: Tx, app: str, deployments: Sequence[Deployment], *, devices: bool = True) -> AppView:
-    """Read what judging `app`'s deployments needs, once per pass (without `devices`, only the deployments)."""
+def view(hub: Hub, tx: Tx, app: str, deployments: Sequence[Deployment], fleet: Snapshot | None) -> AppView:
+    """What judging `app`'s deployments needs; `fleet` is what `hub.fleet.refresh` returned (None: no devices).
+
+    Which deployment each device follows is the fleet view's, kept per set of competing
+    deployments and recomputed only for devices that changed.
+    """
     architectures = {}
     for deployment in deployments:
         release = tx.get_release(deployment.app, deployment.version)
         architectures[deployment.id] = () if release is None else release.architectures
-    targets = [
-        Target(id=d[0], tags=tags_of(d[1], d[2]), arch=d[3], last_seen_at=d[4], reported=d[5])
-        for d in (tx.accepted_devices() if devices else [])
-    ]
+    ordered = sorted(deployments, key=lambda d: (-d.priority, d.created_at, d.id))
+    selectors = {d.id: selector.parse(d.target) for d in deployments}
+
+    def choose(device: Target) -> str | None:
+        chosen = _selecting(ordered, architectures, selectors, device)
+        return chosen[0].id if chosen else None
+
+    key = (app, tuple((d.id, d.state, d.priority, d.target, architectures[d.id], d.created_at) for d in ordered))
     return AppView(
         app=app,
-        deployments=sorted(deployments, key=lambda d: (-d.priority, d.created_at, d.id)),
+        deployments=ordered,
         architectures=architectures,
-        devices=targets,
-        outcomes=tx.outcomes_for_app(app) if devices else {},
-        selectors={d.id: selector.parse(d.target) for d in deployments},
+        selectors=selectors,
+        owners=Owners({}, {}) if fleet is None else hub.fleet.owners(key, choose, fleet),
+        targets={} if fleet is None else fleet.targets,
     )
+
+
+def _selecting(
+    ordered: Sequence[Deployment],
+    architectures: Mapping[str, tuple[str, ...]],
+    selectors: Mapping[str, selector.Selector],
+    device: Target,
+) -> list[Deployment]:
+    return [
+        deployment
+        for deployment in ordered
+        if deployment.state in OWNING
+        and device.arch in architectures[deployment.id]
+        and selector.matches(selectors[deployment.id], device.tags)
+    ]
 
 
 def selecting(app_view: AppView, device: Target) -> list[Deployment]:
     """The deployments of the app that select the device and fit its architecture, highest priority first."""
-    return [
-        deployment
-        for deployment in app_view.deployments
-        if deployment.state in OWNING
-        and device.arch in app_view.architectures[deployment.id]
-        and selector.matches(app_view.selectors[deployment.id], device.tags)
-    ]
+    return _selecting(app_view.deployments, app_view.architectures, app_view.selectors, device)
 
 
 def owner(app_view: AppView, device: Target) -> Deployment | None:
@@ -139,20 +141,14 @@ def owner(app_view: AppView, device: Target) -> Deployment | None:
     return chosen[0] if chosen else None
 
 
-def report_of(
-    app_view: AppView, deployment: Deployment, device: Target, member: DeploymentMember | None
-) -> rollout.Report:
+def report_of(deployment: Deployment, device: Target, member: DeploymentMember | None) -> rollout.Report:
     """What the device's own reports say of the deployment's release."""
-    outcome = app_view.outcomes.get(device.id)
+    outcome = device.outcomes.get(deployment.app)
     if outcome is not None and outcome[1] == deployment.version and outcome[0] in ("failed", "rolled-back"):
         return "failed"
-    apps = device.reported.get("apps")
-    entry = apps.get(deployment.app) if isinstance(apps, dict) else None
-    if isinstance(entry, dict) and entry.get("version") == deployment.version:
-        services = entry.get("services")
-        if isinstance(services, dict) and any(not service_healthy(s) for s in services.values()):
-            return "unhealthy"
-        return "updated"
+    running = device.running.get(deployment.app)
+    if running is not None and running.version == deployment.version:
+        return "updated" if running.healthy else "unhealthy"
     if outcome is not None and outcome == ("committed", deployment.version):
         return "updated"
     if member is not None and member.fetched_at is not None:
@@ -160,25 +156,26 @@ def report_of(
     return "none"
 
 
-def service_healthy(service: object) -> bool:
-    """A service as a device reports it is running and not unhealthy (anything malformed is not)."""
-    if not isinstance(service, dict):
-        return False
-    return service.get("state") in _HEALTHY_STATES and service.get("health") != "unhealthy"
-
-
 def seen_by(
-    hub: Hub, app_view: AppView, deployment: Deployment, members: Mapping[str, DeploymentMember]
+    hub: Hub,
+    app_view: AppView,
+    deployment: Deployment,
+    members: Mapping[str, DeploymentMember],
+    last_seen: Mapping[str, datetime | None],
 ) -> dict[str, rollout.Seen]:
-    """The devices `deployment` targets now, each with whether it is online and what it reported."""
+    """The devices `deployment` targets now, each with what it reported and whether it is online.
+
+    `last_seen` is needed only for the members still under way (or that left): only theirs is
+    judged (`rollout.counts`, the wave timeout); a device without an entry counts as online.
+    """
     now, limit = hub.clock(), hub.settings.offline_after
     seen = {}
-    for device in app_view.devices:
-        if owner(app_view, device) is not deployment:
-            continue
-        online = device.last_seen_at is not None and now - device.last_seen_at <= limit
-        seen[device.id] = rollout.Seen(
-            online=online, report=report_of(app_view, deployment, device, members.get(device.id))
+    for device_id in app_view.owners.by_deployment.get(deployment.id, ()):
+        device = app_view.targets[device_id]
+        at = last_seen.get(device_id, now)
+        seen[device_id] = rollout.Seen(
+            online=at is not None and now - at <= limit,
+            report=report_of(deployment, device, members.get(device_id)),
         )
     return seen
 
@@ -231,6 +228,8 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
         for device_id in restores:
             if device_id in members:
                 _restore(tx, deployment, members[device_id], now)
+    if decision.actions:
+        hub.statuses.invalidate([deployment.id])  # this process's viewers see the pass at once
     progress = decision.progress
     if progress != progress_of(deployment):
         deployment = tx.update_deployment(
@@ -315,16 +314,17 @@ def tick(hub: Hub, *, wait: bool = False) -> int:
         if not tx.list_deployments(states=OWNING, limit=1):
             return 0
     taken = 0
+    fleet = hub.fleet.refresh(hub.store)  # changes committed from now on are the next pass's
     with hub.store.transaction() as tx:
         if not tx.lock_rollouts(wait=wait):
             return 0
         deployments = tx.list_deployments(states=OWNING, limit=100_000)
         for app in sorted({d.app for d in deployments}):
             mine = [d for d in deployments if d.app == app]
-            app_view = view(tx, app, mine)
+            app_view = view(hub, tx, app, mine, fleet)
             for deployment in mine:
                 members = {m.device_id: m for m in tx.list_members(deployment.id)}
-                seen = seen_by(hub, app_view, deployment, members)
+                seen = seen_by(hub, app_view, deployment, members, tx.members_last_seen(deployment.id))
                 decision = rollout.decide(
                     deployment.name,
                     policy_of(deployment),

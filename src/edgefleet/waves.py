@@ -14,6 +14,7 @@ Percentages are exact (fractions, no floating point), so 5% of 20 is 1 and never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 MAX_WAVES = 20
+RANKS_KEPT = 100_000
+"""Canary ranks remembered (a scheduler pass orders every target of a deployment again): about 20 MB at most."""
 MAX_SPEC = 200
 _PERCENT = re.compile(r"^(?P<number>\d{1,3}(?:\.\d{1,3})?)%$")
 _COUNT = re.compile(r"^[1-9]\d{0,6}$")
@@ -122,6 +125,7 @@ def canary_order(key: str, device_ids: Iterable[str]) -> list[str]:
     return sorted(device_ids, key=lambda device: (_rank(key, device), device))
 
 
+@functools.lru_cache(maxsize=RANKS_KEPT)
 def _rank(key: str, device_id: str) -> bytes:
     return hashlib.sha256(f"{key}\x00{device_id}".encode()).digest()
 

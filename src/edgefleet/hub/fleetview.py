@@ -125,7 +125,7 @@ class Owners:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The accepted fleet as one refresh left it; `generation` grows with every refresh that changed it."""
+    """The accepted fleet as one refresh left it; `generation` grows with every refresh that read something."""
 
     generation: int
     targets: Mapping[str, Target]
@@ -184,6 +184,8 @@ class FleetView:
             with store.transaction(readonly=True) as tx:
                 found, gone = read_targets(tx, None if full else sorted(dirty))
             self.reads += len(found) + len(gone)
+            if not full and not found and not gone:
+                return self._snapshot  # announced, but nothing the view holds (e.g. a device not accepted)
             if full:
                 self.full_reads += 1
                 targets = found

@@ -163,21 +163,29 @@ def seen_by(
     members: Mapping[str, DeploymentMember],
     last_seen: Mapping[str, datetime | None],
 ) -> dict[str, rollout.Seen]:
-    """The devices `deployment` targets now, each with what it reported and whether it is online.
+    """The devices `deployment` targets now; for its members, what they reported and whether they are online.
 
-    `last_seen` is needed only for the members still under way (or that left): only theirs is
-    judged (`rollout.counts`, the wave timeout); a device without an entry counts as online.
+    Only members are judged (`rollout.observe`, `rollout.counts`, the wave timeout), so the
+    others are only counted and ordered: each costs a dictionary entry, not a look at its
+    reports. `last_seen` is needed for the members still under way (or that left); a member
+    without an entry counts as online.
     """
     now, limit = hub.clock(), hub.settings.offline_after
-    seen = {}
-    for device_id in app_view.owners.by_deployment.get(deployment.id, ()):
-        device = app_view.targets[device_id]
+    targeted = app_view.owners.by_deployment.get(deployment.id, frozenset())
+    seen = dict.fromkeys(targeted, _UNJUDGED)
+    for device_id, member in members.items():
+        if device_id not in targeted:
+            continue
         at = last_seen.get(device_id, now)
         seen[device_id] = rollout.Seen(
             online=at is not None and now - at <= limit,
-            report=report_of(deployment, device, members.get(device_id)),
+            report=report_of(deployment, app_view.targets[device_id], member),
         )
     return seen
+
+
+_UNJUDGED = rollout.Seen(online=True)
+"""What `seen_by` says of a targeted device the rollout has not assigned: nothing about it is judged."""
 
 
 # --- acting on a decision ------------------------------------------------------------------

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from edgefleet.crypto import PublicKey
@@ -116,6 +117,8 @@ class DeviceCaches:
     def __init__(self, *, capacity: int, ttl: float, usable: Callable[[], bool] = lambda: True) -> None:
         self.devices: Expiring[KnownDevice] = Expiring(capacity=capacity, ttl=ttl)
         self.targets: Expiring[TargetState] = Expiring(capacity=capacity, ttl=ttl)
+        self.directors: Expiring[datetime] = Expiring(capacity=capacity, ttl=ttl)
+        """Until when a device's director metadata are current (`services.director.refresh`)."""
         self._usable = usable
 
     @property
@@ -132,7 +135,9 @@ class DeviceCaches:
         if device_ids is None:
             self.devices.clear()
             self.targets.clear()
+            self.directors.clear()
             return
         ids = list(device_ids)
         self.devices.invalidate(ids)
         self.targets.invalidate(ids)
+        self.directors.invalidate(ids)

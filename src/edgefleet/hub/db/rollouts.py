@@ -27,6 +27,10 @@ def _fleet_row(row: Any) -> tuple[str, str, dict[str, str], str, str, dict[str, 
     return (row[0], row[1], dict(row[2]), row[3], row[4], dict(row[5]))
 
 
+_MEMBER_COLUMNS = [getattr(DeploymentMemberRow, name) for name in DeploymentMember.__slots__]
+"""The member columns in the order of `DeploymentMember`'s fields."""
+
+
 def _member(row: DeploymentMemberRow) -> DeploymentMember:
     return DeploymentMember(**{name: getattr(row, name) for name in DeploymentMember.__slots__})
 
@@ -86,8 +90,10 @@ class RolloutQueries:
     # --- members -------------------------------------------------------------------------
 
     def list_members(self, deployment_id: str) -> list[DeploymentMember]:
-        query = select(DeploymentMemberRow).where(DeploymentMemberRow.deployment_id == deployment_id)
-        return [_member(row) for row in self._s.scalars(query.order_by(DeploymentMemberRow.device_id))]
+        """Every device the deployment's rollout assigned, read as plain rows (a pass reads them all, often)."""
+        query = select(*_MEMBER_COLUMNS).where(DeploymentMemberRow.deployment_id == deployment_id)
+        rows = self._s.execute(query.order_by(DeploymentMemberRow.device_id))
+        return [DeploymentMember(*row) for row in rows]
 
     def members_of_device(self, device_id: str) -> list[DeploymentMember]:
         query = select(DeploymentMemberRow).where(DeploymentMemberRow.device_id == device_id)

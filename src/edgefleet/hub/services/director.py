@@ -195,11 +195,19 @@ def _director_keyid(hub: Hub) -> str:
 
 def _root_current(hub: Hub, root: tuple[int, str] | None, now: datetime) -> bool:
     """The newest director root exists, has half its lifetime left, and names the current director key."""
+    return _root_fresh_until(hub, root, now) is not None
+
+
+def _root_fresh_until(hub: Hub, root: tuple[int, str] | None, now: datetime) -> datetime | None:
+    """Until when the newest director root needs no successor (None: it needs one now)."""
     if root is None:
-        return False
+        return None
     signed = signing.parse_stored(root[1]).signed
-    fresh = not signing.stale(signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME)
-    return fresh and online_keys.names_only(signed, _director_keyid(hub))
+    if signing.stale(signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
+        return None
+    if not online_keys.names_only(signed, _director_keyid(hub)):
+        return None
+    return signed.expires - signing.DIRECTOR_ROOT_LIFETIME / 2
 
 
 def _sign_root(hub: Hub, tx: Tx, now: datetime) -> None:
@@ -254,27 +262,33 @@ def settle_root(hub: Hub) -> None:
             _sign_root(hub, tx, hub.clock())
 
 
-def _needs(hub: Hub, tx: Tx, device: Device) -> bool:
+def _fresh_until(hub: Hub, tx: Tx, device: Device) -> datetime | None:
+    """Until when the device's director metadata state its assignments and need no re-signing (None: now)."""
     now, settings = hub.clock(), hub.settings
-    if not _root_current(hub, tx.latest_metadata(ROOT_ROLE), now):
-        return True
+    root_until = _root_fresh_until(hub, tx.latest_metadata(ROOT_ROLE), now)
+    if root_until is None:
+        return None
     latest = {role: tx.latest_director(device.id, role) for role in DEVICE_ROLES}
-    if any(value is None for value in latest.values()):
-        return True
     targets, stamp = latest["targets"], latest["timestamp"]
-    if targets is None or stamp is None:
-        return True
+    if targets is None or stamp is None or latest["snapshot"] is None:
+        return None
     wanted = {entry.path: entry.to_dict() for entry in _wanted(tx, device)}
     content = signing.director_content(targets[1])
     if content != {"targets": wanted, DEVICE_FIELD: device.id}:
-        return True
+        return None
     signed_targets, signed_stamp = signing.parse_stored(targets[1]), signing.parse_stored(stamp[1])
     keyid = _director_keyid(hub)
     # _resign signs all three together: targets and timestamp tell for the snapshot too.
     if not (online_keys.signed_only_by(signed_targets, keyid) and online_keys.signed_only_by(signed_stamp, keyid)):
-        return True
-    return signing.stale(signed_targets.signed.expires, now, settings.director_lifetime) or signing.stale(
+        return None
+    if signing.stale(signed_targets.signed.expires, now, settings.director_lifetime) or signing.stale(
         signed_stamp.signed.expires, now, settings.timestamp_lifetime
+    ):
+        return None
+    return min(
+        root_until,
+        signed_targets.signed.expires - settings.director_lifetime / 2,
+        signed_stamp.signed.expires - settings.timestamp_lifetime / 2,
     )
 
 
@@ -311,14 +325,31 @@ def _resign(hub: Hub, tx: Tx, device: Device) -> None:
 
 
 def refresh(hub: Hub, device: Device) -> None:
-    """Make the device's director metadata state its current assignments, re-signing when stale."""
-    with hub.store.transaction(readonly=True) as tx:
-        if not _needs(hub, tx, device):
+    """Make the device's director metadata state its current assignments, re-signing when stale.
+
+    This process remembers until when a device's metadata are current (`DeviceCaches.directors`),
+    forgotten with the device's other cached answers when any hub process changes what it is
+    told (its assignments, environment or record): a device fetching its metadata during an
+    update is not checked again on each file.
+    """
+    caches = hub.caches
+    usable = caches.usable
+    if usable:
+        until = caches.directors.get(device.id)
+        if until is not None and hub.clock() < until:
             return
-    with hub.store.transaction() as tx:
-        tx.lock_repository()
-        if _needs(hub, tx, device):
-            _resign(hub, tx, device)
+    ticket = caches.directors.ticket()
+    with hub.store.transaction(readonly=True) as tx:
+        until = _fresh_until(hub, tx, device)
+    if until is None:
+        with hub.store.transaction() as tx:
+            tx.lock_repository()
+            until = _fresh_until(hub, tx, device)
+            if until is None:
+                _resign(hub, tx, device)
+                until = _fresh_until(hub, tx, device)
+    if usable and until is not None:
+        caches.directors.put(device.id, until, ticket)
 
 
 def read(hub: Hub, device: Device, name: str) -> bytes:

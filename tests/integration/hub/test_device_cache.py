@@ -219,3 +219,52 @@ def test_a_last_seen_time_never_moves_back(fleet: Fleet, hub: Hub) -> None:
         # e.g. a late batch of another process:
         DevicePathQueries(tx).touch({device.device_id: now - timedelta(hours=1)})
     assert last_seen(fleet, device.device_id) == now
+
+
+def director_targets(fleet: Fleet, device: Any) -> dict[str, Any]:
+    """The device's director targets as it fetches them: timestamp, then the targets it names."""
+    stamp = fleet.device_call(device, "GET", "/tuf/director/timestamp.json")
+    assert stamp.status_code == 200, stamp.text
+    response = fleet.device_call(device, "GET", "/tuf/director/targets.json")
+    assert response.status_code == 200, response.text
+    return dict(response.json()["signed"])
+
+
+@postgres_only
+def test_current_director_metadata_are_not_checked_again_until_the_device_changes(
+    fleet: Fleet, other: Fleet, publisher: Publisher
+) -> None:
+    device = fleet.enroll()
+    assert assign(fleet, device.device_id, "sensor@1.0.0").status_code == 200
+    first = director_targets(fleet, device)
+    caught_up(fleet.hub)
+    statements = statements_of(fleet.hub)
+    assert fleet.device_call(device, "GET", "/tuf/director/timestamp.json").status_code == 200
+    reads = [s for s in statements if "director" in s.lower() or "assignments" in s.lower()]
+    assert len(reads) == 1, reads  # the timestamp itself; nothing re-checked whether it is current
+
+    # Another process assigns another release: this one's memory of "current" is dropped.
+    assert assign(other, device.device_id, "sensor@1.0.0").status_code == 200  # the same: no change of metadata
+    within(PROPAGATION_SECONDS, lambda: fleet.hub.caches.directors.get(device.device_id) is None)
+    assert director_targets(fleet, device)["version"] == first["version"]
+    other.hub.store.notifier.forget(None)
+    with other.hub.store.transaction() as tx:
+        tx.delete_assignment(device.device_id, "sensor")
+    within(PROPAGATION_SECONDS, lambda: fleet.hub.caches.directors.get(device.device_id) is None)
+    emptied = director_targets(fleet, device)
+    assert emptied["version"] == first["version"] + 1
+    assert emptied["targets"] == {}
+
+
+@postgres_only
+def test_director_metadata_remembered_as_current_are_re_signed_when_they_go_stale(
+    fleet: Fleet, publisher: Publisher
+) -> None:
+    device = fleet.enroll()
+    first = director_targets(fleet, device)
+    until = fleet.hub.caches.directors.get(device.device_id)
+    assert until is not None
+    fleet.clock.advance(until - fleet.clock() + timedelta(seconds=1))
+    stamp = fleet.device_call(device, "GET", "/tuf/director/timestamp.json").json()["signed"]
+    assert stamp["version"] > 1  # re-signed: the remembered time had passed
+    assert director_targets(fleet, device)["version"] == first["version"] + 1

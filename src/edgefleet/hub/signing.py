@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
@@ -121,7 +121,11 @@ def director_targets(
     return _sign(signed, signer)
 
 
-def director_content(stored: str) -> dict[str, Any]:
-    """What a device's director targets say, without version, expiry and signatures (to detect changes)."""
-    signed = json.loads(stored)["signed"]
+def director_content_of(signed: dict[str, Any]) -> dict[str, Any]:
+    """What a device's director targets say (their parsed ``signed``), without version and expiry: to detect changes."""
     return {"targets": signed.get("targets", {}), DEVICE_FIELD: signed.get(DEVICE_FIELD)}
+
+
+def parse_expires(text: str) -> datetime:
+    """A TUF ``expires`` as the hub writes it (``YYYY-MM-DDTHH:MM:SSZ``), as an aware datetime."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

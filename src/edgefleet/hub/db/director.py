@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, func, select
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DirectorMetadataRow
@@ -21,6 +21,22 @@ class DirectorQueries(TxBase):
         )
         row = self._s.scalar(query.order_by(DirectorMetadataRow.version.desc()).limit(1))
         return None if row is None else (row.version, row.body)
+
+    def latest_directors(self, device_id: str) -> dict[str, tuple[int, str]]:
+        """Role -> (version, body) of the device's newest director metadata of each role, in one statement."""
+        row = DirectorMetadataRow
+        newest = (
+            select(row.role, func.max(row.version).label("version"))
+            .where(row.device_id == device_id)
+            .group_by(row.role)
+            .subquery()
+        )
+        query = (
+            select(row.role, row.version, row.body)
+            .join(newest, and_(row.role == newest.c.role, row.version == newest.c.version))
+            .where(row.device_id == device_id)
+        )
+        return {r[0]: (r[1], r[2]) for r in self._s.execute(query)}
 
     def get_director(self, device_id: str, role: str, version: int) -> str | None:
         row = self._s.get(DirectorMetadataRow, (device_id, role, version))

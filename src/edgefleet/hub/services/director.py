@@ -16,8 +16,9 @@ when that device next asks: no pass over the fleet.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tuf.api.metadata import TargetFile
 
@@ -193,13 +194,8 @@ def _director_keyid(hub: Hub) -> str:
     return hub.keys.online_signers["director"].public_key.keyid
 
 
-def _root_current(hub: Hub, root: tuple[int, str] | None, now: datetime) -> bool:
-    """The newest director root exists, has half its lifetime left, and names the current director key."""
-    return _root_fresh_until(hub, root, now) is not None
-
-
 def _root_fresh_until(hub: Hub, root: tuple[int, str] | None, now: datetime) -> datetime | None:
-    """Until when the newest director root needs no successor (None: it needs one now)."""
+    """Until when the newest director root needs no successor; None: now (missing, stale, or another key)."""
     if root is None:
         return None
     signed = signing.parse_stored(root[1]).signed
@@ -210,8 +206,10 @@ def _root_fresh_until(hub: Hub, root: tuple[int, str] | None, now: datetime) -> 
     return signed.expires - signing.DIRECTOR_ROOT_LIFETIME / 2
 
 
-def _sign_root(hub: Hub, tx: Tx, now: datetime) -> None:
+def _sign_root(hub: Hub, tx: Tx, now: datetime) -> datetime:
     """The next director root, naming the current key; after a rotation signed by the previous key too (audited).
+
+    Returns until when it needs no successor.
 
     Raises:
         UnavailableError: the previous root names a key this process does not hold.
@@ -227,6 +225,7 @@ def _sign_root(hub: Hub, tx: Tx, now: datetime) -> None:
         previous_signers=previous_signers,
     )
     tx.insert_metadata(ROOT_ROLE, fresh.version, fresh.body, now=now)
+    until = fresh.expires - signing.DIRECTOR_ROOT_LIFETIME / 2
     if previous_signers:
         record(
             hub,
@@ -236,6 +235,7 @@ def _sign_root(hub: Hub, tx: Tx, now: datetime) -> None:
             target=f"director:root:{fresh.version}",
             detail={"keyid": signer.public_key.keyid, "previous_keyid": previous_signers[0].public_key.keyid},
         )
+    return until
 
 
 def settle_root(hub: Hub) -> None:
@@ -268,60 +268,74 @@ def _fresh_until(hub: Hub, tx: Tx, device: Device) -> datetime | None:
     root_until = _root_fresh_until(hub, tx.latest_metadata(ROOT_ROLE), now)
     if root_until is None:
         return None
-    latest = {role: tx.latest_director(device.id, role) for role in DEVICE_ROLES}
-    targets, stamp = latest["targets"], latest["timestamp"]
-    if targets is None or stamp is None or latest["snapshot"] is None:
+    latest = tx.latest_directors(device.id)
+    if any(role not in latest for role in DEVICE_ROLES):
         return None
+    # Signed by this hub: read as JSON (once each), not as TUF objects.
+    targets, stamp = json.loads(latest["targets"][1]), json.loads(latest["timestamp"][1])
     wanted = {entry.path: entry.to_dict() for entry in _wanted(tx, device)}
-    content = signing.director_content(targets[1])
-    if content != {"targets": wanted, DEVICE_FIELD: device.id}:
+    if signing.director_content_of(targets["signed"]) != {"targets": wanted, DEVICE_FIELD: device.id}:
         return None
-    signed_targets, signed_stamp = signing.parse_stored(targets[1]), signing.parse_stored(stamp[1])
     keyid = _director_keyid(hub)
     # _resign signs all three together: targets and timestamp tell for the snapshot too.
-    if not (online_keys.signed_only_by(signed_targets, keyid) and online_keys.signed_only_by(signed_stamp, keyid)):
+    if not all([s.get("keyid") for s in doc["signatures"]] == [keyid] for doc in (targets, stamp)):
         return None
-    if signing.stale(signed_targets.signed.expires, now, settings.director_lifetime) or signing.stale(
-        signed_stamp.signed.expires, now, settings.timestamp_lifetime
-    ):
-        return None
-    return min(
+    return _until(
         root_until,
-        signed_targets.signed.expires - settings.director_lifetime / 2,
-        signed_stamp.signed.expires - settings.timestamp_lifetime / 2,
+        (signing.parse_expires(targets["signed"]["expires"]), settings.director_lifetime),
+        (signing.parse_expires(stamp["signed"]["expires"]), settings.timestamp_lifetime),
+        now=now,
     )
 
 
-def _resign(hub: Hub, tx: Tx, device: Device) -> None:
-    """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp."""
+def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datetime) -> datetime | None:
+    """The earliest time one of these (expiry, lifetime) needs re-signing; None when one needs it already."""
+    if any(signing.stale(expires, now, lifetime) for expires, lifetime in signed):
+        return None
+    return min(root_until, *(expires - lifetime / 2 for expires, lifetime in signed))
+
+
+def _resign(hub: Hub, tx: Tx, device: Device) -> datetime | None:
+    """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp.
+
+    Returns until when what it signed is current (as `_fresh_until` would read it back).
+    """
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
-    if not _root_current(hub, tx.latest_metadata(ROOT_ROLE), now):
-        _sign_root(hub, tx, now)
+    root_until = _root_fresh_until(hub, tx.latest_metadata(ROOT_ROLE), now)
+    if root_until is None:
+        root_until = _sign_root(hub, tx, now)
+    latest = tx.latest_directors(device.id)
     targets = signing.director_targets(
         device.id,
         _wanted(tx, device),
-        version=signing.next_version(tx.latest_director(device.id, "targets")),
+        version=signing.next_version(latest.get("targets")),
         now=now,
         lifetime=settings.director_lifetime,
         signer=signer,
     )
     snap = signing.snapshot(
         targets.version,
-        version=signing.next_version(tx.latest_director(device.id, "snapshot")),
+        version=signing.next_version(latest.get("snapshot")),
         now=now,
         lifetime=settings.director_lifetime,
         signer=signer,
     )
     stamp = signing.timestamp(
         snap,
-        version=signing.next_version(tx.latest_director(device.id, "timestamp")),
+        version=signing.next_version(latest.get("timestamp")),
         now=now,
         lifetime=settings.timestamp_lifetime,
         signer=signer,
     )
     for role, stored in (("targets", targets), ("snapshot", snap), ("timestamp", stamp)):
         tx.insert_director(device.id, role, stored.version, stored.body, now=now)
+    return _until(
+        root_until,
+        (targets.expires, settings.director_lifetime),
+        (stamp.expires, settings.timestamp_lifetime),
+        now=now,
+    )
 
 
 def refresh(hub: Hub, device: Device) -> None:
@@ -346,8 +360,7 @@ def refresh(hub: Hub, device: Device) -> None:
             tx.lock_repository()
             until = _fresh_until(hub, tx, device)
             if until is None:
-                _resign(hub, tx, device)
-                until = _fresh_until(hub, tx, device)
+                until = _resign(hub, tx, device)
     if usable and until is not None:
         caches.directors.put(device.id, until, ticket)
 

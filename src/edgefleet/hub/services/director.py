@@ -20,7 +20,7 @@ import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Root, TargetFile
 
 from edgefleet.hub import signing
 from edgefleet.hub.context import Hub
@@ -198,7 +198,7 @@ def _root_fresh_until(hub: Hub, root: tuple[int, str] | None, now: datetime) -> 
     """Until when the newest director root needs no successor; None: now (missing, stale, or another key)."""
     if root is None:
         return None
-    signed = signing.parse_stored(root[1]).signed
+    signed: Root = signing.parse_stored(root[1]).signed
     if signing.stale(signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
         return None
     if not online_keys.names_only(signed, _director_keyid(hub)):

@@ -23,6 +23,9 @@ FLEET_FULL_SECONDS = 600.0
 STATUS_SECONDS = 1.0
 """A deployment's status is shared by every viewer for this long (the dashboard and `deploy status --watch`)."""
 STATUS_ENTRIES = 1000
+REPOSITORY_FILES = 64
+"""Versioned image-repository files kept per process (each at most `metadata.KEPT_FILE_BYTES`: 64 MiB in all)."""
+REPOSITORY_FILE_SECONDS = 3600.0
 
 
 def utc_now() -> datetime:
@@ -73,6 +76,8 @@ class Hub:
     """Devices heard from, written in batches by the API app (see `hub.lastseen`)."""
     fleet: FleetView = field(init=False)
     """The accepted fleet as the rollout scheduler sees it (see `hub.fleetview`)."""
+    repository_files: Expiring[bytes] = field(init=False)
+    """The image repository's versioned files (they never change) and what is parsed of them, per process."""
     statuses: Expiring[Any] = field(init=False)
     """Deployment id -> (fleet view generation, its status), shared for `STATUS_SECONDS` by every viewer."""
 
@@ -94,6 +99,8 @@ class Hub:
         self.store.notifier.watch(fleet.changed)
         object.__setattr__(self, "fleet", fleet)
         object.__setattr__(self, "statuses", Expiring(capacity=STATUS_ENTRIES, ttl=STATUS_SECONDS))
+        files = Expiring[bytes](capacity=REPOSITORY_FILES, ttl=REPOSITORY_FILE_SECONDS)
+        object.__setattr__(self, "repository_files", files)
         object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
 
     def flush_last_seen(self) -> int:

@@ -240,6 +240,31 @@ def test_timestamp_and_snapshot_are_resigned_before_they_expire(fleet: Fleet, pu
     assert current("snapshot").version == snapshot.version + 1
 
 
+def test_versioned_files_are_read_once_per_process_and_new_versions_served_at_once(
+    fleet: Fleet, publisher: Publisher
+) -> None:
+    from tests.integration.hub.test_device_cache import statements_of
+
+    publisher.publish("sensor", "1.0.0")
+
+    def snapshot_named() -> int:
+        stamp = Metadata.from_bytes(fleet.call("GET", "/tuf/repository/timestamp.json").content).signed
+        return int(stamp.snapshot_meta.version)
+
+    version = snapshot_named()
+    first = fleet.call("GET", f"/tuf/repository/{version}.snapshot.json")
+    assert first.status_code == 200
+    statements = statements_of(fleet.hub)
+    again = fleet.call("GET", f"/tuf/repository/{version}.snapshot.json")
+    assert again.content == first.content
+    assert not [s for s in statements if "repo_metadata" in s], "a versioned file is read once"
+    publisher.publish("sensor", "2.0.0")  # a new snapshot version: named and served at once
+    assert snapshot_named() == version + 1
+    newer = Metadata.from_bytes(fleet.call("GET", f"/tuf/repository/{version + 1}.snapshot.json").content)
+    assert newer.signed.version == version + 1
+    assert fleet.call("GET", f"/tuf/repository/{version + 2}.snapshot.json").status_code == 404
+
+
 def test_assign_checks_device_release_and_architecture(fleet: Fleet, publisher: Publisher, tmp_path: Path) -> None:
     publisher.publish("sensor", "1.0.0", architectures="[amd64]")
     device = Device.enroll(fleet, tmp_path)  # arm64

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ DELEGATED_NAME = re.compile(
 TARGET_NAME = re.compile(r"^(?P<sha256>[0-9a-f]{64})\.[\w.\-]{1,128}$")
 
 Caller = Operator | DeviceCaller | None
+KEPT_FILE_BYTES = 1024 * 1024
+"""Versioned files up to this size are kept in memory per process (`Hub.repository_files`); larger ones are read."""
 
 
 def check_reader(hub: Hub, caller: Caller) -> None:
@@ -92,9 +95,19 @@ def _stale(hub: Hub, tx: Tx) -> tuple[bool, bool]:
     snap, stamp = tx.latest_metadata("snapshot"), tx.latest_metadata("timestamp")
     if snap is None or stamp is None:
         return False, False
-    snap_stale = signing.stale(signing.parse_stored(snap[1]).signed.expires, now, hub.settings.snapshot_lifetime)
-    stamp_stale = signing.stale(signing.parse_stored(stamp[1]).signed.expires, now, hub.settings.timestamp_lifetime)
+    snap_stale = signing.stale(_expires(hub, "snapshot", snap), now, hub.settings.snapshot_lifetime)
+    stamp_stale = signing.stale(_expires(hub, "timestamp", stamp), now, hub.settings.timestamp_lifetime)
     return snap_stale, stamp_stale
+
+
+def _expires(hub: Hub, role: str, stored: tuple[int, str]) -> datetime:
+    """When a stored version expires, parsed once per process (a version never changes)."""
+    key = f"expires/{role}/{stored[0]}"
+    held = hub.repository_files.get(key)
+    if held is None:
+        held = signing.parse_stored(stored[1]).signed.expires.isoformat().encode()
+        hub.repository_files.put(key, held, hub.repository_files.ticket())
+    return datetime.fromisoformat(held.decode())
 
 
 def refresh(hub: Hub) -> None:
@@ -122,19 +135,37 @@ def read(hub: Hub, caller: Caller, name: str) -> bytes:
     if match is None or (match.re is DELEGATED_NAME and role_name_problem(match["role"]) is not None):
         raise NotFoundError("metadata_not_found", "no such metadata file")
     role, version = match["role"], match["version"]
-    if role == "timestamp":
-        if version is not None:
-            raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
-        refresh(hub)
+    if role == "timestamp" and version is not None:
+        raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
+    if version is not None:
+        return _versioned(hub, role, int(version), name)
     with hub.store.transaction(readonly=True) as tx:
-        if version is None:
+        stale = role == "timestamp" and any(_stale(hub, tx))
+        latest = None if stale else tx.latest_metadata(role)
+    if stale:
+        refresh(hub)
+        with hub.store.transaction(readonly=True) as tx:
             latest = tx.latest_metadata(role)
-            body = None if latest is None else latest[1]
-        else:
-            body = tx.get_metadata(role, int(version))
+    if latest is None:
+        raise NotFoundError("metadata_not_found", f"no {name} in this repository")
+    return latest[1].encode()
+
+
+def _versioned(hub: Hub, role: str, version: int, name: str) -> bytes:
+    """A versioned file: it never changes once stored, so each process reads it from the database once."""
+    key = f"file/{role}/{version}"
+    held = hub.repository_files.get(key)
+    if held is not None:
+        return held
+    ticket = hub.repository_files.ticket()
+    with hub.store.transaction(readonly=True) as tx:
+        body = tx.get_metadata(role, version)
     if body is None:
         raise NotFoundError("metadata_not_found", f"no {name} in this repository")
-    return body.encode()
+    raw = body.encode()
+    if len(raw) <= KEPT_FILE_BYTES:
+        hub.repository_files.put(key, raw, ticket)
+    return raw
 
 
 def artifact(hub: Hub, caller: Caller, path: str) -> Path:

@@ -38,6 +38,7 @@ from edgefleet.agent.verify import ReleaseVerifier
 from edgefleet.protocol import Arch
 from edgefleet.sim.engine import SimRelease
 from edgefleet.sim.plan import UpdatePlan, plan_updates
+from edgefleet.sim.shared import share_verification
 
 FailureKind = Literal["unreachable", "refused", "hub-refused", "not-accepted", "permission", "trouble"]
 """refused: a release failed verification; hub-refused: the hub answered 4xx (e.g. a used-up token)."""
@@ -65,10 +66,15 @@ _worker: _Worker | None = None
 
 
 def start_worker(setup: WorkerSetup) -> None:
-    """Initializer of each worker process: its hub connection. Signals are the parent's: it stops the pool."""
+    """Initializer of each worker process: its hub connection, and verification shared between its devices.
+
+    Signals are the parent's: it stops the pool. See `sim.shared` for what is shared (the
+    checks of byte-identical image-repository metadata; every device still fetches every file).
+    """
     global _worker  # one per process, made before any job runs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    share_verification()
     answers = [0, 0]
 
     def count(response: httpx.Response) -> None:

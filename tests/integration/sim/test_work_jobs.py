@@ -4,6 +4,7 @@ forged or damaged bytes, so a simulated device never "installs" what a real one 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from edgefleet.agent.identity import load_identity
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.runner import LocalState, save_state
+from edgefleet.sim import shared
+from edgefleet.sim.shared import share_verification, stop_sharing
 from edgefleet.sim.work import EnrollJob, VerifyJob, enroll_with, restore, verify_with
 from tests.conftest import Fleet
 from tests.publishing import Publisher, Tamper, assign
@@ -108,3 +111,46 @@ def test_what_a_device_installed_is_restored_for_the_next_run(
     assert restored.apps == {"sensor": candidate.entry}
     assert restored.running == {"sensor": candidate.release}
     assert restored.failed == {"other": "1-0.1.0"}
+
+
+REPOSITORY_TARGETS_URL = r"/tuf/repository/\d+\.targets\.json$"
+
+
+def test_devices_of_one_worker_share_verified_repository_metadata_but_not_forged_files(
+    fleet: Fleet, publisher: Publisher, tmp_path: Path
+) -> None:
+    token = fleet.enrollment_token(uses=3)
+    devices = []
+    for index in range(3):
+        data_dir = tmp_path / "devices" / f"{index:06d}"
+        enrolled_job = EnrollJob(data_dir=data_dir, token=token, arch="arm64", hostname=f"sim-{index:06d}")
+        result = enroll_with(fleet.device_client(), enrolled_job)
+        assert result.device_id is not None
+        assert assign(fleet, result.device_id, "sensor@1.0.0").status_code == 200
+        devices.append(data_dir)
+    share_verification()
+    try:
+        first = shared.shared
+        assert verify_with(fleet.device_client(), job(devices[0])).failure is None
+        client = fleet.device_client()
+        counting = Tamper(client.fetcher(load_identity(devices[1])), {r"/tuf/": lambda raw: raw})  # passes all
+        assert verify_with(client, job(devices[1]), fetcher=counting).failure is None
+        assert shared.shared > first  # the second device's repository files were checked by the first
+        names = [url.split("/tuf/", 1)[1] for url in counting.hits]
+        for role in ("timestamp", "snapshot", "targets"):  # each device still fetches every file itself
+            assert any(re.fullmatch(rf"repository/(\d+\.)?{role}\.json", name) for name in names), names
+
+        def forge(raw: bytes) -> bytes:
+            data = json.loads(raw)
+            data["signed"]["expires"] = "2099-01-01T00:00:00Z"  # breaks the publisher's signature
+            return json.dumps(data).encode()
+
+        client = fleet.device_client()
+        tamper = Tamper(client.fetcher(load_identity(devices[2])), {REPOSITORY_TARGETS_URL: forge})
+        verified = verify_with(client, job(devices[2]), fetcher=tamper)
+        assert tamper.hits
+        assert verified.failure is not None
+        assert (verified.failure.kind, verified.failure.reason) == ("refused", "signature")
+        assert verified.candidates == ()
+    finally:
+        stop_sharing()

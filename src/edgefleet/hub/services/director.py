@@ -16,6 +16,7 @@ when that device next asks: no pass over the fleet.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -198,12 +199,22 @@ def _root_fresh_until(hub: Hub, root: tuple[int, str] | None, now: datetime) -> 
     """Until when the newest director root needs no successor; None: now (missing, stale, or another key)."""
     if root is None:
         return None
-    signed: Root = signing.parse_stored(root[1]).signed
+    signed = _parsed_root(root[1])
     if signing.stale(signed.expires, now, signing.DIRECTOR_ROOT_LIFETIME):
         return None
     if not online_keys.names_only(signed, _director_keyid(hub)):
         return None
     return signed.expires - signing.DIRECTOR_ROOT_LIFETIME / 2
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_root(body: str) -> Root:
+    """A stored director root, parsed once per process (every device's currency check reads the same one).
+
+    Callers only read it.
+    """
+    root: Root = signing.parse_stored(body).signed
+    return root
 
 
 def _sign_root(hub: Hub, tx: Tx, now: datetime) -> datetime:

@@ -104,6 +104,14 @@ class Expiring(Generic[Value]):
 
 
 @dataclass(frozen=True, slots=True)
+class Currency:
+    """A device's director metadata need no re-signing until `until`, while the director root is `root_version`."""
+
+    until: datetime
+    root_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class KnownDevice:
     """A device's record and its public key, parsed once (None: the stored key does not parse)."""
 
@@ -117,8 +125,8 @@ class DeviceCaches:
     def __init__(self, *, capacity: int, ttl: float, usable: Callable[[], bool] = lambda: True) -> None:
         self.devices: Expiring[KnownDevice] = Expiring(capacity=capacity, ttl=ttl)
         self.targets: Expiring[TargetState] = Expiring(capacity=capacity, ttl=ttl)
-        self.directors: Expiring[datetime] = Expiring(capacity=capacity, ttl=ttl)
-        """Until when a device's director metadata are current (`services.director.refresh`)."""
+        self.directors: Expiring[Currency] = Expiring(capacity=capacity, ttl=ttl)
+        """Until when a device's director metadata are current, and under which root (`services.director.refresh`)."""
         self._usable = usable
 
     @property

@@ -18,6 +18,13 @@ _PG_REPOSITORY_LOCK = 0x6564676572657031
 class RepositoryQueries(TxBase):
     """Mixed into `Tx`."""
 
+    def latest_metadata_version(self, role: str) -> int | None:
+        """The newest stored version of `role`, without its body."""
+        version: int | None = self._s.scalar(
+            select(func.max(RepoMetadataRow.version)).where(RepoMetadataRow.role == role)
+        )
+        return version
+
     def latest_metadata(self, role: str, *, for_update: bool = False) -> tuple[int, str] | None:
         """(version, body) of the newest stored metadata of `role`."""
         query = select(RepoMetadataRow).where(RepoMetadataRow.role == role)

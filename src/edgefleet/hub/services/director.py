@@ -26,6 +26,7 @@ from tuf.api.metadata import Root, TargetFile
 from edgefleet.hub import signing
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
+from edgefleet.hub.devicecache import Currency
 from edgefleet.hub.errors import ConflictError, NotFoundError
 from edgefleet.hub.records import AssignedBy, Assignment, Device
 from edgefleet.hub.services import metadata as repo_metadata
@@ -217,10 +218,10 @@ def _parsed_root(body: str) -> Root:
     return root
 
 
-def _sign_root(hub: Hub, tx: Tx, now: datetime) -> datetime:
+def _sign_root(hub: Hub, tx: Tx, now: datetime) -> tuple[datetime, int]:
     """The next director root, naming the current key; after a rotation signed by the previous key too (audited).
 
-    Returns until when it needs no successor.
+    Returns until when it needs no successor, and its version.
 
     Raises:
         UnavailableError: the previous root names a key this process does not hold.
@@ -246,7 +247,7 @@ def _sign_root(hub: Hub, tx: Tx, now: datetime) -> datetime:
             target=f"director:root:{fresh.version}",
             detail={"keyid": signer.public_key.keyid, "previous_keyid": previous_signers[0].public_key.keyid},
         )
-    return until
+    return until, fresh.version
 
 
 def settle_root(hub: Hub) -> None:
@@ -273,11 +274,12 @@ def settle_root(hub: Hub) -> None:
             _sign_root(hub, tx, hub.clock())
 
 
-def _fresh_until(hub: Hub, tx: Tx, device: Device) -> datetime | None:
+def _fresh_until(hub: Hub, tx: Tx, device: Device) -> Currency | None:
     """Until when the device's director metadata state its assignments and need no re-signing (None: now)."""
     now, settings = hub.clock(), hub.settings
-    root_until = _root_fresh_until(hub, tx.latest_metadata(ROOT_ROLE), now)
-    if root_until is None:
+    root = tx.latest_metadata(ROOT_ROLE)
+    root_until = _root_fresh_until(hub, root, now)
+    if root is None or root_until is None:
         return None
     latest = tx.latest_directors(device.id)
     if any(role not in latest for role in DEVICE_ROLES):
@@ -291,12 +293,13 @@ def _fresh_until(hub: Hub, tx: Tx, device: Device) -> datetime | None:
     # _resign signs all three together: targets and timestamp tell for the snapshot too.
     if not all([s.get("keyid") for s in doc["signatures"]] == [keyid] for doc in (targets, stamp)):
         return None
-    return _until(
+    until = _until(
         root_until,
         (signing.parse_expires(targets["signed"]["expires"]), settings.director_lifetime),
         (signing.parse_expires(stamp["signed"]["expires"]), settings.timestamp_lifetime),
         now=now,
     )
+    return None if until is None else Currency(until, root[0])
 
 
 def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datetime) -> datetime | None:
@@ -306,16 +309,18 @@ def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datet
     return min(root_until, *(expires - lifetime / 2 for expires, lifetime in signed))
 
 
-def _resign(hub: Hub, tx: Tx, device: Device) -> datetime | None:
+def _resign(hub: Hub, tx: Tx, device: Device) -> Currency | None:
     """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp.
 
     Returns until when what it signed is current (as `_fresh_until` would read it back).
     """
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
-    root_until = _root_fresh_until(hub, tx.latest_metadata(ROOT_ROLE), now)
+    root = tx.latest_metadata(ROOT_ROLE)
+    root_until = _root_fresh_until(hub, root, now)
+    root_version = 0 if root is None else root[0]
     if root_until is None:
-        root_until = _sign_root(hub, tx, now)
+        root_until, root_version = _sign_root(hub, tx, now)
     latest = tx.latest_directors(device.id)
     targets = signing.director_targets(
         device.id,
@@ -341,39 +346,44 @@ def _resign(hub: Hub, tx: Tx, device: Device) -> datetime | None:
     )
     for role, stored in (("targets", targets), ("snapshot", snap), ("timestamp", stamp)):
         tx.insert_director(device.id, role, stored.version, stored.body, now=now)
-    return _until(
+    until = _until(
         root_until,
         (targets.expires, settings.director_lifetime),
         (stamp.expires, settings.timestamp_lifetime),
         now=now,
     )
+    return None if until is None else Currency(until, root_version)
 
 
 def refresh(hub: Hub, device: Device) -> None:
     """Make the device's director metadata state its current assignments, re-signing when stale.
 
-    This process remembers until when a device's metadata are current (`DeviceCaches.directors`),
-    forgotten with the device's other cached answers when any hub process changes what it is
-    told (its assignments, environment or record): a device fetching its metadata during an
-    update is not checked again on each file.
+    This process remembers until when a device's metadata are current, and under which
+    director root (`DeviceCaches.directors`); forgotten with the device's other cached
+    answers when any hub process changes what it is told (its assignments, environment or
+    record). While remembered, a check is one look at the root's version (a root signed by
+    another process, e.g. after a key rotation, is announced to nobody): a device fetching
+    its metadata during an update is not checked in full again on each file.
     """
     caches = hub.caches
     usable = caches.usable
     if usable:
-        until = caches.directors.get(device.id)
-        if until is not None and hub.clock() < until:
-            return
+        held = caches.directors.get(device.id)
+        if held is not None and hub.clock() < held.until:
+            with hub.store.transaction(readonly=True) as tx:
+                if tx.latest_metadata_version(ROOT_ROLE) == held.root_version:
+                    return
     ticket = caches.directors.ticket()
     with hub.store.transaction(readonly=True) as tx:
-        until = _fresh_until(hub, tx, device)
-    if until is None:
+        current = _fresh_until(hub, tx, device)
+    if current is None:
         with hub.store.transaction() as tx:
             tx.lock_repository()
-            until = _fresh_until(hub, tx, device)
-            if until is None:
-                until = _resign(hub, tx, device)
-    if usable and until is not None:
-        caches.directors.put(device.id, until, ticket)
+            current = _fresh_until(hub, tx, device)
+            if current is None:
+                current = _resign(hub, tx, device)
+    if usable and current is not None:
+        caches.directors.put(device.id, current, ticket)
 
 
 def read(hub: Hub, device: Device, name: str) -> bytes:

@@ -24,6 +24,8 @@ from fractions import Fraction
 
 MAX_WAVES = 20
 RANKS_KEPT = 100_000
+ORDERS_KEPT = 4
+"""Canary orders remembered (one per deployment and set of targets)."""
 """Canary ranks remembered (a scheduler pass orders every target of a deployment again): about 20 MB at most."""
 MAX_SPEC = 200
 _PERCENT = re.compile(r"^(?P<number>\d{1,3}(?:\.\d{1,3})?)%$")
@@ -121,8 +123,17 @@ def reach(waves: Iterable[Wave], total: int) -> list[int]:
 
 
 def canary_order(key: str, device_ids: Iterable[str]) -> list[str]:
-    """The order in which a deployment (named `key`) reaches its targets: by a hash of (key, device), then the ID."""
-    return sorted(device_ids, key=lambda device: (_rank(key, device), device))
+    """The order in which a deployment (named `key`) reaches its targets: by a hash of (key, device), then the ID.
+
+    The last few orders are remembered: a scheduler pass asks again for the same targets
+    until one of them changes.
+    """
+    return list(_ordered(key, frozenset(device_ids)))
+
+
+@functools.lru_cache(maxsize=ORDERS_KEPT)
+def _ordered(key: str, device_ids: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(device_ids, key=lambda device: (_rank(key, device), device)))
 
 
 @functools.lru_cache(maxsize=RANKS_KEPT)

@@ -1,7 +1,7 @@
 """The rollout scheduler's thread: `rollouts.tick` passes while the hub serves, at a pace that bounds its cost.
 
 A pass reads only the devices that changed since the last one (`hub.fleetview`), but it still
-orders every device a deployment targets. The thread waits `rollout_interval_seconds` between
+counts every device a deployment targets. The thread waits `rollout_interval_seconds` between
 passes, or four times as long as the last pass took when that is longer (the scheduler uses
 at most about a fifth of one core). When no deployment is active (only completed or paused
 ones, which just take in newcomers), it runs a pass every `IDLE_SECONDS`. At that pace it

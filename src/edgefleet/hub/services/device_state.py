@@ -17,7 +17,7 @@ from typing import Any
 
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import ForbiddenError, NotFoundError
-from edgefleet.hub.fleetview import service_healthy
+from edgefleet.hub.fleetview import running_of
 from edgefleet.hub.records import Assignment, Device, UpdateOutcome
 from edgefleet.hub.services.environment import effective_for
 from edgefleet.hub.services.operators import Operator, authorize
@@ -163,14 +163,7 @@ class FleetView:
 
 def running_versions(reported: Mapping[str, Any]) -> dict[str, str]:
     """App -> version the device reports running (pure; anything malformed counts as not reported)."""
-    apps = reported.get("apps")
-    if not isinstance(apps, dict):
-        return {}
-    found = {}
-    for app, entry in apps.items():
-        if isinstance(app, str) and isinstance(entry, dict) and isinstance(entry.get("version"), str):
-            found[app] = entry["version"]
-    return found
+    return {app: running.version for app, running in running_of(reported).items()}
 
 
 def health_of(
@@ -191,19 +184,17 @@ def health_of(
     """
     if device.status != "accepted":
         return device.status
-    running = running_versions(device.reported)
-    apps = device.reported.get("apps")
+    running = running_of(device.reported)
     for app, version in assigned.items():
         outcome = outcomes.get(app)
         if outcome is not None and outcome[1] == version and outcome[0] in _FAILED_OUTCOMES:
             return "failed"
-        entry = apps.get(app) if isinstance(apps, dict) else None
-        services = entry.get("services") if isinstance(entry, dict) and running.get(app) == version else None
-        if isinstance(services, dict) and any(not service_healthy(s) for s in services.values()):
+        now_running = running.get(app)
+        if now_running is not None and now_running.version == version and not now_running.healthy:
             return "failed"
     if device.last_seen_at is None or now - device.last_seen_at > offline_after:
         return "offline"
-    if any(running.get(app) != version for app, version in assigned.items()):
+    if any(app not in running or running[app].version != version for app, version in assigned.items()):
         return "updating"
     return "online"
 

@@ -24,9 +24,9 @@ from fractions import Fraction
 
 MAX_WAVES = 20
 RANKS_KEPT = 100_000
+"""Canary ranks remembered (a scheduler pass orders every target of a deployment again): about 20 MB at most."""
 ORDERS_KEPT = 4
 """Canary orders remembered (one per deployment and set of targets)."""
-"""Canary ranks remembered (a scheduler pass orders every target of a deployment again): about 20 MB at most."""
 MAX_SPEC = 200
 _PERCENT = re.compile(r"^(?P<number>\d{1,3}(?:\.\d{1,3})?)%$")
 _COUNT = re.compile(r"^[1-9]\d{0,6}$")

@@ -240,6 +240,22 @@ def test_offline_devices_do_not_block_a_wave_and_update_when_back(fleet: Fleet, 
     assert status(fleet, "r6")["waves"][0]["updated"] == 4
 
 
+def test_an_offline_newcomer_assigned_as_its_wave_times_out_is_not_failed(fleet: Fleet, publisher: Publisher) -> None:
+    devices = add_devices(fleet, 4)
+    created = deploy(fleet, name="r6b", waves="100%", wave_timeout_seconds=600, max_failure="10%")
+    assert created.status_code == 201
+    report(fleet, devices[:3], "2.0.0")
+    fleet.clock.advance(timedelta(minutes=9))
+    report(fleet, devices[:3], "2.0.0")  # online; the fourth has been silent for 9 minutes
+    [late] = add_devices(fleet, 1)  # joins just before the timeout, and is offline
+    with fleet.hub.store.transaction() as tx:
+        tx.update_device(late, last_seen_at=fleet.clock() - timedelta(hours=1))
+    tick(fleet, 120)  # the wave times out in the pass that assigns the newcomer
+    done = status(fleet, "r6b")
+    assert done["deployment"]["state"] == "completed", done["deployment"]["reason"]
+    assert (done["waves"][0]["failed"], done["waves"][0]["offline"]) == (0, 2)
+
+
 def test_devices_enrolled_or_retagged_later_get_the_matching_deployment(fleet: Fleet, publisher: Publisher) -> None:
     add_devices(fleet, 2)
     assert deploy(fleet, name="r7").status_code == 201

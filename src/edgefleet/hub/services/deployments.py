@@ -292,6 +292,7 @@ def _transition(hub: Hub, operator: Operator, key: str, verb: str) -> Deployment
             target=f"deployment:{deployment.name}",
             detail={"state": deployment.state, "wave": deployment.wave + 1, "rollback": verb == "abort-rollback"},
         )
+    hub.statuses.invalidate([deployment.id])  # committed
     if verb == "resume":
         rollouts.tick(hub, wait=True)
     return deployment
@@ -329,8 +330,9 @@ def status(hub: Hub, operator: Operator, key: str) -> Status:
     Computed from the fleet view and the deployment's members (its cost grows with the
     deployment, not the fleet), and shared for up to `STATUS_SECONDS` by everyone who asks
     in this process (the dashboard's live view, every `deploy status --watch`) while the
-    deployment and the fleet view stay as they were; a scheduler pass here that acts on the
-    deployment drops it at once, one in another process within that time.
+    deployment and the fleet view stay as they were; a scheduler pass or an operator's change
+    here that acts on the deployment drops it at once (after its commit), one in another
+    process within that time.
     """
     authorize(operator, "viewer", action="deployment.status")
     with hub.store.transaction(readonly=True) as tx:

@@ -165,10 +165,11 @@ def seen_by(
 ) -> dict[str, rollout.Seen]:
     """The devices `deployment` targets now; for its members, what they reported and whether they are online.
 
-    Only members are judged (`rollout.observe`, `rollout.counts`, the wave timeout), so the
-    others are only counted and ordered: each costs a dictionary entry, not a look at its
-    reports. `last_seen` is needed for the members still under way (or that left); a member
-    without an entry counts as online.
+    Members are judged (`rollout.observe`, `rollout.counts`, the wave timeout); the others
+    are counted and ordered, each a dictionary entry, not a look at its reports. One the
+    pass assigns is judged in the same `decide` as offline with nothing reported (see
+    `_UNJUDGED`), and as it is from the next pass on. `last_seen` is needed for the members
+    still under way (or that left); a member without an entry counts as online.
     """
     now, limit = hub.clock(), hub.settings.offline_after
     targeted = app_view.owners.by_deployment.get(deployment.id, frozenset())
@@ -184,8 +185,10 @@ def seen_by(
     return seen
 
 
-_UNJUDGED = rollout.Seen(online=True)
-"""What `seen_by` says of a targeted device the rollout has not assigned: nothing about it is judged."""
+_UNJUDGED = rollout.Seen(online=False)
+"""What `seen_by` says of a targeted device the rollout has not assigned. If the pass assigns it,
+`decide` judges it at once: as offline (counted apart, never failed for a timeout) until the
+next pass reads when it was last seen."""
 
 
 # --- acting on a decision ------------------------------------------------------------------
@@ -236,8 +239,6 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
         for device_id in restores:
             if device_id in members:
                 _restore(tx, deployment, members[device_id], now)
-    if decision.actions:
-        hub.statuses.invalidate([deployment.id])  # this process's viewers see the pass at once
     progress = decision.progress
     if progress != progress_of(deployment):
         deployment = tx.update_deployment(
@@ -322,6 +323,7 @@ def tick(hub: Hub, *, wait: bool = False) -> int:
         if not tx.list_deployments(states=OWNING, limit=1):
             return 0
     taken = 0
+    acted: list[str] = []
     fleet = hub.fleet.refresh(hub.store)  # changes committed from now on are the next pass's
     with hub.store.transaction() as tx:
         if not tx.lock_rollouts(wait=wait):
@@ -343,4 +345,7 @@ def tick(hub: Hub, *, wait: bool = False) -> int:
                 )
                 act(hub, tx, deployment, decision)
                 taken += len(decision.actions)
+                if decision.actions:
+                    acted.append(deployment.id)
+    hub.statuses.invalidate(acted)  # committed: this process's viewers see the pass at once
     return taken

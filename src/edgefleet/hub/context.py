@@ -77,7 +77,7 @@ class Hub:
     fleet: FleetView = field(init=False)
     """The accepted fleet as the rollout scheduler sees it (see `hub.fleetview`)."""
     repository_files: Expiring[bytes] = field(init=False)
-    """The image repository's versioned files (they never change) and what is parsed of them, per process."""
+    """The image repository's versioned files (they never change), per process."""
     statuses: Expiring[Any] = field(init=False)
     """Deployment id -> (fleet view generation, its status), shared for `STATUS_SECONDS` by every viewer."""
 

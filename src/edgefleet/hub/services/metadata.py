@@ -13,6 +13,7 @@ a client would find (`target_roles`): the top-level targets, then the roles they
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -95,19 +96,16 @@ def _stale(hub: Hub, tx: Tx) -> tuple[bool, bool]:
     snap, stamp = tx.latest_metadata("snapshot"), tx.latest_metadata("timestamp")
     if snap is None or stamp is None:
         return False, False
-    snap_stale = signing.stale(_expires(hub, "snapshot", snap), now, hub.settings.snapshot_lifetime)
-    stamp_stale = signing.stale(_expires(hub, "timestamp", stamp), now, hub.settings.timestamp_lifetime)
+    snap_stale = signing.stale(_expires_of(snap[1]), now, hub.settings.snapshot_lifetime)
+    stamp_stale = signing.stale(_expires_of(stamp[1]), now, hub.settings.timestamp_lifetime)
     return snap_stale, stamp_stale
 
 
-def _expires(hub: Hub, role: str, stored: tuple[int, str]) -> datetime:
-    """When a stored version expires, parsed once per process (a version never changes)."""
-    key = f"expires/{role}/{stored[0]}"
-    held = hub.repository_files.get(key)
-    if held is None:
-        held = signing.parse_stored(stored[1]).signed.expires.isoformat().encode()
-        hub.repository_files.put(key, held, hub.repository_files.ticket())
-    return datetime.fromisoformat(held.decode())
+@functools.lru_cache(maxsize=8)
+def _expires_of(body: str) -> datetime:
+    """When a stored snapshot or timestamp expires, parsed once per process (each version is read by every device)."""
+    expires: datetime = signing.parse_stored(body).signed.expires
+    return expires
 
 
 def refresh(hub: Hub) -> None:

@@ -23,6 +23,18 @@ as users run it; PostgreSQL in a database of its own, dropped afterwards):
    (bench/fleet_load.py) against a minimal ASGI app on the same server stack
    (bench/ceiling_app.py) and against the hub (`/healthz`, and the signed `GET /device/target`).
 
+The shape of a case (issue 16 point 5): `--hub-workers N` serves with `hub serve --workers N`
+(CPU and memory are then read over the supervisor and its workers; memory as RSS and as PSS,
+which counts pages the processes share once); `--sims K` splits the devices over K simulator
+processes (each holds one connection per device, and a process may hold 20,000 descriptors),
+part i's devices tagged `part=i`; `--rollout-parts P` rolls out to the first P parts only;
+`--waves` sets the waves. The hub's memory is read every `--memory-every` seconds through the
+steady window (growth: median of its last fifth minus its first), and a projection of the CPU
+a 1M-device fleet at the same cadence would need is printed from the window's figures.
+
+    .venv/bin/python bench/fleet_scale.py --devices 20000 --db postgres --quiet-enrollment --hub-workers 2 \
+        --sims 2 --rollout-parts 1 --waves 1%,10%,100% --window 1800 --rollout-timeout 900
+
 With `--quiet-enrollment` the devices enroll while reporting hourly (enrolling then does not compete
 with the fleet's own traffic), and a second simulator takes them over for the measurements. py-spy
 is a bench-only tool (`.venv/bin/pip install py-spy`); without it the profiles are skipped. Prints a
@@ -108,6 +120,9 @@ class Plan:
     ceiling: float
     download_time: float = 1.0
     start_time: float = 1.0
+    waves: str = WAVES
+    memory_every: float = 30.0
+    """Seconds between readings of the hub's memory during the steady window."""
 
 
 # --- processes, /proc ----------------------------------------------------------------------
@@ -144,9 +159,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: pages shared between a hub's processes count once in their sum."""
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -164,6 +189,12 @@ def tree(pid: int) -> list[int]:
 
 def tree_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) for p in tree(pid))
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """RSS and PSS of `pid` and its descendants, each summed (a hub of N workers is N + 1 processes)."""
+    pids = tree(pid)
+    return sum(rss_bytes(p) for p in pids), sum(pss_bytes(p) for p in pids)
 
 
 POSTGRES_AUXILIARY = ("checkpointer", "background writer", "walwriter", "autovacuum", "logical replication")
@@ -233,6 +264,7 @@ class Hub:
     data_dir: Path
     database_url: str | None
     process: subprocess.Popen[str]
+    workers: int = 1
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -271,8 +303,12 @@ def fresh_postgres() -> Iterator[str]:
 
 
 @contextmanager
-def running_hub(scratch: Path, database_url: str | None) -> Iterator[Hub]:
-    """`hub init` and `hub serve` (long-polls up to 60 s, concurrency limit MAX_CONCURRENT), until the block ends."""
+def running_hub(scratch: Path, database_url: str | None, workers: int = 1) -> Iterator[Hub]:
+    """`hub init` and `hub serve` (long-polls up to 60 s, concurrency limit MAX_CONCURRENT), until the block ends.
+
+    With `workers` > 1 (PostgreSQL), `hub serve --workers N`: one supervising process (migrations,
+    the rollout scheduler) and N serving processes; CPU and memory are read over all of them.
+    """
     data_dir = scratch / "hub"
     db_args = ["--database-url", database_url] if database_url else []
     init = cli("hub", "init", "--data-dir", str(data_dir), "--hostname", "hub.test", *db_args)
@@ -296,13 +332,15 @@ def running_hub(scratch: Path, database_url: str | None) -> Iterator[Hub]:
             "--bind",
             f"127.0.0.1:{port}",
             *db_args,
+            "--workers",
+            str(workers),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
-    hub = Hub(f"https://127.0.0.1:{port}", data_dir / "ca.crt", token, data_dir, database_url, process)
+    hub = Hub(f"https://127.0.0.1:{port}", data_dir / "ca.crt", token, data_dir, database_url, process, workers)
     try:
         wait_ready(hub.url, hub.ca, process, scratch / "hub.log")
         yield hub
@@ -354,13 +392,14 @@ class Sample:
     """(method, route, le) -> cumulative count."""
     hub_cpu: float
     hub_rss: int
+    hub_pss: int
     sim_cpu: float
     postgres_cpu: dict[int, float]
     machine_cpu: float
     sim: dict[str, Any]
 
 
-def sample(hub: Hub, sim: Sim | None) -> Sample:
+def sample(hub: Hub, sim: Sims | None) -> Sample:
     text = hub.http.get("/metrics").text
     requests: dict[tuple[str, str, str], float] = {}
     buckets: dict[tuple[str, str, float], float] = {}
@@ -371,13 +410,15 @@ def sample(hub: Hub, sim: Sim | None) -> Sample:
                 requests[labels["method"], labels["route"], labels["status"]] = s.value
             elif s.name == "edgefleet_http_request_seconds_bucket":
                 buckets[labels["method"], labels["route"], float(labels["le"])] = s.value
+    rss, pss = tree_memory(hub.pid)
     return Sample(
         at=time.monotonic(),
         requests=requests,
         buckets=buckets,
-        hub_cpu=cpu_seconds(hub.pid),
-        hub_rss=rss_bytes(hub.pid),
-        sim_cpu=tree_cpu(sim.process.pid) if sim else 0.0,
+        hub_cpu=tree_cpu(hub.pid),
+        hub_rss=rss,
+        hub_pss=pss,
+        sim_cpu=sim.cpu() if sim else 0.0,
         postgres_cpu=postgres_cpu(hub.database_name),
         machine_cpu=machine_cpu(),
         sim=sim.progress() if sim else {},
@@ -437,6 +478,7 @@ def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
         "hub_other_statuses": dict(statuses),
         "sim_errors": int(sim_errors),
         "hub_rss_mib": round(after.hub_rss / 2**20, 1),
+        "hub_pss_mib": round(after.hub_pss / 2**20, 1),
         "hub_cpu_s": round(hub_cpu, 1),
         "hub_cpu_share": round(hub_cpu / seconds, 3),
         "hub_cpu_s_per_1k": round(hub_cpu / total * 1000, 2) if total else None,
@@ -490,9 +532,10 @@ class Sim:
         report_interval: float = REPORT_INTERVAL,
         ramp: float = 10,
         name: str = "sim",
+        part: int = 0,
     ) -> Sim:
-        state_dir = scratch / "sim-state"
-        stdout, stderr = scratch / f"{name}.json", scratch / f"{name}.log"
+        state_dir = scratch / f"sim-state-{part}"
+        stdout, stderr = scratch / f"{name}-{part}.json", scratch / f"{name}-{part}.log"
         flags = {
             "--devices": devices,
             "--hub": hub.url,
@@ -504,7 +547,7 @@ class Sim:
             "--ramp": ramp,
             "--offline": 0,
             "--fail-rate": 0,
-            "--seed": 1,
+            "--seed": 1 + part,
             "--summary-interval": 5,
             "--download-time": plan.download_time,
             "--start-time": plan.start_time,
@@ -543,16 +586,70 @@ class Sim:
         return {"error": self.stderr.read_text(errors="replace")[-2000:]}
 
 
+class Sims:
+    """The simulator processes of a case (`--sims K`): part i simulates its share of the devices, tagged part=i.
+
+    Each process holds one connection per device, so the 20,000-descriptor limit of a process
+    needs several of them for a fleet of 20k; each part has its own state directory and token.
+    """
+
+    def __init__(self, members: list[Sim]) -> None:
+        self.members = members
+
+    @classmethod
+    def start(cls, hub: Hub, shares: list[int], tokens: list[str], scratch: Path, plan: Plan, **options: Any) -> Sims:
+        return cls(
+            [
+                Sim.start(hub, devices, token, scratch, plan, part=part, **options)
+                for part, (devices, token) in enumerate(zip(shares, tokens, strict=True))
+            ]
+        )
+
+    def state_dir(self, part: int = 0) -> Path:
+        return self.members[part].state_dir
+
+    def cpu(self) -> float:
+        return sum(tree_cpu(m.process.pid) for m in self.members)
+
+    def stopped(self) -> str | None:
+        """The log's tail of a member that has stopped, or None while all run."""
+        for m in self.members:
+            if m.process.poll() is not None:
+                return m.stderr.read_text(errors="replace")[-3000:]
+        return None
+
+    def progress(self) -> dict[str, Any]:
+        """The members' latest progress lines, added up (empty before every member has printed one)."""
+        parts = [m.progress() for m in self.members]
+        if not all(parts):
+            return {}
+        states: Counter[str] = Counter()
+        for found in parts:
+            states.update(found["states"])
+        return {
+            "states": dict(states),
+            "releases": "; ".join(found["releases"] for found in parts),
+            **{key: sum(found[key] for found in parts) for key in ("committed", "requests", "errors")},
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Stop them all; one process's summary, or each member's (brief) under `parts`."""
+        summaries = [m.finish() for m in self.members]
+        if len(summaries) == 1:
+            return _brief(summaries[0])
+        return {"parts": [_brief(found) for found in summaries]}
+
+
 RECONNECT_CAP = 480.0  # seconds the measured simulator may take to bring the enrolled devices back online
 
 
-def wait_online(hub: Hub, sim: Sim, devices: int, timeout: float) -> dict[str, Any]:
+def wait_online(hub: Hub, sim: Sims, devices: int, timeout: float) -> dict[str, Any]:
     """Until every device is enrolled and online; the time it took and the hub's CPU meanwhile."""
-    start, cpu = time.monotonic(), cpu_seconds(hub.pid)
+    start, cpu = time.monotonic(), tree_cpu(hub.pid)
     last = -1
     while time.monotonic() - start < timeout:
-        if sim.process.poll() is not None:
-            raise SystemExit(f"the simulator stopped: {sim.stderr.read_text()[-3000:]}")
+        if (tail := sim.stopped()) is not None:
+            raise SystemExit(f"the simulator stopped: {tail}")
         online = sim.progress().get("states", {}).get("online", 0)
         if online >= devices:
             break
@@ -562,7 +659,7 @@ def wait_online(hub: Hub, sim: Sim, devices: int, timeout: float) -> dict[str, A
         time.sleep(2)
     seconds = time.monotonic() - start
     online = sim.progress().get("states", {}).get("online", 0)
-    return {"online": online, "seconds": round(seconds, 1), "hub_cpu_s": round(cpu_seconds(hub.pid) - cpu, 1)}
+    return {"online": online, "seconds": round(seconds, 1), "hub_cpu_s": round(tree_cpu(hub.pid) - cpu, 1)}
 
 
 def wait_verified(hub: Hub, devices: int) -> dict[str, Any]:
@@ -656,33 +753,37 @@ class Observers:
 
 def rollout(
     hub: Hub,
-    sim: Sim,
+    sim: Sims,
+    plan: Plan,
     *,
     name: str,
     release: str,
+    target: str,
     devices: int,
     priority: int,
-    timeout: float,
     spy: Profile | None = None,
 ) -> dict[str, Any]:
-    """`deploy create` with waves 10%,100% and no bake; until completed with every device updated (or `timeout`)."""
+    """`deploy create` with the plan's waves and no bake; until completed with every device updated (or the timeout).
+
+    `target` selects `devices` devices, among them those of the first simulator part (the observers').
+    """
+    timeout = plan.rollout_timeout
     before = sample(hub, sim)
     if spy:
         spy.start()
-    with Observers(hub, sim.state_dir, devices) as observers:
+    with Observers(hub, sim.state_dir(0), devices) as observers:
         started_wall = datetime.now(UTC)
         start = time.monotonic()
         hub.cli(
-            "deploy", "create", "--release", release, "--name", name, "--target", "fleet=scale",
-            "--waves", WAVES, "--bake", "0", "--priority", str(priority),
+            "deploy", "create", "--release", release, "--name", name, "--target", target,
+            "--waves", plan.waves, "--bake", "0", "--priority", str(priority),
         )  # fmt: skip
         created = time.monotonic() - start
         status: dict[str, Any] = {}
-        wave_two_at = None
+        wave_started: dict[int, float] = {}
         while time.monotonic() - start < timeout:
             status = hub.http.get(f"/api/v1/deployments/{name}").json()
-            if wave_two_at is None and status["deployment"]["wave"] >= 2:
-                wave_two_at = time.monotonic() - start
+            wave_started.setdefault(status["deployment"]["wave"], round(time.monotonic() - start, 1))
             updated = sum(w["updated"] for w in status["waves"])
             if status["deployment"]["state"] == "completed" and updated >= devices:
                 break
@@ -693,12 +794,16 @@ def rollout(
     updated = sum(w["updated"] for w in status.get("waves", []))
     figures: dict[str, Any] = {
         "release": release,
+        "target": target,
+        "waves_asked": plan.waves,
+        "devices": devices,
         "state": status.get("deployment", {}).get("state"),
         "updated": updated,
         "completed": status.get("deployment", {}).get("state") == "completed" and updated >= devices,
         "seconds": round(done, 1),
         "create_cli_s": round(created, 2),
-        "wave_2_started_s": None if wave_two_at is None else round(wave_two_at, 1),
+        "wave_2_started_s": wave_started.get(2),
+        "waves_started_s": {str(w): at for w, at in sorted(wave_started.items())},
         "waves": [
             {k: w[k] for k in ("wave", "size", "updated", "failed", "pending", "downloading")}
             for w in status.get("waves", [])
@@ -770,14 +875,82 @@ def _spread(values: list[float]) -> dict[str, Any]:
 # --- steady state, profile, ceiling --------------------------------------------------------------
 
 
-def steady(hub: Hub, sim: Sim, plan: Plan) -> dict[str, Any]:
+def steady(hub: Hub, sim: Sims, plan: Plan) -> dict[str, Any]:
+    """A warm-up, then one window between two samples; the hub's memory read every `plan.memory_every` meanwhile."""
     print(f"  steady state: warm-up {plan.warmup:.0f} s, window {plan.window:.0f} s", flush=True)
     time.sleep(plan.warmup)
     load = loadavg()
     before = sample(hub, sim)
-    time.sleep(plan.window)
+    readings: list[tuple[float, int, int, list[float]]] = []
+    while (elapsed := time.monotonic() - before.at) < plan.window:
+        rss, pss = tree_memory(hub.pid)
+        readings.append((elapsed, rss, pss, loadavg()))
+        time.sleep(min(plan.memory_every, max(plan.window - elapsed, 0.1)))
     after = sample(hub, sim)
-    return {"load_at_start": load, "load_at_end": loadavg(), **window_figures(before, after)}
+    readings.append((after.at - before.at, after.hub_rss, after.hub_pss, loadavg()))
+    return {
+        "load_at_start": load,
+        "load_at_end": loadavg(),
+        **window_figures(before, after),
+        "memory": memory_trend(readings),
+    }
+
+
+def memory_trend(readings: list[tuple[float, int, int, list[float]]]) -> dict[str, Any]:
+    """The hub's memory over the window: every reading, and the median of its first and last fifths (growth)."""
+    fifth = max(1, len(readings) // 5)
+
+    def median(values: list[int]) -> float:
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        return (ordered[middle] + ordered[~middle]) / 2 / 2**20
+
+    first = median([pss for _, _, pss, _ in readings[:fifth]])
+    last = median([pss for _, _, pss, _ in readings[-fifth:]])
+    return {
+        "readings": [
+            {"s": round(at), "rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1), "load": load}
+            for at, rss, pss, load in readings
+        ],
+        "pss_mib_first_fifth_median": round(first, 1),
+        "pss_mib_last_fifth_median": round(last, 1),
+        "pss_growth_mib": round(last - first, 1),
+        "pss_mib_max": round(max(pss for _, _, pss, _ in readings) / 2**20, 1),
+    }
+
+
+MILLION = 1_000_000
+NODE_CORES = 2
+NODE_BUSY = 0.7
+"""Share of a node's cores the projection lets the hub and its database use (headroom for bursts and rollouts)."""
+
+
+def projection(devices: int, s: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any]:
+    """From the steady window (and the rollout): CPU a fleet of 1M devices at the same cadence would use.
+
+    Linear in the devices: each node serves its devices' steady traffic with the CPU per device measured
+    here (hub processes and PostgreSQL); PostgreSQL is counted as if it scaled with the nodes, which a
+    single database would not (its share is shown apart so that the central database can be sized).
+    """
+    seconds = s["seconds"]
+    per_device_per_s = s["requests"] / seconds / devices
+    hub_core_per_device = s["hub_cpu_s"] / seconds / devices
+    pg_core_per_device = s["postgres_cpu_share"] / devices
+    million_hub = hub_core_per_device * MILLION
+    million_pg = pg_core_per_device * MILLION
+    out: dict[str, Any] = {
+        "requests_per_device_per_min": round(per_device_per_s * 60, 2),
+        "hub_cpu_ms_per_request": round(s["hub_cpu_s"] / max(s["requests"], 1) * 1000, 3),
+        "hub_cores_for_1m": round(million_hub, 1),
+        "postgres_cores_for_1m": round(million_pg, 1),
+        "requests_per_s_for_1m": round(per_device_per_s * MILLION),
+        "nodes_for_1m": math.ceil(million_hub / (NODE_CORES * NODE_BUSY)),
+        "devices_per_node": int(NODE_CORES * NODE_BUSY / hub_core_per_device) if hub_core_per_device else None,
+    }
+    if r and r.get("updated"):
+        out["rollout_hub_cpu_ms_per_device"] = round(r["hub_cpu_s_per_device"] * 1000, 1)
+        out["rollout_1m_hub_core_hours"] = round(r["hub_cpu_s_per_device"] * MILLION / 3600, 1)
+    return out
 
 
 class Profile:
@@ -810,6 +983,7 @@ class Profile:
                     "--format",
                     "raw",
                     "--nonblocking",
+                    *(["--subprocesses"] if self.hub.workers > 1 else []),
                     "--output",
                     str(self.raw),
                 ],
@@ -880,7 +1054,7 @@ def summarise_profile(raw: str) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";")]
+        frames = [_frame(f) for f in stack.split(";") if not f.startswith("process ")]  # --subprocesses
         total += count
         event_loop = not frames[0].startswith("Thread._bootstrap (")  # run with -m: the main thread starts in runpy
         waiting = frames[-1].startswith(WAITS)
@@ -1001,6 +1175,31 @@ def ceiling(hub: Hub, state_dir: Path, scratch: Path, plan: Plan) -> dict[str, A
 # --- one case, the run ---------------------------------------------------------------------------
 
 
+def token(hub: Hub, tag: str, uses: int) -> str:
+    """An enrollment token of the fleet `scale` for `uses` devices, tagging them with `tag`."""
+    made = hub.cli("token", "create", "--fleet", "scale", "--tag", tag, "--uses", str(uses), "--ttl", "7d", "--json")
+    return str(json.loads(made)["token"])
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a case is laid out: hub processes, simulator processes, and which parts a rollout targets."""
+
+    workers: int = 1
+    sims: int = 1
+    rollout_parts: int | None = None
+    """The rollouts target the devices of the first this-many simulator parts (None: all)."""
+
+    def shares(self, devices: int) -> list[int]:
+        return [devices // self.sims + (1 if part < devices % self.sims else 0) for part in range(self.sims)]
+
+    def target(self) -> str:
+        parts = self.rollout_parts or self.sims
+        if parts >= self.sims:
+            return "fleet=scale"
+        return f"fleet=scale and part in ({', '.join(str(p) for p in range(parts))})"
+
+
 def run_case(
     db: str,
     devices: int,
@@ -1010,43 +1209,44 @@ def run_case(
     do_ceiling: bool,
     install_first: bool,
     quiet_enrollment: bool,
+    shape: Shape = Shape(),
 ) -> dict[str, Any]:
-    print(f"\n== {db}, {devices} devices ==", flush=True)
-    case: dict[str, Any] = {"db": db, "devices": devices, **quiet_enough(f"{db} {devices}")}
+    print(f"\n== {db}, {devices} devices, {shape} ==", flush=True)
+    case: dict[str, Any] = {"db": db, "devices": devices, "shape": shape.__dict__, **quiet_enough(f"{db} {devices}")}
     scratch = Path(tempfile.mkdtemp(prefix="fleetscale-", dir="/tmp"))
+    shares = shape.shares(devices)
     try:
         with ExitStack() as stack:
             database_url = stack.enter_context(fresh_postgres()) if db == "postgres" else None
-            hub = stack.enter_context(running_hub(scratch, database_url))
+            hub = stack.enter_context(running_hub(scratch, database_url, shape.workers))
             publish(hub, scratch)
-            token = json.loads(
-                hub.cli("token", "create", "--fleet", "scale", "--uses", str(devices), "--ttl", "7d", "--json")
-            )["token"]
+            tokens = [token(hub, f"part={part}", share) for part, share in enumerate(shares)]
             timeout = 120 + devices * 0.25
             if quiet_enrollment:
                 # Enroll with reports every hour, so that enrolling does not compete with the fleet's own
-                # traffic; then the measured simulator takes over the enrolled devices (spread over 60 s).
-                enrolling = Sim.start(hub, devices, token, scratch, plan, report_interval=3600, name="sim-enroll")
+                # traffic; then the measured simulators take over the enrolled devices (spread over 60 s).
+                enrolling = Sims.start(hub, shares, tokens, scratch, plan, report_interval=3600, name="sim-enroll")
                 case["enrollment"] = {"quiet": True, **wait_online(hub, enrolling, devices, timeout=timeout)}
                 enrolling.finish()
                 print(f"  enrolled (reports hourly meanwhile): {case['enrollment']}", flush=True)
-                sim = Sim.start(hub, devices, token, scratch, plan, ramp=60)
-                stack.callback(lambda: case.setdefault("sim_summary", _brief(sim.finish())))
+                sim = Sims.start(hub, shares, tokens, scratch, plan, ramp=60)
+                stack.callback(lambda: case.setdefault("sim_summary", sim.finish()))
                 # A saturated hub brings devices back slowly (each verifies first): measure what is online by then.
                 case["reconnect"] = wait_online(hub, sim, devices, timeout=min(timeout, RECONNECT_CAP))
             else:
-                sim = Sim.start(hub, devices, token, scratch, plan)
-                stack.callback(lambda: case.setdefault("sim_summary", _brief(sim.finish())))
+                sim = Sims.start(hub, shares, tokens, scratch, plan)
+                stack.callback(lambda: case.setdefault("sim_summary", sim.finish()))
                 case["enrollment"] = wait_online(hub, sim, devices, timeout=timeout)
                 print(f"  enrolled: {case['enrollment']}", flush=True)
             case["first_verification"] = wait_verified(hub, devices)
             print(f"  first TUF refreshes over: {case['first_verification']}", flush=True)
             online = case["enrollment"]["online"]
+            targeted = sum(shares[: shape.rollout_parts or shape.sims]) if online >= devices else online
             release = "sensor@1.0.0"
             if install_first:
                 print("  rollout of sensor@1.0.0 (first install)", flush=True)
                 case["rollout_install"] = rollout(
-                    hub, sim, name="base", release=release, devices=online, priority=0, timeout=plan.rollout_timeout
+                    hub, sim, plan, name="base", release=release, target=shape.target(), devices=targeted, priority=0
                 )
                 _show_rollout(case["rollout_install"])
                 release = "sensor@1.1.0"
@@ -1055,24 +1255,28 @@ def run_case(
             if do_profile:
                 print(f"  profile of the steady state: py-spy over {plan.profile:.0f} s", flush=True)
                 case["profile"] = profile(hub, plan.profile, scratch / "profile")
-            print(f"  rollout of {release}", flush=True)
+            print(f"  rollout of {release} to {shape.target()!r} ({targeted} devices)", flush=True)
             case["rollout"] = rollout(
                 hub,
                 sim,
+                plan,
                 name="scale",
                 release=release,
-                devices=online,
+                target=shape.target(),
+                devices=targeted,
                 priority=1,
-                timeout=plan.rollout_timeout,
                 spy=Profile(hub, scratch / "profile-rollout") if do_profile else None,
             )
             _show_rollout(case["rollout"])
-            case["sim_summary"] = _brief(sim.finish())
+            case["projection"] = projection(devices, case["steady"], case["rollout"])
+            print(f"  projection: {case['projection']}", flush=True)
+            case["sim_summary"] = sim.finish()
             if do_ceiling:
                 print("  ceiling (simulator stopped)", flush=True)
-                case["ceiling"] = ceiling(hub, sim.state_dir, scratch, plan)
+                case["ceiling"] = ceiling(hub, sim.state_dir(0), scratch, plan)
                 _show_ceiling(case["ceiling"])
-            case["hub_rss_mib_end"] = round(rss_bytes(hub.pid) / 2**20, 1)
+            rss, pss = tree_memory(hub.pid)
+            case["hub_rss_mib_end"], case["hub_pss_mib_end"] = round(rss / 2**20, 1), round(pss / 2**20, 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return case
@@ -1110,7 +1314,8 @@ def _show_rollout(r: dict[str, Any]) -> None:
 def _show_steady(s: dict[str, Any]) -> None:
     print(
         f"    {s['requests_per_s']} req/s, p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms, errors hub {s['hub_errors']} "
-        f"sim {s['sim_errors']}, RSS {s['hub_rss_mib']} MiB, hub CPU {s['hub_cpu_share']:.0%} "
+        f"sim {s['sim_errors']}, RSS {s['hub_rss_mib']} MiB (PSS {s['hub_pss_mib']}, growth "
+        f"{s.get('memory', {}).get('pss_growth_mib')}), hub CPU {s['hub_cpu_share']:.0%} "
         f"({s['hub_cpu_s_per_1k']} s per 1k requests), load {s['load_at_start']}",
         flush=True,
     )
@@ -1192,6 +1397,11 @@ def main() -> None:  # one straight-line run
         "--quiet-enrollment", action="store_true", help="enroll with hourly reports, then restart the simulator"
     )
     parser.add_argument("--ceiling-devices", type=int, help="the fleet size whose case measures the ceiling")
+    parser.add_argument("--hub-workers", type=int, default=1, help="hub serve --workers (PostgreSQL)")
+    parser.add_argument("--sims", type=int, default=1, help="simulator processes (one connection per device each)")
+    parser.add_argument("--rollout-parts", type=int, help="roll out to the first this-many simulators' devices")
+    parser.add_argument("--waves", default=WAVES, help="the rollouts' waves")
+    parser.add_argument("--memory-every", type=float, default=30, help="seconds between readings of the hub's memory")
     parser.add_argument("--summarise-profile", type=Path, help="only summarise a py-spy raw file and exit")
     args = parser.parse_args()
     if args.summarise_profile:
@@ -1200,10 +1410,27 @@ def main() -> None:  # one straight-line run
     sizes = [200] if args.quick else [int(n) for n in args.devices.split(",")]
     dbs = args.db.split(",")
     plan = (
-        Plan(warmup=10, window=30, profile=min(args.profile_seconds, 10), rollout_timeout=300, ceiling=5)
+        Plan(
+            warmup=10,
+            window=30,
+            profile=min(args.profile_seconds, 10),
+            rollout_timeout=300,
+            ceiling=5,
+            waves=args.waves,
+            memory_every=5,
+        )
         if args.quick
-        else Plan(args.warmup, args.window, args.profile_seconds, args.rollout_timeout, ceiling=20)
+        else Plan(
+            args.warmup,
+            args.window,
+            args.profile_seconds,
+            args.rollout_timeout,
+            ceiling=20,
+            waves=args.waves,
+            memory_every=args.memory_every,
+        )
     )
+    shape = Shape(workers=args.hub_workers, sims=args.sims, rollout_parts=args.rollout_parts)
     run: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -1221,6 +1448,7 @@ def main() -> None:  # one straight-line run
                 do_ceiling=n == (args.ceiling_devices or min(sizes)),
                 install_first=args.install_first,
                 quiet_enrollment=args.quiet_enrollment,
+                shape=shape,
             )
             run["cases"].append(case)
             args.out.write_text(json.dumps(run, indent=2, default=str) + "\n")

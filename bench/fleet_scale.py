@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -781,9 +782,14 @@ def rollout(
         created = time.monotonic() - start
         status: dict[str, Any] = {}
         wave_started: dict[int, float] = {}
+        next_note = start + 60
         while time.monotonic() - start < timeout:
             status = hub.http.get(f"/api/v1/deployments/{name}").json()
             wave_started.setdefault(status["deployment"]["wave"], round(time.monotonic() - start, 1))
+            if time.monotonic() >= next_note:
+                next_note += 60
+                progress = sum(w["updated"] for w in status["waves"])
+                print(f"    {time.monotonic() - start:.0f} s: wave {status['deployment']['wave']}, {progress} updated")
             updated = sum(w["updated"] for w in status["waves"])
             if status["deployment"]["state"] == "completed" and updated >= devices:
                 break
@@ -1003,7 +1009,10 @@ class Profile:
             self.process.kill()
         if not self.raw.exists():
             return {"skipped": f"py-spy failed: {self.log.read_text(errors='replace')[-500:]}"}
-        return {"seconds": round(seconds, 1), **summarise_profile(self.raw.read_text())}
+        try:
+            return {"seconds": round(seconds, 1), **summarise_profile(self.raw.read_text())}
+        except (ValueError, IndexError) as exc:  # a profile is a by-product: never lose the run's figures to it
+            return {"skipped": f"unreadable profile: {exc!r}"}
 
 
 def profile(hub: Hub, seconds: float, out: Path) -> dict[str, Any]:
@@ -1055,6 +1064,8 @@ def summarise_profile(raw: str) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = [_frame(f) for f in stack.split(";") if not f.startswith("process ")]  # --subprocesses
+        if not frames:
+            continue
         total += count
         event_loop = not frames[0].startswith("Thread._bootstrap (")  # run with -m: the main thread starts in runpy
         waiting = frames[-1].startswith(WAITS)
@@ -1277,6 +1288,9 @@ def run_case(
                 _show_ceiling(case["ceiling"])
             rss, pss = tree_memory(hub.pid)
             case["hub_rss_mib_end"], case["hub_pss_mib_end"] = round(rss / 2**20, 1), round(pss / 2**20, 1)
+    except Exception as exc:  # noqa: BLE001  # an hour's figures are kept, with what stopped the case
+        traceback.print_exc()
+        case["error"] = repr(exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return case

@@ -62,7 +62,9 @@ class HubSettings(BaseSettings):
         description="A device not heard from for this long counts as offline in rollouts.",
     )
     device_cache_seconds: float = Field(
-        default=120.0,
+        # Each expiry is a miss: an entry must outlive many of a device's cycles (a minute or so),
+        # and with N processes a device's connections may land on any of them.
+        default=600.0,
         ge=0,
         le=3600,
         description="How long a process keeps a device's record and target answer between changes (0: not at all).",

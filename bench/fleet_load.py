@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import math
-import os
 import resource
 import ssl
 import sys
@@ -42,8 +40,10 @@ from edgefleet.agent.client import report_call, target_call
 from edgefleet.agent.identity import load_identity
 from edgefleet.protocol import API_PREFIX
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_scale import tree_cpu  # the server's CPU over its process tree (a hub of N workers)
+
 SIGNING_DEVICES = 64
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -116,22 +116,6 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return status
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its descendants (a server of several worker processes counts whole)."""
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICKS
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=str(args.ca))
     url = urlsplit(args.url)
@@ -175,11 +159,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         marks["cpu"] = _own_cpu()
         if args.server_pid:
-            marks["server"] = cpu_seconds(args.server_pid)
+            marks["server"] = tree_cpu(args.server_pid)
         await asyncio.sleep(args.seconds)
         marks["cpu_end"] = _own_cpu()
         if args.server_pid:
-            marks["server_end"] = cpu_seconds(args.server_pid)
+            marks["server_end"] = tree_cpu(args.server_pid)
 
     await asyncio.gather(mark(), *(connection() for _ in range(args.concurrency)))
     latencies.sort()

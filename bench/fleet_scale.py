@@ -934,9 +934,8 @@ NODE_BUSY = 0.7
 def projection(devices: int, s: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any]:
     """From the steady window (and the rollout): CPU a fleet of 1M devices at the same cadence would use.
 
-    Linear in the devices: each node serves its devices' steady traffic with the CPU per device measured
-    here (hub processes and PostgreSQL); PostgreSQL is counted as if it scaled with the nodes, which a
-    single database would not (its share is shown apart so that the central database can be sized).
+    Linear in the devices: each node serves its devices' steady traffic with the hub CPU per device measured
+    here; PostgreSQL's share is shown apart (not in the nodes), so that the central database can be sized.
     """
     seconds = s["seconds"]
     per_device_per_s = s["requests"] / seconds / devices
@@ -1252,7 +1251,7 @@ def run_case(
             case["first_verification"] = wait_verified(hub, devices)
             print(f"  first TUF refreshes over: {case['first_verification']}", flush=True)
             online = case["enrollment"]["online"]
-            targeted = sum(shares[: shape.rollout_parts or shape.sims]) if online >= devices else online
+            targeted = min(sum(shares[: shape.rollout_parts or shape.sims]), online)
             release = "sensor@1.0.0"
             if install_first:
                 print("  rollout of sensor@1.0.0 (first install)", flush=True)

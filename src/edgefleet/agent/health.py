@@ -5,6 +5,11 @@ reports unhealthy; it passes when the window has ended with every service runnin
 each service that has a healthcheck healthy. Until then the verdict is pending. A service
 with no healthcheck counts as healthy while it keeps running, which is why the agent waits
 for the whole window: a release that starts crash-looping after some seconds still fails.
+
+A service whose restart count rose since the agent's previous look is not settled: a crash
+loop looked at between two crashes shows "running". It does not pass until a look finds
+the count where the previous one left it, even after the window; a real crash loop ends in
+an exit, a restart past the limit or the phase's deadline first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class ServiceHealth:
     exit_code: int | None = None
     failing: str | None = None
     """The x-edgefleet probe that made it unhealthy (None: its Compose healthcheck)."""
+    settled: bool = True
+    """False when its restart count rose since the previous look (set by the watcher, not the engine)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +47,9 @@ class Verdict:
 
 def verdict(services: Iterable[ServiceHealth], *, restart_limit: int, window_over: bool) -> Verdict:
     """Pass, fail or wait, for the services of one release."""
+    ordered = sorted(services, key=lambda s: s.service)
     pending: ServiceHealth | None = None
-    for service in sorted(services, key=lambda s: s.service):
+    for service in ordered:
         if service.restarts > restart_limit:
             return Verdict("failed", service.service, f"restarted {service.restarts} times (limit {restart_limit})")
         if service.state in ("exited", "dead", "removing", "stopped"):
@@ -52,7 +60,7 @@ def verdict(services: Iterable[ServiceHealth], *, restart_limit: int, window_ove
             return Verdict("failed", service.service, f"{what} reports unhealthy")
         if pending is None and (service.state != "running" or service.health not in (None, "healthy")):
             pending = service
-    if not window_over:
+    if not window_over or any(s.state == "running" and not s.settled for s in ordered):
         return Verdict("pending")
     if pending is not None and pending.state == "restarting":
         # Between restarts Docker shows "restarting" (Podman mostly "exited"): a crash, said as one.

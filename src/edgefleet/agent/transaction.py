@@ -328,6 +328,7 @@ class Updater:
         ends = started + timedelta(seconds=health_window)
         checks: dict[tuple[str, int], _Check] = {}
         addresses: dict[str, str | None] = {}
+        restarts: dict[str, int] = {}  # at the previous look; the new containers start at 0
         while True:
             self._on_time(tx)
             now = self._clock()
@@ -337,7 +338,9 @@ class Updater:
                 container_id = ids.get((spec.service, spec.config_digest))
                 if container_id is None:
                     return Verdict("failed", spec.service, "its container is gone")
-                states.append(self._service_health(app, container_id, spec, checks, addresses, now - started))
+                state = self._service_health(app, container_id, spec, checks, addresses, now - started)
+                states.append(replace(state, settled=state.restarts == restarts.get(spec.service, 0)))
+                restarts[spec.service] = state.restarts
             result = verdict(states, restart_limit=restart_limit, window_over=now >= ends)
             if result.outcome != "pending":
                 return result

@@ -14,6 +14,7 @@ import pytest
 
 from edgefleet.agent.engine.docker import DockerEngine, network_name
 from edgefleet.agent.errors import EngineError
+from edgefleet.agent.health import ServiceHealth
 from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.plan import RemoveContainer, Step
 from edgefleet.agent.reconcile import reconcile
@@ -59,7 +60,16 @@ x-edgefleet:
 """)
 
 
-def update(engine: DockerEngine, journal: Journal, new: Release, *, window: float = 3.0, fault=None, **options):
+def update(
+    engine: DockerEngine,
+    journal: Journal,
+    new: Release,
+    *,
+    window: float = 3.0,
+    fault=None,
+    restart_limit: int = 2,
+    **options,
+):
     specs = {s.service: s for s in release_specs(new, facts=HostFacts(), environment={"FLEET": "lab"})}
     updater = Updater(
         engine, journal, clock=lambda: datetime.now(UTC), sleep=time.sleep, fault=fault, **options.pop("updater", {})
@@ -70,7 +80,7 @@ def update(engine: DockerEngine, journal: Journal, new: Release, *, window: floa
         from_release="1.0.0",
         to_release=new.version,
         health_window=window,
-        restart_limit=2,
+        restart_limit=restart_limit,
         strategy=new.update.strategy,
         **options,
     )
@@ -143,6 +153,44 @@ def test_a_failing_release_rolls_back_by_itself(
     wait_running(engine, app, 2)
     assert {name: c.id for name, c in containers(engine, app).items()} == before  # the very same containers
     assert journal.unfinished() == []
+
+
+class Unlucky:
+    """The real engine, looked at only while a container is running: the agent's every look at a
+    crash loop falls in the moment between a restart and the next crash."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+
+    def health(self, container_id: str) -> ServiceHealth:
+        deadline = time.monotonic() + 5
+        while True:
+            state = self.engine.health(container_id)
+            if state.state == "running" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.005)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def test_a_crash_loop_seen_only_while_running_still_rolls_back(
+    engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path
+) -> None:
+    """Each look finds the service running, at a restart count higher than the last look's: not
+    settled, so the window's end does not commit it; the restarts then pass the limit. (CI once
+    committed such a release: its one look after the window fell between two crashes.)"""
+    app, before = running
+    journal = Journal(tmp_path / "journal.db")
+    looping = release(app, busybox, "1.1.0", web="sleep 0.3; exit 4")
+    outcome = update(cast(DockerEngine, Unlucky(engine)), journal, looping, window=2, restart_limit=5)
+
+    assert outcome.status == "failed", outcome
+    assert outcome.verdict is not None
+    assert outcome.verdict.service == "web"
+    assert re.search("restarted [0-9]+ times|exited", outcome.reason or ""), outcome.reason
+    wait_running(engine, app, 2)
+    assert {name: c.id for name, c in containers(engine, app).items()} == before
 
 
 class Crash(BaseException):

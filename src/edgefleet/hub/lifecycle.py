@@ -24,6 +24,7 @@ from edgefleet.hub.scheduler import Scheduler
 from edgefleet.hub.services import director, online_keys
 from edgefleet.hub.services.operators import bootstrap_admin
 from edgefleet.hub.settings import HubSettings
+from edgefleet.tlsbuffers import limit_tls_read_buffers
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
             f"SQLite serves one process: {workers} workers need PostgreSQL (--database-url postgresql://...)",
         )
     hub = open_hub(settings)
+    limit_tls_read_buffers()  # a connection per device: 16 KiB read buffers, not asyncio's 256 KiB (workers: below)
     config = uvicorn.Config(
         create_app(hub) if workers == 1 else f"{__name__}:worker_app",
         factory=workers > 1,
@@ -166,5 +168,6 @@ def worker_app() -> FastAPI:
         raise HubConfigError("not_a_worker", f"{WORKER_SETTINGS} is unset: start workers with 'hub serve --workers N'")
     # The parent applied migrations and settled the director root before starting the workers.
     metrics_dir = os.environ.get(METRICS_DIR)
+    limit_tls_read_buffers()
     hub = open_hub(HubSettings.model_validate_json(raw), migrate=False)
     return create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)

@@ -33,6 +33,7 @@ from edgefleet.sim.pool import WorkPool
 from edgefleet.sim.settings import SHARD_SIZE, SimSettings
 from edgefleet.sim.stats import Counters, DeviceState, DeviceView, Snapshot, snapshot, summary_json, summary_line
 from edgefleet.sim.work import EnrollJob, WorkerSetup, enroll_device
+from edgefleet.tlsbuffers import limit_tls_read_buffers
 
 log = logging.getLogger(__name__)
 STATE_FILE = "sim.json"
@@ -234,6 +235,7 @@ def simulate(settings: SimSettings, *, out: Callable[[str], None]) -> dict[str, 
         SimSetupError: the simulation could not start.
         SimAbortedError: the simulation could not go on.
     """
+    limit_tls_read_buffers()  # one connection per device: 16 KiB buffers, not 256 KiB each
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()

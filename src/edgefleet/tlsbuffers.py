@@ -1,13 +1,13 @@
 """Smaller TLS read buffers for processes that hold thousands of connections (hub workers, the simulator).
 
 asyncio gives every TLS connection a read buffer of `SSLProtocol.max_size`, 256 KiB, which
-`bytearray` zero-fills, so all of it is resident, and reads the plaintext in chunks of that
-size. A hub holds one connection per device: at 256 KiB it kept about 570 KiB per idle
-connection, 6.4 GiB for 20,000 devices (docs/benchmarks.md, "Fleet scale at 20k"). A TLS
-record carries at most 16 KiB of plaintext, so reading in 16 KiB chunks costs a large upload
-only more turns of the loop; a connection then keeps about 90 KiB. asyncio has no public
-setting for this: the class attribute (Python 3.11 and later) is set, and where it is
-missing nothing is changed. `tests/integration/hub/test_tls_buffers.py` measures the effect.
+`bytearray` zero-fills, so all of it is resident. A hub holds a connection per device: it
+kept 315 KiB per idle connection, more while connections came and went, and 6.4 GiB for
+20,000 devices (docs/benchmarks.md, "Hub memory per device connection"). A TLS record
+carries at most 16 KiB of plaintext, so 16 KiB buffers cost a large upload only more turns
+of the loop; an idle connection then keeps 52 KiB. asyncio has no public setting for this:
+the class attribute (Python 3.11 and later) is set, and where it is missing nothing is
+changed. `tests/integration/hub/test_workers.py` checks the effect on two workers.
 """
 
 from __future__ import annotations

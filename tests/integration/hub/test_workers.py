@@ -134,8 +134,8 @@ def resident(pids: set[int]) -> int:
 
 
 def test_an_idle_device_connection_costs_the_workers_under_200_kib(workers: RunningHub) -> None:
-    """asyncio's own TLS read buffer is 256 KiB, zero-filled, per connection: 570 KiB resident per idle
-    connection in all. The hub reads through 16 KiB buffers (`edgefleet.tlsbuffers`): about 90 KiB."""
+    """asyncio's own TLS read buffer is 256 KiB, zero-filled, per connection: 340 KiB resident per idle
+    connection here. The hub reads through 16 KiB buffers (`edgefleet.tlsbuffers`): about 50 KiB."""
     wait_for(lambda: len(worker_pids(workers)) == WORKERS, f"{WORKERS} workers", timeout=30)
     pids = worker_pids(workers)
     port = int(workers.url.rsplit(":", 1)[1])

@@ -86,6 +86,9 @@ def init_hub(settings: HubSettings, *, hostnames: tuple[str, ...], clock: Clock 
 
 WORKER_SETTINGS = "EDGEFLEET_HUB_WORKER_SETTINGS"
 """The environment variable that carries the hub's settings (JSON) to the worker processes of `serve`."""
+WORKER_HEALTHCHECK_SECONDS = 60
+"""A worker that does not answer its supervisor's ping for this long is killed and replaced. uvicorn's
+default, 5 s, killed busy workers on a saturated 2-core node, and their devices' reconnections made it busier."""
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's multiprocess mode: every worker writes its metrics there; `/metrics` adds them up."""
 
@@ -124,6 +127,7 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
         # Long-polls are bounded by settings; keep-alive stays a little longer than the longest one.
         timeout_keep_alive=int(settings.long_poll_max_seconds) + 5,
         limit_concurrency=settings.max_concurrent_requests,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
     scheduler = Scheduler(hub)
     scheduler.start()

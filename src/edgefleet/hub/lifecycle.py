@@ -111,7 +111,6 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
             f"SQLite serves one process: {workers} workers need PostgreSQL (--database-url postgresql://...)",
         )
     hub = open_hub(settings)
-    limit_tls_read_buffers()  # a connection per device: 16 KiB read buffers, not asyncio's 256 KiB (workers: below)
     config = uvicorn.Config(
         create_app(hub) if workers == 1 else f"{__name__}:worker_app",
         factory=workers > 1,
@@ -133,6 +132,7 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
     scheduler.start()
     try:
         if workers == 1:
+            limit_tls_read_buffers()  # a connection per device: 16 KiB read buffers, not asyncio's 256 KiB
             uvicorn.Server(config).run()
         else:
             _supervise(settings, config)
@@ -172,6 +172,6 @@ def worker_app() -> FastAPI:
         raise HubConfigError("not_a_worker", f"{WORKER_SETTINGS} is unset: start workers with 'hub serve --workers N'")
     # The parent applied migrations and settled the director root before starting the workers.
     metrics_dir = os.environ.get(METRICS_DIR)
-    limit_tls_read_buffers()
+    limit_tls_read_buffers()  # as `serve` does when it serves in its own process
     hub = open_hub(HubSettings.model_validate_json(raw), migrate=False)
     return create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)

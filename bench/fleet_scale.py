@@ -716,9 +716,7 @@ class Observers:
     async def _main(self) -> None:
         context = ssl.create_default_context(cafile=str(self.hub.ca))
         limits = httpx.Limits(max_connections=len(self.identities) + 4)
-        # A held poll must outlast its wait: a client timeout ends it early, and its reconnection comes late.
-        timeout = httpx.Timeout(30, read=LONG_POLL + 15)
-        async with httpx.AsyncClient(base_url=self.hub.url, verify=context, limits=limits, timeout=timeout) as client:
+        async with httpx.AsyncClient(base_url=self.hub.url, verify=context, limits=limits, timeout=30) as client:
             etags = await asyncio.gather(*(self._etag(client, i) for i in self.identities))
             self.ready.set()
             tasks = [

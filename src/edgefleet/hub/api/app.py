@@ -18,7 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet import __version__
+from edgefleet.hub.api.answers import error_response, hub_error_response
 from edgefleet.hub.api.deps import reject_unknown_query
+from edgefleet.hub.api.fastlane import DeviceFastLane
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from edgefleet.hub.api.routes import (
     audit,
@@ -33,10 +35,10 @@ from edgefleet.hub.api.routes import (
     users,
 )
 from edgefleet.hub.context import Hub
-from edgefleet.hub.errors import HubConfigError, HubError
+from edgefleet.hub.errors import HubError
 from edgefleet.hub.web import PREFIX as WEB_PREFIX
 from edgefleet.hub.web import create_web_app
-from edgefleet.protocol import API_PREFIX, ErrorBody
+from edgefleet.protocol import API_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +53,10 @@ _HTTP_CODES = {
 }
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(code=code, message=message).model_dump(), status_code=status, headers=headers)
-
-
 async def _hub_error(_request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, HubError):
         raise exc
-    if isinstance(exc, HubConfigError):
-        log.error("hub unavailable: %s", exc.message)
-        return _error(503, exc.code, "the hub's database is unavailable; retry later")
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return _error(exc.status, exc.code, exc.message, headers)
+    return hub_error_response(exc)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -70,21 +64,21 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
         raise exc
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return _error(400, "malformed_json", "request body is not valid JSON")
+        return error_response(400, "malformed_json", "request body is not valid JSON")
     first = errors[0] if errors else {}
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
-    return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+    return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return _error(500, "internal_error", "internal error; see the hub log")
+    return error_response(500, "internal_error", "internal error; see the hub log")
 
 
 async def _to_dashboard() -> RedirectResponse:
@@ -132,11 +126,13 @@ async def _write_last_seen(hub: Hub) -> None:
             log.exception("writing when devices were last seen failed")
 
 
-def create_app(hub: Hub, *, metrics_dir: Path | None = None) -> FastAPI:
+def create_app(hub: Hub, *, metrics_dir: Path | None = None, fast_lane: bool = True) -> FastAPI:
     """Build the API for one hub; all state hangs off `app.state`, nothing is global.
 
     `metrics_dir` is prometheus-client's multiprocess directory when several processes serve
     the hub (`lifecycle.serve`): `/metrics` then adds up every process's metrics found there.
+    `fast_lane` off sends every device request through the routes (`DeviceFastLane`), so tests
+    can compare the two.
     """
     app = FastAPI(
         title="edgefleet hub",
@@ -162,6 +158,8 @@ def create_app(hub: Hub, *, metrics_dir: Path | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    if fast_lane:
+        app.add_middleware(DeviceFastLane, hub=hub)
     app.add_middleware(MetricsMiddleware, registry=app.state.metrics)
     app.add_middleware(
         BodyLimitMiddleware,

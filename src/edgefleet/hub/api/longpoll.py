@@ -52,8 +52,35 @@ async def hold(
 ) -> Answer | Response:
     """The answer with its ETag, once it differs from `if_none_match`; a bare 304 if it never did.
 
+    `response` carries the ETag header; the other arguments are `settle`'s.
+    """
+    answer = await settle(
+        read,
+        notifier=notifier,
+        device_id=device_id,
+        first=first,
+        peek=peek,
+        if_none_match=if_none_match,
+        wait=wait,
+        max_seconds=max_seconds,
+    )
+    return _answer(response, answer, if_none_match)
+
+
+async def settle(
+    read: Callable[[], Answer],
+    *,
+    notifier: Notifier,
+    device_id: str,
+    first: Answer | None = None,
+    peek: Callable[[], Answer | None] | None = None,
+    if_none_match: str | None,
+    wait: float,
+    max_seconds: float,
+) -> Answer:
+    """The answer once it differs from `if_none_match`, or as it is when the wait ends.
+
     Args:
-        response: the route's response, to carry the ETag header.
         read: reads the answer (blocking; run in the thread pool). Whatever it raises (e.g.
             the device was revoked meanwhile) ends the request.
         notifier: wakes the request when the device's answer may have changed.
@@ -68,7 +95,7 @@ async def hold(
         max_seconds: the hub's cap on `wait`.
     """
     if first is not None and etag(first) != if_none_match:
-        return _answer(response, first, if_none_match)
+        return first
 
     async def fetch() -> Answer:
         held = peek() if peek is not None else None
@@ -76,8 +103,7 @@ async def hold(
 
     duration = min(wait, max_seconds)
     if if_none_match is None or duration <= 0:
-        answer = first if first is not None else await fetch()
-        return _answer(response, answer, if_none_match)
+        return first if first is not None else await fetch()
     deadline = time.monotonic() + duration
     with notifier.subscribe(device_id) as changes:
         # Subscribed before this read: a change committed after it wakes the wait below.
@@ -86,7 +112,7 @@ async def hold(
             woken = await changes.wait(min(FALLBACK_SECONDS, remaining))
             if woken or remaining > FALLBACK_SECONDS:
                 answer = await fetch()
-    return _answer(response, answer, if_none_match)
+    return answer
 
 
 def _answer(response: Response, answer: Answer, if_none_match: str | None) -> Answer | Response:

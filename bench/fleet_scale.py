@@ -784,7 +784,8 @@ def rollout(
         wave_started: dict[int, float] = {}
         next_note = start + 60
         while time.monotonic() - start < timeout:
-            status = hub.http.get(f"/api/v1/deployments/{name}").json()
+            # Asked as a live view asks (`deploy status --watch`, the dashboard): a shared status will do.
+            status = hub.http.get(f"/api/v1/deployments/{name}", params={"max_age": 1}).json()
             wave_started.setdefault(status["deployment"]["wave"], round(time.monotonic() - start, 1))
             if time.monotonic() >= next_note:
                 next_note += 60

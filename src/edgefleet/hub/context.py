@@ -79,7 +79,7 @@ class Hub:
     repository_files: Expiring[bytes] = field(init=False)
     """The image repository's versioned files (they never change), per process."""
     statuses: Expiring[Any] = field(init=False)
-    """Deployment id -> (fleet view generation, its status), shared for `STATUS_SECONDS` by every viewer."""
+    """Deployment id -> its status (`deployments.SharedStatus`), shared for `STATUS_SECONDS` by every viewer."""
 
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.hub.context import Hub
+from edgefleet.hub.context import STATUS_SECONDS, Hub
 from edgefleet.hub.fleetview import FleetView
 from edgefleet.hub.records import UpdateOutcome
 from edgefleet.hub.services import deployments
@@ -149,6 +149,26 @@ def test_status_is_shared_until_something_changes(fleet: Fleet, publisher: objec
     third = deployments.status(fleet.hub, admin, "v3")
     assert third is not second
     assert third.waves[0][1].updated == 1
+
+
+def test_live_views_share_a_status_while_devices_change(fleet: Fleet, publisher: object) -> None:
+    devices = add_devices(fleet, 10)
+    assert deploy(fleet, name="v5", waves="100%").status_code == 201
+    settled(fleet)
+    admin = Operator(user="admin", role="admin", token_id="test")
+    first = deployments.status(fleet.hub, admin, "v5", max_age=STATUS_SECONDS)
+    report(fleet, devices[:1], "2.0.0")  # the fleet view changes, as it does all through a rollout
+    assert deployments.status(fleet.hub, admin, "v5", max_age=STATUS_SECONDS) is first  # a live view shares it
+    now = deployments.status(fleet.hub, admin, "v5")  # a plain `deploy status`: as of now
+    assert now is not first
+    assert deployments.status(fleet.hub, admin, "v5", max_age=STATUS_SECONDS) is now  # the newest is shared next
+    report(fleet, devices[1:2], "2.0.0")
+    time.sleep(0.05)
+    assert deployments.status(fleet.hub, admin, "v5", max_age=0.01) is not now  # older than this viewer takes
+    answer = fleet.call("GET", "/deployments/v5", params={"max_age": 61})
+    assert (answer.status_code, answer.json()["code"]) == (422, "invalid_request")
+    tick(fleet)  # a pass that acts on it drops it, live views or not
+    assert deployments.status(fleet.hub, admin, "v5", max_age=STATUS_SECONDS).waves[0][1].updated == 2
 
 
 def pass_statements(hub: Hub, run: Callable[[], None]) -> int:

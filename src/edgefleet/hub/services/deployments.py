@@ -11,10 +11,11 @@ a scheduler pass at once, so its first wave is assigned before the call returns.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from edgefleet import rollout, selector
 from edgefleet.hub.context import Hub
@@ -324,24 +325,42 @@ def list_deployments(hub: Hub, operator: Operator, *, app: str | None, limit: in
         return tx.list_deployments(app=app, limit=limit)
 
 
-def status(hub: Hub, operator: Operator, key: str) -> Status:
+@dataclass(frozen=True, slots=True)
+class SharedStatus:
+    """A deployment's status as computed for one viewer, kept for the next (`Hub.statuses`)."""
+
+    generation: int
+    """The fleet view's generation it was computed from."""
+    computed_at: float
+    """`time.monotonic()` when it was computed."""
+    status: Status
+
+
+def status(hub: Hub, operator: Operator, key: str, *, max_age: float = 0.0) -> Status:
     """Per wave: pending, downloading, updated, failed and offline devices (viewer).
 
     Computed from the fleet view and the deployment's members (its cost grows with the
-    deployment, not the fleet), and shared for up to `STATUS_SECONDS` by everyone who asks
-    in this process (the dashboard's live view, every `deploy status --watch`) while the
-    deployment and the fleet view stay as they were; a scheduler pass or an operator's change
-    here that acts on the deployment drops it at once (after its commit), one in another
-    process within that time.
+    deployment, not the fleet), and shared by everyone who asks in this process while the
+    deployment and the fleet view stay as they were, for at most `STATUS_SECONDS`; a
+    scheduler pass or an operator's change here that acts on the deployment drops it at once
+    (after its commit), one in another process within that time.
+
+    A live view (the dashboard's, `deploy status --watch`) asks with `max_age`: a status
+    computed for anyone at most that long ago (and `STATUS_SECONDS` at most) will do, even
+    if devices changed since, so during a rollout, when the fleet view changes all the
+    time, its viewers still share one computation per deployment.
     """
     authorize(operator, "viewer", action="deployment.status")
     with hub.store.transaction(readonly=True) as tx:
         deployment = _find(tx, key)
+    held: SharedStatus | None = hub.statuses.get(deployment.id)
+    if held is not None and held.status.deployment == deployment and time.monotonic() - held.computed_at <= max_age:
+        return held.status
     ticket = hub.statuses.ticket()
     fleet = hub.fleet.refresh(hub.store)
-    held = hub.statuses.get(deployment.id)
-    if held is not None and held[0] == fleet.generation and held[1].deployment == deployment:
-        return cast(Status, held[1])
+    if held is not None and held.generation == fleet.generation and held.status.deployment == deployment:
+        return held.status
+    computed_at = time.monotonic()
     with hub.store.transaction(readonly=True) as tx:
         deployment = _find(tx, key)
         stored = {m.device_id: m for m in tx.list_members(deployment.id)}
@@ -358,7 +377,7 @@ def status(hub: Hub, operator: Operator, key: str) -> Status:
     reached = reach(waves, targeted)
     per_wave = [(reached[i], rollout.counts(i, members, seen)) for i in range(len(waves))]
     found = Status(deployment=deployment, waves=per_wave, targeted=targeted, left=left)
-    hub.statuses.put(deployment.id, (fleet.generation, found), ticket)
+    hub.statuses.put(deployment.id, SharedStatus(fleet.generation, computed_at, found), ticket)
     return found
 
 

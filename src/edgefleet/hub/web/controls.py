@@ -54,11 +54,14 @@ def live_progress(request: Request, hub: HubDep, key: DeploymentKey) -> Response
     session = sessions.resolve(hub, cookie, touch=False)
     deployment_context(hub, session, key)  # 404 now rather than an empty stream
 
+    settings = hub.settings
+
     def fragment() -> str:
         current = sessions.resolve(hub, cookie, touch=False)  # logout, expiry or a revoked token ends it
-        return render_text(request, "_progress.html", session=current, **deployment_context(hub, current, key))
+        # A live view: a status another viewer had computed since this stream last looked will do.
+        context = deployment_context(hub, current, key, max_age=settings.web_stream_interval_seconds)
+        return render_text(request, "_progress.html", session=current, **context)
 
-    settings = hub.settings
     body = live.stream(
         request.app.state.stream_slots,
         fragment,

@@ -97,9 +97,9 @@ def deployment_list(request: Request, hub: HubDep, session: SessionDep) -> Respo
     return render(request, "deployments.html", session=session, deployments=found)
 
 
-def deployment_context(hub: HubDep, session: SessionDep, key: str) -> dict[str, Any]:
-    """What the deployment page and its live fragment show."""
-    found = deployments.status(hub, session.operator, key)
+def deployment_context(hub: HubDep, session: SessionDep, key: str, *, max_age: float = 0.0) -> dict[str, Any]:
+    """What the deployment page and its live fragment show (the fragment shares a status up to `max_age` old)."""
+    found = deployments.status(hub, session.operator, key, max_age=max_age)
     counts = [(reach, {name: getattr(c, name) for name in c.__slots__}) for reach, c in found.waves]
     return {
         "deployment": found.deployment,

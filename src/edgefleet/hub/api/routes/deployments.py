@@ -74,10 +74,21 @@ def list_deployments(
     return DeploymentList(items=[_out(d) for d in deployments.list_deployments(hub, operator, app=app, limit=limit)])
 
 
+MaxAge = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=60,
+        description="A live view's refresh: a status computed for any viewer at most this many seconds ago"
+        " (and 1 s at most) will do; 0 (the default): as of now",
+    ),
+]
+
+
 @router.get("/{key}", response_model=DeploymentStatusOut)
-def status(hub: HubDep, operator: OperatorDep, key: DeploymentKey) -> DeploymentStatusOut:
+def status(hub: HubDep, operator: OperatorDep, key: DeploymentKey, max_age: MaxAge = 0.0) -> DeploymentStatusOut:
     """The deployment and, per wave, its devices pending, downloading, updated, failed and offline."""
-    found = deployments.status(hub, operator, key)
+    found = deployments.status(hub, operator, key, max_age=max_age)
     waves = [
         WaveOut(wave=i + 1, reach=reach, **{name: getattr(c, name) for name in c.__slots__})
         for i, (reach, c) in enumerate(found.waves)

@@ -44,7 +44,7 @@ from edgefleet.sim.link import Link
 from edgefleet.sim.outbox import MemoryOutbox
 from edgefleet.sim.pool import WorkPool
 from edgefleet.sim.settings import SimSettings
-from edgefleet.sim.stats import Counters, DeviceState, DeviceView
+from edgefleet.sim.stats import Counters, DeviceState, DeviceView, Step
 from edgefleet.sim.work import Candidate, Failure, Restored, VerifyJob, verify_device
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ class SimDevice:
     greet: bool = False
     """Ask the hub which event it recorded last before sending any (the device enrolled in an earlier run)."""
     state: DeviceState = "waiting"
+    step: Step | None = None
+    """Where its cycle is now (None: between cycles); the summaries count devices per step."""
     installed: dict[str, Installed] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
@@ -108,7 +110,7 @@ class SimDevice:
 
     def view(self) -> DeviceView:
         running = {app: release.version for app, release in self.engine.running().items()}
-        return DeviceView(state=self.state, updating=self.engine.updating(), running=running)
+        return DeviceView(state=self.state, updating=self.engine.updating(), running=running, step=self.step)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -172,7 +174,15 @@ class SimDevice:
             HubUnreachableError: the hub could not be reached (the caller backs off).
             DeviceOfflineError: the device's offline period began.
         """
+        try:
+            await self._cycle()
+        finally:
+            self.step = None
+
+    async def _cycle(self) -> None:
+        self.step = "delivering"
         await self.deliver()
+        self.step = "polling"
         target, etag = await self._online(
             self.link.target_state(self.identity, wait=self.settings.poll_wait, etag=self.etag)
         )
@@ -187,6 +197,7 @@ class SimDevice:
         else:
             self.retries = 0
         self.etag = etag
+        self.step = "reporting"
         await self.report()
 
     # --- updating -------------------------------------------------------------------------
@@ -204,7 +215,9 @@ class SimDevice:
             failed=dict(self.failed),
             policy=self.shared.policy,
         )
+        self.step = "verifying"
         verified = await self.shared.work.run("verify", verify_device, job)
+        self.step = "switching"
         if verified.plan is not None:
             self.failed = dict(verified.plan.failed)
             for app in verified.plan.staying:

@@ -37,13 +37,23 @@ class WorkPool:
 
     async def run(self, kind: str, fn: Callable[[Job], Result], job: Job) -> Result:
         """`fn(job)` in a worker process, once a slot is free."""
-        async with self._slots:
-            started = time.monotonic()
+        counters = self._counters
+        counters.jobs_waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            counters.jobs_waiting -= 1
+        counters.jobs_running += 1
+        started = time.monotonic()
+        try:
             result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, job)
-            self._counters.job(kind, time.monotonic() - started)
-            self._counters.requests[kind] += result.requests
-            self._counters.errors[kind] += result.errors
-            return result
+        finally:
+            counters.jobs_running -= 1
+            self._slots.release()
+        counters.job(kind, time.monotonic() - started)
+        counters.requests[kind] += result.requests
+        counters.errors[kind] += result.errors
+        return result
 
     def close(self) -> None:
         """Stop the workers; jobs not started are dropped."""

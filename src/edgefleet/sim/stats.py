@@ -12,6 +12,9 @@ LATENCY_SAMPLES = 10_000
 """Latest request durations kept per kind of request (for percentiles)."""
 DeviceState = Literal["enrolling", "waiting", "online", "offline", "backoff", "stopped"]
 STATES: tuple[DeviceState, ...] = ("enrolling", "waiting", "online", "offline", "backoff", "stopped")
+Step = Literal["delivering", "polling", "verifying", "switching", "reporting"]
+STEPS: tuple[Step, ...] = ("delivering", "polling", "verifying", "switching", "reporting")
+"""Where an online device's cycle is (`SimDevice.cycle`): what a stalled simulation waits on."""
 NOTHING = "(nothing)"
 """How devices that run no release yet are counted per release."""
 
@@ -29,6 +32,10 @@ class Counters:
     failed: int = 0
     refused: int = 0
     enrolled: int = 0
+    jobs_waiting: int = 0
+    """Worker jobs waiting for a free slot in the pool now (`sim.pool.WorkPool`)."""
+    jobs_running: int = 0
+    """Worker jobs holding a slot now: in a worker process, or next in line for one."""
 
     def request(self, kind: str, seconds: float) -> None:
         self.requests[kind] += 1
@@ -50,6 +57,8 @@ class DeviceView:
     updating: bool
     running: Mapping[str, str]
     """App -> version it runs."""
+    step: Step | None = None
+    """Where its cycle is, if it is in one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +76,23 @@ class Snapshot:
     refused: int
     requests: int
     errors: int
+    steps: Mapping[str, int] = field(default_factory=dict)
+    """Step -> devices whose cycle is there."""
+    jobs_waiting: int = 0
+    jobs_running: int = 0
 
 
 def snapshot(elapsed: float, devices: Iterable[DeviceView], counters: Counters) -> Snapshot:
     """Count the devices by state and by running release (pure, given the views)."""
     states: Counter[str] = Counter()
+    steps: Counter[str] = Counter()
     releases: Counter[str] = Counter()
     updating = total = 0
     for view in devices:
         total += 1
         states[view.state] += 1
+        if view.step is not None:
+            steps[view.step] += 1
         updating += view.updating
         if not view.running:
             releases[NOTHING] += 1
@@ -93,6 +109,9 @@ def snapshot(elapsed: float, devices: Iterable[DeviceView], counters: Counters) 
         refused=counters.refused,
         requests=sum(counters.requests.values()),
         errors=sum(counters.errors.values()),
+        steps={step: steps[step] for step in STEPS},
+        jobs_waiting=counters.jobs_waiting,
+        jobs_running=counters.jobs_running,
     )
 
 
@@ -109,13 +128,15 @@ def clock(seconds: float) -> str:
 
 
 def summary_line(now: Snapshot, before: Snapshot | None = None) -> str:
-    """One line: devices by state, updates, devices per release, request rate and errors."""
+    """One line: devices by state, updates, devices per release, request rate and errors, where cycles are."""
     states = " ".join(f"{state} {now.states[state]}" for state in STATES if now.states.get(state))
     releases = ", ".join(f"{release} {count}" for release, count in now.releases.items()) or "-"
+    steps = " ".join(f"{step} {now.steps[step]}" for step in STEPS if now.steps.get(step)) or "-"
     return (
         f"[sim {clock(now.elapsed)}] {now.devices} devices: {states} | updating {now.updating} | {releases} | "
         f"committed {now.committed} failed {now.failed} refused {now.refused} | "
-        f"requests {now.requests} ({rate(now, before):.1f}/s) errors {now.errors}"
+        f"requests {now.requests} ({rate(now, before):.1f}/s) errors {now.errors} | "
+        f"cycles: {steps}; worker jobs waiting {now.jobs_waiting} running {now.jobs_running}"
     )
 
 
@@ -154,6 +175,9 @@ def summary_json(now: Snapshot, counters: Counters, *, cpu_seconds: Mapping[str,
         "enrolled": counters.enrolled,
         "states": dict(now.states),
         "updating": now.updating,
+        "steps": dict(now.steps),
+        "jobs_waiting": now.jobs_waiting,
+        "jobs_running": now.jobs_running,
         "releases": dict(now.releases),
         "committed": now.committed,
         "failed": now.failed,

@@ -180,3 +180,26 @@ def test_an_offline_device_sends_nothing(tmp_path: Path) -> None:
     asyncio.run(device.report())  # kept for later, not sent
     assert (link.batches, link.reports) == ([], [])
     assert device.outbox.report() is not None
+
+
+def test_the_summaries_can_tell_where_each_devices_cycle_is(tmp_path: Path) -> None:
+    device, link, pool = make_device(tmp_path, Verified(plan=plan(), environment={}, candidates=(candidate(tmp_path),)))
+    seen: list[str | None] = []
+    poll, verify, events = link.target_state, pool.run, link.events
+
+    async def polled(*args: Any, **kwargs: Any) -> Any:
+        seen.append(device.view().step)
+        return await poll(*args, **kwargs)
+
+    async def verified(*args: Any) -> Any:
+        seen.append(device.view().step)
+        return await verify(*args)
+
+    async def delivered(*args: Any, **kwargs: Any) -> Any:
+        seen.append(device.view().step)
+        return await events(*args, **kwargs)
+
+    link.target_state, pool.run, link.events = polled, verified, delivered  # type: ignore[method-assign]
+    asyncio.run(device.cycle())
+    assert seen == ["polling", "verifying", "reporting"]
+    assert device.view().step is None

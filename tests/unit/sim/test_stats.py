@@ -19,8 +19,8 @@ from edgefleet.sim.stats import (
 
 def views() -> list[DeviceView]:
     return [
-        DeviceView("online", updating=False, running={"sensor": "1.1.0"}),
-        DeviceView("online", updating=True, running={"sensor": "1.0.0", "web": "2.0.0"}),
+        DeviceView("online", updating=False, running={"sensor": "1.1.0"}, step="polling"),
+        DeviceView("online", updating=True, running={"sensor": "1.0.0", "web": "2.0.0"}, step="switching"),
         DeviceView("offline", updating=False, running={"sensor": "1.1.0"}),
         DeviceView("enrolling", updating=False, running={}),
     ]
@@ -37,6 +37,7 @@ def test_a_snapshot_counts_devices_by_state_and_release() -> None:
     assert now.updating == 1
     assert now.releases == {NOTHING: 1, "sensor@1.0.0": 1, "sensor@1.1.0": 2, "web@2.0.0": 1}
     assert (now.requests, now.errors, now.committed, now.failed) == (3, 1, 3, 1)
+    assert now.steps == {"delivering": 0, "polling": 1, "verifying": 0, "switching": 1, "reporting": 0}
 
 
 def test_the_rate_is_per_second_since_the_last_summary() -> None:
@@ -53,8 +54,9 @@ def test_the_rate_is_per_second_since_the_last_summary() -> None:
 
 
 def test_the_summary_line_says_it_all_in_one_line() -> None:
-    counters = Counters(committed=3, failed=1, refused=2)
+    counters = Counters(committed=3, failed=1, refused=2, jobs_waiting=7, jobs_running=4)
     line = summary_line(snapshot(3725.0, views(), counters))
+    assert line.endswith("| cycles: polling 1 switching 1; worker jobs waiting 7 running 4")
     assert line.startswith("[sim 1:02:05] 4 devices: enrolling 1 online 2 offline 1 | updating 1 |")
     assert "(nothing) 1, sensor@1.0.0 1, sensor@1.1.0 2, web@2.0.0 1" in line
     assert "committed 3 failed 1 refused 2" in line
@@ -94,3 +96,4 @@ def test_the_json_summary_says_it_is_a_simulator() -> None:
     assert summary["requests_per_s"] == 0.1
     assert summary["jobs"]["verify"]["p50_ms"] == 200.0
     assert summary["cpu_s"] == {"simulator": 1.2}
+    assert summary["steps"]["polling"] == 1

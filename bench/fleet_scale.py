@@ -124,6 +124,8 @@ class Plan:
     waves: str = WAVES
     memory_every: float = 30.0
     """Seconds between readings of the hub's memory during the steady window."""
+    verified_timeout: float = 1800.0
+    """Seconds the first verifications after the simulators' takeover may take at most."""
 
 
 # --- processes, /proc ----------------------------------------------------------------------
@@ -509,6 +511,7 @@ PROGRESS = re.compile(
     r"\[sim (?P<clock>[\d:]+)\] (?P<devices>\d+) devices: (?P<states>[^|]*)\| updating (?P<updating>\d+) \| "
     r"(?P<releases>[^|]*)\| committed (?P<committed>\d+) failed (?P<failed>\d+) refused (?P<refused>\d+) \| "
     r"requests (?P<requests>\d+) \((?P<rate>[\d.]+)/s\) errors (?P<errors>\d+)"
+    r"(?: \| cycles: (?P<steps>[^;]*); worker jobs waiting (?P<waiting>\d+) running (?P<running>\d+))?"
 )
 
 
@@ -571,12 +574,15 @@ class Sim:
         if latest is None:
             return {}
         states = {name: int(count) for name, count in re.findall(r"([a-z]+) (\d+)", latest["states"])}
+        steps = {name: int(count) for name, count in re.findall(r"([a-z]+) (\d+)", latest["steps"] or "")}
         return {
             "states": states,
+            "steps": steps,
             "releases": latest["releases"].strip(),
             "committed": int(latest["committed"]),
             "requests": int(latest["requests"]),
             "errors": int(latest["errors"]),
+            "jobs_waiting": int(latest["waiting"] or 0),
         }
 
     def finish(self) -> dict[str, Any]:
@@ -625,12 +631,15 @@ class Sims:
         if not all(parts):
             return {}
         states: Counter[str] = Counter()
+        steps: Counter[str] = Counter()
         for found in parts:
             states.update(found["states"])
+            steps.update(found["steps"])
         return {
             "states": dict(states),
+            "steps": dict(steps),
             "releases": "; ".join(found["releases"] for found in parts),
-            **{key: sum(found[key] for found in parts) for key in ("committed", "requests", "errors")},
+            **{key: sum(found[key] for found in parts) for key in ("committed", "requests", "errors", "jobs_waiting")},
         }
 
     def finish(self) -> dict[str, Any]:
@@ -663,23 +672,34 @@ def wait_online(hub: Hub, sim: Sims, devices: int, timeout: float) -> dict[str, 
     return {"online": online, "seconds": round(seconds, 1), "hub_cpu_s": round(tree_cpu(hub.pid) - cpu, 1)}
 
 
-def wait_verified(hub: Hub, devices: int) -> dict[str, Any]:
-    """Until the first TUF refreshes after enrolling are over (no /tuf/ request for 10 s), at most 2 minutes."""
+def wait_verified(hub: Hub, sim: Sims, devices: int, cap: float) -> dict[str, Any]:
+    """Until the first verifications after the takeover are over, at most `cap` seconds.
+
+    A freshly started simulator holds no ETags, so each device's first answer is a 200 that it
+    verifies in a worker process: until that queue is drained (no job waiting in any simulator)
+    and the hub hears few `/tuf/` requests, the devices are not in their steady cycle.
+    """
     start = time.monotonic()
-    cap = 120.0
 
     def tuf_requests() -> float:
         found = sample(hub, None).requests
         return sum(v for (_, route, _), v in found.items() if route.startswith("/tuf/"))
 
     last = tuf_requests()
+    drained = False
     while time.monotonic() - start < cap:
         time.sleep(10)
         now = tuf_requests()
-        if now - last <= devices / 1000:
+        progress = sim.progress()
+        verifying = progress.get("steps", {}).get("verifying", 0)
+        drained = progress.get("jobs_waiting", 0) == 0 and verifying <= devices / 1000
+        if drained and now - last <= devices / 1000:
             break
+        if int(time.monotonic() - start) % 60 < 10:
+            print(f"    still verifying: {verifying}, jobs waiting {progress.get('jobs_waiting')}", flush=True)
         last = now
-    return {"seconds": round(time.monotonic() - start, 1), "quiet": time.monotonic() - start < cap}
+    seconds = time.monotonic() - start
+    return {"seconds": round(seconds, 1), "quiet": seconds < cap, "drained": drained}
 
 
 # --- observers of a rollout ------------------------------------------------------------------
@@ -1249,7 +1269,7 @@ def run_case(
                 stack.callback(lambda: case.setdefault("sim_summary", sim.finish()))
                 case["enrollment"] = wait_online(hub, sim, devices, timeout=timeout)
                 print(f"  enrolled: {case['enrollment']}", flush=True)
-            case["first_verification"] = wait_verified(hub, devices)
+            case["first_verification"] = wait_verified(hub, sim, devices, plan.verified_timeout)
             print(f"  first TUF refreshes over: {case['first_verification']}", flush=True)
             online = case["enrollment"]["online"]
             targeted = min(sum(shares[: shape.rollout_parts or shape.sims]), online)
@@ -1416,6 +1436,9 @@ def main() -> None:  # one straight-line run
     parser.add_argument("--rollout-parts", type=int, help="roll out to the first this-many simulators' devices")
     parser.add_argument("--waves", default=WAVES, help="the rollouts' waves")
     parser.add_argument("--memory-every", type=float, default=30, help="seconds between readings of the hub's memory")
+    parser.add_argument(
+        "--verified-timeout", type=float, default=1800, help="seconds the takeover's first verifications may take"
+    )
     parser.add_argument("--summarise-profile", type=Path, help="only summarise a py-spy raw file and exit")
     args = parser.parse_args()
     if args.summarise_profile:
@@ -1432,6 +1455,7 @@ def main() -> None:  # one straight-line run
             ceiling=5,
             waves=args.waves,
             memory_every=5,
+            verified_timeout=120,
         )
         if args.quick
         else Plan(
@@ -1442,6 +1466,7 @@ def main() -> None:  # one straight-line run
             ceiling=20,
             waves=args.waves,
             memory_every=args.memory_every,
+            verified_timeout=args.verified_timeout,
         )
     )
     shape = Shape(workers=args.hub_workers, sims=args.sims, rollout_parts=args.rollout_parts)

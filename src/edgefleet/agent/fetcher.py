@@ -35,6 +35,8 @@ from edgefleet.agent.progress import DownloadProgress
 
 CHUNK = 64 * 1024
 RESUMES = 3
+REFUSED_BODY_MAX = 64 * 1024
+"""A refused answer's body is read up to this much, so its connection can carry the next request."""
 MAX_PARTIALS = 8
 """Partial downloads kept at most; the oldest go first."""
 
@@ -122,7 +124,7 @@ class HttpxFetcher(FetcherInterface):
             raise DownloadError(f"cannot fetch {url}: {exc}") from exc
         expected = 206 if offset else 200
         if response.status_code != expected:
-            response.close()
+            _discard(response)
             if offset and response.status_code == 200:
                 raise RangeIgnoredError(f"{url}: the server ignored the range request")
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
@@ -186,3 +188,22 @@ def _total_length(response: httpx.Response, offset: int) -> int | None:
     """The whole file's length as the server states it (None if it does not); only ever shown, never trusted."""
     length = response.headers.get("Content-Length", "")
     return offset + int(length) if length.isdigit() else None
+
+
+def _discard(response: httpx.Response) -> None:
+    """Read a refused answer's body, up to `REFUSED_BODY_MAX`, and close it.
+
+    An answer closed unread takes its connection with it, so the next request pays a new TLS
+    handshake, on the hub too; TUF's refresh ends every time with a 404 (the next root
+    version), so every update check did. A body larger than the bound goes with its connection.
+    """
+    received = 0
+    try:
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > REFUSED_BODY_MAX:
+                break
+    except httpx.HTTPError:
+        pass  # the connection is dropped with the answer; the status is what the caller reports
+    finally:
+        response.close()

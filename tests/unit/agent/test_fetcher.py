@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
 
-from edgefleet.agent.fetcher import HttpxFetcher
+from edgefleet.agent.fetcher import REFUSED_BODY_MAX, HttpxFetcher
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 
@@ -203,3 +203,60 @@ def test_progress_hears_the_end_of_a_download_given_up(server: str) -> None:
     with httpx.Client() as http, pytest.raises(DownloadError, match="connection lost"):
         HttpxFetcher(http, resumes=2, progress=heard).download_bytes(target, len(BODY))
     assert heard.ends == [(target, False)]  # a bar or a log line must not wait for it forever
+
+
+class KeptAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; counts the connections it was asked on."""
+
+    protocol_version = "HTTP/1.1"
+    connections: ClassVar[int] = 0
+    ANSWERS: ClassVar[dict[str, tuple[int, bytes]]] = {
+        "/1.root.json": (200, b'{"signed": {}}'),
+        "/2.root.json": (404, b'{"code": "not_found", "message": "no such version"}'),
+        "/huge": (404, b"x" * (2 * REFUSED_BODY_MAX)),
+    }
+
+    def setup(self) -> None:
+        KeptAlive.connections += 1
+        super().setup()
+
+    def do_GET(self) -> None:
+        status, body = self.ANSWERS.get(self.path, (404, b"{}"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def kept_alive() -> Iterator[str]:
+    KeptAlive.connections = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_refused_answer_leaves_its_connection_for_the_next_request(kept_alive: str) -> None:
+    # A TUF refresh ends with a 404 for the next root version: before the next check (or the next
+    # file) the connection must still be there, not cost a new TLS handshake on both ends.
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http)
+        for _ in range(3):
+            assert fetcher.download_bytes(f"{kept_alive}/1.root.json", 1000) == b'{"signed": {}}'
+            with pytest.raises(DownloadHTTPError):
+                fetcher.download_bytes(f"{kept_alive}/2.root.json", 1000)
+    assert KeptAlive.connections == 1
+
+
+def test_a_refused_answers_large_body_is_not_read_to_its_end(kept_alive: str) -> None:
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http)
+        with pytest.raises(DownloadHTTPError):
+            fetcher.download_bytes(f"{kept_alive}/huge", 1000)
+        assert fetcher.download_bytes(f"{kept_alive}/1.root.json", 1000) == b'{"signed": {}}'
+    assert KeptAlive.connections == 2  # that connection went with the answer

@@ -1,7 +1,7 @@
 """Wake-ups for held device long-polls: per-device subscriptions, woken from any thread.
 
 `Store` wakes devices after a commit on SQLite; on PostgreSQL the listener in `hub.db.listen`
-wakes them for commits of every hub process. `api.longpoll.hold` subscribes *before* it
+wakes them for commits of every hub process. `api.longpoll.settle` subscribes *before* it
 reads a device's answer and waits between reads. A wake sets a flag that stays set until the
 subscription's next `wait` takes it, so a change committed between a read and the wait
 after it is never lost: that wait returns at once and the answer is read again.

@@ -68,7 +68,7 @@ def routes_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise AssertionError("the route answered, not the lane")
 
     with monkeypatch.context() as patch:
-        patch.setattr(device_routes, "longpoll", SimpleNamespace(hold=reached))
+        patch.setattr(device_routes, "longpoll", SimpleNamespace(settle=reached, respond=reached))
         patch.setattr(device_routes, "TwinOut", SimpleNamespace(model_validate=reached))
         yield
 
@@ -128,6 +128,14 @@ def counted(metrics: str, series: str) -> float:
 OTHER_DEVICE = "/api/v1/devices/00000000-0000-4000-8000-000000000000/twin/reported"
 
 
+def raw_report(
+    client: TestClient, fleet: Fleet, device: LocalIdentity, content: Any, content_type: str = "application/json"
+) -> Any:
+    """A report's body sent as given, with this content type."""
+    headers = {**auth(device.token(now=fleet.clock())), "Content-Type": content_type}
+    return client.patch(f"/api/v1/devices/{device.device_id}/twin/reported", headers=headers, content=content)
+
+
 HANDED_ON: dict[str, Request] = {
     "unknown query": lambda c, f, d, _t: c.get(f"{TARGET}?wait=0&x=1", headers=auth(d.token(now=f.clock()))),
     "wait twice": lambda c, f, d, _t: c.get(f"{TARGET}?wait=0&wait=1", headers=auth(d.token(now=f.clock()))),
@@ -159,40 +167,16 @@ HANDED_ON: dict[str, Request] = {
     "operator token": lambda c, f, _d, _t: c.get(TARGET, headers=auth(f.admin)),
     "trailing slash": lambda c, f, d, _t: c.get(TARGET + "/", headers=auth(d.token(now=f.clock()))),
     "HEAD": lambda c, f, d, _t: c.head(TARGET, headers=auth(d.token(now=f.clock()))),
-    "report as text": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "text/plain"},
-        content=b'{"properties": {"site": "a"}}',
+    "report as text": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": "a"}}', "text/plain"),
+    "report with a charset": lambda c, f, d, _t: raw_report(
+        c, f, d, b'{"properties": {"site": "a"}}', "application/json; charset=utf-8"
     ),
-    "report with a charset": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json; charset=utf-8"},
-        content=b'{"properties": {"site": "a"}}',
-    ),
-    "report in chunks": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json"},
-        content=iter([b'{"properties": ', b'{"site": "a"}}']),
-    ),
-    "report not JSON": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json"},
-        content=b'{"properties": {"site": ',
-    ),
-    "report empty": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json"},
-        content=b"",
-    ),
-    "report with NaN": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json"},
-        content=b'{"properties": {"site": NaN}}',
-    ),
-    "report with an unknown field": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported",
-        headers=auth(d.token(now=f.clock())),
-        json={"properties": {"site": "a"}, "extra": 1},
+    "report in chunks": lambda c, f, d, _t: raw_report(c, f, d, iter([b'{"properties": ', b'{"site": "a"}}'])),
+    "report not JSON": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": '),
+    "report empty": lambda c, f, d, _t: raw_report(c, f, d, b""),
+    "report with NaN": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": NaN}}'),
+    "report with an unknown field": lambda c, f, d, _t: raw_report(
+        c, f, d, b'{"properties": {"site": "a"}, "extra": 1}'
     ),
     "report of a list": lambda c, f, d, _t: report(c, f, d, ["site"]),
     "report of too many keys": lambda c, f, d, _t: report(c, f, d, {f"k{i}": None for i in range(65)}),

@@ -49,14 +49,19 @@ class Flaky(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
-    Flaky.requests, Flaky.drops = [], 0  # nothing carried over from the test that ran before
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server with this handler while the generator is open; yields its URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Flaky.requests, Flaky.drops = [], 0  # nothing carried over from the test that ran before
+    yield from serving(Flaky)
 
 
 def test_dropped_download_resumes_with_range(server: str) -> None:
@@ -234,11 +239,7 @@ class KeptAlive(BaseHTTPRequestHandler):
 @pytest.fixture
 def kept_alive() -> Iterator[str]:
     KeptAlive.connections = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    yield from serving(KeptAlive)
 
 
 def test_a_refused_answer_leaves_its_connection_for_the_next_request(kept_alive: str) -> None:

@@ -214,7 +214,7 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
 
 
 async def _send_target(send: Send, answer: TargetState, if_none_match: str | None) -> None:
-    """As the route answers (`longpoll.hold`): 304 with only the ETag if unchanged, else the state and its ETag."""
+    """As the route answers (`longpoll.respond`): 304 with only the ETag if unchanged, else the state and its ETag."""
     tag = longpoll.etag(answer).encode()
     if tag == (if_none_match or "").encode():
         await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag)]})

@@ -38,35 +38,6 @@ def etag(answer: BaseModel) -> str:
     return '"' + hashlib.sha256(answer.model_dump_json().encode()).hexdigest()[:32] + '"'
 
 
-async def hold(
-    response: Response,
-    read: Callable[[], Answer],
-    *,
-    notifier: Notifier,
-    device_id: str,
-    first: Answer | None = None,
-    peek: Callable[[], Answer | None] | None = None,
-    if_none_match: str | None,
-    wait: float,
-    max_seconds: float,
-) -> Answer | Response:
-    """The answer with its ETag, once it differs from `if_none_match`; a bare 304 if it never did.
-
-    `response` carries the ETag header; the other arguments are `settle`'s.
-    """
-    answer = await settle(
-        read,
-        notifier=notifier,
-        device_id=device_id,
-        first=first,
-        peek=peek,
-        if_none_match=if_none_match,
-        wait=wait,
-        max_seconds=max_seconds,
-    )
-    return _answer(response, answer, if_none_match)
-
-
 async def settle(
     read: Callable[[], Answer],
     *,
@@ -115,7 +86,8 @@ async def settle(
     return answer
 
 
-def _answer(response: Response, answer: Answer, if_none_match: str | None) -> Answer | Response:
+def respond(response: Response, answer: Answer, if_none_match: str | None) -> Answer | Response:
+    """The settled answer with its ETag in `response`'s headers; a bare 304 when the device holds it already."""
     tag = etag(answer)
     if tag == if_none_match:
         return Response(status_code=304, headers={"ETag": tag})

@@ -52,8 +52,7 @@ async def device_self(
     def read() -> DeviceIdentity:
         return enrollment.identity_of(hub, devices.reload(hub, caller.device.id))
 
-    return await longpoll.hold(
-        response,
+    answer = await longpoll.settle(
         read,
         notifier=hub.notifier,
         device_id=caller.device.id,
@@ -62,6 +61,7 @@ async def device_self(
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
     )
+    return longpoll.respond(response, answer, if_none_match)
 
 
 @router.get("/device/target", response_model=TargetState, responses=NOT_MODIFIED)
@@ -85,8 +85,7 @@ async def device_target(
     def peek() -> TargetState | None:
         return device_state.cached_target_state(hub, caller.device.id)
 
-    return await longpoll.hold(
-        response,
+    answer = await longpoll.settle(
         read,
         notifier=hub.notifier,
         device_id=caller.device.id,
@@ -95,6 +94,7 @@ async def device_target(
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
     )
+    return longpoll.respond(response, answer, if_none_match)
 
 
 @router.post("/device/certificate", response_model=DeviceIdentity)

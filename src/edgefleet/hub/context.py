@@ -11,6 +11,7 @@ from typing import Any
 from edgefleet.hub.datadir import HubKeys
 from edgefleet.hub.db import Store
 from edgefleet.hub.db.device_path import DevicePathQueries
+from edgefleet.hub.db.listen import DeviceListener
 from edgefleet.hub.devicecache import DeviceCaches, Expiring
 from edgefleet.hub.fleetview import FleetView
 from edgefleet.hub.lastseen import LastSeen
@@ -116,3 +117,17 @@ class Hub:
     def notifier(self) -> Notifier:
         """Wakes this process's held device polls: the store's, fed by its commits or its listener."""
         return self.store.notifier
+
+    def listen(self) -> DeviceListener | None:
+        """On PostgreSQL, start hearing every hub process's committed changes; stop the listener returned.
+
+        Until it hears them, and whenever it stops, this process's caches and fleet view are not
+        used (`DeviceCaches.use_while`): they read the database. Every process that answers
+        from them or runs the scheduler needs one. None on SQLite, where this process is the only one.
+        """
+        listener = self.store.listener()
+        if listener is not None:
+            settings = self.settings
+            self.caches.use_while(lambda: settings.device_cache_seconds > 0 and listener.listening.is_set())
+            listener.start()
+        return listener

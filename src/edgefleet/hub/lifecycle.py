@@ -129,6 +129,9 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
         limit_concurrency=settings.max_concurrent_requests,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
+    # With one worker the app's lifespan starts this process's listener; a supervisor runs no app,
+    # and its scheduler's fleet view would otherwise read every device on every pass.
+    listener = hub.listen() if workers > 1 else None
     scheduler = Scheduler(hub)
     scheduler.start()
     try:
@@ -139,6 +142,8 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
             _supervise(settings, config)
     finally:
         scheduler.stop()
+        if listener is not None:
+            listener.stop()
         hub.store.dispose()
 
 

@@ -52,7 +52,7 @@ def fresh(hub: RunningHub, method: str, path: str, token: str, **kwargs: Any) ->
 
 
 def listeners(hub: RunningHub) -> set[int]:
-    """The backends of the workers' change listeners (one per worker)."""
+    """The backends of the hub's change listeners: one per worker, and the supervisor's for its scheduler."""
     assert hub.database_url is not None
     with psycopg.connect(hub.database_url, autocommit=True) as conn:
         rows = conn.execute(
@@ -92,7 +92,8 @@ def requests_counted(hub: RunningHub, route: str) -> float:
 
 
 def test_each_worker_listens_and_metrics_add_up_over_all_of_them(workers: RunningHub) -> None:
-    wait_for(lambda: len(listeners(workers)) == WORKERS, f"{WORKERS} listeners", timeout=30)
+    # The supervisor listens too: without it, its scheduler's fleet view read every device on every pass.
+    wait_for(lambda: len(listeners(workers)) == WORKERS + 1, f"{WORKERS + 1} listeners", timeout=30)
     before = requests_counted(workers, "/healthz")
     for _ in range(20):
         assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
@@ -170,7 +171,7 @@ def test_a_killed_worker_is_replaced_and_the_hub_keeps_answering(workers: Runnin
     wait_for(
         lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), "a new worker", timeout=30
     )
-    wait_for(lambda: len(listeners(workers)) == WORKERS, "its listener", timeout=30)
+    wait_for(lambda: len(listeners(workers)) == WORKERS + 1, "its listener", timeout=30)
 
 
 def test_sqlite_says_it_serves_one_process(tmp_path: Path) -> None:

@@ -94,11 +94,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     used only while it listens (`DeviceCaches.use_while`).
     """
     hub: Hub = app.state.hub
-    listener = hub.store.listener()
+    listener = hub.listen()
     app.state.listener = listener
-    if listener is not None:
-        hub.caches.use_while(lambda: hub.settings.device_cache_seconds > 0 and listener.listening.is_set())
-        listener.start()
     writer = asyncio.create_task(_write_last_seen(hub), name="edgefleet-last-seen")
     try:
         yield

@@ -336,6 +336,11 @@ class SharedStatus:
     status: Status
 
 
+def _shared(hub: Hub, deployment_id: str) -> SharedStatus | None:
+    held: SharedStatus | None = hub.statuses.get(deployment_id)
+    return held
+
+
 def status(hub: Hub, operator: Operator, key: str, *, max_age: float = 0.0) -> Status:
     """Per wave: pending, downloading, updated, failed and offline devices (viewer).
 
@@ -353,11 +358,12 @@ def status(hub: Hub, operator: Operator, key: str, *, max_age: float = 0.0) -> S
     authorize(operator, "viewer", action="deployment.status")
     with hub.store.transaction(readonly=True) as tx:
         deployment = _find(tx, key)
-    held: SharedStatus | None = hub.statuses.get(deployment.id)
+    held = _shared(hub, deployment.id)
     if held is not None and held.status.deployment == deployment and time.monotonic() - held.computed_at <= max_age:
         return held.status
     ticket = hub.statuses.ticket()
     fleet = hub.fleet.refresh(hub.store)
+    held = _shared(hub, deployment.id)  # again: a pass may have dropped it meanwhile
     if held is not None and held.generation == fleet.generation and held.status.deployment == deployment:
         return held.status
     computed_at = time.monotonic()

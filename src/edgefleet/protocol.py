@@ -48,6 +48,8 @@ MAX_REPORTED_BYTES = 16 * 1024
 MAX_EVENTS_PER_BATCH = 100
 MAX_EVENTS_BODY_BYTES = 2 * 1024 * 1024
 """Default bound on one serialized `DeviceEvents` batch (the hub's `max_events_bytes`)."""
+MAX_STATUS_AGE_SECONDS = 60.0
+"""The most a live view may give as `max_age` when it asks for a deployment's status."""
 MAX_SEQ = 2**63 - 1
 MAX_RETRY = 2**31 - 1
 RetryGeneration = Annotated[int, Field(ge=0, le=MAX_RETRY)]

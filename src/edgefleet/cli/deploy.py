@@ -27,12 +27,11 @@ from edgefleet.cli.common import (
     print_table,
 )
 from edgefleet.cli.fleets import say
+from edgefleet.protocol import MAX_STATUS_AGE_SECONDS
 
 app = typer.Typer(help="Deployments: a release for the devices a tag selector targets, rolled out in waves.")
 MAX_FILE_BYTES = 1024 * 1024
 FINISHED = ("completed", "aborted", "rolled-back")
-MAX_STATUS_AGE = 60.0
-"""The most the hub's status endpoint takes as `max_age`."""
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FILE_KEYS = {"name", "release", "target", "priority", "waves", "bake", "wave_timeout", "max_failure", "on_failure"}
 
@@ -302,7 +301,7 @@ def status(
         out.print(_status_table(result))
         return
     # A live view: the hub may answer with a status it computed for another viewer since the last refresh.
-    live_params = {"max_age": min(interval, MAX_STATUS_AGE)}
+    live_params = {"max_age": min(interval, MAX_STATUS_AGE_SECONDS)}
     with Live(_status_table(result), console=out, auto_refresh=False) as live:
         while result["deployment"]["state"] not in FINISHED:
             time.sleep(interval)

@@ -182,7 +182,7 @@ def test_an_offline_device_sends_nothing(tmp_path: Path) -> None:
     assert device.outbox.report() is not None
 
 
-def test_the_summaries_can_tell_where_each_devices_cycle_is(tmp_path: Path) -> None:
+def test_the_summaries_can_tell_where_each_devices_cycle_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     device, link, pool = make_device(tmp_path, Verified(plan=plan(), environment={}, candidates=(candidate(tmp_path),)))
     seen: list[str | None] = []
     poll, verify, events = link.target_state, pool.run, link.events
@@ -199,7 +199,9 @@ def test_the_summaries_can_tell_where_each_devices_cycle_is(tmp_path: Path) -> N
         seen.append(device.view().step)
         return await events(*args, **kwargs)
 
-    link.target_state, pool.run, link.events = polled, verified, delivered  # type: ignore[method-assign]
+    monkeypatch.setattr(link, "target_state", polled)
+    monkeypatch.setattr(pool, "run", verified)
+    monkeypatch.setattr(link, "events", delivered)
     asyncio.run(device.cycle())
     assert seen == ["polling", "verifying", "reporting"]
     assert device.view().step is None

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.answers import hub_error_response
+from edgefleet.hub.api.routes import device as routes
 from edgefleet.hub.api.schemas import TwinOut
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubError
@@ -35,15 +36,11 @@ from edgefleet.hub.services import device_state, devices
 from edgefleet.hub.services.operators import API_TOKEN_PREFIX
 from edgefleet.protocol import API_PREFIX, ReportedProperties, TargetState
 
-TARGET_PATH = f"{API_PREFIX}/device/target"
-REPORTED_TEMPLATE = f"{API_PREFIX}/devices/{{device_id}}/twin/reported"
-_REPORTED = re.compile("^" + re.escape(f"{API_PREFIX}/devices/") + r"([0-9a-f-]{36})/twin/reported$")
+TARGET_PATH = API_PREFIX + routes.TARGET
+REPORTED_TEMPLATE = API_PREFIX + routes.REPORTED
+_REPORTED = re.compile("^" + re.escape(REPORTED_TEMPLATE).replace(re.escape("{device_id}"), "([0-9a-f-]{36})") + "$")
 _WAIT = re.compile(rb"^wait=([0-9]{1,4}(?:\.[0-9]{1,6})?)$")
 """The one query the lane takes: `wait` as a plain decimal; the route parses every other spelling."""
-_MAX_WAIT = 3600.0
-"""As the route's `Wait` (le=3600); above it the route answers 422."""
-_MAX_ETAG = 128
-"""As the route's `IfNoneMatch` (max_length=128)."""
 _JSON = b"application/json"
 
 
@@ -73,10 +70,10 @@ class DeviceFastLane:
         headers = _headers(scope, b"authorization", b"if-none-match")
         if wait is None or headers is None:
             return False
-        tag = headers.get(b"if-none-match")
-        if_none_match = None if tag is None else tag.decode("latin-1")
+        held = headers.get(b"if-none-match")
+        if_none_match = None if held is None else held.decode("latin-1")
         secret = _bearer(headers.get(b"authorization"))
-        if secret is None or (if_none_match is not None and len(if_none_match) > _MAX_ETAG):
+        if secret is None or (if_none_match is not None and len(if_none_match) > longpoll.MAX_ETAG_LENGTH):
             return False
         hub = self.hub
         caller = _admitted(hub, secret)
@@ -88,7 +85,7 @@ class DeviceFastLane:
             return False
         scope["route"] = _TARGET_ROUTE
         try:
-            answer = await longpoll.settle(
+            answer, tag = await longpoll.settle(
                 lambda: device_state.target_state(hub, device_id),
                 notifier=hub.notifier,
                 device_id=device_id,
@@ -101,7 +98,7 @@ class DeviceFastLane:
         except HubError as exc:
             await hub_error_response(exc)(scope, receive, send)
             return True
-        await _send_target(send, answer, if_none_match)
+        await _send_target(send, answer, tag, if_none_match)
         return True
 
     async def _report(self, scope: Scope, receive: Receive, send: Send, device_id: str) -> Receive | None:
@@ -148,7 +145,7 @@ def _wait(query: bytes) -> float | None:
     if match is None:
         return None
     wait = float(match.group(1))
-    return wait if wait <= _MAX_WAIT else None
+    return wait if wait <= longpoll.MAX_WAIT_SECONDS else None
 
 
 def _headers(scope: Scope, *names: bytes) -> dict[bytes, bytes] | None:
@@ -213,14 +210,14 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _send_target(send: Send, answer: TargetState, if_none_match: str | None) -> None:
+async def _send_target(send: Send, answer: TargetState, tag: str, if_none_match: str | None) -> None:
     """As the route answers (`longpoll.respond`): 304 with only the ETag if unchanged, else the state and its ETag."""
-    tag = longpoll.etag(answer).encode()
-    if tag == (if_none_match or "").encode():
-        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag)]})
+    header = (b"etag", tag.encode())
+    if tag == if_none_match:
+        await send({"type": "http.response.start", "status": 304, "headers": [header]})
         await send({"type": "http.response.body", "body": b""})
         return
-    await _send_json(send, 200, answer.model_dump_json(by_alias=True).encode(), (b"etag", tag))
+    await _send_json(send, 200, answer.model_dump_json(by_alias=True).encode(), header)
 
 
 async def _send_json(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:

@@ -24,8 +24,12 @@ from edgefleet.hub.notify import Notifier
 FALLBACK_SECONDS = 30.0
 """How often a held request reads its answer again without being woken."""
 
-Wait = Annotated[float, Query(ge=0, le=3600, description="Long-poll: seconds to wait for a change")]
-IfNoneMatch = Annotated[str | None, Header(max_length=128)]
+MAX_WAIT_SECONDS = 3600
+"""The most a device may ask to wait (the hub then caps it at `long_poll_max_seconds`)."""
+MAX_ETAG_LENGTH = 128
+"""The longest If-None-Match taken; ours are 34 characters."""
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long-poll: seconds to wait for a change")]
+IfNoneMatch = Annotated[str | None, Header(max_length=MAX_ETAG_LENGTH)]
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Unchanged during the whole wait (If-None-Match matched); no body"}
 }
@@ -48,8 +52,8 @@ async def settle(
     if_none_match: str | None,
     wait: float,
     max_seconds: float,
-) -> Answer:
-    """The answer once it differs from `if_none_match`, or as it is when the wait ends.
+) -> tuple[Answer, str]:
+    """The answer and its ETag, once it differs from `if_none_match`, or as it is when the wait ends.
 
     Args:
         read: reads the answer (blocking; run in the thread pool). Whatever it raises (e.g.
@@ -65,30 +69,32 @@ async def settle(
         wait: how long the device is willing to wait (seconds).
         max_seconds: the hub's cap on `wait`.
     """
-    if first is not None and etag(first) != if_none_match:
-        return first
 
-    async def fetch() -> Answer:
+    async def fetch() -> tuple[Answer, str]:
         held = peek() if peek is not None else None
-        return held if held is not None else await run_in_threadpool(read)
+        answer = held if held is not None else await run_in_threadpool(read)
+        return answer, etag(answer)
 
     duration = min(wait, max_seconds)
-    if if_none_match is None or duration <= 0:
-        return first if first is not None else await fetch()
+    if first is not None:
+        tag = etag(first)
+        if tag != if_none_match or duration <= 0:
+            return first, tag
+    elif if_none_match is None or duration <= 0:
+        return await fetch()
     deadline = time.monotonic() + duration
     with notifier.subscribe(device_id) as changes:
         # Subscribed before this read: a change committed after it wakes the wait below.
-        answer = await fetch()
-        while etag(answer) == if_none_match and (remaining := deadline - time.monotonic()) > 0:
+        answer, tag = await fetch()
+        while tag == if_none_match and (remaining := deadline - time.monotonic()) > 0:
             woken = await changes.wait(min(FALLBACK_SECONDS, remaining))
             if woken or remaining > FALLBACK_SECONDS:
-                answer = await fetch()
-    return answer
+                answer, tag = await fetch()
+    return answer, tag
 
 
-def respond(response: Response, answer: Answer, if_none_match: str | None) -> Answer | Response:
-    """The settled answer with its ETag in `response`'s headers; a bare 304 when the device holds it already."""
-    tag = etag(answer)
+def respond(response: Response, answer: Answer, tag: str, if_none_match: str | None) -> Answer | Response:
+    """The settled answer with its ETag `tag` in `response`'s headers; a bare 304 when the device holds it already."""
     if tag == if_none_match:
         return Response(status_code=304, headers={"ETag": tag})
     response.headers["ETag"] = tag

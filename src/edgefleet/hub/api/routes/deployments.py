@@ -23,7 +23,7 @@ from edgefleet.hub.api.schemas import (
 )
 from edgefleet.hub.records import Deployment
 from edgefleet.hub.services import deployments
-from edgefleet.protocol import AppName
+from edgefleet.protocol import MAX_STATUS_AGE_SECONDS, AppName
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
 DeploymentKey = Annotated[str, Path(min_length=1, max_length=63, description="Deployment id or name")]
@@ -78,7 +78,7 @@ MaxAge = Annotated[
     float,
     Query(
         ge=0,
-        le=60,
+        le=MAX_STATUS_AGE_SECONDS,
         description="A live view's refresh: a status computed for any viewer at most this many seconds ago"
         " (and 1 s at most) will do; 0 (the default): as of now",
     ),

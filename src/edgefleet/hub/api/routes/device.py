@@ -26,6 +26,9 @@ from edgefleet.protocol import (
 )
 
 router = APIRouter(tags=["device"], responses=ERRORS)
+TARGET = "/device/target"
+REPORTED = "/devices/{device_id}/twin/reported"
+"""The two routes `api.fastlane` answers itself when the caches hold what they need."""
 DevicePath = Annotated[DeviceId, Path(description="Device UUID")]
 
 
@@ -52,7 +55,7 @@ async def device_self(
     def read() -> DeviceIdentity:
         return enrollment.identity_of(hub, devices.reload(hub, caller.device.id))
 
-    answer = await longpoll.settle(
+    answer, tag = await longpoll.settle(
         read,
         notifier=hub.notifier,
         device_id=caller.device.id,
@@ -61,10 +64,10 @@ async def device_self(
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
     )
-    return longpoll.respond(response, answer, if_none_match)
+    return longpoll.respond(response, answer, tag, if_none_match)
 
 
-@router.get("/device/target", response_model=TargetState, responses=NOT_MODIFIED)
+@router.get(TARGET, response_model=TargetState, responses=NOT_MODIFIED)
 async def device_target(
     hub: HubDep,
     caller: DeviceDep,
@@ -85,7 +88,7 @@ async def device_target(
     def peek() -> TargetState | None:
         return device_state.cached_target_state(hub, caller.device.id)
 
-    answer = await longpoll.settle(
+    answer, tag = await longpoll.settle(
         read,
         notifier=hub.notifier,
         device_id=caller.device.id,
@@ -94,7 +97,7 @@ async def device_target(
         wait=wait,
         max_seconds=hub.settings.long_poll_max_seconds,
     )
-    return longpoll.respond(response, answer, if_none_match)
+    return longpoll.respond(response, answer, tag, if_none_match)
 
 
 @router.post("/device/certificate", response_model=DeviceIdentity)
@@ -120,7 +123,7 @@ def get_twin(hub: HubDep, caller: CallerDep, device_id: DevicePath) -> TwinOut:
     return TwinOut.model_validate(devices.twin(hub, caller, device_id))
 
 
-@router.patch("/devices/{device_id}/twin/reported", response_model=TwinOut)
+@router.patch(REPORTED, response_model=TwinOut)
 async def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, body: ReportedProperties) -> TwinOut:
     """Merge the device's reported properties; only the device itself may write them.
 

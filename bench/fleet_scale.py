@@ -982,13 +982,15 @@ def projection(devices: int, s: dict[str, Any], r: dict[str, Any] | None) -> dic
 class Profile:
     """py-spy (when installed) sampling the hub without pausing it, from `start` until `finish` (SIGINT).
 
-    Only the thread holding the GIL is sampled (`--gil`): the hub is bound by one core's worth of
-    Python, so that is where its CPU goes (C code that releases the GIL, TLS and libpq, is not shown).
+    With `gil` (the default) only the thread holding the GIL is sampled (`--gil`): the hub is bound by one
+    core's worth of Python, so that is where its CPU goes (C code that releases the GIL, TLS and libpq, is
+    not shown).
     """
 
-    def __init__(self, hub: Hub, out: Path) -> None:
+    def __init__(self, hub: Hub, out: Path, *, rate: int = 50, gil: bool = True) -> None:
         self.spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.hub = hub
+        self.rate, self.gil = rate, gil
         self.raw = out.with_suffix(".txt")
         self.log = out.with_suffix(".log")
         self.process: subprocess.Popen[bytes] | None = None
@@ -1003,9 +1005,8 @@ class Profile:
                     "record",
                     "--pid",
                     str(self.hub.pid),
-                    "--rate",
-                    "50",
-                    "--gil",
+                    *("--rate", str(self.rate)),
+                    *(["--gil"] if self.gil else []),
                     "--format",
                     "raw",
                     "--nonblocking",

@@ -27,6 +27,10 @@ STATUS_ENTRIES = 1000
 REPOSITORY_FILES = 64
 """Versioned image-repository files kept per process (each at most `metadata.KEPT_FILE_BYTES`: 64 MiB in all)."""
 REPOSITORY_FILE_SECONDS = 3600.0
+DIRECTOR_FILES = 3072
+"""Devices' versioned director files kept per process (each at most `director.KEPT_FILE_BYTES`: 48 MiB in all)."""
+DIRECTOR_FILE_SECONDS = 120.0
+"""Long enough for the requests of one update: the timestamp is signed or read, its snapshot and targets follow."""
 
 
 def utc_now() -> datetime:
@@ -79,6 +83,8 @@ class Hub:
     """The accepted fleet as the rollout scheduler sees it (see `hub.fleetview`)."""
     repository_files: Expiring[bytes] = field(init=False)
     """The image repository's versioned files (they never change), per process."""
+    director_files: Expiring[bytes] = field(init=False)
+    """Devices' versioned director files (they never change), per process, for the requests of an update."""
     statuses: Expiring[Any] = field(init=False)
     """Deployment id -> its status (`deployments.SharedStatus`), shared for `STATUS_SECONDS` by every viewer."""
 
@@ -102,6 +108,7 @@ class Hub:
         object.__setattr__(self, "statuses", Expiring(capacity=STATUS_ENTRIES, ttl=STATUS_SECONDS))
         files = Expiring[bytes](capacity=REPOSITORY_FILES, ttl=REPOSITORY_FILE_SECONDS)
         object.__setattr__(self, "repository_files", files)
+        object.__setattr__(self, "director_files", Expiring[bytes](capacity=DIRECTOR_FILES, ttl=DIRECTOR_FILE_SECONDS))
         object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
 
     def flush_last_seen(self) -> int:

@@ -49,6 +49,8 @@ class Expiring(Generic[Value]):
         """Per key, the generation of its latest invalidation (bounded like the entries)."""
         self._floor = 0
         """Reads that began before this generation are not stored (a clear, or a forgotten drop)."""
+        self._changed: OrderedDict[str, None] = OrderedDict()
+        """Keys invalidated and not stored since (bounded like the entries): a change of them is known."""
 
     def ticket(self) -> int:
         """Take before reading what will be `put`."""
@@ -75,8 +77,18 @@ class Expiring(Generic[Value]):
                 return
             self._entries[key] = (self._clock(), value)
             self._entries.move_to_end(key)
+            self._changed.pop(key, None)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
+
+    def changed(self, key: str) -> bool:
+        """Whether `key` was invalidated and not stored since: a change of it is known.
+
+        False when nothing is known: no invalidation of it among the latest `capacity`, or a
+        `clear` since. A hint for work that may be skipped, never a reason to trust a value.
+        """
+        with self._lock:
+            return key in self._changed
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop these keys; reads of them under way are not stored."""
@@ -86,9 +98,13 @@ class Expiring(Generic[Value]):
                 self._entries.pop(key, None)
                 self._dropped[key] = self._generation
                 self._dropped.move_to_end(key)
+                self._changed[key] = None
+                self._changed.move_to_end(key)
             while len(self._dropped) > self._capacity:
                 _, generation = self._dropped.popitem(last=False)
                 self._floor = max(self._floor, generation)
+            while len(self._changed) > self._capacity:
+                self._changed.popitem(last=False)
 
     def clear(self) -> None:
         """Drop everything; no read under way is stored."""
@@ -97,6 +113,7 @@ class Expiring(Generic[Value]):
             self._floor = self._generation
             self._entries.clear()
             self._dropped.clear()
+            self._changed.clear()
 
     def __len__(self) -> int:
         with self._lock:

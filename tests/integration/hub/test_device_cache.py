@@ -257,6 +257,44 @@ def test_current_director_metadata_are_not_checked_again_until_the_device_change
 
 
 @postgres_only
+def test_an_update_checks_the_director_metadata_once_and_reads_its_versioned_files_from_memory(
+    fleet: Fleet, other: Fleet, publisher: Publisher
+) -> None:
+    device = fleet.enroll()
+    assert assign(fleet, device.device_id, "sensor@1.0.0").status_code == 200
+    first = director_targets(fleet, device)
+    other.hub.store.notifier.forget(None)
+    with other.hub.store.transaction() as tx:  # another process changes what the device is told
+        tx.delete_assignment(device.device_id, "sensor")
+    within(
+        PROPAGATION_SECONDS,
+        lambda: fleet.hub.caches.directors.changed(device.device_id),
+    )
+    statements = statements_of(fleet.hub)
+    stamp = fleet.device_call(device, "GET", "/tuf/director/timestamp.json")
+    assert stamp.status_code == 200
+    checks = [s for s in statements if "FROM assignments" in s]
+    assert len(checks) == 1, checks  # checked once, in the transaction that re-signed (no read-only check first)
+    snapshot_version = stamp.json()["signed"]["meta"]["snapshot.json"]["version"]
+    statements.clear()
+    snapshot = fleet.device_call(device, "GET", f"/tuf/director/{snapshot_version}.snapshot.json")
+    targets_version = snapshot.json()["signed"]["meta"]["targets.json"]["version"]
+    targets = fleet.device_call(device, "GET", f"/tuf/director/{targets_version}.targets.json")
+    assert (snapshot.status_code, targets.status_code) == (200, 200)
+    assert targets.json()["signed"]["version"] == first["version"] + 1
+    assert targets.json()["signed"]["targets"] == {}
+    assert not [s for s in statements if "director_metadata" in s], statements  # both from this process's memory
+    # What memory answered is what is stored.
+    with fleet.hub.store.transaction(readonly=True) as tx:
+        assert tx.get_director(device.device_id, "targets", targets_version) == targets.text
+
+    # The other process, which signed none of them, reads them from the database and answers the same.
+    assert other.device_call(device, "GET", f"/tuf/director/{targets_version}.targets.json").text == targets.text
+    missing = fleet.device_call(device, "GET", f"/tuf/director/{targets_version + 1}.targets.json")
+    assert missing.status_code == 404
+
+
+@postgres_only
 def test_director_metadata_remembered_as_current_are_re_signed_when_they_go_stale(
     fleet: Fleet, publisher: Publisher
 ) -> None:

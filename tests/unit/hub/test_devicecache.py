@@ -57,6 +57,21 @@ def test_a_read_overtaken_by_an_invalidation_is_not_stored() -> None:
     assert held.get("d") == "fresh"
 
 
+def test_a_change_is_known_until_the_key_is_stored_again() -> None:
+    held, _ = cache(capacity=2)
+    assert not held.changed("d")  # never held, never invalidated: nothing known
+    held.put("d", "v", held.ticket())
+    assert not held.changed("d")
+    held.invalidate(["d"])
+    assert held.changed("d")
+    held.put("d", "w", held.ticket())
+    assert not held.changed("d")
+    held.invalidate(["d", "e", "f"])  # bounded: the oldest knowledge goes first
+    assert (held.changed("d"), held.changed("e"), held.changed("f")) == (False, True, True)
+    held.clear()
+    assert not held.changed("e")
+
+
 def test_a_clear_stops_every_read_under_way() -> None:
     held, _ = cache()
     ticket = held.ticket()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DirectorMetadataRow
@@ -16,11 +16,10 @@ class DirectorQueries(TxBase):
     """Mixed into `Tx`."""
 
     def latest_director(self, device_id: str, role: str) -> tuple[int, str] | None:
-        query = select(DirectorMetadataRow).where(
-            DirectorMetadataRow.device_id == device_id, DirectorMetadataRow.role == role
-        )
-        row = self._s.scalar(query.order_by(DirectorMetadataRow.version.desc()).limit(1))
-        return None if row is None else (row.version, row.body)
+        row = DirectorMetadataRow
+        query = select(row.version, row.body).where(row.device_id == device_id, row.role == role)
+        found = self._s.execute(query.order_by(row.version.desc()).limit(1)).first()
+        return None if found is None else (found[0], found[1])
 
     def latest_directors(self, device_id: str) -> dict[str, tuple[int, str]]:
         """Role -> (version, body) of the device's newest director metadata of each role, in one statement."""
@@ -39,17 +38,26 @@ class DirectorQueries(TxBase):
         return {r[0]: (r[1], r[2]) for r in self._s.execute(query)}
 
     def get_director(self, device_id: str, role: str, version: int) -> str | None:
-        row = self._s.get(DirectorMetadataRow, (device_id, role, version))
-        return None if row is None else row.body
+        row = DirectorMetadataRow
+        query = select(row.body).where(row.device_id == device_id, row.role == role, row.version == version)
+        body: str | None = self._s.scalar(query)
+        return body
 
-    def insert_director(self, device_id: str, role: str, version: int, body: str, *, now: datetime) -> None:
-        """Store a new version and drop all but the newest few (devices only ever fetch the newest)."""
-        self._s.add(DirectorMetadataRow(device_id=device_id, role=role, version=version, body=body, created_at=now))
+    def insert_directors(self, device_id: str, signed: dict[str, tuple[int, str]], *, now: datetime) -> None:
+        """Store new versions (role -> (version, body)); drop all but the newest few of those roles (two statements).
+
+        Devices only ever fetch the newest.
+        """
+        row = DirectorMetadataRow
         self._s.execute(
-            delete(DirectorMetadataRow).where(
-                DirectorMetadataRow.device_id == device_id,
-                DirectorMetadataRow.role == role,
-                DirectorMetadataRow.version <= version - DIRECTOR_VERSIONS_KEPT,
-            )
+            insert(row),
+            [
+                {"device_id": device_id, "role": role, "version": version, "body": body, "created_at": now}
+                for role, (version, body) in signed.items()
+            ],
         )
-        self._s.flush()
+        old = [
+            and_(row.role == role, row.version <= version - DIRECTOR_VERSIONS_KEPT)
+            for role, (version, _) in signed.items()
+        ]
+        self._s.execute(delete(row).where(row.device_id == device_id, or_(*old)))

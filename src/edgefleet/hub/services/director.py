@@ -43,6 +43,10 @@ DEVICE_ROLES = ("targets", "snapshot", "timestamp")
 MAX_APPS = 64
 """Apps assigned to one device (what the target-state poll may list)."""
 ROTATION_ACTOR = "system:hub"
+KEPT_FILE_BYTES = 16 * 1024
+"""A device's director files up to this size are kept in memory per process (`Hub.director_files`)."""
+Files = dict[str, tuple[int, str]]
+"""Role -> (version, body) of a device's director metadata."""
 
 
 def _accepted_device(tx: Tx, device_id: str) -> Device:
@@ -274,32 +278,35 @@ def settle_root(hub: Hub) -> None:
             _sign_root(hub, tx, hub.clock())
 
 
-def _fresh_until(hub: Hub, tx: Tx, device: Device) -> Currency | None:
-    """Until when the device's director metadata state its assignments and need no re-signing (None: now)."""
+def _fresh_until(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple[Currency | None, Files]:
+    """Until when the device's director metadata state `wanted` (`_wanted`) and need no re-signing (None: now).
+
+    Also returns the newest files it read (role -> (version, body)).
+    """
     now, settings = hub.clock(), hub.settings
     root = tx.latest_metadata(ROOT_ROLE)
     root_until = _root_fresh_until(hub, root, now)
     if root is None or root_until is None:
-        return None
+        return None, {}
     latest = tx.latest_directors(device.id)
     if any(role not in latest for role in DEVICE_ROLES):
-        return None
+        return None, latest
     # Signed by this hub: read as JSON (once each), not as TUF objects.
     targets, stamp = json.loads(latest["targets"][1]), json.loads(latest["timestamp"][1])
-    wanted = {entry.path: entry.to_dict() for entry in _wanted(tx, device)}
-    if signing.director_content_of(targets["signed"]) != {"targets": wanted, DEVICE_FIELD: device.id}:
-        return None
+    stated = {entry.path: entry.to_dict() for entry in wanted}
+    if signing.director_content_of(targets["signed"]) != {"targets": stated, DEVICE_FIELD: device.id}:
+        return None, latest
     keyid = _director_keyid(hub)
     # _resign signs all three together: targets and timestamp tell for the snapshot too.
     if not all([s.get("keyid") for s in doc["signatures"]] == [keyid] for doc in (targets, stamp)):
-        return None
+        return None, latest
     until = _until(
         root_until,
         (signing.parse_expires(targets["signed"]["expires"]), settings.director_lifetime),
         (signing.parse_expires(stamp["signed"]["expires"]), settings.timestamp_lifetime),
         now=now,
     )
-    return None if until is None else Currency(until, root[0])
+    return (None if until is None else Currency(until, root[0])), latest
 
 
 def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datetime) -> datetime | None:
@@ -309,10 +316,11 @@ def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datet
     return min(root_until, *(expires - lifetime / 2 for expires, lifetime in signed))
 
 
-def _resign(hub: Hub, tx: Tx, device: Device) -> Currency | None:
-    """Sign whatever is missing or stale: root (shared), then this device's targets, snapshot, timestamp.
+def _resign(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple[Currency | None, Files]:
+    """Sign what is missing or stale: root (shared), then the device's targets (stating `wanted`), snapshot, timestamp.
 
-    Returns until when what it signed is current (as `_fresh_until` would read it back).
+    Returns until when what it signed is current (as `_fresh_until` would read it back), and
+    the files it signed (role -> (version, body)).
     """
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
@@ -324,7 +332,7 @@ def _resign(hub: Hub, tx: Tx, device: Device) -> Currency | None:
     latest = tx.latest_directors(device.id)
     targets = signing.director_targets(
         device.id,
-        _wanted(tx, device),
+        wanted,
         version=signing.next_version(latest.get("targets")),
         now=now,
         lifetime=settings.director_lifetime,
@@ -344,18 +352,20 @@ def _resign(hub: Hub, tx: Tx, device: Device) -> Currency | None:
         lifetime=settings.timestamp_lifetime,
         signer=signer,
     )
-    for role, stored in (("targets", targets), ("snapshot", snap), ("timestamp", stamp)):
-        tx.insert_director(device.id, role, stored.version, stored.body, now=now)
+    signed = {
+        role: (stored.version, stored.body) for role, stored in zip(DEVICE_ROLES, (targets, snap, stamp), strict=True)
+    }
+    tx.insert_directors(device.id, signed, now=now)
     until = _until(
         root_until,
         (targets.expires, settings.director_lifetime),
         (stamp.expires, settings.timestamp_lifetime),
         now=now,
     )
-    return None if until is None else Currency(until, root_version)
+    return (None if until is None else Currency(until, root_version)), signed
 
 
-def refresh(hub: Hub, device: Device) -> None:
+def refresh(hub: Hub, device: Device) -> Files:
     """Make the device's director metadata state its current assignments, re-signing when stale.
 
     This process remembers until when a device's metadata are current, and under which
@@ -363,7 +373,11 @@ def refresh(hub: Hub, device: Device) -> None:
     answers when any hub process changes what it is told (its assignments, environment or
     record). While remembered, a check is one look at the root's version (a root signed by
     another process, e.g. after a key rotation, is announced to nobody): a device fetching
-    its metadata during an update is not checked in full again on each file.
+    its metadata during an update is not checked in full again on each file. When the
+    device is known to have changed since, the check is made once, in the transaction that
+    re-signs if it must (a check outside it first would almost always find them stale).
+
+    Returns the newest files (role -> (version, body)) when it read or signed them, else {}.
     """
     caches = hub.caches
     usable = caches.usable
@@ -372,18 +386,37 @@ def refresh(hub: Hub, device: Device) -> None:
         if held is not None and hub.clock() < held.until:
             with hub.store.transaction(readonly=True) as tx:
                 if tx.latest_metadata_version(ROOT_ROLE) == held.root_version:
-                    return
+                    return {}
     ticket = caches.directors.ticket()
-    with hub.store.transaction(readonly=True) as tx:
-        current = _fresh_until(hub, tx, device)
+    current: Currency | None = None
+    files: Files = {}
+    if not (usable and caches.directors.changed(device.id)):
+        with hub.store.transaction(readonly=True) as tx:
+            current, files = _fresh_until(hub, tx, device, _wanted(tx, device))
     if current is None:
         with hub.store.transaction() as tx:
             tx.lock_repository()
-            current = _fresh_until(hub, tx, device)
+            wanted = _wanted(tx, device)
+            current, files = _fresh_until(hub, tx, device, wanted)
             if current is None:
-                current = _resign(hub, tx, device)
+                current, files = _resign(hub, tx, device, wanted)
+    _keep_files(hub, device.id, files)
     if usable and current is not None:
         caches.directors.put(device.id, current, ticket)
+    return files
+
+
+def _file_key(device_id: str, role: str, version: int) -> str:
+    return f"{device_id}/{role}/{version}"
+
+
+def _keep_files(hub: Hub, device_id: str, files: Files) -> None:
+    """Keep a device's versioned files (they never change) for the requests of its update that follow."""
+    ticket = hub.director_files.ticket()
+    for role, (version, body) in files.items():
+        raw = body.encode()
+        if len(raw) <= KEPT_FILE_BYTES:
+            hub.director_files.put(_file_key(device_id, role, version), raw, ticket)
 
 
 def read(hub: Hub, device: Device, name: str) -> bytes:
@@ -394,21 +427,35 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
     role, version = match["role"], match["version"]
     if role == "timestamp" and version is not None:
         raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
-    if version is None:
-        refresh(hub, device)  # versioned files never change: only the unversioned ones need to be current
-    with hub.store.transaction(readonly=True) as tx:
-        if role == "root":
-            row = tx.latest_metadata(ROOT_ROLE)
-            body = (row[1] if row else None) if version is None else tx.get_metadata(ROOT_ROLE, int(version))
-        elif version is None:
-            latest = tx.latest_director(device.id, role)
-            body = None if latest is None else latest[1]
-        else:
-            body = tx.get_director(device.id, role, int(version))
+    body: bytes | None = None
+    if role != "root" and version is not None:
+        body = hub.director_files.get(_file_key(device.id, role, int(version)))
+    elif version is None and role != "root":
+        # versioned files never change: only the unversioned ones need to be current
+        newest = refresh(hub, device).get(role)
+        body = None if newest is None else newest[1].encode()
+    elif version is None:
+        refresh(hub, device)
+    if body is None:
+        body = _stored(hub, device, role, None if version is None else int(version))
     if body is None:
         raise NotFoundError("metadata_not_found", f"no {name} for this device")
     if role == "targets":
         # The device fetches targets only when they changed: what rollouts assigned it is now downloading.
         with hub.store.transaction() as tx:
             tx.mark_fetched(device.id, now=hub.clock())
-    return body.encode()
+    return body
+
+
+def _stored(hub: Hub, device: Device, role: str, version: int | None) -> bytes | None:
+    """A director file as stored (the newest without `version`); the director root is shared by all devices."""
+    with hub.store.transaction(readonly=True) as tx:
+        if role == "root":
+            row = tx.latest_metadata(ROOT_ROLE)
+            text = (row[1] if row else None) if version is None else tx.get_metadata(ROOT_ROLE, version)
+        elif version is None:
+            latest = tx.latest_director(device.id, role)
+            text = None if latest is None else latest[1]
+        else:
+            text = tx.get_director(device.id, role, version)
+    return None if text is None else text.encode()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from edgefleet.hub.db.listen import CHANNEL, EVERY_DEVICE
 from edgefleet.hub.db.models import Base
+
+if TYPE_CHECKING:
+    from edgefleet.hub.db.releases import KeptReleases
 
 _BATCH = 1000
 """Rows per statement in bulk writes."""
@@ -20,8 +23,11 @@ _MAX_NOTIFY_PAYLOAD = 1000
 class TxBase:
     """One transaction's session and the devices whose answers it changes; the query mixins build on it."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, readonly: bool = False, releases: KeptReleases | None = None) -> None:
         self._s = session
+        self._readonly = readonly
+        self._kept_releases = releases
+        """The process's releases read before (`releases.KeptReleases`); None: read each time."""
         self._postgres = session.get_bind().dialect.name == "postgresql"
         self.changed: set[str] = set()
         """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -47,6 +47,20 @@ def _device(row: DeviceRow) -> Device:
     )
 
 
+_DEVICE_COLUMNS = tuple(getattr(DeviceRow, name) for name in Device.__slots__)
+"""Selected as ORM attributes, so pending changes of the session are flushed first (no objects are built)."""
+
+
+def _device_of(values: Mapping[str, Any]) -> Device:
+    return Device(
+        **{name: values[name] for name in Device.__slots__}
+        | {
+            "tags": dict(values["tags"]),
+            "reported": dict(values["reported"]),
+        }
+    )
+
+
 class DeviceQueries(TxBase):
     """Mixed into `Tx`."""
 
@@ -63,8 +77,14 @@ class DeviceQueries(TxBase):
             raise ConflictError("key_already_enrolled", "this key already belongs to an enrolled device") from exc
 
     def get_device(self, device_id: str, *, for_update: bool = False) -> Device | None:
-        """The device; with `for_update`, its row locked (PostgreSQL) and re-read for a read-modify-write."""
-        row = self._s.get(DeviceRow, device_id, with_for_update=for_update, populate_existing=for_update)
+        """The device; with `for_update`, its row locked (PostgreSQL) and re-read for a read-modify-write.
+
+        Without, one plain statement (no ORM object: the device path reads records often).
+        """
+        if not for_update:
+            found = self._s.execute(select(*_DEVICE_COLUMNS).where(DeviceRow.id == device_id)).first()
+            return None if found is None else _device_of(found._asdict())
+        row = self._s.get(DeviceRow, device_id, with_for_update=True, populate_existing=True)
         return None if row is None else _device(row)
 
     def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:

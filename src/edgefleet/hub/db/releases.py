@@ -1,6 +1,9 @@
-"""Queries on signed releases (part of `Tx`)."""
+"""Queries on signed releases (part of `Tx`), and the releases each process keeps once read (they never change)."""
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 from sqlalchemy import func, select
 
@@ -26,6 +29,38 @@ def _release(row: ReleaseRow) -> ReleaseRecord:
     )
 
 
+KEPT_RELEASES = 4096
+"""Releases one process keeps (`KeptReleases`); the least recently used go first."""
+
+
+class KeptReleases:
+    """Releases read by committed, read-only transactions of this process.
+
+    A stored release is never changed or deleted, so one read is good for the process's
+    life. Only what a read-only transaction read is kept: a release a writing transaction
+    sees may be its own insert, which a rollback would undo.
+    """
+
+    def __init__(self, capacity: int = KEPT_RELEASES) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._releases: OrderedDict[tuple[str, str], ReleaseRecord] = OrderedDict()
+
+    def get(self, app: str, version: str) -> ReleaseRecord | None:
+        with self._lock:
+            release = self._releases.get((app, version))
+            if release is not None:
+                self._releases.move_to_end((app, version))
+            return release
+
+    def keep(self, release: ReleaseRecord) -> None:
+        with self._lock:
+            self._releases[(release.app, release.version)] = release
+            self._releases.move_to_end((release.app, release.version))
+            while len(self._releases) > self._capacity:
+                self._releases.popitem(last=False)
+
+
 class ReleaseQueries(TxBase):
     """Mixed into `Tx`."""
 
@@ -37,8 +72,17 @@ class ReleaseQueries(TxBase):
         self._s.flush()
 
     def get_release(self, app: str, version: str) -> ReleaseRecord | None:
+        kept = self._kept_releases
+        release = None if kept is None else kept.get(app, version)
+        if release is not None:
+            return release
         row = self._s.get(ReleaseRow, (app, version))
-        return None if row is None else _release(row)
+        if row is None:
+            return None
+        release = _release(row)
+        if kept is not None and self._readonly:
+            kept.keep(release)
+        return release
 
     def list_releases(self, *, app: str | None, limit: int) -> list[ReleaseRecord]:
         query = select(ReleaseRow).order_by(ReleaseRow.app, ReleaseRow.release_counter.desc()).limit(limit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet.hub.db.base import TxBase
@@ -34,14 +34,29 @@ class RepositoryQueries(TxBase):
         row = self._s.scalar(query)
         return None if row is None else (row.version, row.body)
 
+    def latest_metadata_of(self, roles: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+        """Role -> (version, body) of the newest stored metadata of each of `roles` (those stored), in one statement."""
+        row = RepoMetadataRow
+        newest = (
+            select(row.role, func.max(row.version).label("version"))
+            .where(row.role.in_(roles))
+            .group_by(row.role)
+            .subquery()
+        )
+        query = select(row.role, row.version, row.body).join(
+            newest, and_(row.role == newest.c.role, row.version == newest.c.version)
+        )
+        return {r[0]: (r[1], r[2]) for r in self._s.execute(query)}
+
     def metadata_versions(self) -> dict[str, int]:
         """The newest stored version of every role (few: the top-level roles, the director's root, delegated roles)."""
         query = select(RepoMetadataRow.role, func.max(RepoMetadataRow.version)).group_by(RepoMetadataRow.role)
         return {role: int(version) for role, version in self._s.execute(query)}
 
     def get_metadata(self, role: str, version: int) -> str | None:
-        row = self._s.get(RepoMetadataRow, (role, version))
-        return None if row is None else row.body
+        row = RepoMetadataRow
+        body: str | None = self._s.scalar(select(row.body).where(row.role == role, row.version == version))
+        return body
 
     def insert_metadata(self, role: str, version: int, body: str, *, now: datetime) -> None:
         self._s.add(RepoMetadataRow(role=role, version=version, body=body, created_at=now))

@@ -34,7 +34,7 @@ from edgefleet.hub.db.enrollment_tokens import EnrollmentTokenQueries
 from edgefleet.hub.db.environment import EnvironmentQueries
 from edgefleet.hub.db.listen import EVERY_DEVICE, DeviceListener
 from edgefleet.hub.db.operators import OperatorQueries
-from edgefleet.hub.db.releases import ReleaseQueries
+from edgefleet.hub.db.releases import KeptReleases, ReleaseQueries
 from edgefleet.hub.db.repository import RepositoryQueries
 from edgefleet.hub.db.rollouts import RolloutQueries
 from edgefleet.hub.errors import BadRequestError, HubConfigError
@@ -73,6 +73,8 @@ class Store:
         self.engine: Engine = _make_engine(url, echo=echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.notifier = notifier or Notifier()
+        self.releases = KeptReleases()
+        """Releases this process read (they never change once stored)."""
 
     @property
     def dialect(self) -> str:
@@ -89,7 +91,7 @@ class Store:
             try:
                 with session.begin():
                     session.connection(execution_options={_READONLY: readonly})
-                    tx = Tx(session)
+                    tx = Tx(session, readonly=readonly, releases=self.releases)
                     yield tx
             except OperationalError as exc:
                 raise HubConfigError("database_unavailable", f"database error: {exc.orig}") from exc

@@ -92,8 +92,13 @@ def _sign_timestamp(hub: Hub, tx: Tx, snap: signing.Stored) -> None:
 
 def _stale(hub: Hub, tx: Tx) -> tuple[bool, bool]:
     """(snapshot stale, timestamp stale) as of now."""
+    latest = tx.latest_metadata_of(("snapshot", "timestamp"))
+    return _stale_of(hub, latest.get("snapshot"), latest.get("timestamp"))
+
+
+def _stale_of(hub: Hub, snap: tuple[int, str] | None, stamp: tuple[int, str] | None) -> tuple[bool, bool]:
+    """(snapshot stale, timestamp stale) as of now, of these (version, body)."""
     now = hub.clock()
-    snap, stamp = tx.latest_metadata("snapshot"), tx.latest_metadata("timestamp")
     if snap is None or stamp is None:
         return False, False
     snap_stale = signing.stale(_expires_of(snap[1]), now, hub.settings.snapshot_lifetime)
@@ -138,8 +143,12 @@ def read(hub: Hub, caller: Caller, name: str) -> bytes:
     if version is not None:
         return _versioned(hub, role, int(version), name)
     with hub.store.transaction(readonly=True) as tx:
-        stale = role == "timestamp" and any(_stale(hub, tx))
-        latest = None if stale else tx.latest_metadata(role)
+        if role == "timestamp":  # one statement: whether it needs re-signing, and it
+            both = tx.latest_metadata_of(("snapshot", "timestamp"))
+            latest = both.get("timestamp")
+            stale = any(_stale_of(hub, both.get("snapshot"), latest))
+        else:
+            stale, latest = False, tx.latest_metadata(role)
     if stale:
         refresh(hub)
         with hub.store.transaction(readonly=True) as tx:

@@ -284,6 +284,10 @@ def test_an_update_checks_the_director_metadata_once_and_reads_its_versioned_fil
     assert targets.json()["signed"]["version"] == first["version"] + 1
     assert targets.json()["signed"]["targets"] == {}
     assert not [s for s in statements if "director_metadata" in s], statements  # both from this process's memory
+    statements.clear()
+    probe = fleet.device_call(device, "GET", "/tuf/director/99.root.json")  # a TUF client asks for the next root
+    assert probe.status_code == 404
+    assert len(statements) == 1, statements  # that version, not the newest besides
     # What memory answered is what is stored.
     with fleet.hub.store.transaction(readonly=True) as tx:
         assert tx.get_director(device.device_id, "targets", targets_version) == targets.text

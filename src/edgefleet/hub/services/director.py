@@ -450,9 +450,11 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
 def _stored(hub: Hub, device: Device, role: str, version: int | None) -> bytes | None:
     """A director file as stored (the newest without `version`); the director root is shared by all devices."""
     with hub.store.transaction(readonly=True) as tx:
-        if role == "root":
+        if role == "root" and version is not None:
+            text = tx.get_metadata(ROOT_ROLE, version)
+        elif role == "root":
             row = tx.latest_metadata(ROOT_ROLE)
-            text = (row[1] if row else None) if version is None else tx.get_metadata(ROOT_ROLE, version)
+            text = None if row is None else row[1]
         elif version is None:
             latest = tx.latest_director(device.id, role)
             text = None if latest is None else latest[1]

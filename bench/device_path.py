@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,15 +58,7 @@ def enroll_devices(hub: fs.Hub, state_dir: Path, count: int) -> None:
 
 
 def load(hub: fs.Hub, url: str, pid: int, args: argparse.Namespace, *extra: str, concurrency: int = 32) -> Any:
-    command = [
-        *(sys.executable, str(BENCH / "fleet_load.py"), "--url", url, "--ca", str(hub.ca)),
-        *("--seconds", str(args.seconds), "--warmup", "3", "--concurrency", str(concurrency)),
-        *("--server-pid", str(pid), *extra),
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        return {"error": out.stderr[-1500:]}
-    return json.loads(out.stdout)
+    return fs.closed_loop(hub, url, pid, args.seconds, "--concurrency", str(concurrency), *extra)
 
 
 def one_repeat(hub: fs.Hub, app_url: str, app_pid: int, state_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -154,20 +145,8 @@ def main() -> None:
         hub = stack.enter_context(fs.running_hub(scratch, database_url))
         state_dir = scratch / "devices-state"
         enroll_devices(hub, state_dir, DEVICES)
-        port = fs.free_port()
-        app = subprocess.Popen(
-            [
-                *(sys.executable, str(BENCH / "ceiling_app.py"), "--data-dir", str(hub.data_dir)),
-                *("--bind", f"127.0.0.1:{port}", "--long-poll-max-seconds", str(fs.LONG_POLL)),
-                *("--max-concurrent", str(fs.MAX_CONCURRENT)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(fs.stop, app)
-        app_url = f"https://127.0.0.1:{port}"
-        fs.wait_ready(app_url, hub.ca, app, scratch / "hub.log", path="/")
-        repeats = [one_repeat(hub, app_url, app.pid, state_dir, args) for _ in range(args.repeats)]
+        app_url, app_pid = stack.enter_context(fs.running_bare_app(hub, scratch))
+        repeats = [one_repeat(hub, app_url, app_pid, state_dir, args) for _ in range(args.repeats)]
     summary = {
         "started": started.isoformat(timespec="seconds"),
         "db": args.db,

@@ -366,6 +366,39 @@ def wait_ready(url: str, ca: Path, process: subprocess.Popen[str], log: Path, pa
         time.sleep(0.2)
 
 
+@contextmanager
+def running_bare_app(hub: Hub, scratch: Path) -> Iterator[tuple[str, int]]:
+    """bench/ceiling_app.py on the hub's server stack and settings, until the block ends: (its URL, its pid)."""
+    port = free_port()
+    app = subprocess.Popen(
+        [
+            *(sys.executable, str(BENCH / "ceiling_app.py")),
+            *("--data-dir", str(hub.data_dir), "--bind", f"127.0.0.1:{port}"),
+            *("--long-poll-max-seconds", str(LONG_POLL), "--max-concurrent", str(MAX_CONCURRENT)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"https://127.0.0.1:{port}"
+        wait_ready(url, hub.ca, app, scratch / "hub.log", path="/")
+        yield url, app.pid
+    finally:
+        stop(app)
+
+
+def closed_loop(hub: Hub, url: str, pid: int, seconds: float, *extra: str, warmup: float = 3) -> Any:
+    """bench/fleet_load.py against `url` (the server's CPU read from `pid`): its figures, or {"error": ...}."""
+    command = [
+        *(sys.executable, str(BENCH / "fleet_load.py"), "--url", url, "--ca", str(hub.ca)),
+        *("--seconds", str(seconds), "--warmup", str(warmup), "--server-pid", str(pid), *extra),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr[-1500:]}
+    return json.loads(out.stdout)
+
+
 def publish(hub: Hub, scratch: Path) -> None:
     """Two releases of `sensor` (1.0.0 and 1.1.0), built, signed and pushed with the CLI."""
     keys = scratch / "keys"

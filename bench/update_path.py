@@ -33,7 +33,6 @@ import json
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -226,13 +225,11 @@ def one_round(hub: fs.Hub, devices: list[Device], counted: Counted, idle_share: 
 
 
 def bare_cpu_per_request(hub: fs.Hub, app_url: str, app_pid: int, seconds: float) -> dict[str, Any]:
-    command = [
-        *(sys.executable, str(BENCH / "fleet_load.py"), "--url", app_url, "--ca", str(hub.ca)),
-        *("--seconds", str(seconds), "--warmup", "2", "--concurrency", "32", "--path", "/"),
-        *("--server-pid", str(app_pid)),
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
-    figures: dict[str, Any] = json.loads(out.stdout)
+    figures: dict[str, Any] = fs.closed_loop(
+        hub, app_url, app_pid, seconds, "--concurrency", "32", "--path", "/", warmup=2
+    )
+    if "error" in figures:
+        raise SystemExit(f"the bare stack's closed loop failed: {figures['error']}")
     return figures
 
 
@@ -284,19 +281,7 @@ def main() -> None:
         counted = Counted(hub)
         stack.callback(counted.client.close)
         devices = enroll_all(hub, scratch / "devices", args.devices, counted.client)
-        port = fs.free_port()
-        app = subprocess.Popen(
-            [
-                *(sys.executable, str(BENCH / "ceiling_app.py"), "--data-dir", str(hub.data_dir)),
-                *("--bind", f"127.0.0.1:{port}", "--long-poll-max-seconds", str(fs.LONG_POLL)),
-                *("--max-concurrent", str(fs.MAX_CONCURRENT)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(fs.stop, app)
-        app_url = f"https://127.0.0.1:{port}"
-        fs.wait_ready(app_url, hub.ca, app, scratch / "hub.log", path="/")
+        app_url, app_pid = stack.enter_context(fs.running_bare_app(hub, scratch))
         # The first round installs (and fills the caches a running hub has); it is not counted.
         one_round(hub, devices, counted, 0.0, VERSIONS[0])
         counted.costs.clear()
@@ -307,7 +292,7 @@ def main() -> None:
         rounds, bare = [], []
         for index in range(args.rounds):
             rounds.append(one_round(hub, devices, counted, idle_share, VERSIONS[(index + 1) % 2]))
-            bare.append(bare_cpu_per_request(hub, app_url, app.pid, args.bare_seconds))
+            bare.append(bare_cpu_per_request(hub, app_url, app_pid, args.bare_seconds))
             print(json.dumps({s: rounds[-1][s] for s in ("update_path", "load")}), flush=True)
         profile = spy.finish() if spy else None
     summary = {

@@ -26,27 +26,6 @@ def _differs(old: Any, new: Any) -> bool:
     return bool(old != new)
 
 
-def _device(row: DeviceRow) -> Device:
-    return Device(
-        id=row.id,
-        fleet=row.fleet,
-        tags=dict(row.tags),
-        status=row.status,
-        arch=row.arch,
-        hostname=row.hostname,
-        public_key_pem=row.public_key_pem,
-        key_fingerprint=row.key_fingerprint,
-        cert_pem=row.cert_pem,
-        cert_serial=row.cert_serial,
-        cert_not_after=row.cert_not_after,
-        enrollment_token_id=row.enrollment_token_id,
-        enrolled_at=row.enrolled_at,
-        updated_at=row.updated_at,
-        last_seen_at=row.last_seen_at,
-        reported=dict(row.reported),
-    )
-
-
 _DEVICE_COLUMNS = tuple(getattr(DeviceRow, name) for name in Device.__slots__)
 """Selected as ORM attributes, so pending changes of the session are flushed first (no objects are built)."""
 
@@ -59,6 +38,10 @@ def _device_of(values: Mapping[str, Any]) -> Device:
             "reported": dict(values["reported"]),
         }
     )
+
+
+def _device(row: DeviceRow) -> Device:
+    return _device_of({name: getattr(row, name) for name in Device.__slots__})
 
 
 class DeviceQueries(TxBase):

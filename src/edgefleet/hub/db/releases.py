@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import math
 
 from sqlalchemy import func, select
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import ReleaseRow
+from edgefleet.hub.devicecache import Expiring
 from edgefleet.hub.records import ReleaseRecord
 
 
@@ -42,23 +42,13 @@ class KeptReleases:
     """
 
     def __init__(self, capacity: int = KEPT_RELEASES) -> None:
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._releases: OrderedDict[tuple[str, str], ReleaseRecord] = OrderedDict()
+        self._releases = Expiring[ReleaseRecord](capacity=capacity, ttl=math.inf)
 
     def get(self, app: str, version: str) -> ReleaseRecord | None:
-        with self._lock:
-            release = self._releases.get((app, version))
-            if release is not None:
-                self._releases.move_to_end((app, version))
-            return release
+        return self._releases.get(f"{app}@{version}")
 
     def keep(self, release: ReleaseRecord) -> None:
-        with self._lock:
-            self._releases[(release.app, release.version)] = release
-            self._releases.move_to_end((release.app, release.version))
-            while len(self._releases) > self._capacity:
-                self._releases.popitem(last=False)
+        self._releases.put(f"{release.app}@{release.version}", release, self._releases.ticket())
 
 
 class ReleaseQueries(TxBase):

@@ -281,14 +281,14 @@ def settle_root(hub: Hub) -> None:
 def _fresh_until(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple[Currency | None, Files]:
     """Until when the device's director metadata state `wanted` (`_wanted`) and need no re-signing (None: now).
 
-    Also returns the newest files it read (role -> (version, body)).
+    Also returns the device's newest files (role -> (version, body)), which `_resign` builds on.
     """
     now, settings = hub.clock(), hub.settings
+    latest = tx.latest_directors(device.id)
     root = tx.latest_metadata(ROOT_ROLE)
     root_until = _root_fresh_until(hub, root, now)
     if root is None or root_until is None:
-        return None, {}
-    latest = tx.latest_directors(device.id)
+        return None, latest
     if any(role not in latest for role in DEVICE_ROLES):
         return None, latest
     # Signed by this hub: read as JSON (once each), not as TUF objects.
@@ -316,9 +316,10 @@ def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datet
     return min(root_until, *(expires - lifetime / 2 for expires, lifetime in signed))
 
 
-def _resign(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple[Currency | None, Files]:
+def _resign(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile], latest: Files) -> tuple[Currency | None, Files]:
     """Sign what is missing or stale: root (shared), then the device's targets (stating `wanted`), snapshot, timestamp.
 
+    `latest`: the device's newest files as `_fresh_until` read them in this transaction.
     Returns until when what it signed is current (as `_fresh_until` would read it back), and
     the files it signed (role -> (version, body)).
     """
@@ -329,7 +330,6 @@ def _resign(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple
     root_version = 0 if root is None else root[0]
     if root_until is None:
         root_until, root_version = _sign_root(hub, tx, now)
-    latest = tx.latest_directors(device.id)
     targets = signing.director_targets(
         device.id,
         wanted,
@@ -399,7 +399,7 @@ def refresh(hub: Hub, device: Device) -> Files:
             wanted = _wanted(tx, device)
             current, files = _fresh_until(hub, tx, device, wanted)
             if current is None:
-                current, files = _resign(hub, tx, device, wanted)
+                current, files = _resign(hub, tx, device, wanted, files)
     _keep_files(hub, device.id, files)
     if usable and current is not None:
         caches.directors.put(device.id, current, ticket)
@@ -428,14 +428,11 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
     if role == "timestamp" and version is not None:
         raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
     body: bytes | None = None
-    if role != "root" and version is not None:
-        body = hub.director_files.get(_file_key(device.id, role, int(version)))
-    elif version is None and role != "root":
-        # versioned files never change: only the unversioned ones need to be current
-        newest = refresh(hub, device).get(role)
+    if version is None:  # versioned files never change: only the unversioned ones need to be current
+        newest = refresh(hub, device).get(role)  # the device's own files (never the shared root)
         body = None if newest is None else newest[1].encode()
-    elif version is None:
-        refresh(hub, device)
+    elif role != "root":
+        body = hub.director_files.get(_file_key(device.id, role, int(version)))
     if body is None:
         body = _stored(hub, device, role, None if version is None else int(version))
     if body is None:

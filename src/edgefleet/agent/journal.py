@@ -14,6 +14,14 @@ Beside the transactions, the journal keeps each app's release floor: the release
 the last release installed (`raise_floor`). It outlives the app's installed record: an app
 that is unassigned and assigned again later still cannot be given an older release without
 the director's signed rollback mark (`agent.verify`).
+
+A finished transaction is then *settled*: its caller records what it means (the installed
+release, a failure mark, the event for the hub) from what the journal holds, and marks it
+settled (`unsettled`, `settle`). Killed between the final phase and that bookkeeping, the
+agent settles it at its next start instead of running the update again. How it ended is in
+its detail: ``outcome`` is ``committed``, ``failed`` (a failed health verdict: failed,
+whatever happens after), ``retry`` (engine or disk trouble) or ``interrupted`` (recovered at
+start, with ``interrupted_in``: the phase it was in).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ Phase = Literal[
 FORWARD: tuple[Phase, ...] = ("verified", "downloading", "downloaded", "staged", "switching", "probing", "committed")
 FINAL: frozenset[Phase] = frozenset({"committed", "rolled-back"})
 MAX_ERROR = 2000
-MAX_DETAIL_BYTES = 16 * 1024
+MAX_DETAIL_BYTES = 64 * 1024
+"""A transaction's detail: containers old and new, what settles it, a failing service's logs (8,192 characters)."""
 KEEP_FINISHED = 200
 """Finished transactions kept for reports and history; older ones are pruned."""
 
@@ -60,12 +69,18 @@ CREATE TABLE IF NOT EXISTS transactions (
     error TEXT,
     detail TEXT NOT NULL DEFAULT '{}',
     started_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS transactions_open ON transactions (app, phase);
 CREATE TABLE IF NOT EXISTS release_floors (app TEXT PRIMARY KEY, release_counter INTEGER NOT NULL);
 """
 
+
+_SETTLED_COLUMN = "ALTER TABLE transactions ADD COLUMN settled INTEGER NOT NULL DEFAULT 1"
+"""A journal of an agent from before settling: its transactions count as settled (as that agent left them)."""
+Ending = Literal["committed", "failed", "retry", "interrupted"]
+"""How a finished transaction ended (`Transaction.outcome`)."""
 
 INTERRUPTED = "interrupted while "
 """How the reason of a transaction recovered at start begins."""
@@ -91,10 +106,21 @@ class Transaction:
     detail: dict[str, Any]
     started_at: datetime
     updated_at: datetime
+    settled: bool = False
 
     @property
     def finished(self) -> bool:
         return self.phase in FINAL
+
+    @property
+    def outcome(self) -> Ending | None:
+        """How it ended (None while unfinished); a rollback with no outcome recorded counts as interrupted."""
+        if self.phase == "committed":
+            return "committed"
+        if self.phase != "rolled-back":
+            return None
+        recorded = self.detail.get("outcome")
+        return recorded if recorded in ("failed", "retry", "interrupted") else "interrupted"
 
     def overdue(self, now: datetime) -> bool:
         return not self.finished and self.deadline is not None and now > self.deadline
@@ -124,6 +150,10 @@ class Journal:
         self._clock = clock
         self._db = connect(path, _SCHEMA, JournalError, "journal")
         self._db.row_factory = sqlite3.Row
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(transactions)")}
+        if "settled" not in columns:
+            with self._write():
+                self._db.execute(_SETTLED_COLUMN)
 
     def close(self) -> None:
         self._db.close()
@@ -136,12 +166,12 @@ class Journal:
         to_release: str,
         strategy: str,
         timeout: timedelta,
-        mark: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> Transaction:
         """Record a verified update of `app` (the first phase); refused while another is unfinished.
 
-        `mark` names the assignment being carried out (kept in the detail), so interruptions
-        of the same assignment can be counted (`interruptions`).
+        `detail` is what the caller needs to settle it later; its ``mark`` names the assignment
+        being carried out, so interruptions of the same assignment can be counted (`interruptions`).
 
         Raises:
             JournalError: `app` has an unfinished transaction.
@@ -152,7 +182,7 @@ class Journal:
                 raise JournalError(f"{app} already has an unfinished update")
             cursor = self._db.execute(
                 "INSERT INTO transactions (app, from_release, to_release, strategy, phase, deadline, started_at,"
-                " updated_at, detail) VALUES (?, ?, ?, ?, 'verified', ?, ?, ?, ?)",
+                " updated_at, detail, settled) VALUES (?, ?, ?, ?, 'verified', ?, ?, ?, ?, 0)",
                 (
                     app,
                     from_release,
@@ -161,7 +191,7 @@ class Journal:
                     (now + timeout).isoformat(),
                     now.isoformat(),
                     now.isoformat(),
-                    json.dumps({"mark": mark} if mark else {}),
+                    _encoded(detail or {}),
                 ),
             )
             row_id = cursor.lastrowid
@@ -182,10 +212,7 @@ class Journal:
             JournalError: not an allowed transition from the phase on disk.
         """
         now = self._clock()
-        merged = {**transaction.detail, **(detail or {})}
-        encoded = json.dumps(merged, sort_keys=True)
-        if len(encoded) > MAX_DETAIL_BYTES:
-            raise JournalError("transaction detail too large")
+        encoded = _encoded({**transaction.detail, **(detail or {})})
         with self._write():
             current = self._row(transaction.id)
             if not allowed(current.phase, phase):
@@ -209,6 +236,24 @@ class Journal:
             "SELECT * FROM transactions WHERE phase NOT IN ('committed', 'rolled-back') ORDER BY id"
         ).fetchall()
         return [_transaction(row) for row in rows]
+
+    def unsettled(self) -> list[Transaction]:
+        """Finished transactions whose bookkeeping is not recorded as done (`settle`), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM transactions WHERE phase IN ('committed', 'rolled-back') AND settled = 0 ORDER BY id"
+        ).fetchall()
+        return [_transaction(row) for row in rows]
+
+    def settle(self, transaction: Transaction) -> None:
+        """Record that the caller's bookkeeping of a finished transaction is done (durably).
+
+        Raises:
+            JournalError: the transaction is not finished.
+        """
+        with self._write():
+            if not self._row(transaction.id).finished:
+                raise JournalError(f"{transaction.app}: an unfinished update cannot be settled")
+            self._db.execute("UPDATE transactions SET settled = 1 WHERE id = ?", (transaction.id,))
 
     def interruptions(self, app: str, mark: str) -> int:
         """How many of `app`'s latest transactions in a row carried out `mark` and were cut short (recovered)."""
@@ -258,13 +303,20 @@ class Journal:
 
     def _prune(self) -> None:
         self._db.execute(
-            "DELETE FROM transactions WHERE phase IN ('committed', 'rolled-back') AND id NOT IN"
+            "DELETE FROM transactions WHERE phase IN ('committed', 'rolled-back') AND settled = 1 AND id NOT IN"
             " (SELECT id FROM transactions WHERE phase IN ('committed', 'rolled-back') ORDER BY id DESC LIMIT ?)",
             (KEEP_FINISHED,),
         )
 
     def _write(self) -> AbstractContextManager[None]:
         return immediate(self._db, JournalError, "journal")
+
+
+def _encoded(detail: dict[str, Any]) -> str:
+    encoded = json.dumps(detail, sort_keys=True)
+    if len(encoded) > MAX_DETAIL_BYTES:
+        raise JournalError("transaction detail too large")
+    return encoded
 
 
 def _transaction(row: sqlite3.Row) -> Transaction:
@@ -280,4 +332,5 @@ def _transaction(row: sqlite3.Row) -> Transaction:
         detail=json.loads(row["detail"]),
         started_at=datetime.fromisoformat(row["started_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
+        settled=bool(row["settled"]),
     )

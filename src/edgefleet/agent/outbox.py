@@ -5,6 +5,9 @@ number that only grows; the hub records events idempotently by that number, so a
 re-sent after a lost answer is not recorded twice. When the outbox is full the oldest
 events are dropped and counted; the count travels with the next batch so the hub knows
 what it missed. The latest state report is kept too (a newer one replaces it).
+
+An event added with a key is added once: adding it again (bookkeeping redone after a
+crash, `agent.runner`) keeps the first. The last `MAX_EVENTS` keys are remembered.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS report (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS added (key TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -52,13 +56,26 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, event: Mapping[str, Any]) -> int:
-        """Keep `event` (a JSON object without `seq`); returns its sequence number. Drops the oldest when full."""
+    def add(self, event: Mapping[str, Any], *, key: str | None = None) -> int:
+        """Keep `event` (a JSON object without `seq`); returns its sequence number. Drops the oldest when full.
+
+        With `key`, an event added before under the same key is not added again (its number is returned).
+        """
         body = json.dumps(dict(event), sort_keys=True)
         if len(body) > MAX_EVENT_BYTES:
             raise OutboxError(f"event of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
         with immediate(self._db, OutboxError, "outbox"):
+            if key is not None:
+                found = self._db.execute("SELECT seq FROM added WHERE key = ?", (key,)).fetchone()
+                if found is not None:
+                    return int(found[0])
             seq = int(self._db.execute("INSERT INTO events (body) VALUES (?)", (body,)).lastrowid or 0)
+            if key is not None:
+                self._db.execute("INSERT INTO added (key, seq) VALUES (?, ?)", (key, seq))
+                self._db.execute(
+                    "DELETE FROM added WHERE seq NOT IN (SELECT seq FROM added ORDER BY seq DESC LIMIT ?)",
+                    (self._limit,),
+                )
             (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
             excess = count - self._limit
             if excess > 0:

@@ -36,14 +36,14 @@ from edgefleet.agent.engine.info import EngineInfo
 from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.agent.journal import Journal, Transaction
+from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, Transaction
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
-from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Outcome, TransactionEngine, Updater
+from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, TransactionEngine, Updater
 from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.crypto import write_public_file
@@ -204,6 +204,13 @@ UPDATE_RETRY_MAX = 1800.0
 """Seconds before an update that could not be carried out (disk, engine) is tried again, doubling per failure."""
 RETRIED_REFUSALS = frozenset({"hash_mismatch", "expired", "rollback_attack"})
 """Refusals tried again later by themselves; others wait for a new assignment (a forgery stays refused)."""
+EVENT_STATUS: dict[Ending, str] = {
+    "committed": "committed",
+    "failed": "failed",
+    "retry": "rolled-back",
+    "interrupted": "interrupted",
+}
+"""The event a finished transaction becomes (`protocol.UpdateStatus`)."""
 EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
 """Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
 
@@ -230,6 +237,18 @@ def event(tx: Transaction | None, app: str, status: str, **fields: Any) -> dict[
     if len(json.dumps(body, sort_keys=True)) > MAX_EVENT_BYTES:
         body["reason"] = body.get("reason", "")[:500]
     return body
+
+
+def outcome_event(tx: Transaction) -> dict[str, Any]:
+    """The event a finished transaction becomes, from what its journal entry holds (pure but for the time)."""
+    outcome = tx.outcome or "interrupted"
+    if outcome == "committed":
+        return event(tx, tx.app, "committed")
+    if outcome != "failed":
+        return event(tx, tx.app, EVENT_STATUS[outcome], reason=tx.error)
+    interrupted = tx.detail.get("interrupted_in")
+    reason = (tx.error or "") + (f" (its rollback was {INTERRUPTED}{interrupted})" if interrupted else "")
+    return event(tx, tx.app, "failed", reason=reason, service=tx.detail.get("service"), logs=tx.detail.get("logs"))
 
 
 @dataclass
@@ -276,13 +295,51 @@ class Agent:
         )
 
     def recover(self) -> None:
-        """Before anything else: roll back any update a crash or power loss interrupted, drop half-verified files."""
+        """Before anything else: roll back any update a crash or power loss interrupted, settle the finished ones.
+
+        Half-verified files are dropped; an update that ended but whose bookkeeping the crash
+        cut short (`settle`) is recorded now, not carried out again.
+        """
         for staging in (self.data_dir / "releases").glob("*/.staging-*"):
             shutil.rmtree(staging, ignore_errors=True)  # a verification the crash cut short: never used
-        for tx in self.updater().recover():
-            self.last_error = f"update of {tx.app} to {tx.to_release} was interrupted and rolled back"
-            log.warning("%s", self.last_error)
-            self.outbox.add(event(tx, tx.app, "interrupted", reason=tx.error or None))
+        self.updater().recover()
+        self.settle()
+
+    def settle(self) -> None:
+        """Record what each finished update means: the installed release, a failure, the event for the hub.
+
+        From the journal alone, each step repeatable (the floor, the installed record, the failure
+        mark, the event keyed by its transaction), the journal's `settled` mark last: killed
+        anywhere in between, the next start does it again, and the hub hears of it once.
+        """
+        for tx in self.journal.unsettled():
+            self._settle(tx)
+            if self.fault is not None:
+                self.fault("settling")
+            self.journal.settle(tx)
+            if tx.outcome == "committed":
+                self._prune(tx.app)
+
+    def _settle(self, tx: Transaction) -> None:
+        app, outcome = tx.app, tx.outcome
+        apps, failed = dict(self.state.apps), dict(self.state.failed)
+        install = tx.detail.get("install")
+        if outcome == "committed" and install is not None:
+            self.journal.set_floor(app, int(install["release_counter"]))
+            apps[app] = Installed(**install)
+            failed.pop(app, None)
+        elif outcome == "failed" and tx.detail.get("mark"):
+            failed[app] = str(tx.detail["mark"])
+        self.state = LocalState(apps=apps, environment=self.state.environment, failed=failed)
+        save_state(self.data_dir, self.state)
+        told = outcome_event(tx)
+        self.outbox.add(told, key=f"transaction {tx.id} of {tx.started_at.isoformat()}")
+        if outcome == "committed":
+            return
+        what = "was interrupted and rolled back" if outcome == "interrupted" else "failed and was rolled back"
+        self.last_error = f"update of {app} to {tx.to_release} {what}: {told.get('reason')}"[:500]
+        log.error("%s", self.last_error)
+        self.retry = self.retry or outcome == "retry"
 
     def update(self) -> None:
         """Verify the director's assignment; move each app whose release changed to it, as a transaction."""
@@ -295,41 +352,23 @@ class Agent:
         )
         assigned = verifier.assignments()
         environment = next((dict(a.custom.environment) for a in assigned.values()), {})
-        installed = dict(self.state.apps)
         failed = {app: mark for app, mark in self.state.failed.items() if app in assigned}
+        self.state = LocalState(apps=dict(self.state.apps), environment=environment, failed=failed)
         for app, assignment in sorted(assigned.items()):
             custom = assignment.custom
             mark = release_mark(custom.release_counter, custom.version, custom.retry)
-            current = installed.get(app)
+            current = self.state.apps.get(app)
             if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
-                failed.pop(app, None)  # the hub asked for what runs: a failure before that is settled
+                self.state.failed.pop(app, None)  # the hub asked for what runs: a failure before that is settled
                 continue
-            if failed.get(app) == mark:
+            if self.state.failed.get(app) == mark:
                 # Failed here before: stay on the previous release, and keep saying so, until something
                 # else is assigned or an operator asks for a retry (no retry loops).
                 staying = current.version if current else "nothing"
                 self.last_error = f"{app} {custom.version} failed on this device; staying on {staying}"
                 continue
-            failed.pop(app, None)
-            interrupted = self.journal.interruptions(app, mark)
-            if interrupted >= MAX_INTERRUPTIONS:
-                # Each try ended with the agent or the device gone (a release that exhausts memory, a
-                # watchdog reboot): trying once more would only do it again. Failed, as if unhealthy.
-                failed[app] = mark
-                staying = current.version if current else "nothing"
-                reason = f"interrupted {interrupted} times in a row while updating (the agent or device stopped)"
-                self.last_error = f"{app} {custom.version} failed on this device: {reason}; staying on {staying}"
-                log.error("%s", self.last_error)
-                self.outbox.add(
-                    event(
-                        None,
-                        app,
-                        "failed",
-                        reason=reason,
-                        from_release=current.version if current else None,
-                        to_release=custom.version,
-                    )
-                )
+            self.state.failed.pop(app, None)
+            if self._given_up(app, mark, current, custom.version):
                 continue
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
@@ -338,28 +377,50 @@ class Agent:
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
-            outcome = self._switch(app, release.manifest, current, environment, bundles, mark)
-            if outcome.status == "committed":
-                self.journal.set_floor(app, release.release_counter)
-                installed[app] = Installed(
-                    release.version,
-                    release.release_counter,
-                    str(release.directory),
-                    previous=current.directory if current else None,
-                )
-            elif outcome.status == "failed":
-                failed[app] = mark
-            # Recorded per app: a later app's trouble never undoes an update that already committed.
-            self.state = LocalState(apps=dict(installed), environment=environment, failed=dict(failed))
-            save_state(self.data_dir, self.state)
-            if outcome.status == "committed":
-                self._prune(app)
+            install = Installed(
+                release.version,
+                release.release_counter,
+                str(release.directory),
+                previous=current.directory if current else None,
+            )
+            # Recorded per app (`settle`): a later app's trouble never undoes an update that already committed.
+            self._switch(app, release.manifest, current, install, bundles, mark)
+        installed = dict(self.state.apps)
         for app in set(installed) - set(assigned):
             # Its floor stays in the journal: assigned again later, it still cannot go back unmarked.
             self.journal.set_floor(app, self._floor(app, installed[app]) or 0)
             del installed[app]
-        self.state = LocalState(apps=installed, environment=environment, failed=failed)
+        self.state = LocalState(apps=installed, environment=environment, failed=self.state.failed)
         save_state(self.data_dir, self.state)
+
+    def _given_up(self, app: str, mark: str, current: Installed | None, version: str) -> bool:
+        """Whether tries of this assignment ended with the agent or device gone too often; then it is failed.
+
+        Each try ended with the agent or the device gone (a release that exhausts memory, a
+        watchdog reboot): trying once more would only do it again. Failed, as if unhealthy.
+        """
+        interrupted = self.journal.interruptions(app, mark)
+        if interrupted < MAX_INTERRUPTIONS:
+            return False
+        staying = current.version if current else "nothing"
+        reason = f"interrupted {interrupted} times in a row while updating (the agent or device stopped)"
+        self.last_error = f"{app} {version} failed on this device: {reason}; staying on {staying}"
+        log.error("%s", self.last_error)
+        last = self.journal.last(app)
+        self.outbox.add(
+            event(
+                None,
+                app,
+                "failed",
+                reason=reason,
+                from_release=current.version if current else None,
+                to_release=version,
+            ),
+            key=f"given up after transaction {last.id} of {last.started_at.isoformat()}" if last else None,
+        )
+        self.state.failed[app] = mark
+        save_state(self.data_dir, self.state)
+        return True
 
     def _floor(self, app: str, current: Installed | None) -> int | None:
         """The lowest release counter `app` may move to without a signed rollback mark (None: nothing installed yet).
@@ -375,12 +436,12 @@ class Agent:
         app: str,
         release: Release,
         current: Installed | None,
-        environment: dict[str, str],
+        install: Installed,
         bundles: dict[str, Path],
         mark: str,
-    ) -> Outcome:
-        """Move `app` to a verified release as a transaction; the outcome becomes an event for the hub."""
-        made = checked_specs(release, self.policy, facts=self.facts, environment=environment)
+    ) -> None:
+        """Move `app` to a verified release as a transaction, then settle it (`settle`)."""
+        made = checked_specs(release, self.policy, facts=self.facts, environment=self.state.environment)
         specs = {s.service: s for s in made}
         outcome = self.updater().update(
             app,
@@ -392,30 +453,21 @@ class Agent:
             restart_limit=min((s.restart_max for s in specs.values()), default=0),
             strategy=release.update.strategy,
             image_bytes={image: archive.stat().st_size for image, archive in bundles.items()},
-            mark=mark,
+            detail={"mark": mark, "install": vars(install)},
         )
-        tx = outcome.transaction
-        status = {"committed": "committed", "failed": "failed", "retry": "rolled-back", "no-space": "no-space"}
+        if outcome.transaction is not None:
+            self.settle()
+            return
+        # Nothing was changed (too little disk, or the engine could not be read): no transaction to settle.
+        from_release = current.version if current else None
+        status = "no-space" if outcome.status == "no-space" else "rolled-back"
         self.outbox.add(
-            event(
-                tx,
-                app,
-                status[outcome.status],
-                service=outcome.verdict.service if outcome.verdict and not outcome.committed else None,
-                reason=outcome.reason,
-                logs=outcome.logs,
-                from_release=current.version if current else None,
-                to_release=release.version,
-            )
+            event(None, app, status, reason=outcome.reason, from_release=from_release, to_release=release.version)
         )
-        if outcome.committed:
-            return outcome
-        what = "could not be made: not enough disk" if outcome.status == "no-space" else "failed and was rolled back"
+        what = "could not be made: not enough disk" if outcome.status == "no-space" else "could not be carried out"
         self.last_error = f"update of {app} to {release.version} {what}: {outcome.reason}"[:500]
         log.error("%s", self.last_error)
-        if outcome.status in ("retry", "no-space"):
-            self.retry = True
-        return outcome
+        self.retry = True
 
     def _prune(self, app: str) -> None:
         """Remove the app's releases other than the running and the previous one, and their images."""

@@ -20,7 +20,9 @@ Before anything changes, the free space of the engine's storage is checked again
 the new images need plus a reserve; a shortage changes nothing and has its own status.
 Unchanged services keep running throughout. `recover` rolls back whatever a crash or
 power loss interrupted (the previous release is known good), so the device ends on
-exactly its old release or its new one.
+exactly its old release or its new one. How each transaction ended is journaled with it
+(`Transaction.outcome`) before anything is undone: a release judged unhealthy stays failed
+even if the agent dies while rolling it back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
-from edgefleet.agent.journal import INTERRUPTED, Journal, JournalError, Phase, Transaction
+from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, JournalError, Phase, Transaction
 from edgefleet.agent.plan import (
     CreateContainer,
     CreateNetwork,
@@ -56,13 +58,16 @@ PHASE_TIMEOUT = timedelta(minutes=30)
 PROBE_MARGIN = timedelta(minutes=5)
 """The probing phase's deadline is the health window plus this (checks may be slow to answer)."""
 PROBE_INTERVAL = 1.0
+MAX_LOGS = 8192
+"""Characters of a failing service's log tail kept with its transaction (what the hub accepts in an event)."""
 DISK_RESERVE = 256 * 1024**2
 """Free space kept on the engine's storage beyond what an update needs (journal, logs, rolling back)."""
 Strategy = Literal["download-then-kill", "kill-then-download", "hand-over"]
 Status = Literal["committed", "failed", "retry", "no-space"]
 
 FaultHook = Callable[[str], None]
-"""Called with each phase name just after it is journaled (tests abort there to simulate a crash)."""
+"""Called with each phase name just after it is journaled, and with ``settling`` between a finished
+transaction's bookkeeping and its settled mark (`agent.runner`): tests abort there to simulate a crash."""
 
 
 class TransactionEngine(Protocol):
@@ -196,11 +201,11 @@ class Updater:
         restart_limit: int,
         strategy: Strategy = "download-then-kill",
         image_bytes: Mapping[str, int] | None = None,
-        mark: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> Outcome:
         """Move `app` to the release whose containers are `specs` (service -> spec), or back on failure.
 
-        `mark` names the assignment carried out (`Journal.begin`).
+        `detail` is kept with the transaction for the caller to settle it (`Journal.begin`).
 
         `image_bytes` gives the signed size of images known in advance (bundled archives),
         for the free-space check. An engine or disk failure on the way rolls back too, with
@@ -209,7 +214,7 @@ class Updater:
         try:
             for stale in self._journal.unfinished():  # a rollback an engine error cut short: finish it first
                 if stale.app == app:
-                    self.rollback(stale, stale.error or f"left unfinished while {stale.phase}")
+                    self.rollback(stale, stale.error or f"left unfinished while {stale.phase}", outcome="retry")
             observed = self._engine.observe(frozenset(s.image for s in specs.values()))
             change = plan_change(observed, app, specs, volumes)
             self._check_space(change, image_bytes or {})
@@ -219,7 +224,12 @@ class Updater:
         except EngineError as exc:
             return Outcome("retry", None, reason=f"could not be carried out: {exc}"[:500])
         tx = self._journal.begin(
-            app, from_release=from_release, to_release=to_release, strategy=strategy, timeout=PHASE_TIMEOUT, mark=mark
+            app,
+            from_release=from_release,
+            to_release=to_release,
+            strategy=strategy,
+            timeout=PHASE_TIMEOUT,
+            detail=detail,
         )
         try:
             return self._carry_out(
@@ -232,7 +242,7 @@ class Updater:
                 tx = self._journal.get(tx.id)  # with the detail of the last phase recorded
             except (JournalError, sqlite3.Error) as unreadable:
                 log.error("%s: %s", app, unreadable)
-            return Outcome("retry", self.rollback(tx, reason), reason=reason)
+            return Outcome("retry", self.rollback(tx, reason, outcome="retry"), reason=reason)
 
     def _check_space(self, change: Change, image_bytes: Mapping[str, int]) -> None:
         if not change.fetch:
@@ -296,7 +306,8 @@ class Updater:
         if result.outcome != "healthy":
             reason = f"{result.service}: {result.reason}"
             logs = self._logs(app, specs, result.service)
-            return Outcome("failed", self.rollback(tx, reason), result, reason=reason, logs=logs)
+            judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS:]}
+            return Outcome("failed", self.rollback(tx, reason, outcome="failed", detail=judged), result, reason, logs)
         tx = self._advance(tx, "committed")
         for service, container_id in change.retire:  # hand-over: the old ones are still running until here
             try:
@@ -395,19 +406,31 @@ class Updater:
             return http_ok(address, probe.port, probe.path, timeout=probe.timeout)
         return tcp_ok(address, probe.port, timeout=probe.timeout)
 
-    def rollback(self, tx: Transaction, reason: str) -> Transaction:
+    def rollback(
+        self, tx: Transaction, reason: str, *, outcome: Ending, detail: dict[str, Any] | None = None
+    ) -> Transaction:
         """Remove the new containers, start the old ones again; journaled before and after.
+
+        `outcome` (with `detail`) is journaled with the ``rolling-back`` phase, before any
+        effect. A transaction already rolling back keeps the outcome it has: one judged
+        failed stays failed when a crash cut its rollback short.
 
         The engine side is done even when the journal cannot be written (a full disk): the
         old release running matters more than the record, which recovery completes later.
         An engine error stops the rollback where it is; the transaction stays unfinished and
         is rolled back again before the app's next update, or at the next start.
         """
+        finish: dict[str, Any] = {}
         if tx.phase != "rolling-back":
+            noted = {"outcome": outcome, **(detail or {})}
+            if outcome == "interrupted":
+                noted["interrupted_in"] = tx.phase
             try:
-                tx = self._journal.advance(tx, "rolling-back", timeout=PHASE_TIMEOUT, error=reason)
+                tx = self._journal.advance(tx, "rolling-back", timeout=PHASE_TIMEOUT, error=reason, detail=noted)
             except JournalError as exc:
                 log.error("rollback of %s: %s", tx.app, exc)
+        elif outcome == "interrupted":  # its rollback was cut short: say so, keep how it was judged
+            finish = {"interrupted_in": "rolling-back", "outcome": tx.detail.get("outcome", "interrupted")}
         self._fault("rolling-back")
         new: dict[str, str] = tx.detail.get("new", {})
         old: dict[str, str] = tx.detail.get("old", {})
@@ -424,17 +447,20 @@ class Updater:
                 log.error("rollback: cannot start %s/%s: %s", tx.app, service, exc)
         log.warning("%s: rolled back %s -> %s: %s", tx.app, tx.to_release, tx.from_release, reason)
         try:
-            return self._journal.advance(tx, "rolled-back")
+            tx = self._journal.advance(tx, "rolled-back", detail=finish)
         except JournalError as exc:
             log.error("rollback of %s: %s", tx.app, exc)
             return tx
+        self._fault("rolled-back")
+        return tx
 
     def recover(self) -> list[Transaction]:
         """Roll back every transaction a crash interrupted; call before anything else at start."""
-        return [
-            self.rollback(tx, f"{INTERRUPTED}{tx.phase}" + (f" ({tx.error})" if tx.error else ""))
-            for tx in self._journal.unfinished()
-        ]
+        recovered = []
+        for tx in self._journal.unfinished():
+            reason = f"{INTERRUPTED}{tx.phase}" + (f" ({tx.error})" if tx.error else "")
+            recovered.append(self.rollback(tx, reason, outcome="interrupted"))
+        return recovered
 
 
 @dataclass

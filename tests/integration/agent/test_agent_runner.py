@@ -38,6 +38,7 @@ def app_text(
     web_env: str = "one",
     extra_permission: str = "",
     web: str = "while true; do echo web | nc -l -p 8080; done",
+    strategy: str = "download-then-kill",
 ) -> str:
     permissions = f'["{extra_permission}"]' if extra_permission else "[]"
     return f"""
@@ -56,7 +57,7 @@ x-edgefleet:
   app: {app}
   version: {version}
   architectures: [amd64, arm64]
-  update: {{health_window: 2s}}
+  update: {{health_window: 2s, strategy: {strategy}}}
   services:
     db: {{resources: {{memory: 32m, cpus: 0.25, pids: 32}}}}
     web:

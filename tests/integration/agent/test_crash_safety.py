@@ -1,10 +1,13 @@
-"""Crash safety with real processes: the agent dies by SIGKILL at every update phase (the whole
-device loses power; the containers alone are killed mid-switch), then starts again; the device
-ends on exactly its old or its new release.
+"""Crash safety with real processes: the agent dies by SIGKILL at every update phase of every
+strategy (the whole device loses power; the containers alone are killed mid-switch), then
+starts again; the device ends on exactly its old or its new release.
 
 A hub process over HTTPS, the real agent command (a test-only wrapper adds the fault hook),
-real Podman. After the restart: every service of one release runs, nothing else of the
-app is left, and the journal has no unfinished transaction.
+real engines. After the restart: every service of one release runs, nothing else of the
+app is left, the installed record says which, the journal has no unfinished or unsettled
+transaction, and the hub's audit log has exactly one outcome per transaction: a kill just
+after commit is not a second update, a kill while a failed release rolls back does not
+start it again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +54,25 @@ class Device:
         command = [sys.executable, "-m", "tests.integration.agent.faulty_agent", str(self.config), phase, *flags]
         return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
-    def assign(self, version: str) -> None:
-        assigned = self.hub.call("POST", f"/devices/{self.id}/assignments", json={"app": self.app, "version": version})
+    def assign(self, version: str, *, rollback: bool = False) -> None:
+        body = {"app": self.app, "version": version, "rollback": rollback}
+        assigned = self.hub.call("POST", f"/devices/{self.id}/assignments", json=body)
         assert assigned.status_code == 200, assigned.text
+
+    def installed(self) -> str:
+        """The release the agent's installed record says the app runs."""
+        return str(json.loads((self.data_dir / "installed.json").read_text())["apps"][self.app]["version"])
+
+    def transactions(self) -> list[tuple[int, str, str, int]]:
+        """(id, to_release, phase, settled) of every transaction in the journal, oldest first."""
+        with sqlite3.connect(self.data_dir / "journal.db") as db:
+            rows = db.execute("SELECT id, to_release, phase, settled FROM transactions ORDER BY id")
+            return [(int(i), str(to), str(phase), int(settled)) for i, to, phase, settled in rows]
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """The device's update outcomes in the hub's audit log, in the order recorded."""
+        entries = sorted(json.loads(self.hub.cli("audit", "list", "--json").stdout), key=lambda e: e["seq"])
+        return [e for e in entries if e["action"].startswith("device.update.") and e["actor"] == f"device:{self.id}"]
 
     def attempts(self) -> int:
         with sqlite3.connect(self.data_dir / "journal.db") as db:
@@ -66,11 +86,25 @@ class Device:
 
 @dataclass
 class Published:
-    """A hub serving APP 1.0.0 and 1.1.0 (healthy) and 1.2.0 (fails at start), shared by the module's tests."""
+    """A hub serving APP 1.0.0 and, per update strategy, two healthy releases and one that fails at start.
+
+    1.1.0 (healthy) and 1.2.0 (fails) are download-then-kill, as is 1.0.0; the rest are in
+    `STRATEGY_RELEASES`. Shared by the module's tests.
+    """
 
     hub: RunningHub
     app: str
     root: Path
+    order: list[str]
+    """Versions in the order published (release counters grow in that order)."""
+
+
+STRATEGY_RELEASES = {
+    "download-then-kill": ("1.1.0", "1.3.0", "1.2.0"),
+    "kill-then-download": ("2.1.0", "2.3.0", "2.2.0"),
+    "hand-over": ("3.1.0", "3.3.0", "3.2.0"),
+}
+"""Strategy -> two healthy releases and a failing one."""
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +115,18 @@ def published(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterato
     assert edgefleet("keys", "init", "--dir", str(keys)).returncode == 0
     assert hub.cli("repo", "init", "--keys", str(keys)).returncode == 0
     app = f"crash-{secrets.token_hex(3)}"
-    for version, web in (("1.0.0", None), ("1.1.0", None), ("1.2.0", FAILING)):
+    releases = [("1.0.0", "download-then-kill", None)]
+    for strategy, (healthy, other, failing) in STRATEGY_RELEASES.items():
+        releases += [(healthy, strategy, None), (failing, strategy, FAILING), (other, strategy, None)]
+    for version, strategy, web in releases:
         source = root / f"app-{version}"
         source.mkdir()
         extra = {"web": web} if web else {"web_env": version}
-        (source / "compose.yaml").write_text(app_text(app, version, busybox, **extra))
+        (source / "compose.yaml").write_text(app_text(app, version, busybox, strategy=strategy, **extra))
         published = hub.cli("release", "publish", str(source), "--keys", str(keys))
         assert published.returncode == 0, published.stderr
     (root / "policy.toml").write_text('allow = ["network"]\n')
-    yield Published(hub, app, root)
+    yield Published(hub, app, root, [version for version, _, _ in releases])
     next(hub_process, None)
 
 
@@ -128,27 +165,57 @@ def releases_running(engine_socket: str, device: Device) -> dict[str, str]:
         engine.close()
 
 
-CASES = [*((phase, "1.1.0") for phase in FORWARD), ("rolling-back", "1.2.0")]
+HEALTHY_CASES = [*FORWARD, "settling"]
+"""Where the agent dies on the way to a healthy release: every journaled phase, then between the
+committed transaction's bookkeeping and its settled mark."""
+FAILING_CASES = ["rolling-back", "rolled-back", "settling"]
+"""Where it dies once a failing release was judged: rolling back, rolled back, settling."""
 
 
-@pytest.mark.parametrize(("phase", "target"), CASES, ids=[f"{p}-{t}" for p, t in CASES])
-def test_sigkill_at_any_phase_ends_on_the_old_or_the_new_release(
-    device: Device, engine_socket: str, engine: DockerEngine, phase: str, target: str
+@pytest.mark.parametrize("strategy", list(STRATEGY_RELEASES))
+def test_a_sigkill_in_every_phase_of_a_strategy_ends_on_one_release_with_one_outcome_per_transaction(
+    device: Device, published: Published, engine_socket: str, engine: DockerEngine, strategy: str
 ) -> None:
-    device.assign(target)
-    crashed = device.crash_at(phase)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-
-    restarted = device.run("--once")
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    """One device goes through every case in turn: from the release it runs, to the next one, killed at the case."""
     engine.owner = device.id
-    wait_running(engine, device.app, 2)
-    running = releases_running(engine_socket, device)
-    # The web service decides the release (db's definition is the same in all three).
-    assert running["web"] in ("1.0.0", target)
-    if target == "1.2.0":
-        assert running["web"] == "1.0.0"  # a failing release never stays
-    assert device.unfinished() == []
+    healthy, other, failing = STRATEGY_RELEASES[strategy]
+    running = "1.0.0"
+    cases = [(phase, True) for phase in HEALTHY_CASES] + [(phase, False) for phase in FAILING_CASES]
+    for index, (phase, good) in enumerate(cases):
+        target = (other if running == healthy else healthy) if good else failing
+        case = f"{strategy}: killed at {phase} on the way from {running} to {target}"
+        seen_transactions = len(device.transactions())
+        seen_outcomes = len(device.outcomes())
+        if not good and index > len(HEALTHY_CASES):
+            assert device.hub.cli("device", "retry", device.id).returncode == 0  # failed here before: a new try
+        else:
+            device.assign(target, rollback=published.order.index(target) < published.order.index(running))
+        crashed = device.crash_at(phase)
+        assert crashed.returncode == -signal.SIGKILL, (case, crashed.stderr[-2000:])
+        restarted = device.run("--once")
+        assert restarted.returncode == 0, (case, restarted.stderr[-2000:])
+
+        ends_on = target if good else running
+        wait_running(engine, device.app, 2)
+        assert releases_running(engine_socket, device)["web"] == ends_on, case
+        assert device.installed() == ends_on, case
+        transactions = device.transactions()[seen_transactions:]
+        assert all(phase in ("committed", "rolled-back") and settled for _, _, phase, settled in transactions), case
+        outcomes = [(e["action"].removeprefix("device.update."), e["detail"]) for e in device.outcomes()]
+        outcomes = outcomes[seen_outcomes:]
+        assert len(outcomes) == len(transactions), (case, outcomes, transactions)  # one event per transaction
+        assert all(detail["to_release"] == target for _, detail in outcomes), (case, outcomes)
+        statuses = [status for status, _ in outcomes]
+        if not good:  # judged failed: failed, and never started again (one transaction)
+            assert statuses == ["failed"], (case, outcomes)
+            if phase == "rolling-back":
+                assert "its rollback was interrupted while rolling-back" in outcomes[0][1]["reason"], case
+        elif phase in ("committed", "settling"):  # committed before the kill: the restart only records it
+            assert statuses == ["committed"], (case, outcomes)
+        else:  # rolled back at the restart, then carried out again
+            assert statuses == ["interrupted", "committed"], (case, outcomes)
+            assert outcomes[0][1]["reason"].startswith(f"interrupted while {phase}"), (case, outcomes)
+        running = ends_on
 
 
 @pytest.mark.parametrize("phase", ["staged", "switching", "probing"])

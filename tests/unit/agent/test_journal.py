@@ -124,7 +124,7 @@ def test_interruptions_count_only_the_latest_tries_of_one_assignment_in_a_row(tm
 
     def attempt(mark: str, error: str | None) -> None:
         tx = journal.begin(
-            "web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR, mark=mark
+            "web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR, detail={"mark": mark}
         )
         tx = journal.advance(tx, "rolling-back", timeout=HOUR, error=error)
         journal.advance(tx, "rolled-back")
@@ -137,3 +137,70 @@ def test_interruptions_count_only_the_latest_tries_of_one_assignment_in_a_row(tm
     assert journal.interruptions("web", "2-1.1.0") == 2
     assert journal.interruptions("web", "2-1.1.0-retry1") == 0  # an operator's retry starts afresh
     assert journal.interruptions("db", "2-1.1.0") == 0
+
+
+def test_a_finished_transaction_waits_to_be_settled_and_says_how_it_ended(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+
+    def finish(app: str, outcome: str | None) -> None:
+        tx = journal.begin(app, from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR)
+        if outcome == "committed":
+            for phase in FORWARD[1:]:
+                tx = journal.advance(tx, phase, timeout=HOUR)
+            return
+        tx = journal.advance(tx, "rolling-back", timeout=HOUR, detail={"outcome": outcome} if outcome else {})
+        journal.advance(tx, "rolled-back")
+
+    open_tx = journal.begin("db", from_release=None, to_release="1.0.0", strategy="hand-over", timeout=HOUR)
+    with pytest.raises(JournalError, match="cannot be settled"):
+        journal.settle(open_tx)
+    assert open_tx.outcome is None
+    for app, outcome in (("a", "committed"), ("b", "failed"), ("c", "retry"), ("d", "interrupted"), ("e", None)):
+        finish(app, outcome)
+    unsettled = journal.unsettled()
+    # A rollback with no outcome recorded (an older agent's) counts as interrupted.
+    assert [(tx.app, tx.outcome) for tx in unsettled] == [
+        ("a", "committed"),
+        ("b", "failed"),
+        ("c", "retry"),
+        ("d", "interrupted"),
+        ("e", "interrupted"),
+    ]
+    journal.settle(unsettled[1])
+    journal.close()
+    reopened = Journal(tmp_path / "journal.db")
+    assert [tx.app for tx in reopened.unsettled()] == ["a", "c", "d", "e"]  # durable
+    assert reopened.get(unsettled[1].id).settled
+
+
+def test_an_older_agents_journal_gains_the_settled_mark_with_its_transactions_settled(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as old:  # the schema before settling existed
+        old.executescript(
+            "CREATE TABLE transactions (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, from_release TEXT,"
+            " to_release TEXT NOT NULL, strategy TEXT NOT NULL, phase TEXT NOT NULL, deadline TEXT, error TEXT,"
+            " detail TEXT NOT NULL DEFAULT '{}', started_at TEXT NOT NULL, updated_at TEXT NOT NULL);"
+            "INSERT INTO transactions (app, to_release, strategy, phase, started_at, updated_at)"
+            " VALUES ('web', '1.0.0', 'hand-over', 'committed', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z');"
+        )
+    journal = Journal(path)
+    assert journal.unsettled() == []  # what the older agent finished, it had recorded itself
+    tx = journal.begin("web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR)
+    tx = journal.advance(tx, "rolling-back", timeout=HOUR, detail={"outcome": "failed"})
+    journal.advance(tx, "rolled-back")
+    assert [t.id for t in journal.unsettled()] == [tx.id]
+
+
+def test_pruning_never_drops_an_unsettled_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edgefleet.agent.journal.KEEP_FINISHED", 2)
+    journal = Journal(tmp_path / "journal.db")
+    finished = []
+    for version in ("1.1.0", "1.2.0", "1.3.0", "1.4.0"):
+        tx = journal.begin("web", from_release="1.0.0", to_release=version, strategy="hand-over", timeout=HOUR)
+        tx = journal.advance(tx, "rolling-back", timeout=HOUR)
+        finished.append(journal.advance(tx, "rolled-back"))
+    journal.settle(finished[1])
+    tx = journal.begin("web", from_release="1.0.0", to_release="1.5.0", strategy="hand-over", timeout=HOUR)
+    journal.settle(journal.advance(journal.advance(tx, "rolling-back", timeout=HOUR), "rolled-back"))
+    kept = [row[0] for row in journal._db.execute("SELECT to_release FROM transactions ORDER BY id")]
+    assert kept == ["1.1.0", "1.3.0", "1.4.0", "1.5.0"]  # 1.2.0 was settled and old: pruned; the unsettled stay

@@ -91,3 +91,19 @@ def test_delivered_events_are_in_order_without_gaps_except_what_was_counted(
     delivered.extend(body["n"] for _, body in rest.events)
     assert delivered == sorted(delivered)
     assert len(delivered) + told_dropped + rest.dropped == added
+
+
+def test_an_event_added_again_under_its_key_is_kept_once(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", limit=3)
+    first = outbox.add({"n": 1}, key="transaction 1")
+    assert outbox.add({"n": 1}, key="transaction 1") == first  # bookkeeping redone after a crash
+    outbox.acknowledge(first, dropped=0)
+    assert outbox.add({"n": 1}, key="transaction 1") == first  # delivered already: still not again
+    assert [body for _, body in outbox.pending().events] == []
+    second = outbox.add({"n": 2}, key="transaction 2")
+    assert outbox.add({"n": 3}) != outbox.add({"n": 3})  # without a key, every add is an event
+    assert [body["n"] for _, body in outbox.pending().events] == [2, 3, 3]
+    assert second > first
+    for n in range(4, 8):  # only the last `limit` keys are remembered
+        outbox.add({"n": n}, key=f"transaction {n}")
+    assert outbox._db.execute("SELECT COUNT(*) FROM added").fetchone()[0] == 3

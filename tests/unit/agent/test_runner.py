@@ -5,6 +5,7 @@ half-verified files dropped at start."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,8 +15,19 @@ from hypothesis import strategies as st
 
 from edgefleet.agent.engine.info import api_level, engine_kind
 from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
+from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
-from edgefleet.agent.runner import EVENT_TEXT_LIMITS, Agent, Installed, LocalState, event, printable, run
+from edgefleet.agent.runner import (
+    EVENT_TEXT_LIMITS,
+    Agent,
+    Installed,
+    LocalState,
+    event,
+    load_state,
+    outcome_event,
+    printable,
+    run,
+)
 from edgefleet.protocol import DeviceEvent
 
 
@@ -311,3 +323,82 @@ def test_the_bundles_of_previous_releases_are_known_too(tmp_path: Path) -> None:
         old: tmp_path / "a1" / "images" / f"sha256-{'1' * 64}.tar",
         new: tmp_path / "a2" / "images" / f"sha256-{'2' * 64}.tar",
     }
+
+
+def test_recovery_settles_what_ended_before_the_crash_once(tmp_path: Path) -> None:
+    """A transaction that committed (or was judged failed) before the kill: its bookkeeping is done at start, once."""
+    hour = timedelta(hours=1)
+    journal = Journal(tmp_path / "journal.db")
+    directory = tmp_path / "releases" / "web" / "2-1.1.0"
+    directory.mkdir(parents=True)
+    install = {"version": "1.1.0", "release_counter": 2, "directory": str(directory), "previous": None}
+    detail = {"mark": "2-1.1.0", "install": install}
+    committed = journal.begin(
+        "web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=hour, detail=detail
+    )
+    for phase in FORWARD[1:]:
+        committed = journal.advance(committed, phase, timeout=hour)
+    failing = journal.begin(
+        "db", from_release="1.0.0", to_release="1.2.0", strategy="hand-over", timeout=hour, detail={"mark": "3-1.2.0"}
+    )
+    judged = {"outcome": "failed", "service": "db", "logs": "boom"}
+    journal.advance(failing, "rolling-back", timeout=hour, error="db: exited with code 3", detail=judged)
+    journal.close()
+
+    def killed(phase: str) -> None:
+        if phase == "settling":
+            raise Killed
+
+    first = agent(tmp_path, FakeHub(), [0.0])
+    first.engine, first.fault = cast(Any, RollbackEngine()), killed
+    with pytest.raises(Killed):  # killed between the first settled transaction's bookkeeping and its mark
+        first.recover()
+    device = agent(tmp_path, FakeHub(), [0.0])
+    device.engine = cast(Any, RollbackEngine())
+    device.recover()
+
+    state = load_state(tmp_path)
+    assert state.apps["web"] == Installed(**install)
+    assert state.failed == {"db": "3-1.2.0"}
+    assert device.journal.floor("web") == 2
+    told = [body for _, body in device.outbox.pending().events]
+    assert [(e["app"], e["status"]) for e in told] == [("web", "committed"), ("db", "failed")]  # once each
+    assert told[1]["reason"] == "db: exited with code 3 (its rollback was interrupted while rolling-back)"
+    assert (told[1]["service"], told[1]["logs"]) == ("db", "boom")
+    assert device.journal.unsettled() == []
+
+
+class Killed(BaseException):
+    """The agent's process ending where the fault hook is called."""
+
+
+class RollbackEngine:
+    """An engine with nothing of the app's: a rollback finds nothing to remove or start."""
+
+    def __init__(self) -> None:
+        self.bundles: dict[str, Path] = {}
+
+    def ids(self, app: str) -> dict[tuple[str, str], str]:
+        return {}
+
+    def remove_image(self, image: str) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [("committed", "committed"), ("failed", "failed"), ("retry", "rolled-back"), ("interrupted", "interrupted")],
+)
+def test_each_way_a_transaction_ends_is_one_event(tmp_path: Path, outcome: str, status: str) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    tx = journal.begin("web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=timedelta(1))
+    if outcome == "committed":
+        for phase in FORWARD[1:]:
+            tx = journal.advance(tx, phase, timeout=timedelta(1))
+    else:
+        tx = journal.advance(tx, "rolling-back", timeout=timedelta(1), error="why", detail={"outcome": outcome})
+        tx = journal.advance(tx, "rolled-back")
+    told = outcome_event(tx)
+    assert (told["status"], told["from_release"], told["to_release"]) == (status, "1.0.0", "1.1.0")
+    assert told.get("reason") == (None if outcome == "committed" else "why")
+    DeviceEvent.model_validate(told | {"seq": 1})

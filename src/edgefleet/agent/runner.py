@@ -373,7 +373,8 @@ class Agent:
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
             if directory.exists():
                 shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
-            release = verifier.verify(app, installed_counter=self._floor(app, current), install_dir=directory)
+            floor = self._floor(app, current)
+            release = verifier.verify(app, installed_counter=floor, install_dir=directory, held=self._held())
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
@@ -421,6 +422,13 @@ class Agent:
         self.state.failed[app] = mark
         save_state(self.data_dir, self.state)
         return True
+
+    def _held(self) -> list[Path]:
+        """The bundle archives of every release the device keeps: a release bundling the same image reuses its file."""
+        try:
+            return sorted(set(self.state.bundles().values()))
+        except OSError:
+            return []
 
     def _floor(self, app: str, current: Installed | None) -> int | None:
         """The lowest release counter `app` may move to without a signed rollback mark (None: nothing installed yet).

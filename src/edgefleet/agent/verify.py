@@ -18,6 +18,10 @@ is accepted only when:
 4. every downloaded file (manifest, bundled images) matches its signed length and hash,
    and the manifest parses and names the same release.
 
+A bundled image archive the device already holds (in a release it keeps) is not downloaded
+again: a held file of the signed length is linked (or copied) into the staging directory and
+used only if it then matches the signed hashes; otherwise it is downloaded.
+
 Files are downloaded into a staging directory next to the install area and moved into
 place only when everything verified; on any failure the staging directory is removed, so
 nothing unverified is ever left where the agent would use it. Every failure raises
@@ -29,7 +33,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,11 +299,15 @@ class ReleaseVerifier:
             raise UpdateRefusedError("wrong_device", f"{info.app}@{info.version} has no images for {custom.arch}")
         return image, info
 
-    def verify(self, app: str, *, installed_counter: int | None, install_dir: Path) -> VerifiedRelease:
+    def verify(
+        self, app: str, *, installed_counter: int | None, install_dir: Path, held: Iterable[Path] = ()
+    ) -> VerifiedRelease:
         """Verify and download the release assigned to `app` into `install_dir` (which must not exist).
 
         `installed_counter` is the app's release floor: the counter of the last release installed
-        for it, even if it has been unassigned since (None: never installed here).
+        for it, even if it has been unassigned since (None: never installed here). `held` are
+        bundle archives the device keeps: one with a bundle's signed length and hashes is used
+        instead of a download.
 
         Raises:
             UpdateRefusedError: any check failed; nothing is left at `install_dir`.
@@ -321,7 +329,7 @@ class ReleaseVerifier:
         staging = install_dir.parent / f".staging-{install_dir.name}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
         try:
-            manifest = self._download(image, info, staging)
+            manifest = self._download(image, info, staging, held=tuple(held))
             _sync_tree(staging)  # durable before it is named: power loss must not leave a torn release
             os.replace(staging, install_dir)
             _sync_dir(install_dir.parent)
@@ -339,7 +347,7 @@ class ReleaseVerifier:
             directory=install_dir,
         )
 
-    def _download(self, image: TargetFile, info: ManifestTarget, staging: Path) -> Release:
+    def _download(self, image: TargetFile, info: ManifestTarget, staging: Path, *, held: tuple[Path, ...]) -> Release:
         with _refusals():
             self._image.download_target(image, filepath=str(staging / "compose.yaml"))
         try:
@@ -361,9 +369,37 @@ class ReleaseVerifier:
             ):
                 raise UpdateRefusedError("mix_and_match", f"{path} is not a bundle of {info.app}@{info.version}")
             (staging / "images").mkdir(exist_ok=True)
-            with _refusals():
-                self._image.download_target(bundle, filepath=str(staging / "images" / path.rsplit("/", 1)[-1]))
+            destination = staging / "images" / path.rsplit("/", 1)[-1]
+            if not self._reuse(bundle, held, destination):
+                with _refusals():
+                    self._image.download_target(bundle, filepath=str(destination))
         return manifest
+
+    def _reuse(self, bundle: TargetFile, held: tuple[Path, ...], destination: Path) -> bool:
+        """Put a held file with `bundle`'s signed length and hashes at `destination`; whether one was found.
+
+        The file is checked where it lands (a link or a copy in the staging directory), so what
+        is used is exactly what matched.
+        """
+        for candidate in held:
+            try:
+                if candidate.stat().st_size != bundle.length:
+                    continue
+                _link_or_copy(candidate, destination)
+            except OSError:
+                continue
+            if self._image.find_cached_target(bundle, str(destination)) is not None:
+                return True
+            destination.unlink(missing_ok=True)
+        return False
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link (no second copy on the device's storage), or a copy where linking is not possible."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
 
 
 def _keep_file(fresh: Path, trusted: Path) -> None:

@@ -418,3 +418,64 @@ def test_bundled_releases_install_and_a_registry_release_of_a_bundled_image_runs
             for container in containers(agent.engine, app).values():
                 container.remove(force=True)
         forget(agent.engine.client, *ids.values())
+
+
+class Downloads:
+    """The release files an agent downloaded in full, by kind (an `agent.progress.DownloadProgress`)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def update(self, url: str, received: int, total: int | None) -> None:
+        pass
+
+    def end(self, url: str, *, complete: bool) -> None:
+        if complete:
+            self.names.append("manifest" if url.endswith("compose.yaml") else "archive")
+
+
+def test_an_unchanged_bundled_image_is_taken_from_the_device_not_downloaded_again(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], test_registry: Registry
+) -> None:
+    app = app_name(apps, "reuse")
+    device = agent.identity.device_id
+    held = push_busybox(test_registry, f"{app}-held")
+    config = configs(test_registry, held)["amd64"]
+    downloads = Downloads()
+    agent.progress = downloads
+
+    def bundle(image: str, destination: Path) -> None:
+        export(test_registry, image, destination)
+
+    def update_to(version: str) -> list[Path]:
+        publisher.publish(app, version, text=app_text(app, version, held, web_env=version), exporter=bundle)
+        assert assign(fleet, device, f"{app}@{version}").status_code == 200
+        downloads.names.clear()
+        agent.cycle()
+        wait_running(agent.engine, app, 2)
+        assert agent.state.apps[app].version == version, agent.last_error
+        return sorted((Path(agent.state.apps[app].directory) / "images").iterdir())
+
+    try:
+        (first,) = update_to("1.0.0")
+        first_bytes = first.read_bytes()
+        assert sorted(downloads.names) == ["archive", "manifest"]
+        # The next release bundles the same image: the archive the device holds has its signed
+        # length and hashes, so it is taken from there; only the manifest comes from the hub.
+        (second,) = update_to("1.1.0")
+        assert downloads.names == ["manifest"]
+        assert second.read_bytes() == first_bytes
+        # A held archive that no longer matches its signed hashes is never used: downloaded instead.
+        with second.open("r+b") as damaged:
+            damaged.seek(-1, 2)
+            last = damaged.read(1)
+            damaged.seek(-1, 2)
+            damaged.write(bytes([last[0] ^ 1]))
+        first.unlink()  # the previous release's copy (the same file, or another) is gone too
+        (third,) = update_to("1.2.0")
+        assert sorted(downloads.names) == ["archive", "manifest"]
+        assert third.read_bytes() == first_bytes
+    finally:
+        for container in containers(agent.engine, app).values():
+            container.remove(force=True)
+        forget(agent.engine.client, config)

@@ -52,9 +52,10 @@ sys.path.insert(0, str(BENCH))
 import fleet_scale as fs  # noqa: E402  # the bench's shared helpers: hub, database, processes
 
 from edgefleet.agent.client import DeviceClient  # noqa: E402
+from edgefleet.agent.decide import Installed  # noqa: E402
 from edgefleet.agent.identity import LocalIdentity, load_identity  # noqa: E402
 from edgefleet.agent.policy import Policy  # noqa: E402
-from edgefleet.agent.runner import Installed, event  # noqa: E402
+from edgefleet.agent.runner import event  # noqa: E402
 from edgefleet.protocol import API_PREFIX  # noqa: E402
 from edgefleet.sim.work import EnrollJob, VerifyJob, enroll_with, verify_with  # noqa: E402
 

@@ -1,13 +1,17 @@
-"""The reconcile planner: (what the engine has, what the device must run) -> ordered steps, as data.
+"""The agent's planners: (what the engine has, what the device must run) -> ordered steps, as data.
 
-A pure function: no engine calls, no clock, no I/O. Executors (`agent.engine`) carry the
-steps out; `edgefleet agent plan` prints them. Rules:
+Pure functions: no engine calls, no clock, no I/O. Executors (`agent.engine`, the update
+transaction in `agent.transaction`) carry the steps out; `edgefleet agent plan` prints them.
+`plan` reconciles every app at once; `plan_update` is one app's update transaction (its
+journaled phases, the steps between them, the health probe, the commit) for each update
+strategy, and `plan_rollback` undoes one. Both order starts and stops the same way. Rules:
 
 - Each app is planned on its own; an app's steps never name another app's objects.
 - A service is recreated only when its definition (`config_digest`) changed; a matching
   container that is stopped is started again; extra containers of a service are removed.
 - Images are fetched before anything is stopped (download-then-kill).
-- Stops run in reverse `depends_on` order, starts in `depends_on` order.
+- Stops and removals run in reverse `depends_on` order, starts in `depends_on` order (in an
+  update and its rollback too); services the new release drops stop first.
 - Apps no longer assigned lose their containers and network; named volumes are kept, as
   they are across releases (data survives; removing it is a separate, explicit act).
 - Only objects carrying the agent's labels are ever observed, so nothing else is touched.
@@ -15,9 +19,9 @@ steps out; `edgefleet agent plan` prints them. Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
 # --- inputs -------------------------------------------------------------------------
 
@@ -99,6 +103,8 @@ class StartContainer:
     service: str
     container_id: str | None = None
     """None for a container created earlier in the same plan (the executor looks it up by labels)."""
+    config_digest: str | None = None
+    """With no id: the definition of the container created earlier (an update's old one may exist too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,40 @@ Step = (
     | RemoveContainer
     | RemoveNetwork
 )
+
+
+Strategy = Literal["download-then-kill", "kill-then-download", "hand-over"]
+
+
+ForwardPhase = Literal["downloading", "downloaded", "staged", "switching", "probing", "committed"]
+"""The phases an update plan journals (`agent.journal.Phase` has them, and the rest)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPhase:
+    """Journal the update's next phase (with what recovery must know) before any step after it."""
+
+    phase: ForwardPhase
+    detail: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeHealth:
+    """Watch the new release for its health window: healthy goes on to commit, anything else rolls back."""
+
+    app: str
+
+
+UpdateStep = Step | RecordPhase | ProbeHealth
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePlan:
+    """One app's update transaction as data (`plan_update`)."""
+
+    steps: tuple[UpdateStep, ...]
+    fetch: tuple[str, ...]
+    """Images the engine lacks (for the free-space check before anything begins)."""
 
 
 class PlanError(ValueError):
@@ -243,9 +283,97 @@ def plan(observed: Observed, targets: Mapping[str, AppTarget]) -> tuple[Step, ..
     return (*fetch, *per_app)
 
 
-def describe(step: Step) -> str:
+def plan_update(
+    observed: Observed,
+    app: str,
+    services: Sequence[ServiceTarget],
+    *,
+    volumes: tuple[str, ...] = (),
+    strategy: Strategy = "download-then-kill",
+) -> UpdatePlan:
+    """The steps that move `app` to the release of `services` as a transaction, for `strategy`.
+
+    Only services whose definition changed get new containers; the running containers they
+    replace (and those of services the release drops) are retired: stopped at ``downloading``
+    (kill-then-download) or at ``switching`` (download-then-kill), or left running beside the
+    new ones until the commit (hand-over), and removed after ``committed``. The journal's
+    details name the retired containers and the new definitions, and the order to undo them
+    in (`plan_rollback`), before anything is stopped or created.
+
+    Raises:
+        PlanError: a dependency cycle or an unknown dependency.
+    """
+    mine = [c for c in observed.containers if c.app == app]
+    order = dependency_order(services)
+    wanted = {s.service for s in order}
+    create = [s for s in order if not any(c.service == s.service and c.config_digest == s.config_digest for c in mine)]
+    created = {s.service for s in create}
+    retire = [(c.service, c.id) for s in order for c in _of(mine, s.service) if s.service in created and c.running]
+    retire += [(c.service, c.id) for c in sorted(mine, key=_by_service) if c.service not in wanted and c.running]
+    fetch = tuple(sorted({s.image for s in create} - observed.images))
+    undo = [s.service for s in order] + sorted({c.service for c in mine} - wanted)
+    old = {"old": dict(retire), "order": undo}
+    stops = [StopContainer(app, service, cid) for service, cid in reversed(retire)]
+    steps: list[UpdateStep] = []
+    if strategy == "kill-then-download":
+        steps += [RecordPhase("downloading", old), *stops]  # the old containers are named before they stop
+    else:
+        steps.append(RecordPhase("downloading"))
+    steps += [FetchImage(image) for image in fetch]
+    steps += [
+        RecordPhase("downloaded"),
+        RecordPhase("staged", {"new": {s.service: s.config_digest for s in create}} | old),
+    ]
+    if app not in observed.networks:
+        steps.append(CreateNetwork(app))
+    steps += [CreateVolume(app, v) for v in volumes if (app, v) not in observed.volumes]
+    steps += [CreateContainer(s) for s in create]
+    steps.append(RecordPhase("switching"))
+    if strategy == "download-then-kill":
+        steps += stops
+    steps += [StartContainer(app, s.service, config_digest=s.config_digest) for s in create]
+    steps += [RecordPhase("probing"), ProbeHealth(app), RecordPhase("committed")]
+    steps += [RemoveContainer(app, service, cid) for service, cid in reversed(retire)]
+    return UpdatePlan(steps=tuple(steps), fetch=fetch)
+
+
+def plan_rollback(
+    app: str, detail: Mapping[str, Any], ids: Mapping[tuple[str, str], str]
+) -> tuple[RemoveContainer | StartContainer, ...]:
+    """Undo an update from its journal detail: remove its new containers, start the retired ones again.
+
+    `ids` maps (service, config digest) to the containers the engine has of `app` now.
+    Removals in reverse dependency order, starts in dependency order (as the journal recorded
+    it; an older journal's transactions without an order go by name).
+    """
+    new: Mapping[str, str] = detail.get("new", {})
+    old: Mapping[str, str] = detail.get("old", {})
+    order = [str(name) for name in detail.get("order", [])]
+    order += sorted((set(new) | set(old)) - set(order))
+    removes = [
+        RemoveContainer(app, service, ids[(service, new[service])])
+        for service in reversed(order)
+        if service in new and (service, new[service]) in ids
+    ]
+    starts = [StartContainer(app, service, old[service]) for service in order if service in old]
+    return (*removes, *starts)
+
+
+def _of(containers: Iterable[ObservedContainer], service: str) -> list[ObservedContainer]:
+    return sorted((c for c in containers if c.service == service), key=lambda c: c.id)
+
+
+def _by_service(container: ObservedContainer) -> tuple[str, str]:
+    return container.service, container.id
+
+
+def describe(step: Step | UpdateStep) -> str:
     """One line for people (`edgefleet agent plan`, the agent's log)."""
     match step:
+        case RecordPhase(phase=phase):
+            return f"journal {phase}"
+        case ProbeHealth(app=app):
+            return f"probe {app} for its health window"
         case FetchImage(image=image):
             return f"fetch {image}"
         case CreateNetwork(app=app):

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from edgefleet import __version__
 from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.decide import Installed, choose_updates, release_mark
 from edgefleet.agent.engine.info import EngineInfo
 from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
@@ -71,17 +72,6 @@ def host_facts(*, protected: tuple[str, ...] = ()) -> HostFacts:
         gpio_devices=tuple(sorted(str(p) for p in dev.glob("gpiochip*"))),
         protected_paths=protected,
     )
-
-
-@dataclass(frozen=True)
-class Installed:
-    """A verified release the device keeps on disk, per app."""
-
-    version: str
-    release_counter: int
-    directory: str
-    previous: str | None = None
-    """Directory of the release that ran before, kept with its images (going back to it pulls no image)."""
 
 
 class AgentEngine(Engine, TransactionEngine, Protocol):
@@ -188,11 +178,6 @@ def save_state(data_dir: Path, state: LocalState) -> None:
 def trust_store(data_dir: Path) -> TrustStore:
     """Where the device keeps its trusted TUF metadata."""
     return TrustStore(data_dir / "tuf")
-
-
-def release_mark(counter: int, version: str, retry: int) -> str:
-    """Names one assignment of a release: an operator's retry makes a new mark for the same release."""
-    return f"{counter}-{version}" + (f"-retry{retry}" if retry else "")
 
 
 MAX_INTERRUPTIONS = 2
@@ -352,22 +337,19 @@ class Agent:
         )
         assigned = verifier.assignments()
         environment = next((dict(a.custom.environment) for a in assigned.values()), {})
-        failed = {app: mark for app, mark in self.state.failed.items() if app in assigned}
-        self.state = LocalState(apps=dict(self.state.apps), environment=environment, failed=failed)
-        for app, assignment in sorted(assigned.items()):
-            custom = assignment.custom
+        targets = {app: a.custom for app, a in assigned.items()}
+        chosen = choose_updates(targets, self.state.apps, self.state.failed)
+        self.state = LocalState(apps=dict(self.state.apps), environment=environment, failed=dict(chosen.failed))
+        for app in chosen.staying:
+            # Failed here before: stay on the previous release, and keep saying so, until something
+            # else is assigned or an operator asks for a retry (no retry loops).
+            current = self.state.apps.get(app)
+            staying = current.version if current else "nothing"
+            self.last_error = f"{app} {targets[app].version} failed on this device; staying on {staying}"
+        for app in chosen.update:
+            custom = targets[app]
             mark = release_mark(custom.release_counter, custom.version, custom.retry)
             current = self.state.apps.get(app)
-            if current and (current.version, current.release_counter) == (custom.version, custom.release_counter):
-                self.state.failed.pop(app, None)  # the hub asked for what runs: a failure before that is settled
-                continue
-            if self.state.failed.get(app) == mark:
-                # Failed here before: stay on the previous release, and keep saying so, until something
-                # else is assigned or an operator asks for a retry (no retry loops).
-                staying = current.version if current else "nothing"
-                self.last_error = f"{app} {custom.version} failed on this device; staying on {staying}"
-                continue
-            self.state.failed.pop(app, None)
             if self._given_up(app, mark, current, custom.version):
                 continue
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
@@ -387,7 +369,7 @@ class Agent:
             # Recorded per app (`settle`): a later app's trouble never undoes an update that already committed.
             self._switch(app, release.manifest, current, install, bundles, mark)
         installed = dict(self.state.apps)
-        for app in set(installed) - set(assigned):
+        for app in chosen.removed:
             # Its floor stays in the journal: assigned again later, it still cannot go back unmarked.
             self.journal.set_floor(app, self._floor(app, installed[app]) or 0)
             del installed[app]

@@ -1,6 +1,8 @@
 """One app's update as a transaction: stage the new release beside the old one, switch, probe, commit or roll back.
 
-The journal records each phase before its effect (`agent.journal`). The release's update
+What to do is decided by `agent.plan.plan_update` (pure: the steps, the journaled phases
+between them, the probe, the commit) and `plan_rollback`; this module executes those
+steps, each phase journaled before its effect (`agent.journal`). The release's update
 strategy decides when the old containers stop:
 
 - ``download-then-kill`` (default): fetch every image, create the new containers (not
@@ -39,16 +41,15 @@ from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
 from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, JournalError, Phase, Transaction
 from edgefleet.agent.plan import (
-    CreateContainer,
-    CreateNetwork,
-    CreateVolume,
-    FetchImage,
     Observed,
-    RemoveContainer,
+    ProbeHealth,
+    RecordPhase,
     StartContainer,
     Step,
-    StopContainer,
-    dependency_order,
+    Strategy,
+    UpdatePlan,
+    plan_rollback,
+    plan_update,
 )
 from edgefleet.agent.probes import http_ok, tcp_ok
 from edgefleet.agent.spec import ContainerSpec, Probe
@@ -62,7 +63,6 @@ MAX_LOGS = 8192
 """Characters of a failing service's log tail kept with its transaction (what the hub accepts in an event)."""
 DISK_RESERVE = 256 * 1024**2
 """Free space kept on the engine's storage beyond what an update needs (journal, logs, rolling back)."""
-Strategy = Literal["download-then-kill", "kill-then-download", "hand-over"]
 Status = Literal["committed", "failed", "retry", "no-space"]
 
 FaultHook = Callable[[str], None]
@@ -88,40 +88,6 @@ class TransactionEngine(Protocol):
     def logs(self, container_id: str) -> str: ...
 
     def storage_free(self) -> int | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What an update does to one app's containers (pure result of `plan_change`)."""
-
-    create: tuple[ContainerSpec, ...]
-    """New containers: services whose definition changed, or that are new."""
-    retire: tuple[tuple[str, str], ...]
-    """(service, container id) of running containers the new release replaces or drops."""
-    fetch: tuple[str, ...]
-    networks: bool
-    volumes: tuple[str, ...]
-
-
-def plan_change(observed: Observed, app: str, specs: Mapping[str, ContainerSpec], volumes: tuple[str, ...]) -> Change:
-    """Which containers to create, which to retire, which images to fetch (pure)."""
-    mine = [c for c in observed.containers if c.app == app]
-    create: list[ContainerSpec] = []
-    retire: list[tuple[str, str]] = []
-    for name, spec in sorted(specs.items()):
-        current = [c for c in mine if c.service == name]
-        if any(c.config_digest == spec.config_digest for c in current):
-            continue
-        create.append(spec)
-        retire.extend((name, c.id) for c in current if c.running)
-    retire.extend((c.service, c.id) for c in mine if c.service not in specs and c.running)
-    return Change(
-        create=tuple(create),
-        retire=tuple(sorted(set(retire))),
-        fetch=tuple(sorted({s.image for s in create} - observed.images)),
-        networks=app not in observed.networks,
-        volumes=tuple(v for v in volumes if (app, v) not in observed.volumes),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +118,9 @@ class NoSpaceError(Exception):
     """The engine's storage has less free space than the update needs plus the reserve."""
 
 
-def space_needed(change: Change, image_bytes: Mapping[str, int]) -> int:
+def space_needed(fetch: tuple[str, ...], image_bytes: Mapping[str, int]) -> int:
     """Bytes the images to fetch will take: twice their signed size (archive and unpacked); unknown ones count 0."""
-    return sum(2 * image_bytes.get(image, 0) for image in change.fetch)
+    return sum(2 * image_bytes.get(image, 0) for image in fetch)
 
 
 class Updater:
@@ -216,8 +182,10 @@ class Updater:
                 if stale.app == app:
                     self.rollback(stale, stale.error or f"left unfinished while {stale.phase}", outcome="retry")
             observed = self._engine.observe(frozenset(s.image for s in specs.values()))
-            change = plan_change(observed, app, specs, volumes)
-            self._check_space(change, image_bytes or {})
+            planned = plan_update(
+                observed, app, [spec.target() for spec in specs.values()], volumes=volumes, strategy=strategy
+            )
+            self._check_space(planned.fetch, image_bytes or {})
         except NoSpaceError as exc:
             log.error("%s: not updating to %s: %s", app, to_release, exc)
             return Outcome("no-space", None, reason=str(exc))
@@ -232,9 +200,7 @@ class Updater:
             detail=detail,
         )
         try:
-            return self._carry_out(
-                tx, change, specs, strategy=strategy, health_window=health_window, restart_limit=restart_limit
-            )
+            return self._carry_out(tx, planned, specs, health_window=health_window, restart_limit=restart_limit)
         except (EngineError, JournalError, OSError, RuntimeError) as exc:
             log.error("%s: update to %s could not be carried out: %s", app, to_release, exc)
             reason = f"could not be carried out: {exc}"[:500]
@@ -244,11 +210,11 @@ class Updater:
                 log.error("%s: %s", app, unreadable)
             return Outcome("retry", self.rollback(tx, reason, outcome="retry"), reason=reason)
 
-    def _check_space(self, change: Change, image_bytes: Mapping[str, int]) -> None:
-        if not change.fetch:
+    def _check_space(self, fetch: tuple[str, ...], image_bytes: Mapping[str, int]) -> None:
+        if not fetch:
             return
         free = self._engine.storage_free()
-        needed = space_needed(change, image_bytes) + self._reserve
+        needed = space_needed(fetch, image_bytes) + self._reserve
         if free is not None and free < needed:
             raise NoSpaceError(
                 f"{free // 2**20} MiB free where the new images and the reserve need {needed // 2**20} MiB"
@@ -257,68 +223,41 @@ class Updater:
     def _carry_out(
         self,
         tx: Transaction,
-        change: Change,
+        planned: UpdatePlan,
         specs: Mapping[str, ContainerSpec],
         *,
-        strategy: Strategy,
         health_window: float,
         restart_limit: int,
     ) -> Outcome:
+        """Execute the plan's steps in order: phases are journaled, the probe judges, the rest goes to the engine."""
         app = tx.app
         keyed = {(app, name): spec for name, spec in specs.items()}
-        old = {"old": dict(change.retire)}
+        window = timedelta(seconds=health_window) + PROBE_MARGIN
+        result: Verdict | None = None
         self._fault("verified")
-        if strategy == "kill-then-download":
-            tx = self._advance(tx, "downloading", detail=old)  # the old containers are named before they stop
-            self._stop(app, change, keyed)
-        else:
-            tx = self._advance(tx, "downloading")
-        for image in change.fetch:
-            self._on_time(tx)
-            self._engine.execute(FetchImage(image), keyed)
-        self._on_time(tx)
-        tx = self._advance(tx, "downloaded")
-        tx = self._advance(
-            tx, "staged", detail={"new": {spec.service: spec.config_digest for spec in change.create}} | old
-        )
-        if change.networks:
-            self._engine.execute(CreateNetwork(app), keyed)
-        for volume in change.volumes:
-            self._engine.execute(CreateVolume(app, volume), keyed)
-        for spec in change.create:
-            self._on_time(tx)
-            self._engine.execute(CreateContainer(spec.target()), keyed)
-        tx = self._advance(tx, "switching")
-        if strategy == "download-then-kill":
-            self._stop(app, change, keyed)
-        staged = self._engine.ids(app)
-        created = {spec.service for spec in change.create}
-        for spec in dependency_order(specs.values()):
-            if spec.service not in created:
-                continue
-            new_id = staged.get((spec.service, spec.config_digest))
-            if new_id is None:
-                raise RuntimeError(f"{app}/{spec.service}: staged container is gone")
-            self._on_time(tx)
-            self._engine.execute(StartContainer(app, spec.service, new_id), keyed)
-        tx = self._advance(tx, "probing", timeout=timedelta(seconds=health_window) + PROBE_MARGIN)
-        result = self._probe(tx, specs, health_window=health_window, restart_limit=restart_limit)
-        if result.outcome != "healthy":
-            reason = f"{result.service}: {result.reason}"
-            logs = self._logs(app, specs, result.service)
-            judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS:]}
-            return Outcome("failed", self.rollback(tx, reason, outcome="failed", detail=judged), result, reason, logs)
-        tx = self._advance(tx, "committed")
-        for service, container_id in change.retire:  # hand-over: the old ones are still running until here
-            try:
-                self._engine.execute(RemoveContainer(app, service, container_id), keyed)
-            except EngineError as exc:  # committed is committed: the next reconcile removes what is left
-                log.error("%s: old %s container left after commit: %s", app, service, exc)
+        for step in planned.steps:
+            match step:
+                case RecordPhase(phase=phase, detail=detail):
+                    self._on_time(tx)
+                    timeout = window if phase == "probing" else PHASE_TIMEOUT
+                    tx = self._advance(tx, phase, detail=detail, timeout=timeout)
+                case ProbeHealth():
+                    result = self._probe(tx, specs, health_window=health_window, restart_limit=restart_limit)
+                    if result.outcome != "healthy":
+                        reason = f"{result.service}: {result.reason}"
+                        logs = self._logs(app, specs, result.service)
+                        judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS:]}
+                        rolled_back = self.rollback(tx, reason, outcome="failed", detail=judged)
+                        return Outcome("failed", rolled_back, result, reason, logs)
+                case _ if tx.phase == "committed":  # hand-over: the old ones are still running until here
+                    try:
+                        self._engine.execute(step, keyed)
+                    except EngineError as exc:  # committed is committed: the next reconcile removes what is left
+                        log.error("%s: old container left after commit: %s", app, exc)
+                case _:
+                    self._on_time(tx)
+                    self._engine.execute(step, keyed)
         return Outcome("committed", tx, result)
-
-    def _stop(self, app: str, change: Change, keyed: Mapping[tuple[str, str], ContainerSpec]) -> None:
-        for service, container_id in reversed(change.retire):
-            self._engine.execute(StopContainer(app, service, container_id), keyed)
 
     def _logs(self, app: str, specs: Mapping[str, ContainerSpec], service: str | None) -> str | None:
         """The failing service's last log lines, read before rollback removes its container."""
@@ -432,19 +371,16 @@ class Updater:
         elif outcome == "interrupted":  # its rollback was cut short: say so, keep how it was judged
             finish = {"interrupted_in": "rolling-back", "outcome": tx.detail.get("outcome", "interrupted")}
         self._fault("rolling-back")
-        new: dict[str, str] = tx.detail.get("new", {})
-        old: dict[str, str] = tx.detail.get("old", {})
         none: Mapping[tuple[str, str], ContainerSpec] = {}
-        ids = self._engine.ids(tx.app)
-        for service, digest in sorted(new.items()):
-            container_id = ids.get((service, digest))
-            if container_id is not None:
-                self._engine.execute(RemoveContainer(tx.app, service, container_id), none)
-        for service, container_id in sorted(old.items()):
+        for step in plan_rollback(tx.app, tx.detail, self._engine.ids(tx.app)):
             try:
-                self._engine.execute(StartContainer(tx.app, service, container_id), none)
-            except EngineError as exc:  # keep starting the others; the next reconcile repairs the rest
-                log.error("rollback: cannot start %s/%s: %s", tx.app, service, exc)
+                self._engine.execute(step, none)
+            except EngineError as exc:
+                if not isinstance(step, StartContainer):
+                    raise
+                log.error(
+                    "rollback: cannot start %s/%s: %s", tx.app, step.service, exc
+                )  # the next reconcile repairs it
         log.warning("%s: rolled back %s -> %s: %s", tx.app, tx.to_release, tx.from_release, reason)
         try:
             tx = self._journal.advance(tx, "rolled-back", detail=finish)

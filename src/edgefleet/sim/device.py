@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgefleet import __version__
+from edgefleet.agent.decide import Installed
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.policy import Policy
@@ -31,7 +32,6 @@ from edgefleet.agent.runner import (
     REFUSED_FOR_GOOD,
     UPDATE_RETRY_FIRST,
     UPDATE_RETRY_MAX,
-    Installed,
     LocalState,
     event,
     next_delay,

@@ -21,6 +21,7 @@ import httpx
 from tuf.ngclient import FetcherInterface
 
 from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.decide import Choices, Installed, choose_updates, release_mark
 from edgefleet.agent.enroll import enroll, refresh
 from edgefleet.agent.errors import (
     AgentError,
@@ -32,12 +33,11 @@ from edgefleet.agent.errors import (
 from edgefleet.agent.identity import load_identity, saved_device_id
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.reconcile import PermissionRefusedError, checked_specs
-from edgefleet.agent.runner import Installed, load_state, release_mark, trust_store
+from edgefleet.agent.runner import load_state, trust_store
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.verify import ReleaseVerifier
 from edgefleet.protocol import Arch
 from edgefleet.sim.engine import SimRelease
-from edgefleet.sim.plan import UpdatePlan, plan_updates
 from edgefleet.sim.shared import share_verification
 
 FailureKind = Literal["unreachable", "refused", "hub-refused", "not-accepted", "permission", "trouble"]
@@ -230,7 +230,7 @@ class Candidate:
 class Verified(JobResult):
     """The outcome of a verification job: the plan, the releases that verified, and what stopped it if anything."""
 
-    plan: UpdatePlan | None = None
+    plan: Choices | None = None
     environment: dict[str, str] | None = None
     candidates: tuple[Candidate, ...] = ()
     failure: Failure | None = None
@@ -262,7 +262,7 @@ def verify_with(client: DeviceClient, job: VerifyJob, *, fetcher: FetcherInterfa
     except (AgentError, OSError) as exc:
         return Verified(failure=failure_of(exc))
     environment = next((dict(a.custom.environment) for a in assigned.values()), {})
-    plan = plan_updates({app: a.custom for app, a in assigned.items()}, job.installed, job.failed)
+    plan = choose_updates({app: a.custom for app, a in assigned.items()}, job.installed, job.failed)
     candidates: list[Candidate] = []
     for app in plan.update:
         custom = assigned[app].custom

@@ -1,5 +1,9 @@
-"""Update transactions on real Podman: commit when healthy, roll back by themselves when not, and
-recover from a crash at any phase onto exactly the old release (issue 5, first part)."""
+"""Update transactions on real engines: commit when healthy, roll back by themselves when not, and
+recover from a crash at any phase onto exactly the old release (issue 5, first part).
+
+Every strategy, committed and rolled back, is checked step by step with the same checks the
+in-memory engine's unit tests use (`tests/update_matrix.py`), on Podman and Docker Engine.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from edgefleet.agent.transaction import PHASE_TIMEOUT, Updater
 from edgefleet.manifest import Release, parse_manifest
 from tests.integration.agent.conftest import app_name, pin_bridge_mac
 from tests.integration.agent.test_engine import containers, desired, sh, wait_running
+from tests.update_matrix import STRATEGIES, Recorded, check_commit, check_rollback
 
 pytestmark = pytest.mark.xdist_group("podman")
 
@@ -38,12 +43,13 @@ def release(
     healthcheck: str = "",
     strategy: str = "download-then-kill",
     probes: str = "[]",
+    db: str = "db",
 ) -> Release:
     return parse_manifest(f"""
 services:
   db:
     image: {image}
-    command: ["/bin/sh", "-c", "{SERVE.format(word="db")}"]
+    command: ["/bin/sh", "-c", "{SERVE.format(word=db)}"]
   web:
     image: {image}
     command: ["/bin/sh", "-c", "{web}"]
@@ -234,14 +240,14 @@ def test_a_crash_at_any_phase_recovers_onto_the_old_release(
 # --- update strategies ------------------------------------------------------------------
 
 SEEN = {
-    # What runs at a phase, per strategy: (web 1.0.0, web 1.1.0) status; db is unchanged throughout.
+    # What runs at a phase, per strategy: (web 1.0.0, web 1.1.0) status.
     "download-then-kill": {"switching": ("running", "created"), "probing": ("exited", "running")},
     "kill-then-download": {"downloaded": ("exited", None), "probing": ("exited", "running")},
     "hand-over": {"switching": ("running", "created"), "probing": ("running", "running")},
 }
 
 
-@pytest.mark.parametrize("strategy", sorted(SEEN))
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_stops_the_old_release_at_its_own_moment_and_commits(
     engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path, strategy: str
 ) -> None:
@@ -253,29 +259,34 @@ def test_each_strategy_stops_the_old_release_at_its_own_moment_and_commits(
             web = {release: status for service, release, status in states(engine, app) if service == "web"}
             seen[phase] = (web.get("1.0.0"), web.get("1.1.0"))
 
-    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"), strategy=strategy)
-    outcome = update(engine, Journal(tmp_path / "journal.db"), new, window=2, fault=look)
+    new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"), strategy=strategy, db="db2")
+    recorded = Recorded(engine)
+    outcome = update(recorded, Journal(tmp_path / "journal.db"), new, window=2, fault=look)
 
     assert outcome.committed, outcome
     assert outcome.transaction.strategy == strategy
     assert seen == SEEN[strategy]
-    assert states(engine, app) == [("db", "1.0.0", "running"), ("web", "1.1.0", "running")]
-    assert containers(engine, app)["db"].id == before["db"]
+    assert states(engine, app) == [("db", "1.1.0", "running"), ("web", "1.1.0", "running")]
+    assert not set(before.values()) & {c.id for c in containers(engine, app).values()}
+    check_commit(recorded.done, strategy, ["db", "web"])
 
 
-@pytest.mark.parametrize("strategy", sorted(SEEN))
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_rolls_back_onto_the_very_same_containers(
     engine: DockerEngine, running: tuple[str, dict[str, str]], busybox: str, tmp_path: Path, strategy: str
 ) -> None:
     app, before = running
-    new = release(app, busybox, "1.1.0", web="echo starting; echo boom-marker >&2; exit 3", strategy=strategy)
-    outcome = update(engine, Journal(tmp_path / "journal.db"), new, window=5)
+    failing = "echo starting; echo boom-marker >&2; exit 3"
+    new = release(app, busybox, "1.1.0", web=failing, strategy=strategy, db="db2")
+    recorded = Recorded(engine)
+    outcome = update(recorded, Journal(tmp_path / "journal.db"), new, window=5)
 
     assert outcome.status == "failed"
     assert outcome.verdict.service == "web"
     assert "boom-marker" in (outcome.logs or "")  # the failing service's last lines travel with the report
     wait_running(engine, app, 2)
     assert {name: c.id for name, c in containers(engine, app).items()} == before
+    check_rollback(recorded.done, ["db", "web"])
 
 
 def test_hand_over_keeps_the_old_service_answering_throughout(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.agent.engine.memory import MemoryEngine
 from edgefleet.agent.plan import (
     AppTarget,
     CreateContainer,
@@ -22,7 +22,6 @@ from edgefleet.agent.plan import (
     RemoveNetwork,
     ServiceTarget,
     StartContainer,
-    Step,
     StopContainer,
     plan,
 )
@@ -46,47 +45,6 @@ def running(target: AppTarget) -> Observed:
         volumes=frozenset((target.app, v) for v in target.volumes),
         images=frozenset(s.image for s in target.services),
     )
-
-
-class MemoryEngine:
-    """Applies steps to an `Observed` value, as a real engine would."""
-
-    def __init__(self, observed: Observed) -> None:
-        self.state = observed
-        self.ids = itertools.count()
-
-    def apply(self, step: Step) -> None:
-        s = self.state
-        containers = list(s.containers)
-        match step:
-            case FetchImage(image=image):
-                self.state = replace(s, images=s.images | {image})
-            case CreateNetwork(app=app):
-                assert app not in s.networks
-                self.state = replace(s, networks=s.networks | {app})
-            case CreateVolume(app=app, volume=volume):
-                self.state = replace(s, volumes=s.volumes | {(app, volume)})
-            case CreateContainer(target=t):
-                assert t.image in s.images, "created before its image was fetched"
-                assert t.app in s.networks
-                new = ObservedContainer(f"new{next(self.ids)}", t.app, t.service, t.release, t.config_digest, False)
-                self.state = replace(s, containers=(*containers, new))
-            case StartContainer(app=app, service=service, container_id=cid):
-                matches = [c for c in containers if c.app == app and c.service == service and cid in (None, c.id)]
-                assert len(matches) == 1
-                containers[containers.index(matches[0])] = replace(matches[0], running=True)
-                self.state = replace(s, containers=tuple(containers))
-            case StopContainer(container_id=cid):
-                (c,) = [c for c in containers if c.id == cid]
-                containers[containers.index(c)] = replace(c, running=False)
-                self.state = replace(s, containers=tuple(containers))
-            case RemoveContainer(container_id=cid):
-                (c,) = [c for c in containers if c.id == cid]
-                assert not c.running, "removed while running"
-                self.state = replace(s, containers=tuple(x for x in containers if x.id != cid))
-            case RemoveNetwork(app=app):
-                assert not [c for c in containers if c.app == app]
-                self.state = replace(s, networks=s.networks - {app})
 
 
 def test_running_the_target_needs_no_steps() -> None:
@@ -211,6 +169,9 @@ def test_applying_the_plan_reaches_the_target_and_then_nothing_is_left_to_do(
     observed, targets = world
     engine = MemoryEngine(observed)
     for step in plan(observed, targets):
+        if isinstance(step, RemoveContainer):
+            (removed,) = [c for c in engine.state.containers if c.id == step.container_id]
+            assert not removed.running, "removed while running"
         engine.apply(step)
     final = engine.state
 

@@ -11,15 +11,14 @@ from typing import Any
 import pytest
 
 from edgefleet import crypto
+from edgefleet.agent.decide import Choices, Installed
 from edgefleet.agent.errors import HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.policy import Policy
-from edgefleet.agent.runner import Installed
 from edgefleet.protocol import DeviceEvent, DeviceIdentity, TargetState
 from edgefleet.sim.device import Shared, SimDevice
 from edgefleet.sim.engine import SimRelease
 from edgefleet.sim.errors import DeviceOfflineError
-from edgefleet.sim.plan import UpdatePlan
 from edgefleet.sim.settings import SimSettings
 from edgefleet.sim.stats import Counters
 from edgefleet.sim.work import Candidate, Failure, Restored, Verified
@@ -100,8 +99,8 @@ def make_device(tmp_path: Path, verified: Verified, **settings: Any) -> tuple[Si
     return device, link, pool
 
 
-def plan(update: tuple[str, ...] = ("sensor",)) -> UpdatePlan:
-    return UpdatePlan(update=update, staying=(), failed={}, removed=())
+def plan(update: tuple[str, ...] = ("sensor",)) -> Choices:
+    return Choices(update=update, staying=(), failed={}, removed=())
 
 
 def sent_events(link: FakeLink) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+from edgefleet.agent.decide import Choices, Installed
 from edgefleet.agent.errors import (
     DeviceNotAcceptedError,
     HubRefusedError,
@@ -12,9 +13,7 @@ from edgefleet.agent.errors import (
     UpdateRefusedError,
 )
 from edgefleet.agent.reconcile import PermissionRefusedError
-from edgefleet.agent.runner import Installed
 from edgefleet.sim.engine import SimRelease
-from edgefleet.sim.plan import UpdatePlan
 from edgefleet.sim.work import Candidate, Failure, Verified, failure_of
 from tests.publishing import IMAGE
 
@@ -38,7 +37,7 @@ def test_errors_become_failures_with_the_agents_retry_rules() -> None:
 def test_results_survive_the_trip_between_processes() -> None:
     entry = Installed("1.1.0", 2, "/state/releases/sensor/2-1.1.0", previous="/state/releases/sensor/1-1.0.0")
     result = Verified(
-        plan=UpdatePlan(update=("sensor",), staying=(), failed={}, removed=()),
+        plan=Choices(update=("sensor",), staying=(), failed={}, removed=()),
         environment={"MODE": "demo"},
         candidates=(Candidate("sensor", "2-1.1.0", SimRelease("1.1.0", 2, (("main", IMAGE),)), entry),),
         failure=Failure("refused", "x", retry=False, reason="signature"),

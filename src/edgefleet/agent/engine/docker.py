@@ -304,8 +304,8 @@ class DockerEngine:
                     )
             case CreateContainer(target=target):
                 self._create(specs[(target.app, target.service)])
-            case StartContainer(app=app, service=service, container_id=cid):
-                container = self._container(cid) if cid else self._created(app, service)
+            case StartContainer(app=app, service=service, container_id=cid, config_digest=digest):
+                container = self._container(cid) if cid else self._created(app, service, digest)
                 with _converted(f"start {app}/{service}"):
                     container.start()
             case StopContainer(app=app, service=service, container_id=cid):
@@ -344,11 +344,14 @@ class DockerEngine:
             raise EngineError(f"container {container_id} is not this agent's", retryable=False)
         return container
 
-    def _created(self, app: str, service: str) -> Container:
+    def _created(self, app: str, service: str, digest: str | None) -> Container:
+        """The container of `app`/`service` created earlier: the one of definition `digest`, or the one not running."""
         found = [
             c
             for c in self._managed()
-            if c.labels.get(APP) == app and c.labels.get(SERVICE) == service and c.status in ("created", "exited")
+            if c.labels.get(APP) == app
+            and c.labels.get(SERVICE) == service
+            and (c.labels.get(DIGEST) == digest if digest else c.status in ("created", "exited"))
         ]
         if len(found) != 1:
             raise EngineError(f"expected one new container for {app}/{service}, found {len(found)}")

@@ -1,9 +1,10 @@
-"""Which apps a simulated device moves after verifying its assignment: the agent's choices, as a pure function.
+"""Which apps an update moves: the agent's choices from a verified assignment, as a pure function.
 
-The same rules as `Agent.update` (`agent.runner`): an app already on the assigned release
-stays (and a failure before that is settled); a release that failed on this device is not
-tried again until something else is assigned or an operator asks for a retry (a new
-`release_mark`); apps no longer assigned go.
+`Agent.update` (`agent.runner`) and the simulated device (`sim.work`) both decide with
+`choose_updates`: an app already on the assigned release stays (and a failure before that is
+settled); a release that failed on this device is not tried again until something else is
+assigned or an operator asks for a retry (a new `release_mark`); apps no longer assigned go.
+How each chosen app then moves is `agent.plan.plan_update`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgefleet.agent.runner import Installed, release_mark
 from edgefleet.releases import DirectorTarget
 
 
+@dataclass(frozen=True)
+class Installed:
+    """A verified release the device keeps on disk, per app."""
+
+    version: str
+    release_counter: int
+    directory: str
+    previous: str | None = None
+    """Directory of the release that ran before, kept with its images (going back to it pulls no image)."""
+
+
+def release_mark(counter: int, version: str, retry: int) -> str:
+    """Names one assignment of a release: an operator's retry makes a new mark for the same release."""
+    return f"{counter}-{version}" + (f"-retry{retry}" if retry else "")
+
+
 @dataclass(frozen=True, slots=True)
-class UpdatePlan:
+class Choices:
     """What to do with a verified assignment."""
 
     update: tuple[str, ...]
@@ -29,9 +45,9 @@ class UpdatePlan:
     """Installed apps that are no longer assigned."""
 
 
-def plan_updates(
+def choose_updates(
     assigned: Mapping[str, DirectorTarget], installed: Mapping[str, Installed], failed: Mapping[str, str]
-) -> UpdatePlan:
+) -> Choices:
     """Decide from the director's verified targets, what is installed, and what failed here (pure)."""
     still_failed = {app: mark for app, mark in failed.items() if app in assigned}
     update: list[str] = []
@@ -47,7 +63,7 @@ def plan_updates(
             continue
         still_failed.pop(app, None)
         update.append(app)
-    return UpdatePlan(
+    return Choices(
         update=tuple(update),
         staying=tuple(staying),
         failed=still_failed,

@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS release_floors (app TEXT PRIMARY KEY, release_counter
 
 
 _SETTLED_COLUMN = "ALTER TABLE transactions ADD COLUMN settled INTEGER NOT NULL DEFAULT 1"
-"""A journal of an agent from before settling: its transactions count as settled (as that agent left them)."""
+"""A journal of an agent from before settling: its finished transactions count as settled (that agent did it)."""
 Ending = Literal["committed", "failed", "retry", "interrupted"]
 """How a finished transaction ended (`Transaction.outcome`)."""
 
@@ -154,6 +154,8 @@ class Journal:
         if "settled" not in columns:
             with self._write():
                 self._db.execute(_SETTLED_COLUMN)
+                # What the older agent left unfinished is recovered by this one, and settled then.
+                self._db.execute("UPDATE transactions SET settled = 0 WHERE phase NOT IN ('committed', 'rolled-back')")
 
     def close(self) -> None:
         self._db.close()

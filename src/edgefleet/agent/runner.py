@@ -338,6 +338,10 @@ class Agent:
         assigned = verifier.assignments()
         environment = next((dict(a.custom.environment) for a in assigned.values()), {})
         targets = {app: a.custom for app, a in assigned.items()}
+        # A rollback an engine error cut short is finished and settled before anything is chosen: a
+        # release judged failed is then marked failed, and not started again.
+        self.updater().finish_rollbacks()
+        self.settle()
         chosen = choose_updates(targets, self.state.apps, self.state.failed)
         self.state = LocalState(apps=dict(self.state.apps), environment=environment, failed=dict(chosen.failed))
         for app in chosen.staying:
@@ -353,10 +357,19 @@ class Agent:
             if self._given_up(app, mark, current, custom.version):
                 continue
             directory = self.data_dir / "releases" / app / f"{custom.release_counter}-{custom.version}"
+            held = self._held()
+            aside = directory.parent / f".staging-earlier-{directory.name}"
+            shutil.rmtree(aside, ignore_errors=True)
             if directory.exists():
-                shutil.rmtree(directory)  # an earlier download of this release: verify it afresh
-            floor = self._floor(app, current)
-            release = verifier.verify(app, installed_counter=floor, install_dir=directory, held=self._held())
+                # An earlier download of this release (a retry, or going back to the previous release): it is
+                # verified afresh, and its archives are offered for reuse (checked again where they land).
+                directory.rename(aside)
+                held += sorted((aside / "images").glob("*"))
+            try:
+                floor = self._floor(app, current)
+                release = verifier.verify(app, installed_counter=floor, install_dir=directory, held=held)
+            finally:
+                shutil.rmtree(aside, ignore_errors=True)
             # The new release's bundled images are loaded from its verified archives, not pulled.
             bundles = bundles_of(release.manifest, release.directory)
             self.engine.bundles.update(bundles)
@@ -445,19 +458,25 @@ class Agent:
             image_bytes={image: archive.stat().st_size for image, archive in bundles.items()},
             detail={"mark": mark, "install": vars(install)},
         )
-        if outcome.transaction is not None:
+        if outcome.transaction is not None and outcome.transaction.finished:
             self.settle()
             return
-        # Nothing was changed (too little disk, or the engine could not be read): no transaction to settle.
+        # Nothing was changed (too little disk, or the engine could not be read), or the journal could not
+        # record the end (a full disk): the outcome itself is told, and a failure is remembered.
         from_release = current.version if current else None
-        status = "no-space" if outcome.status == "no-space" else "rolled-back"
-        self.outbox.add(
-            event(None, app, status, reason=outcome.reason, from_release=from_release, to_release=release.version)
+        status = {"failed": "failed", "no-space": "no-space"}.get(outcome.status, "rolled-back")
+        failing = outcome.verdict.service if outcome.verdict and outcome.status == "failed" else None
+        told = event(None, app, status, reason=outcome.reason, service=failing, logs=outcome.logs)
+        self.outbox.add(told | {"to_release": release.version} | ({"from_release": from_release} if current else {}))
+        if outcome.status == "failed":
+            self.state.failed[app] = mark
+            save_state(self.data_dir, self.state)
+        what = {"no-space": "could not be made: not enough disk", "failed": "failed and was rolled back"}.get(
+            outcome.status, "could not be carried out"
         )
-        what = "could not be made: not enough disk" if outcome.status == "no-space" else "could not be carried out"
         self.last_error = f"update of {app} to {release.version} {what}: {outcome.reason}"[:500]
         log.error("%s", self.last_error)
-        self.retry = True
+        self.retry = outcome.status != "failed"
 
     def _prune(self, app: str) -> None:
         """Remove the app's releases other than the running and the previous one, and their images."""

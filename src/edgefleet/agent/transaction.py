@@ -178,9 +178,7 @@ class Updater:
         the status ``retry``.
         """
         try:
-            for stale in self._journal.unfinished():  # a rollback an engine error cut short: finish it first
-                if stale.app == app:
-                    self.rollback(stale, stale.error or f"left unfinished while {stale.phase}", outcome="retry")
+            self.finish_rollbacks(app)
             observed = self._engine.observe(frozenset(s.image for s in specs.values()))
             planned = plan_update(
                 observed, app, [spec.target() for spec in specs.values()], volumes=volumes, strategy=strategy
@@ -210,6 +208,18 @@ class Updater:
                 log.error("%s: %s", app, unreadable)
             return Outcome("retry", self.rollback(tx, reason, outcome="retry"), reason=reason)
 
+    def finish_rollbacks(self, app: str | None = None) -> list[Transaction]:
+        """Finish the rollbacks an engine error cut short (of `app`, or of every app); each keeps its outcome.
+
+        Raises:
+            EngineError: the engine still refuses; the transaction stays unfinished.
+        """
+        return [
+            self.rollback(stale, stale.error or f"left unfinished while {stale.phase}", outcome="retry")
+            for stale in self._journal.unfinished()
+            if app is None or stale.app == app
+        ]
+
     def _check_space(self, fetch: tuple[str, ...], image_bytes: Mapping[str, int]) -> None:
         if not fetch:
             return
@@ -238,7 +248,8 @@ class Updater:
         for step in planned.steps:
             match step:
                 case RecordPhase(phase=phase, detail=detail):
-                    self._on_time(tx)
+                    if phase != "committed":  # a healthy verdict commits (the probe kept its own deadline)
+                        self._on_time(tx)
                     timeout = window if phase == "probing" else PHASE_TIMEOUT
                     tx = self._advance(tx, phase, detail=detail, timeout=timeout)
                 case ProbeHealth():

@@ -182,9 +182,16 @@ def test_an_older_agents_journal_gains_the_settled_mark_with_its_transactions_se
             " detail TEXT NOT NULL DEFAULT '{}', started_at TEXT NOT NULL, updated_at TEXT NOT NULL);"
             "INSERT INTO transactions (app, to_release, strategy, phase, started_at, updated_at)"
             " VALUES ('web', '1.0.0', 'hand-over', 'committed', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z');"
+            "INSERT INTO transactions (app, to_release, strategy, phase, started_at, updated_at)"
+            " VALUES ('db', '1.0.0', 'hand-over', 'probing', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z');"
         )
     journal = Journal(path)
     assert journal.unsettled() == []  # what the older agent finished, it had recorded itself
+    (killed,) = journal.unfinished()  # what it left unfinished is recovered, and settled, by this one
+    killed = journal.advance(killed, "rolling-back", detail={"outcome": "interrupted"})
+    journal.advance(killed, "rolled-back")
+    assert [t.app for t in journal.unsettled()] == ["db"]
+    journal.settle(killed)
     tx = journal.begin("web", from_release="1.0.0", to_release="1.1.0", strategy="hand-over", timeout=HOUR)
     tx = journal.advance(tx, "rolling-back", timeout=HOUR, detail={"outcome": "failed"})
     journal.advance(tx, "rolled-back")

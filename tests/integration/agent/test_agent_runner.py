@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.engine.docker import DockerEngine
-from edgefleet.agent.errors import HubUnreachableError
+from edgefleet.agent.errors import EngineError, HubUnreachableError
+from edgefleet.agent.plan import RemoveContainer
 from edgefleet.agent.policy import parse_policy
 from edgefleet.agent.runner import Agent, run, trust_store
 from tests.conftest import Fleet
@@ -248,6 +249,55 @@ def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     agent.cycle()
     assert agent.journal.last(app).id != tried
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
+
+
+class RefusingRemovals:
+    """The agent's engine, refusing the next `refusals` container removals (as an engine in trouble does)."""
+
+    def __init__(self, engine: DockerEngine, refusals: int) -> None:
+        self.engine = engine
+        self.refusals = refusals
+
+    def execute(self, step: Any, specs: Any) -> None:
+        if isinstance(step, RemoveContainer) and self.refusals > 0:
+            self.refusals -= 1
+            raise EngineError(f"remove {step.app}/{step.service}: the engine refuses for now")
+        self.engine.execute(step, specs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def test_a_failed_release_whose_rollback_the_engine_cut_short_is_not_started_again(
+    fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str
+) -> None:
+    app = app_name(apps, "stuck")
+    device = agent.identity.device_id
+    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
+    assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)
+    before = {name: c.id for name, c in containers(agent.engine, app).items()}
+    real = agent.engine
+
+    publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web="exit 4"))
+    assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
+    agent.engine = cast(Any, RefusingRemovals(real, refusals=2))  # the rollback, and its second try, cut short
+    agent.cycle()
+    (stuck,) = agent.journal.unfinished()
+    assert (stuck.phase, stuck.detail["outcome"]) == ("rolling-back", "failed")  # judged failed, not rolled back
+    assert agent.retry
+    agent.engine, agent.retry_at = real, 0.0  # the engine answers again; the retry is due
+    agent.cycle()
+
+    assert [t.to_release for t in agent.journal.unsettled()] == []
+    assert agent.journal.last(app).detail["outcome"] == "failed"
+    wait_running(agent.engine, app, 2)
+    assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
+    tries = agent.journal._db.execute("SELECT COUNT(*) FROM transactions WHERE to_release = '1.1.0'").fetchone()[0]
+    assert tries == 1  # finished and settled as failed, never started a second time
+    agent.cycle()  # the events go out at the start of a cycle
+    assert failures(fleet, device) == [f"{app} 1.0.0 -> 1.1.0"]
 
 
 def failures(fleet: Fleet, device: str) -> list[str]:

@@ -38,9 +38,12 @@ class Recorded:
         return getattr(self.engine, name)
 
 
-def services(steps: Sequence[Step], kind: type) -> list[str]:
+ContainerStep = type[StartContainer] | type[StopContainer] | type[RemoveContainer]
+
+
+def services(steps: Sequence[Step], kind: ContainerStep) -> list[str]:
     """The services of the steps of `kind`, in order."""
-    return [step.service for step in steps if isinstance(step, kind)]  # type: ignore[attr-defined]
+    return [step.service for step in steps if isinstance(step, kind)]
 
 
 def first(steps: Sequence[Step], kind: type) -> int:

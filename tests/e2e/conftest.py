@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -159,6 +160,11 @@ class RunningHub:
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca)), timeout=60) as http:
             return http.request(method, f"{self.url}/api/v1{path}", headers=headers, **kwargs)
+
+    def update_outcomes(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's update outcomes in the hub's audit log, in the order the hub recorded them."""
+        entries = sorted(json.loads(self.cli("audit", "list", "--json").stdout), key=lambda e: e["seq"])
+        return [e for e in entries if e["action"].startswith("device.update.") and e["actor"] == f"device:{device_id}"]
 
     def terminal(self, *args: str) -> tuple[int, str]:
         """The CLI against this hub on a pseudo-terminal: (exit code, everything it drew)."""

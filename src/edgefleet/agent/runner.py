@@ -44,7 +44,7 @@ from edgefleet.agent.policy import Policy
 from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
 from edgefleet.agent.spec import HostFacts
-from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, TransactionEngine, Updater
+from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Status, TransactionEngine, Updater
 from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.verify import ReleaseVerifier, TrustStore
 from edgefleet.crypto import write_public_file
@@ -189,13 +189,14 @@ UPDATE_RETRY_MAX = 1800.0
 """Seconds before an update that could not be carried out (disk, engine) is tried again, doubling per failure."""
 RETRIED_REFUSALS = frozenset({"hash_mismatch", "expired", "rollback_attack"})
 """Refusals tried again later by themselves; others wait for a new assignment (a forgery stays refused)."""
-EVENT_STATUS: dict[Ending, str] = {
+EVENT_STATUS: dict[Ending | Status, str] = {
     "committed": "committed",
     "failed": "failed",
     "retry": "rolled-back",
     "interrupted": "interrupted",
+    "no-space": "no-space",
 }
-"""The event a finished transaction becomes (`protocol.UpdateStatus`)."""
+"""The event an update's end becomes (`protocol.UpdateStatus`): a journaled ending, or an `Outcome`'s status."""
 EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
 """Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
 
@@ -464,7 +465,7 @@ class Agent:
         # Nothing was changed (too little disk, or the engine could not be read), or the journal could not
         # record the end (a full disk): the outcome itself is told, and a failure is remembered.
         from_release = current.version if current else None
-        status = {"failed": "failed", "no-space": "no-space"}.get(outcome.status, "rolled-back")
+        status = EVENT_STATUS[outcome.status]
         failing = outcome.verdict.service if outcome.verdict and outcome.status == "failed" else None
         told = event(None, app, status, reason=outcome.reason, service=failing, logs=outcome.logs)
         self.outbox.add(told | {"to_release": release.version} | ({"from_release": from_release} if current else {}))

@@ -25,6 +25,7 @@ from tests.integration.agent.images import configs, export, forget, old_format, 
 from tests.integration.agent.test_engine import containers, wait_running
 from tests.integration.registry.conftest import Registry
 from tests.publishing import Publisher, assign
+from tests.update_matrix import Recorded
 
 pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
@@ -186,16 +187,21 @@ def test_agent_follows_its_assignment(
     assert "web" in error
 
 
+def first_release(fleet: Fleet, publisher: Publisher, agent: Agent, app: str, busybox: str) -> dict[str, str]:
+    """APP 1.0.0 published, assigned and running on the agent's device; returns service -> container id."""
+    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
+    assert assign(fleet, agent.identity.device_id, f"{app}@1.0.0").status_code == 200
+    agent.cycle()
+    wait_running(agent.engine, app, 2)
+    return {name: c.id for name, c in containers(agent.engine, app).items()}
+
+
 def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     fleet: Fleet, publisher: Publisher, agent: Agent, apps: list[str], busybox: str
 ) -> None:
     app = app_name(apps, "plant")
     device = agent.identity.device_id
-    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
-    assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
-    agent.cycle()
-    wait_running(agent.engine, app, 2)
-    before = {name: c.id for name, c in containers(agent.engine, app).items()}
+    before = first_release(fleet, publisher, agent, app, busybox)
 
     publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web="exit 4"))
     assert assign(fleet, device, f"{app}@1.1.0").status_code == 200
@@ -251,21 +257,18 @@ def test_a_failing_release_rolls_back_is_reported_and_not_retried(
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == before
 
 
-class RefusingRemovals:
+class RefusingRemovals(Recorded):
     """The agent's engine, refusing the next `refusals` container removals (as an engine in trouble does)."""
 
     def __init__(self, engine: DockerEngine, refusals: int) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.refusals = refusals
 
     def execute(self, step: Any, specs: Any) -> None:
         if isinstance(step, RemoveContainer) and self.refusals > 0:
             self.refusals -= 1
             raise EngineError(f"remove {step.app}/{step.service}: the engine refuses for now")
-        self.engine.execute(step, specs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
+        super().execute(step, specs)
 
 
 def test_a_failed_release_whose_rollback_the_engine_cut_short_is_not_started_again(
@@ -273,11 +276,7 @@ def test_a_failed_release_whose_rollback_the_engine_cut_short_is_not_started_aga
 ) -> None:
     app = app_name(apps, "stuck")
     device = agent.identity.device_id
-    publisher.publish(app, "1.0.0", text=app_text(app, "1.0.0", busybox))
-    assert assign(fleet, device, f"{app}@1.0.0").status_code == 200
-    agent.cycle()
-    wait_running(agent.engine, app, 2)
-    before = {name: c.id for name, c in containers(agent.engine, app).items()}
+    before = first_release(fleet, publisher, agent, app, busybox)
     real = agent.engine
 
     publisher.publish(app, "1.1.0", text=app_text(app, "1.1.0", busybox, web="exit 4"))

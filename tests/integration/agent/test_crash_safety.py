@@ -70,9 +70,7 @@ class Device:
             return [(int(i), str(to), str(phase), int(settled)) for i, to, phase, settled in rows]
 
     def outcomes(self) -> list[dict[str, Any]]:
-        """The device's update outcomes in the hub's audit log, in the order recorded."""
-        entries = sorted(json.loads(self.hub.cli("audit", "list", "--json").stdout), key=lambda e: e["seq"])
-        return [e for e in entries if e["action"].startswith("device.update.") and e["actor"] == f"device:{self.id}"]
+        return self.hub.update_outcomes(self.id)
 
     def attempts(self) -> int:
         with sqlite3.connect(self.data_dir / "journal.db") as db:

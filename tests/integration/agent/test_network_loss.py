@@ -161,8 +161,7 @@ class IsolatedDevice:
 
     def audited(self) -> list[dict[str, Any]]:
         """The device's update outcomes in the hub's audit log, in the order the hub recorded them."""
-        entries = sorted(json.loads(self.hub.cli("audit", "list", "--json").stdout), key=lambda e: e["seq"])
-        return [e for e in entries if e["action"].startswith("device.update.") and e["actor"] == f"device:{self.id}"]
+        return self.hub.update_outcomes(self.id)
 
 
 def wait_for(what: str, check: Callable[[], bool], *, timeout: float = 90, every: float = 0.05) -> None:

@@ -25,7 +25,7 @@ from edgefleet.agent.plan import (
     Strategy,
 )
 from edgefleet.agent.spec import ContainerSpec
-from edgefleet.agent.transaction import Outcome, Updater
+from edgefleet.agent.transaction import FaultHook, Outcome, Updater
 from tests.update_matrix import STRATEGIES, check_commit, check_rollback, services
 
 APP = "plant"
@@ -90,13 +90,18 @@ class Clock:
 
 
 def update(
-    engine: MemoryEngine, journal: Journal, strategy: Strategy, *, fault: object = None, **kwargs: object
+    engine: MemoryEngine,
+    journal: Journal,
+    strategy: Strategy,
+    *,
+    fault: FaultHook | None = None,
+    unchanged: tuple[str, ...] = (),
 ) -> Outcome:
     clock = Clock()
-    updater = Updater(engine, journal, clock=clock, sleep=clock.sleep, fault=fault)  # type: ignore[arg-type]
+    updater = Updater(engine, journal, clock=clock, sleep=clock.sleep, fault=fault)
     return updater.update(
         APP,
-        new_specs(**kwargs),  # type: ignore[arg-type]
+        new_specs(unchanged=unchanged),
         from_release="1.0.0",
         to_release="2.0.0",
         volumes=("data",),

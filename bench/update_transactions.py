@@ -1,6 +1,6 @@
 """Benchmark: update transactions on real Podman: downtime per strategy, time back after a failed verdict, bytes.
 
-Runs the agent's `Updater` (the same calls as tests/integration/agent/test_transaction_podman.py)
+Runs the agent's `Updater` (the same calls as tests/integration/agent/test_transaction.py)
 against Podman's Docker-compatible API and a registry on this machine, with a one-service
 app whose `web` answers its release's word (1.0.0 "one", 1.1.0 "two") over HTTP on port
 8080. While an update runs, the host asks every running container of the app for its word
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.agent.conftest import busybox_layer, podman_service  # noqa: E402
-from tests.integration.agent.test_engine_podman import desired  # noqa: E402
+from tests.integration.agent.test_engine import desired  # noqa: E402
 from tests.integration.registry.conftest import (  # noqa: E402
     OCI_CONFIG,
     OCI_LAYER,

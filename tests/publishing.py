@@ -20,7 +20,8 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import FetcherInterface
 
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.agent.verify import ReleaseVerifier, TrustStore, VerifiedRelease
+from edgefleet.agent.truststore import TrustStore
+from edgefleet.agent.verify import ReleaseVerifier, VerifiedRelease
 from edgefleet.publisher.delegation import delegate, revoke
 from edgefleet.publisher.keys import (
     Role,

@@ -20,9 +20,6 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
-from securesystemslib.exceptions import FormatError
-from tuf.api.exceptions import RepositoryError
-from tuf.api.metadata import Metadata, Root
 
 from edgefleet.protocol import AppName, Arch, DeviceId, Environment, ImageRef, RetryGeneration, WireModel
 from edgefleet.protocol import Version as Version  # re-exported: where release versions were defined first
@@ -168,6 +165,11 @@ def root_digest(root: bytes) -> str:
     Raises:
         ValueError: not root metadata.
     """
+    # python-tuf loads here, not with this module: an idle agent imports this module and never needs it.
+    from securesystemslib.exceptions import FormatError
+    from tuf.api.exceptions import RepositoryError
+    from tuf.api.metadata import Metadata, Root
+
     try:
         metadata = Metadata[Root].from_bytes(root)
         signed = metadata.signed_bytes

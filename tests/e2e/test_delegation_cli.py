@@ -16,7 +16,8 @@ import httpx
 
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.enroll import enroll
-from edgefleet.agent.verify import ReleaseVerifier, TrustStore
+from edgefleet.agent.truststore import TrustStore
+from edgefleet.agent.verify import ReleaseVerifier
 from tests.e2e.conftest import RunningHub, edgefleet
 from tests.e2e.test_releases_e2e import TUF_CLIENT, ok
 from tests.publishing import compose

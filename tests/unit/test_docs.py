@@ -21,7 +21,7 @@ from typer.main import get_command
 from edgefleet import manifest
 from edgefleet.agent import policy
 from edgefleet.cli.agent import app as agent_app
-from edgefleet.cli.main import app
+from edgefleet.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 
 import pytest
 import yaml
@@ -135,6 +136,8 @@ def test_each_confinement_bypass_is_refused_with_a_pointer(key):
             "must be pinned by digest (image@sha256:...)",
         ),
         ("services.sensor.image", f"acme/sensor@sha256:{'0' * 63}", "services.sensor.image", "pinned by digest"),
+        # A tag's \w is ASCII in the OCI grammar: a Unicode letter is refused here, not by the engine later.
+        ("services.sensor.image", f"acme/sensor:v\u00e9@{DIGEST}", "services.sensor.image", "pinned by digest"),
         ("services.sensor.volumes", ["/etc:/etc"], "services.sensor.volumes", "host-read:PATH"),
         (
             "services.sensor.volumes",
@@ -370,3 +373,24 @@ def test_arbitrary_bytes_never_crash_the_parser(data):
 )
 def test_good_permissions(text):
     assert str(parse_permission(text)) == text
+
+
+@given(tag=st.text(min_size=1, max_size=130))
+@settings(max_examples=300)
+def test_the_manifest_and_the_signed_bundle_target_agree_on_an_image_tag(tag: str) -> None:
+    """The manifest's check (Python's `re`) and the wire model's (pydantic's engine) take the same tags: ASCII ones."""
+    from edgefleet.releases import BundleTarget
+
+    image = f"acme/sensor:{tag}@{DIGEST}"
+    try:
+        parse_manifest(with_change("services.sensor.image", image).encode())
+        as_manifest = True
+    except ManifestError:
+        as_manifest = False
+    try:
+        BundleTarget(app="demo", version="1.0.0", image=image)
+        as_target = True
+    except ValueError:
+        as_target = False
+    assert as_manifest == as_target
+    assert as_target == bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", tag))

@@ -14,15 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
-from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.progress import DownloadProgress
 from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorBody, RenewRequest, TargetState
+
+if TYPE_CHECKING:
+    from edgefleet.agent.fetcher import HttpxFetcher
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
@@ -176,6 +178,8 @@ class DeviceClient:
         With `partial_dir`, interrupted target downloads resume on a later attempt; `progress`
         hears of each chunk of a target file (`agent.fetcher`).
         """
+        from edgefleet.agent.fetcher import HttpxFetcher  # python-tuf: loaded when a target first changes
+
         return HttpxFetcher(
             self._http, lambda: identity.token(now=self._clock()), partial_dir=partial_dir, progress=progress
         )

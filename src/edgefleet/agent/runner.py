@@ -46,7 +46,7 @@ from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, c
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Status, TransactionEngine, Updater
 from edgefleet.agent.trust import TrustMode
-from edgefleet.agent.verify import ReleaseVerifier, TrustStore
+from edgefleet.agent.truststore import TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.releases import bundle_path
@@ -329,6 +329,8 @@ class Agent:
 
     def update(self) -> None:
         """Verify the director's assignment; move each app whose release changed to it, as a transaction."""
+        from edgefleet.agent.verify import ReleaseVerifier  # python-tuf: loaded when a target first changes
+
         verifier = ReleaseVerifier(
             hub_url=self.client.base_url,
             trust=trust_store(self.data_dir),

@@ -22,7 +22,7 @@ from edgefleet import releases
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.errors import AgentError
 from edgefleet.agent.identity import LocalIdentity
-from edgefleet.agent.verify import REPOSITORY, TrustStore
+from edgefleet.agent.truststore import REPOSITORY, TrustStore
 from edgefleet.crypto import write_public_file
 
 TrustMode = Literal["pinned", "first-use"]

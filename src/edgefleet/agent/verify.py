@@ -44,7 +44,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.fetcher import HttpxFetcher
-from edgefleet.crypto import write_public_file
+from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore, sync_dir
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.protocol import API_PREFIX
 from edgefleet.releases import (
@@ -58,14 +58,9 @@ from edgefleet.releases import (
     parse_director_custom,
 )
 
-REPOSITORY = "repository"
-DIRECTOR = "director"
 ROOT_MAX_BYTES = 512 * 1024
 MAX_DELEGATIONS = 32
 """Delegated roles one target search of the image repository may visit (python-tuf's default)."""
-TRUSTED_FILES = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
-"""What ngclient keeps of a repository (beside its root versions), in the order `TrustStore.keep` keeps them."""
-ROOT_HISTORY = "root_history"
 
 
 def updater_config(*, max_delegations: int = MAX_DELEGATIONS) -> UpdaterConfig:
@@ -88,71 +83,6 @@ def updater_config(*, max_delegations: int = MAX_DELEGATIONS) -> UpdaterConfig:
 def director_config() -> UpdaterConfig:
     """The director's bounds: its targets never delegate (the agent refuses any that do), so nothing to walk."""
     return updater_config(max_delegations=0)
-
-
-@dataclass(frozen=True)
-class TrustStore:
-    """Where a device keeps its two sets of trusted TUF metadata (``STATE/tuf/{repository,director}``)."""
-
-    root: Path
-
-    def metadata_dir(self, repo: str) -> Path:
-        return self.root / repo
-
-    def is_bootstrapped(self) -> bool:
-        return all((self.metadata_dir(repo) / "root.json").exists() for repo in (REPOSITORY, DIRECTOR))
-
-    @contextmanager
-    def staged(self, repo: str) -> Iterator[Path]:
-        """A private copy of `repo`'s trusted metadata to refresh in; removed afterwards, kept only by `keep`."""
-        for stale in self.root.glob(".staging-*"):  # a copy a crash left behind: never trusted
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = self.root / f".staging-{repo}-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o700)
-        try:
-            trusted = self.metadata_dir(repo)
-            (staging / ROOT_HISTORY).mkdir()
-            for path in (*trusted.glob("*.json"), *trusted.glob(f"{ROOT_HISTORY}/*.root.json")):
-                shutil.copyfile(path, staging / path.relative_to(trusted))  # a root.json link as the root it names
-            yield staging
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def keep(self, repo: str, staging: Path) -> None:
-        """Make the verified metadata in `staging` the trusted set of `repo`, each changed file atomically.
-
-        Root versions first (``root_history/N.root.json``, then ``root.json`` naming the newest,
-        as ngclient keeps them), then targets, snapshot and timestamp.
-        """
-        trusted = self.metadata_dir(repo)
-        (trusted / ROOT_HISTORY).mkdir(mode=0o700, exist_ok=True)
-        for fresh in sorted(staging.glob(f"{ROOT_HISTORY}/*.root.json")):
-            _keep_file(fresh, trusted / ROOT_HISTORY / fresh.name)
-        root = staging / "root.json"
-        if root.is_symlink():
-            link = trusted / ".root.json.link"
-            link.unlink(missing_ok=True)
-            link.symlink_to(os.readlink(root))
-            os.replace(link, trusted / "root.json")
-        for name in TRUSTED_FILES:
-            if (staging / name).is_file() and not (name == "root.json" and root.is_symlink()):
-                _keep_file(staging / name, trusted / name)
-        _sync_dir(trusted)
-
-    def bootstrap(self, *, repository_root: bytes, director_root: bytes) -> None:
-        """Trust these roots from now on (first use only; later roots arrive only through TUF rotation).
-
-        Raises:
-            UpdateRefusedError: a root is not valid root metadata.
-        """
-        for repo, root in ((REPOSITORY, repository_root), (DIRECTOR, director_root)):
-            directory = self.metadata_dir(repo)
-            if (directory / "root.json").exists():
-                continue
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with _refusals():
-                # Constructing an Updater checks the root and stores it as the trusted root.
-                Updater(str(directory), "https://unused.invalid/", bootstrap=root)
 
 
 @contextmanager
@@ -178,6 +108,16 @@ def _refusals() -> Iterator[None]:
         raise HubUnreachableError(str(exc)) from exc
     except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
         raise UpdateRefusedError("metadata", str(exc)[:300]) from exc
+
+
+def trust_root(directory: Path, root: bytes) -> None:
+    """Check `root` and keep it as the trusted root in `directory` (constructing an ngclient Updater does both).
+
+    Raises:
+        UpdateRefusedError: not valid root metadata.
+    """
+    with _refusals():
+        Updater(str(directory), "https://unused.invalid/", bootstrap=root)
 
 
 @dataclass(frozen=True)
@@ -332,7 +272,7 @@ class ReleaseVerifier:
             manifest = self._download(image, info, staging, held=tuple(held))
             _sync_tree(staging)  # durable before it is named: power loss must not leave a torn release
             os.replace(staging, install_dir)
-            _sync_dir(install_dir.parent)
+            sync_dir(install_dir.parent)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, UpdateRefusedError) and isinstance(self._fetcher, HttpxFetcher):
@@ -402,22 +342,6 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def _keep_file(fresh: Path, trusted: Path) -> None:
-    """`trusted` becomes a copy of `fresh` (atomically, durably); nothing is written when they are equal."""
-    data = fresh.read_bytes()
-    if trusted.is_file() and not trusted.is_symlink() and trusted.read_bytes() == data:
-        return  # unchanged: no write (flash storage wears)
-    write_public_file(trusted, data)
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_tree(root: Path) -> None:
     """Fsync every file and directory below `root`."""
     for path in sorted(root.rglob("*"), reverse=True):
@@ -425,5 +349,5 @@ def _sync_tree(root: Path) -> None:
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
         elif path.is_dir():
-            _sync_dir(path)
-    _sync_dir(root)
+            sync_dir(path)
+    sync_dir(root)

@@ -1,46 +1,28 @@
-"""The `edgefleet` entry point: assembles the command groups and turns errors into one line."""
+"""The `edgefleet` entry point: runs a command of `cli.app`, or of the agent alone, and turns errors into one line.
+
+`edgefleet agent ...` runs the agent's command group without importing the rest of the CLI
+(the hub, FastAPI, SQLAlchemy): a device that starts its agent this way carries what
+`edgefleet-agent` carries, no more (`bench/agent_footprint.py` measures both).
+"""
 
 from __future__ import annotations
 
 import sys
 
-import typer
-
-from edgefleet import __version__
-from edgefleet.cli import agent, audit, demo, deploy, devices, fleets, hub, keys, release, repo, sim, tokens, users
-from edgefleet.cli.common import run_app
-
-app = typer.Typer(
-    name="edgefleet",
-    help="Deploy and update containerized apps on fleets of edge devices.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-app.add_typer(hub.app, name="hub")
-app.add_typer(tokens.app, name="token")
-app.add_typer(devices.app, name="device")
-app.add_typer(fleets.app, name="fleet")
-app.add_typer(deploy.app, name="deploy")
-app.add_typer(users.users, name="user")
-app.add_typer(users.apitokens, name="apitoken")
-app.add_typer(audit.app, name="audit")
-app.add_typer(keys.app, name="keys")
-app.add_typer(repo.app, name="repo")
-app.add_typer(release.app, name="release")
-app.add_typer(agent.app, name="agent")
-app.command("sim")(sim.sim)
-app.command("demo")(demo.demo)
-
-
-@app.command("version")
-def version() -> None:
-    """Print the edgefleet version."""
-    print(__version__)
+AGENT_GROUP = "agent"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line (and a hint) on stderr, never a traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == [AGENT_GROUP]:
+        from edgefleet.cli.agent import app as agent_app
+        from edgefleet.cli.common import run_app
+
+        return run_app(agent_app, args[1:], prog_name=f"edgefleet {AGENT_GROUP}")
+    from edgefleet.cli.app import app
+    from edgefleet.cli.common import run_app
+
     return run_app(app, argv, prog_name="edgefleet")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from edgefleet.agent.errors import UpdateRefusedError
 from edgefleet.agent.trust import RootPin, RootTrustError, establish, infer_trust, load_trust
-from edgefleet.agent.verify import TrustStore
+from edgefleet.agent.truststore import TrustStore
 from edgefleet.publisher.keys import init_keys, load_index, load_signers
 from edgefleet.publisher.metadata import make_root, sign_root
 from edgefleet.releases import root_digest

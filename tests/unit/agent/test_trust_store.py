@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.verify import TrustStore
+from edgefleet.agent.truststore import TrustStore
 
 
 def trusted_set(trust: TrustStore) -> Path:

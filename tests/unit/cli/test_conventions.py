@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from typer.main import get_command
 
+from edgefleet.cli.app import app
 from edgefleet.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
-from edgefleet.cli.main import app, main
+from edgefleet.cli.main import main
 from edgefleet.hub import datadir
 from edgefleet.publisher import keys as publisher_keys
 

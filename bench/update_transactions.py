@@ -50,7 +50,7 @@ import requests.exceptions
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.agent.conftest import busybox_layer, podman_service  # noqa: E402
+from tests.integration.agent.conftest import busybox_layer, docker_client, podman_service  # noqa: E402
 from tests.integration.agent.test_engine import desired  # noqa: E402
 from tests.integration.registry.conftest import (  # noqa: E402
     OCI_CONFIG,
@@ -291,7 +291,7 @@ class Bench:
         return outcome, updater
 
     def remove_app(self, app: str) -> None:
-        client = self.engine.client
+        client = docker_client(self.engine)
         for container in client.containers.list(all=True, sparse=True, filters={"label": f"{APP}={app}"}):
             if (container.attrs.get("Labels") or {}).get(OWNER) == self.engine.owner:
                 client.api.remove_container(container.id, force=True)
@@ -302,7 +302,7 @@ class Bench:
     def remove_images(self) -> None:
         while self.pulled:
             with suppress(docker.errors.DockerException):
-                self.engine.client.images.remove(self.pulled.pop())
+                docker_client(self.engine).images.remove(self.pulled.pop())
 
 
 def downtime_run(bench: Bench, strategy: str, *, window: float) -> dict[str, float]:
@@ -551,7 +551,7 @@ def _wait_engine(base_url: str, podman: Any) -> None:
 
 def _cleanup(engine: DockerEngine) -> None:
     """Whatever this run's owner made and a failure left behind."""
-    client = engine.client
+    client = docker_client(engine)
     mine = {"label": f"{OWNER}={engine.owner}"}
     for container in client.containers.list(all=True, sparse=True, filters=mine):
         if (container.attrs.get("Labels") or {}).get(OWNER) == engine.owner:

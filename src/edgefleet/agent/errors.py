@@ -9,6 +9,7 @@ Tree::
      ├── IdentityError            the device's own key or identity files are unusable
      ├── UpdateRefusedError       a release failed verification (reason code); nothing was installed
      └── EngineError              the container engine failed an operation (retryable or not)
+          └── EngineNotFoundError  the engine has no such object (404)
 """
 
 from __future__ import annotations
@@ -72,3 +73,7 @@ class EngineError(AgentError):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+class EngineNotFoundError(EngineError):
+    """The engine has no such object (it answered 404): gone, or never there."""

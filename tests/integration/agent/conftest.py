@@ -210,6 +210,16 @@ def engine(engine_socket: str, apps: list[str]) -> Iterator[DockerEngine]:
     instance.close()
 
 
+_CLIENTS: dict[str, docker.DockerClient] = {}
+
+
+def docker_client(engine: DockerEngine) -> docker.DockerClient:
+    """docker-py on `engine`'s socket, for a test's own look at the engine (the agent speaks the API itself)."""
+    if engine.base_url not in _CLIENTS:
+        _CLIENTS[engine.base_url] = docker.DockerClient(base_url=engine.base_url, version="1.41", timeout=120)
+    return _CLIENTS[engine.base_url]
+
+
 def pin_bridge_mac(engine: DockerEngine, network: str) -> None:
     """Give `network`'s bridge a fixed MAC address, as netavark 1.9 and later do by themselves.
 
@@ -217,7 +227,7 @@ def pin_bridge_mac(engine: DockerEngine, network: str) -> None:
     MAC of its ports, so starting or removing a container can change it, and the other containers
     cannot reach the gateway (their DNS server) until their ARP entry expires, up to a minute.
     """
-    gateway = engine.client.networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway = docker_client(engine).networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
     links = json.loads(subprocess.run(["ip", "-j", "addr"], check=True, capture_output=True).stdout)
     bridge = next(link for link in links if any(a.get("local") == gateway for a in link.get("addr_info", [])))
     subprocess.run(["ip", "link", "set", "dev", bridge["ifname"], "address", bridge["address"]], check=True)

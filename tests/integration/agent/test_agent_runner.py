@@ -20,7 +20,7 @@ from edgefleet.agent.plan import RemoveContainer
 from edgefleet.agent.policy import parse_policy
 from edgefleet.agent.runner import Agent, run, trust_store
 from tests.conftest import Fleet
-from tests.integration.agent.conftest import app_name, push_busybox
+from tests.integration.agent.conftest import app_name, docker_client, push_busybox
 from tests.integration.agent.images import configs, export, forget, old_format, push_multi_arch
 from tests.integration.agent.test_engine import containers, wait_running
 from tests.integration.registry.conftest import Registry
@@ -333,7 +333,7 @@ def test_after_a_commit_only_the_running_and_the_previous_release_are_kept(
     images = {version: push_busybox(test_registry, f"{app}-{version}") for version in ("1.0.0", "1.1.0", "1.2.0")}
 
     def present() -> set[str]:
-        return {version for version, image in images.items() if agent.engine.client.images.list(name=image)}
+        return {version for version, image in images.items() if docker_client(agent.engine).images.list(name=image)}
 
     for version in images:
         publisher.publish(app, version, text=app_text(app, version, images[version]))
@@ -466,7 +466,7 @@ def test_bundled_releases_install_and_a_registry_release_of_a_bundled_image_runs
         for app in (first, second):  # what the apps fixture would remove, first: the images go with them
             for container in containers(agent.engine, app).values():
                 container.remove(force=True)
-        forget(agent.engine.client, *ids.values())
+        forget(docker_client(agent.engine), *ids.values())
 
 
 class Downloads:
@@ -527,4 +527,4 @@ def test_an_unchanged_bundled_image_is_taken_from_the_device_not_downloaded_agai
     finally:
         for container in containers(agent.engine, app).values():
             container.remove(force=True)
-        forget(agent.engine.client, config)
+        forget(docker_client(agent.engine), config)

@@ -13,7 +13,7 @@ import pytest
 from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.reconcile import reconcile
-from tests.integration.agent.conftest import app_name, push_busybox
+from tests.integration.agent.conftest import app_name, docker_client, push_busybox
 from tests.integration.agent.images import (
     configs,
     document,
@@ -29,7 +29,7 @@ from tests.integration.registry.conftest import Registry
 
 
 def is_docker(engine: DockerEngine) -> bool:
-    return "podman" not in json.dumps(engine.client.version().get("Components", [])).lower()
+    return "podman" not in json.dumps(docker_client(engine).version().get("Components", [])).lower()
 
 
 def test_the_archive_release_build_writes_loads_as_it_is(
@@ -42,22 +42,22 @@ def test_the_archive_release_build_writes_loads_as_it_is(
     try:
         for image in (single, multi):
             with export(test_registry, image, tmp_path / "image.tar").open("rb") as archive:
-                engine.client.images.load(archive)
-            present = image_ids(engine.client)
+                docker_client(engine).images.load(archive)
+            present = image_ids(docker_client(engine))
             loaded = {arch for arch, config in ids[image].items() if config in present}
             name = image.partition("@")[0]
             if is_docker(engine):
                 # Docker reads manifest.json: every Linux image, each tagged by its own manifest's digest.
                 assert loaded == set(ids[image])
-                tagged = engine.client.images.get(ids[image]["amd64"]).tags
+                tagged = docker_client(engine).images.get(ids[image]["amd64"]).tags
                 assert all(tag.startswith(f"{name}:sha256-") for tag in tagged)
                 assert tagged
             else:
                 # Podman reads the OCI layout: its own platform, found by the digest the release names.
                 assert loaded == {"amd64"}
-                assert engine.client.images.get(image).id == ids[image]["amd64"]
+                assert docker_client(engine).images.get(image).id == ids[image]["amd64"]
     finally:
-        forget(engine.client, *(config for found in ids.values() for config in found.values()))
+        forget(docker_client(engine), *(config for found in ids.values() for config in found.values()))
 
 
 def test_a_multi_architecture_bundle_loads_the_engines_platform_only(
@@ -72,9 +72,9 @@ def test_a_multi_architecture_bundle_loads_the_engines_platform_only(
         wait_running(engine, app, 2)
         assert engine.observe(frozenset({image})).images == {image}
         assert {c.image.id for c in containers(engine, app).values()} == {ids["amd64"]}
-        assert ids["arm64"] not in image_ids(engine.client)  # the other platform never reached the engine
+        assert ids["arm64"] not in image_ids(docker_client(engine))  # the other platform never reached the engine
     finally:
-        forget(engine.client, *ids.values())
+        forget(docker_client(engine), *ids.values())
 
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
@@ -95,7 +95,7 @@ def test_an_old_format_bundle_still_loads(
         assert engine.observe(frozenset({image})).images == {image}
         assert {c.image.id for c in containers(engine, app).values()} == {ids["amd64"]}
     finally:
-        forget(engine.client, *ids.values())
+        forget(docker_client(engine), *ids.values())
 
 
 def test_a_bundle_holding_another_image_is_refused_and_nothing_is_loaded(
@@ -113,9 +113,9 @@ def test_a_bundle_holding_another_image_is_refused_and_nothing_is_loaded(
             reconcile(engine, desired(manifest(app, named)))
         assert not refused.value.retryable
         assert containers(engine, app) == {}
-        assert not set(ids.values()) & image_ids(engine.client)  # neither the archive's image nor a pulled one
+        assert not set(ids.values()) & image_ids(docker_client(engine))  # neither the archive's image nor a pulled one
     finally:
-        forget(engine.client, *ids.values())
+        forget(docker_client(engine), *ids.values())
 
 
 def test_a_bundle_the_engine_cannot_load_gives_way_to_a_pull_by_digest(
@@ -138,9 +138,9 @@ def test_a_bundle_the_engine_cannot_load_gives_way_to_a_pull_by_digest(
         app = app_name(apps, "pulled")
         reconcile(engine, desired(manifest(app, image)))
         wait_running(engine, app, 2)
-        assert engine.client.images.get(image).id == config  # pulled: the engine knows it by its digest
+        assert docker_client(engine).images.get(image).id == config  # pulled: the engine knows it by its digest
         reconcile(engine, desired())
-        forget(engine.client, config)
+        forget(docker_client(engine), config)
 
         # Where the registry cannot be reached either, the error says why the bundle failed and why the pull did.
         unreachable = f"127.0.0.1:9/{image.split('/', 1)[1]}"
@@ -148,4 +148,4 @@ def test_a_bundle_the_engine_cannot_load_gives_way_to_a_pull_by_digest(
         with pytest.raises(EngineError, match=r"(?s)load .* from image\.tar: .*; pulling it instead failed too: pull "):
             reconcile(engine, desired(manifest(app_name(apps, "offline"), unreachable)))
     finally:
-        forget(engine.client, config)
+        forget(docker_client(engine), config)

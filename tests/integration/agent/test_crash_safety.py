@@ -29,6 +29,7 @@ from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.identity import saved_device_id
 from edgefleet.agent.journal import FORWARD
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub
+from tests.integration.agent.conftest import docker_client
 from tests.integration.agent.test_agent_runner import app_text
 from tests.integration.agent.test_engine import wait_running
 
@@ -154,7 +155,7 @@ def releases_running(engine_socket: str, device: Device) -> dict[str, str]:
     """service -> release of every container the device has for its app (all of them, running or not)."""
     engine = DockerEngine(engine_socket, owner=device.id)
     try:
-        found = engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={device.app}"})
+        found = docker_client(engine).containers.list(all=True, filters={"label": f"io.edgefleet.app={device.app}"})
         assert all(c.status == "running" for c in found), [(c.name, c.status) for c in found]
         services = [c.labels["io.edgefleet.service"] for c in found]
         assert sorted(services) == ["db", "web"], services  # no orphans, nothing missing
@@ -226,7 +227,9 @@ def test_power_loss_mid_update_ends_on_the_old_or_the_new_release(
 
     # The device boots: the engine starts again every container that had run (old and new alike), then the agent.
     engine.owner = device.id
-    for container in engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={device.app}"}):
+    for container in docker_client(engine).containers.list(
+        all=True, filters={"label": f"io.edgefleet.app={device.app}"}
+    ):
         if container.status == "exited":
             container.start()
     restarted = device.run("--once")

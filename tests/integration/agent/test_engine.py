@@ -20,7 +20,7 @@ from edgefleet.agent.policy import Policy, parse_policy
 from edgefleet.agent.reconcile import Desired, PermissionRefusedError, reconcile
 from edgefleet.agent.spec import HostFacts, release_specs
 from edgefleet.manifest import Permission, Release, parse_manifest
-from tests.integration.agent.conftest import PODMAN, app_name, push_busybox
+from tests.integration.agent.conftest import PODMAN, app_name, docker_client, push_busybox
 from tests.integration.agent.images import configs, export, forget, image_ids
 from tests.integration.registry.conftest import Registry
 
@@ -77,7 +77,7 @@ def containers(engine: DockerEngine, app: str) -> dict[str, docker.models.contai
     """The app's containers by service; a container removed while listing (an agent at work) is listed again."""
     for _ in range(10):
         try:
-            found = engine.client.containers.list(
+            found = docker_client(engine).containers.list(
                 all=True, filters={"label": [f"{MANAGED}=true", f"io.edgefleet.app={app}"]}
             )
         except docker.errors.APIError as exc:  # NotFound, or Podman's 500 "does not exist in database"
@@ -217,7 +217,9 @@ def test_restarted_agent_finds_its_containers_and_never_touches_others(
     app = app_name(apps, "shop")
     reconcile(engine, desired(manifest(app, busybox)))
     wait_running(engine, app, 2)
-    foreign = engine.client.containers.run(busybox, ["/bin/sleep", "300"], detach=True, labels={"owner": "someone"})
+    foreign = docker_client(engine).containers.run(
+        busybox, ["/bin/sleep", "300"], detach=True, labels={"owner": "someone"}
+    )
     try:
         fresh = DockerEngine(engine_socket, owner=engine.owner)  # a restarted agent: nothing in memory
         assert reconcile(fresh, desired(manifest(app, busybox))) == ()
@@ -225,7 +227,7 @@ def test_restarted_agent_finds_its_containers_and_never_touches_others(
         assert containers(fresh, app) == {}
         foreign.reload()
         assert foreign.status == "running"
-        assert fresh.client.volumes.get(f"edgefleet_{app}_data")  # data is kept
+        assert docker_client(fresh).volumes.get(f"edgefleet_{app}_data")  # data is kept
         fresh.close()
     finally:
         foreign.remove(force=True)
@@ -263,14 +265,14 @@ def test_images_are_pulled_by_digest_or_loaded_from_a_verified_bundle(
             reconcile(engine, desired())
             assert engine.remove_image(image) is True
             assert engine.observe(frozenset({image})).images == frozenset()
-            assert ids[image] not in image_ids(engine.client)
+            assert ids[image] not in image_ids(docker_client(engine))
     finally:
-        forget(engine.client, *ids.values())
+        forget(docker_client(engine), *ids.values())
 
 
 def test_a_network_the_agent_did_not_make_is_never_adopted(engine: DockerEngine, apps: list[str], busybox: str) -> None:
     app = app_name(apps, "squat")
-    squatter = engine.client.networks.create(f"edgefleet_{app}", internal=False, labels={"owner": "someone"})
+    squatter = docker_client(engine).networks.create(f"edgefleet_{app}", internal=False, labels={"owner": "someone"})
     try:
         with pytest.raises(EngineError, match="not this agent's"):
             reconcile(engine, desired(manifest(app, busybox)))
@@ -319,7 +321,7 @@ def test_host_paths_are_checked_where_they_lead_and_against_the_agents_own(
     agent_state = tmp_path / "agent"
     agent_state.mkdir()
     own = DockerEngine(engine.base_url, owner=engine.owner, protected=protected_paths([agent_state]))
-    root = engine.client.info()["DockerRootDir"]
+    root = docker_client(engine).info()["DockerRootDir"]
     socket = engine.base_url.removeprefix("unix://")
     try:
         for path, why in [

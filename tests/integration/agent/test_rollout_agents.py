@@ -22,7 +22,7 @@ import pytest
 
 from edgefleet.agent.engine.docker import DockerEngine
 from tests.e2e.conftest import RunningHub, edgefleet, start_hub, start_sim, wait_for
-from tests.integration.agent.conftest import app_name
+from tests.integration.agent.conftest import app_name, docker_client
 from tests.integration.agent.test_agent_runner import app_text
 
 pytestmark = [pytest.mark.xdist_group("podman"), pytest.mark.slow, pytest.mark.timeout(600)]
@@ -38,7 +38,7 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
 
 def on_podman(engine: DockerEngine, app: str) -> list[Any]:
     """Every container of the app, whichever agent made it (`containers` keys them by service)."""
-    found = engine.client.containers.list(all=True, filters={"label": [f"io.edgefleet.app={app}"]})
+    found = docker_client(engine).containers.list(all=True, filters={"label": [f"io.edgefleet.app={app}"]})
     return sorted(found, key=lambda c: c.name)
 
 

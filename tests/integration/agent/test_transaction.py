@@ -25,7 +25,7 @@ from edgefleet.agent.reconcile import reconcile
 from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
 from edgefleet.agent.transaction import PHASE_TIMEOUT, Updater
 from edgefleet.manifest import Release, parse_manifest
-from tests.integration.agent.conftest import app_name, pin_bridge_mac
+from tests.integration.agent.conftest import app_name, docker_client, pin_bridge_mac
 from tests.integration.agent.test_engine import containers, desired, sh, wait_running
 from tests.update_matrix import STRATEGIES, Recorded, check_commit, check_rollback
 
@@ -94,7 +94,7 @@ def update(
 
 def states(engine: DockerEngine, app: str) -> list[tuple[str, str, str]]:
     """(service, release, status) of every container of `app`, old and new alike."""
-    found = engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={app}"})
+    found = docker_client(engine).containers.list(all=True, filters={"label": f"io.edgefleet.app={app}"})
     return sorted((c.labels["io.edgefleet.service"], c.labels["io.edgefleet.release"], c.status) for c in found)
 
 
@@ -120,7 +120,7 @@ def test_a_healthy_release_commits_and_retires_only_what_changed(
     now = {name: c.id for name, c in containers(engine, app).items()}
     assert now["db"] == before["db"]
     assert now["web"] != before["web"]
-    assert len(engine.client.containers.list(all=True, filters={"label": f"io.edgefleet.app={app}"})) == 2
+    assert len(docker_client(engine).containers.list(all=True, filters={"label": f"io.edgefleet.app={app}"})) == 2
     assert journal.unfinished() == []
 
 
@@ -437,7 +437,7 @@ def test_old_containers_that_resist_removal_after_commit_do_not_undo_it(
     outcome = update(cast(DockerEngine, Flaky(engine, failures=1)), journal, new, window=2)
     assert outcome.committed
     assert journal.last(app).phase == "committed"
-    assert before["web"] in {c.id for c in engine.client.containers.list(all=True)}  # left for reconcile
+    assert before["web"] in {c.id for c in docker_client(engine).containers.list(all=True)}  # left for reconcile
 
 
 def test_the_agent_runs_a_compose_healthcheck_at_its_own_interval(

@@ -1,4 +1,4 @@
-"""The Docker Engine API adapter (docker-py): observe what the agent owns, and carry out planned steps.
+"""The Docker Engine API adapter: observe what the agent owns, and carry out planned steps.
 
 Works with Docker, Moby, balenaEngine and Podman's Docker-compatible socket. Everything it
 creates carries the agent's labels (``io.edgefleet.managed``, owner = the device ID, app,
@@ -9,8 +9,9 @@ Names: containers ``edgefleet_APP_SERVICE_DIGEST8``, networks ``edgefleet_APP`` 
 no route out) and ``edgefleet_APP_egress`` (for services with the `network` permission
 or published ports), volumes ``edgefleet_APP_VOLUME``. Each app has its own networks, so
 apps cannot reach each other. Several agents can share one engine (a test bench, a demo)
-when each has its own `namespace`: names then start ``edgefleet-NAMESPACE_``. docker-py
-errors become `EngineError` here (`agent.engine.boundary`).
+when each has its own `namespace`: names then start ``edgefleet-NAMESPACE_``. The calls go
+through `agent.engine.api` (httpx on the engine's socket), which turns every failure into
+`EngineError`; `create_body` is the container definition as the Engine API takes it (pure).
 
 Images are pulled by digest, or loaded from a release's verified bundle; `agent.engine.images`
 finds them by the release's references (Docker Engine knows an image it loaded only by ID).
@@ -28,15 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-from docker.models.containers import Container
-from docker.types import EndpointConfig, LogConfig, Mount, Ulimit
-
-from edgefleet.agent.engine.boundary import converted as _converted
+from edgefleet.agent.engine.api import EngineApi, demultiplexed, filters, segment
 from edgefleet.agent.engine.images import EngineImages
 from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
-from edgefleet.agent.errors import EngineError
+from edgefleet.agent.errors import EngineError, EngineNotFoundError
 from edgefleet.agent.health import ServiceHealth
 from edgefleet.agent.hostpaths import bind_problem, protected_paths
 from edgefleet.agent.plan import (
@@ -67,7 +63,7 @@ STOP_TIMEOUT = 10
 REMOVE_ATTEMPTS = 5
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 4096
-LOG_CONFIG = LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)})
+LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +112,7 @@ class DockerEngine:
     """Image (name@sha256:...) -> a verified bundle archive to load instead of pulling."""
     protected: tuple[str, ...] = ()
     """The agent's own paths (`agent.hostpaths.protected_paths`): never bind-mounted into a container."""
-    _client: docker.DockerClient | None = None
+    _api: EngineApi | None = None
     _engine_paths: tuple[str, ...] | None = None
     _info: EngineInfo | None = None
     _images: EngineImages = field(default_factory=EngineImages, repr=False)
@@ -133,16 +129,15 @@ class DockerEngine:
         return labels is not None and labels.get(MANAGED) == "true" and labels.get(OWNER) == self.owner
 
     @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            with _converted(f"connect to {self.base_url}"):
-                self._client = docker.DockerClient(base_url=self.base_url, version=API_VERSION, timeout=self.timeout)
-        return self._client
+    def api(self) -> EngineApi:
+        if self._api is None:
+            self._api = EngineApi(self.base_url, version=API_VERSION, timeout=self.timeout)
+        return self._api
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._api is not None:
+            self._api.close()
+            self._api = None
         self._info = None
 
     # --- observe ------------------------------------------------------------------
@@ -152,12 +147,10 @@ class DockerEngine:
 
         Sparse: no inspect per container, so a container someone removes meanwhile cannot fail it.
         """
-        with _converted("list containers"):
-            found = self.client.containers.list(all=True, sparse=True, filters={"label": self._mine})
-        return [
-            _Listed(str(c.attrs.get("Id", c.id)), dict(c.attrs.get("Labels") or {}), _state(c.attrs.get("State")))
-            for c in found
-        ]
+        found = self.api.call(
+            "list containers", "GET", "/containers/json", params={"all": "1", "filters": filters(self._mine)}
+        )
+        return [_Listed(str(c.get("Id", "")), dict(c.get("Labels") or {}), _state(c.get("State"))) for c in found or []]
 
     def observe(self, images: frozenset[str] = frozenset()) -> Observed:
         """The agent's containers, networks and volumes, and which of `images` are present."""
@@ -174,29 +167,23 @@ class DockerEngine:
                     running=container.status in ("running", "restarting"),
                 )
             )
-        with _converted("list networks"):
-            networks = [
-                n
-                for n in self.client.networks.list(filters={"label": f"{OWNER}={self.owner}"})
-                if self._owns(n.attrs.get("Labels"))
-            ]
-        with _converted("list volumes"):
-            # One label per filter, and checked again here: Podman's volume listing ignores a list of them.
-            listed = self.client.volumes.list(filters={"label": f"{OWNER}={self.owner}"})
-        volumes = [v for v in listed if self._owns(v.attrs.get("Labels"))]
+        mine = {"filters": filters([f"{OWNER}={self.owner}"])}
+        listed_networks = self.api.call("list networks", "GET", "/networks", params=mine) or []
+        networks = [n for n in listed_networks if self._owns(n.get("Labels"))]
+        # One label per filter, and checked again here: Podman's volume listing ignores a list of them.
+        listed_volumes = (self.api.call("list volumes", "GET", "/volumes", params=mine) or {}).get("Volumes") or []
+        volumes = [v for v in listed_volumes if self._owns(v.get("Labels"))]
         return Observed(
             containers=tuple(containers),
             networks=frozenset(
-                n.attrs.get("Labels", {}).get(APP, "") for n in networks if not n.name.endswith("_egress")
+                n["Labels"].get(APP, "") for n in networks if not str(n.get("Name", "")).endswith("_egress")
             ),
-            volumes=frozenset(
-                (v.attrs.get("Labels", {}).get(APP, ""), v.attrs.get("Labels", {}).get(VOLUME, "")) for v in volumes
-            ),
+            volumes=frozenset((v["Labels"].get(APP, ""), v["Labels"].get(VOLUME, "")) for v in volumes),
             images=frozenset(image for image in images if self._has_image(image)),
         )
 
     def _has_image(self, image: str) -> bool:
-        return self._images.local(self.client, self.bundles, image) is not None
+        return self._images.local(self.api, self.bundles, image) is not None
 
     def status(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per app and service: state, health, restart count and image, for the device's report."""
@@ -245,14 +232,35 @@ class DockerEngine:
         result: list[int] = []
 
         def run() -> None:
-            with contextlib.suppress(EngineError), _converted(f"probe {container_id}"):
-                code, _ = self._container(container_id).exec_run(list(argv))
-                result.append(int(code if code is not None else 1))
+            with contextlib.suppress(EngineError):
+                result.append(self._exec(container_id, argv))
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         worker.join(timeout)
         return result == [0]
+
+    def _exec(self, container_id: str, argv: tuple[str, ...]) -> int:
+        """Run `argv` in one of the agent's containers to its end; its exit code (1 when the engine gives none)."""
+        what = f"probe {container_id}"
+        created = self.api.call(
+            what,
+            "POST",
+            f"/containers/{segment(self._container(container_id))}/exec",
+            body={
+                "User": "",
+                "Privileged": False,
+                "Tty": False,
+                "AttachStdin": False,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Cmd": list(argv),
+            },
+        )
+        exec_id = segment(str(created.get("Id", "")))
+        self.api.raw(what, "POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": False})
+        code = (self.api.call(what, "GET", f"/exec/{exec_id}/json") or {}).get("ExitCode")
+        return int(code) if isinstance(code, int) else 1
 
     def address(self, container_id: str, app: str) -> str | None:
         """The container's IP address on its app's network (where the agent's HTTP and TCP probes go)."""
@@ -262,15 +270,17 @@ class DockerEngine:
 
     def logs(self, container_id: str, *, lines: int = LOG_TAIL_LINES) -> str:
         """The last `lines` lines the container wrote (stdout and stderr), at most LOG_TAIL_BYTES of them."""
-        with _converted(f"logs of {container_id}"):
-            raw = self._container(container_id).logs(stdout=True, stderr=True, tail=lines)
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        return text[-LOG_TAIL_BYTES:]
+        raw = self.api.raw(
+            f"logs of {container_id}",
+            "GET",
+            f"/containers/{segment(self._container(container_id))}/logs",
+            params={"stdout": "1", "stderr": "1", "tail": str(lines)},
+        )
+        return demultiplexed(raw).decode("utf-8", "replace")[-LOG_TAIL_BYTES:]
 
     def storage_free(self) -> int | None:
         """Free bytes where the engine keeps images (None when the engine does not say where)."""
-        with _converted("engine info"):
-            info = self.client.info()
+        info = self.api.call("engine info", "GET", "/info") or {}
         root = info.get("DockerRootDir") or (info.get("Store") or {}).get("GraphRoot")
         try:
             return shutil.disk_usage(root).free if root else None
@@ -279,12 +289,12 @@ class DockerEngine:
 
     def remove_image(self, image: str) -> bool:
         """Remove an image the agent fetched; False when the engine keeps it (in use, named by others, or gone)."""
-        return self._images.remove(self.client, self.bundles, image)
+        return self._images.remove(self.api, self.bundles, image)
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full description of one of the agent's containers."""
-        with _converted(f"inspect {container_id}"):
-            attrs: dict[str, Any] = self.client.containers.get(container_id).attrs
+        path = f"/containers/{segment(container_id)}/json"
+        attrs: dict[str, Any] = self.api.call(f"inspect {container_id}", "GET", path)
         return attrs
 
     # --- act --------------------------------------------------------------------------
@@ -297,20 +307,16 @@ class DockerEngine:
             case CreateNetwork(app=app):
                 self._ensure_network(app, egress=False)
             case CreateVolume(app=app, volume=volume):
-                with _converted(f"create volume {volume}"):
-                    self.client.volumes.create(
-                        volume_name(app, volume, namespace=self.namespace),
-                        labels={**self._labels, APP: app, VOLUME: volume},
-                    )
+                name = volume_name(app, volume, namespace=self.namespace)
+                body = {"Name": name, "Labels": {**self._labels, APP: app, VOLUME: volume}}
+                self.api.send(f"create volume {volume}", "POST", "/volumes/create", body=body)
             case CreateContainer(target=target):
                 self._create(specs[(target.app, target.service)])
             case StartContainer(app=app, service=service, container_id=cid, config_digest=digest):
-                container = self._container(cid) if cid else self._created(app, service, digest)
-                with _converted(f"start {app}/{service}"):
-                    container.start()
+                found = self._container(cid) if cid else self._created(app, service, digest)
+                self.api.send(f"start {app}/{service}", "POST", f"/containers/{segment(found)}/start")
             case StopContainer(app=app, service=service, container_id=cid):
-                with _converted(f"stop {app}/{service}"):
-                    self._container(cid).stop(timeout=STOP_TIMEOUT)
+                self._stop(self._container(cid), f"{app}/{service}", STOP_TIMEOUT)
             case RemoveContainer(app=app, service=service, container_id=cid):
                 self._remove(self._container(cid), f"{app}/{service}")
             case RemoveNetwork(app=app):
@@ -318,33 +324,48 @@ class DockerEngine:
                     network_name(app, namespace=self.namespace),
                     network_name(app, egress=True, namespace=self.namespace),
                 ):
-                    with _converted(f"remove network {name}"), contextlib.suppress(docker.errors.NotFound):
-                        network = self.client.networks.get(name)
-                        if self._owns(network.attrs.get("Labels")):
-                            network.remove()
+                    with contextlib.suppress(EngineNotFoundError):
+                        network = self.api.call(f"remove network {name}", "GET", f"/networks/{segment(name)}")
+                        if self._owns(network.get("Labels")):
+                            self.api.send(f"remove network {name}", "DELETE", f"/networks/{segment(network['Id'])}")
 
-    def _remove(self, container: Container, what: str) -> None:
+    def _stop(self, container_id: str, what: str, seconds: int) -> None:
+        """Stop, giving the container `seconds` to end before the engine kills it (the request waits that long)."""
+        self.api.send(
+            f"stop {what}",
+            "POST",
+            f"/containers/{segment(container_id)}/stop",
+            params={"t": str(seconds)},
+            timeout=seconds + self.timeout,
+        )
+
+    def _remove(self, container_id: str, what: str) -> None:
         """Remove, retrying briefly: Podman refuses while a container is between restarts."""
         for attempt in range(REMOVE_ATTEMPTS):
             try:
-                with _converted(f"remove {what}"):
-                    container.remove(force=True)
+                self.api.send(
+                    f"remove {what}", "DELETE", f"/containers/{segment(container_id)}", params={"force": "true"}
+                )
                 return
             except EngineError:
                 if attempt == REMOVE_ATTEMPTS - 1:
                     raise
                 time.sleep(0.5)
-                with contextlib.suppress(EngineError), _converted(f"stop {what}"):
-                    container.stop(timeout=1)
+                with contextlib.suppress(EngineError):
+                    self._stop(container_id, what, 1)
 
-    def _container(self, container_id: str) -> Container:
-        with _converted(f"find container {container_id}"):
-            container: Container = self.client.containers.get(container_id)
-        if not self._owns(container.labels):
+    def _container(self, container_id: str) -> str:
+        """The ID of one of the agent's own containers.
+
+        Raises:
+            EngineError: no such container, or (not retryable) not this agent's.
+        """
+        attrs = self.api.call(f"find container {container_id}", "GET", f"/containers/{segment(container_id)}/json")
+        if not self._owns((attrs.get("Config") or {}).get("Labels")):
             raise EngineError(f"container {container_id} is not this agent's", retryable=False)
-        return container
+        return str(attrs.get("Id") or container_id)
 
-    def _created(self, app: str, service: str, digest: str | None) -> Container:
+    def _created(self, app: str, service: str, digest: str | None) -> str:
         """The container of `app`/`service` created earlier: the one of definition `digest`, or the one not running."""
         found = [
             c
@@ -359,19 +380,22 @@ class DockerEngine:
 
     def _ensure_network(self, app: str, *, egress: bool) -> str:
         name = network_name(app, egress=egress, namespace=self.namespace)
-        with _converted(f"network {name}"):
-            try:
-                network = self.client.networks.get(name)
-            except docker.errors.NotFound:
-                network = self.client.networks.create(name, internal=not egress, labels={**self._labels, APP: app})
-            network.reload()
+        what, path = f"network {name}", f"/networks/{segment(name)}"
+        try:
+            network = self.api.call(what, "GET", path)
+        except EngineNotFoundError:
+            body: dict[str, Any] = {"Name": name, "Labels": {**self._labels, APP: app}}
+            if not egress:
+                body["Internal"] = True
+            self.api.send(what, "POST", "/networks/create", body=body)
+            network = self.api.call(what, "GET", path)
         # Never adopt someone else's network of that name, nor one that would give outbound access.
-        if not self._owns(network.attrs.get("Labels")) or bool(network.attrs.get("Internal")) == egress:
+        if not self._owns(network.get("Labels")) or bool(network.get("Internal")) == egress:
             raise EngineError(f"network {name} exists and is not this agent's {app} network", retryable=False)
         return name
 
     def _fetch(self, image: str) -> None:
-        self._images.fetch(self.client, self.bundles, image)
+        self._images.fetch(self.api, self.bundles, image)
 
     def identify(self) -> EngineInfo:
         """Which engine this is and its versions (asked once per connection).
@@ -380,8 +404,7 @@ class DockerEngine:
             EngineError: the engine cannot be asked, or (not retryable) its API is older than `API_VERSION`.
         """
         if self._info is None:
-            with _converted("engine version"):
-                version = self.client.api.version(api_version=False)  # unversioned: answers even an old engine
+            version = self.api.call("engine version", "GET", "/version", versioned=False) or {}  # an old engine too
             kind, release = engine_kind(version), str(version.get("Version", "unknown"))[:64]
             api_version = str(version.get("ApiVersion", "0"))[:16]
             if api_level(api_version) < api_level(API_VERSION):
@@ -390,8 +413,7 @@ class DockerEngine:
                     "(Docker 20.10, Podman 4.3 and newer are tested)",
                     retryable=False,
                 )
-            with _converted("engine info"):
-                root = str(self.client.info().get("DockerRootDir") or "")
+            root = str((self.api.call("engine info", "GET", "/info") or {}).get("DockerRootDir") or "")
             self._info = EngineInfo(kind, release, api_version, root)
         return self._info
 
@@ -422,64 +444,113 @@ class DockerEngine:
         self._check_binds(spec)
         internal = self._ensure_network(spec.app, egress=False)
         egress = self._ensure_network(spec.app, egress=True) if spec.egress else None
-        mounts = [
-            Mount(
-                target=m.target,
-                source=volume_name(spec.app, m.source, namespace=self.namespace) if m.kind == "volume" else m.source,
-                type=m.kind,
-                read_only=m.read_only,
-            )
-            for m in spec.mounts
-        ]
-        health = None
-        if spec.health is not None:
-            health = {
-                "test": list(spec.health.test),
-                "interval": int(spec.health.interval * 1e9),
-                "timeout": int(spec.health.timeout * 1e9),
-                "retries": spec.health.retries,
-                "start_period": int(spec.health.start_period * 1e9),
+        image = self._images.local(self.api, self.bundles, spec.image) or spec.image
+        what = f"create {spec.app}/{spec.service}"
+        created = self.api.call(
+            what,
+            "POST",
+            "/containers/create",
+            params={"name": container_name(spec, namespace=self.namespace)},
+            body=create_body(spec, image=image, network=internal, owner=self._labels, namespace=self.namespace),
+        )
+        if egress is not None:
+            body = {"Container": str(created.get("Id", "")), "EndpointConfig": {"Aliases": [spec.service]}}
+            self.api.send(what, "POST", f"/networks/{segment(egress)}/connect", body=body)
+
+
+def create_body(
+    spec: ContainerSpec, *, image: str, network: str, owner: Mapping[str, str], namespace: str = ""
+) -> dict[str, Any]:
+    """The Engine API's container definition for `spec` (pure): confined as DESIGN.md says, on the app's network.
+
+    The same definition docker-py sent for these settings (tests/golden/engine_create.json),
+    so engines see no change from the adapter's change.
+    """
+    host: dict[str, Any] = {
+        "NetworkMode": network,
+        "Mounts": [
+            {
+                "Target": m.target,
+                "Source": volume_name(spec.app, m.source, namespace=namespace) if m.kind == "volume" else m.source,
+                "Type": m.kind,
+                "ReadOnly": m.read_only,
             }
-        labels = {
+            for m in spec.mounts
+        ],
+        "DeviceCgroupRules": list(spec.device_cgroup_rules),
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "ReadonlyRootfs": True,
+        "Tmpfs": dict(TMPFS),
+        "Memory": spec.memory,
+        "MemorySwap": spec.memory,
+        "Init": True,
+        "Ulimits": [
+            {"Name": "nofile", "Soft": NOFILE, "Hard": NOFILE},
+            {"Name": "nproc", "Soft": NPROC, "Hard": NPROC},
+        ],
+        "LogConfig": LOG_CONFIG,
+        "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": spec.restart_max}
+        if spec.restart_max
+        else {"Name": "no"},
+    }
+    if spec.devices:
+        host["Devices"] = [_device(device) for device in spec.devices]
+    if spec.cap_add:
+        host["CapAdd"] = list(spec.cap_add)
+    if spec.nano_cpus:
+        host["NanoCpus"] = spec.nano_cpus
+    if spec.pids:
+        host["PidsLimit"] = spec.pids
+    if spec.ports:
+        host["PortBindings"] = {
+            f"{p.target}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.published)}] for p in spec.ports
+        }
+    body: dict[str, Any] = {
+        "Hostname": spec.service,
+        "Image": image,
+        "Labels": {
             **dict(spec.labels),
-            **self._labels,
+            **owner,
             APP: spec.app,
             SERVICE: spec.service,
             RELEASE: spec.release,
             DIGEST: spec.config_digest,
+        },
+        "AttachStdin": False,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "Tty": False,
+        "NetworkDisabled": False,
+        "HostConfig": host,
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.service]}}},
+    }
+    if spec.command is not None:
+        body["Cmd"] = list(spec.command)
+    if spec.entrypoint is not None:
+        body["Entrypoint"] = list(spec.entrypoint)
+    if spec.environment:
+        body["Env"] = [f"{name}={value}" for name, value in spec.environment]
+    if spec.ports:
+        body["ExposedPorts"] = {f"{p.target}/{p.protocol}": {} for p in spec.ports}
+    if spec.health is not None:
+        body["Healthcheck"] = {
+            "Test": list(spec.health.test),
+            "Interval": int(spec.health.interval * 1e9),
+            "Timeout": int(spec.health.timeout * 1e9),
+            "Retries": spec.health.retries,
+            "StartPeriod": int(spec.health.start_period * 1e9),
         }
-        with _converted(f"create {spec.app}/{spec.service}"):
-            container = self.client.containers.create(
-                self._images.local(self.client, self.bundles, spec.image) or spec.image,
-                command=list(spec.command) if spec.command is not None else None,
-                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                name=container_name(spec, namespace=self.namespace),
-                hostname=spec.service,
-                environment=dict(spec.environment),
-                labels=labels,
-                network=internal,
-                networking_config={internal: EndpointConfig(API_VERSION, aliases=[spec.service])},
-                ports={f"{p.target}/{p.protocol}": (p.host_ip, p.published) for p in spec.ports},
-                mounts=mounts,
-                devices=list(spec.devices),
-                device_cgroup_rules=list(spec.device_cgroup_rules),
-                cap_drop=["ALL"],
-                cap_add=list(spec.cap_add),
-                security_opt=["no-new-privileges"],
-                privileged=False,
-                read_only=True,
-                tmpfs=dict(TMPFS),
-                mem_limit=spec.memory,
-                memswap_limit=spec.memory,
-                nano_cpus=spec.nano_cpus,
-                pids_limit=spec.pids,
-                init=True,
-                ulimits=[Ulimit(name="nofile", soft=NOFILE, hard=NOFILE), Ulimit(name="nproc", soft=NPROC, hard=NPROC)],
-                log_config=LOG_CONFIG,
-                restart_policy={"Name": "on-failure", "MaximumRetryCount": spec.restart_max}
-                if spec.restart_max
-                else {"Name": "no"},
-                healthcheck=health,
-            )
-            if egress is not None:
-                self.client.networks.get(egress).connect(container, aliases=[spec.service])
+    return body
+
+
+def _device(device: str) -> dict[str, str]:
+    """``HOST[:CONTAINER[:PERMISSIONS]]`` as the Engine API takes a device."""
+    parts = device.split(":")
+    return {
+        "PathOnHost": parts[0],
+        "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+        "CgroupPermissions": parts[2] if len(parts) > 2 else "rwm",
+    }

@@ -43,6 +43,7 @@ from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
+from edgefleet.agent.report import report_due
 from edgefleet.agent.spec import HostFacts
 from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Status, TransactionEngine, Updater
 from edgefleet.agent.trust import TrustMode
@@ -269,6 +270,8 @@ class Agent:
     state: LocalState = field(init=False)
     journal: Journal = field(init=False)
     outbox: Outbox = field(init=False)
+    reported: tuple[dict[str, Any], float] | None = field(default=None, init=False)
+    """The last state report the hub took, and when (`clock`): an unchanged one is not sent again (`agent.report`)."""
 
     def __post_init__(self) -> None:
         self.state = load_state(self.data_dir)
@@ -619,6 +622,7 @@ class Agent:
         if kept is not None:
             try:
                 self.client.report(self.identity, kept)
+                self.reported = (kept, self.clock())
             except HubRefusedError as exc:
                 if exc.status not in REFUSED_FOR_GOOD:
                     log.warning("hub refused the state report for now (%s); keeping it", exc)
@@ -627,7 +631,11 @@ class Agent:
             self.outbox.delivered_report(kept)
 
     def report(self) -> None:
-        """State the device's twin: running releases, services, agent, host, last error (kept until delivered)."""
+        """State the device's twin: running releases, services, agent, host, last error (kept until delivered).
+
+        Not when the hub already took the same (`agent.report.report_due`): an agent at rest sends
+        only its poll, and writes nothing.
+        """
         apps: dict[str, Any] = {}
         for app, entry in self.state.apps.items():
             apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
@@ -652,7 +660,10 @@ class Agent:
             properties["repository_root"] = self.root_trust
         with contextlib.suppress(EngineError):  # unknown while the engine is away: the twin keeps what it said
             properties["engine"] = self.engine.identify().as_report()
-        self.outbox.keep_report(properties)
+        last, last_at = self.reported or (None, None)
+        # The report's round trip through JSON (how the outbox keeps it) is what the hub took.
+        if report_due(json.loads(json.dumps(properties, default=str)), last, last_at=last_at, now=self.clock()):
+            self.outbox.keep_report(properties)
         try:
             self.deliver()
         except AgentError as exc:

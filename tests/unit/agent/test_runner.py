@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.agent.engine.info import api_level, engine_kind
+from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
 from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
+from edgefleet.agent.report import REFRESH_SECONDS
 from edgefleet.agent.runner import (
     EVENT_TEXT_LIMITS,
     Agent,
@@ -235,6 +236,63 @@ def test_a_report_while_the_engine_is_away_says_so_instead_of_stopping_the_agent
     (sent,) = hub.reports
     assert cast(dict[str, Any], sent)["last_error"] == "engine: cannot reach the engine: connection refused"
     assert "engine" not in cast(dict[str, Any], sent)  # unknown now: the twin keeps what it said last
+
+
+class SteadyEngine(AwayEngine):
+    """An engine that answers, the same each time until `services` changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.services: dict[str, Any] = {"main": {"state": "running", "health": None, "restarts": 0}}
+
+    def status(self) -> dict[str, Any]:
+        return {"web": self.services}
+
+    def identify(self) -> Any:
+        return EngineInfo("podman", "4.3.1", "1.41", "/var/lib/containers/storage")
+
+
+def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_ages(tmp_path: Path) -> None:
+    hub, engine, now = FakeHub(), SteadyEngine(), [0.0]
+    device = Agent(
+        client=cast(Any, hub),
+        identity=cast(Any, None),
+        engine=cast(Any, engine),
+        data_dir=tmp_path,
+        policy=cast(Any, None),
+        arch="amd64",
+        clock=lambda: now[0],
+    )
+    for now[0] in (0.0, 60.0, 120.0):
+        device.report()
+    assert len(hub.reports) == 1  # the first; then the same again is not sent
+    assert device.outbox.report() is None  # nor kept: nothing written to the device's storage
+    engine.services = {"main": {"state": "restarting", "health": None, "restarts": 1}}
+    now[0] = 180.0
+    device.report()
+    assert len(hub.reports) == 2
+    now[0] = 180.0 + REFRESH_SECONDS
+    device.report()
+    assert len(hub.reports) == 3  # unchanged, but the twin's figures are never older than the refresh
+
+
+def test_a_report_the_hub_did_not_take_is_sent_again_though_unchanged(tmp_path: Path) -> None:
+    hub, now = FakeHub(), [0.0]
+    device = Agent(
+        client=cast(Any, hub),
+        identity=cast(Any, None),
+        engine=cast(Any, SteadyEngine()),
+        data_dir=tmp_path,
+        policy=cast(Any, None),
+        arch="amd64",
+        clock=lambda: now[0],
+    )
+    hub.report_refusal = HubRefusedError(503, "unavailable", "try later")
+    device.report()
+    hub.report_refusal = None
+    now[0] = 60.0
+    device.report()
+    assert len(hub.reports) == 1
 
 
 def test_every_cycle_starts_by_renewing_the_certificate_and_an_unreachable_hub_there_means_back_off(

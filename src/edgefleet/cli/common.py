@@ -1,8 +1,7 @@
 """What every command shares: the operator's connection to the hub, output, and one-line errors.
 
-Exit codes: 0 success; 1 the operation ran and failed (e.g. `audit verify` found tampering);
-2 usage error; 3 the hub refused the request; 4 the hub could not be reached, or local
-configuration is unusable; 130 interrupted (Ctrl-C).
+Exit codes and `CliError` live in `cli.exits` (re-exported here), which the agent's own
+process uses without Rich.
 """
 
 from __future__ import annotations
@@ -28,24 +27,19 @@ from rich.progress import (
 from rich.table import Table
 
 from edgefleet.agent.progress import MAX_TRACKED, target_name
+from edgefleet.cli.exits import EXIT_FAILED as EXIT_FAILED
+from edgefleet.cli.exits import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from edgefleet.cli.exits import EXIT_REFUSED as EXIT_REFUSED
+from edgefleet.cli.exits import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
+from edgefleet.cli.exits import EXIT_USAGE as EXIT_USAGE
+from edgefleet.cli.exits import CliError as CliError
+from edgefleet.cli.exits import error_lines
 from edgefleet.protocol import API_PREFIX, ErrorBody
 
-EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 2, 3, 4
-EXIT_INTERRUPTED = 130
 UPLOAD_CHUNK = 1024 * 1024
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, never as a traceback."""
-
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-        self.hint = hint
 
 
 HubUrl = Annotated[str | None, typer.Option("--hub", envvar="EDGEFLEET_HUB", help="Hub URL, e.g. https://hub:8443")]
@@ -256,9 +250,7 @@ def run_app(app: typer.Typer, argv: list[str] | None, *, prog_name: str | None =
 
 
 def _print_error(message: str, hint: str | None) -> None:
-    err.print(f"error: {' '.join(message.split())}", markup=False)  # one line, whatever a driver said
-    if hint:
-        err.print(f"hint: {hint}", markup=False)
+    err.print(error_lines(message, hint), markup=False, highlight=False)
 
 
 def _usage_error(exc: typer.TyperException) -> int:

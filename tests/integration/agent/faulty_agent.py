@@ -19,7 +19,7 @@ import docker
 
 from edgefleet.agent.config import load_settings
 from edgefleet.agent.identity import saved_device_id
-from edgefleet.cli.agent import serve
+from edgefleet.cli.agentd import serve
 
 
 def main(config: str, phase: str, *, power_loss: bool, containers_only: bool) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,26 @@ def test_agent_run_once_then_plan(
     steps = json.loads(agent("plan", "--config", str(config), "--json").stdout)
     assert sorted((s["step"], s["service"]) for s in steps) == [("StartContainer", "db"), ("StartContainer", "web")]
     assert {s["description"] for s in steps} == {f"start {app}/db", f"start {app}/web"}
+
+    # Left running, `edgefleet agent run` becomes the agent's own process (same PID, no command-line
+    # libraries: `cli.agentd`), which starts the stopped services and stops cleanly on SIGTERM.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "agent", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_running(engine, app, 2)
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"edgefleet.cli.agentd" in cmdline
+        assert b"edgefleet.cli.main" not in cmdline
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert out.startswith("agent for device ")
 
 
 def test_agent_config_errors_are_one_line(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import sys
 
 UPDATE_ONLY = ("tuf", "securesystemslib", "edgefleet.agent.verify", "edgefleet.agent.fetcher")
 HUB = ("edgefleet.hub", "fastapi", "sqlalchemy", "starlette", "uvicorn")
+COMMAND_LINE = ("typer", "rich", "click", "pygments", "edgefleet.cli.common", "edgefleet.cli.app")
+ENGINE_SDK = ("docker", "requests", "urllib3")
 
 
 def loaded(code: str) -> dict[str, bool]:
@@ -49,3 +51,9 @@ def test_edgefleet_agent_run_loads_what_edgefleet_agent_run_loads() -> None:
 
 def test_the_other_groups_still_load_the_whole_cli() -> None:
     assert loaded(run_cli("edgefleet.cli.main", "hub", "--help")).get("edgefleet.cli.app") is True
+
+
+def test_the_agents_own_process_carries_neither_the_command_line_nor_an_engine_sdk() -> None:
+    """What `edgefleet agent run` and `edgefleet-agent run` become (`cli.agentd`): the agent, nothing else."""
+    modules = loaded("import edgefleet.cli.agentd")
+    assert not [name for name in modules if name.startswith((*COMMAND_LINE, *ENGINE_SDK, *UPDATE_ONLY, *HUB))]

@@ -212,3 +212,17 @@ def test_a_container_of_another_owner_is_not_touched() -> None:
     with pytest.raises(EngineError, match="is not this agent's") as error:
         found.logs("abc")
     assert not error.value.retryable
+
+
+def test_a_proxy_in_the_environment_is_not_used_for_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device's HTTP_PROXY is for the internet: the engine's socket is reached directly."""
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    engine(answer).call("info", "GET", "/info")
+    assert [request.url.host for request in seen] == ["engine"]

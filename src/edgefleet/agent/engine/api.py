@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -53,18 +54,22 @@ class EngineApi:
         Raises:
             EngineError: not retryable: an address of a kind the agent does not speak.
         """
+        # Plain HTTP on the engine's socket: a TLS context that trusts nothing and loads nothing,
+        # instead of httpx's default, which reads the whole CA bundle (a megabyte) for no use.
+        no_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if base_url.startswith("unix://"):
             socket = base_url.removeprefix("unix://")
-            transport = transport or httpx.HTTPTransport(uds=socket)
+            transport = transport or httpx.HTTPTransport(uds=socket, verify=no_tls)
             root = _LOCAL
         elif base_url.startswith(("tcp://", "http://")):
-            transport = transport or httpx.HTTPTransport()
+            transport = transport or httpx.HTTPTransport(verify=no_tls)
             root = "http://" + base_url.split("://", 1)[1].rstrip("/")
         else:
             raise EngineError(f"engine address {base_url!r}: use unix:///PATH or tcp://HOST:PORT", retryable=False)
         self.timeout = timeout
         self._version = version
-        self._http = httpx.Client(transport=transport, base_url=root, timeout=timeout)
+        # trust_env off: a device's HTTP_PROXY is for the internet, never for its own engine's socket.
+        self._http = httpx.Client(transport=transport, base_url=root, timeout=timeout, verify=no_tls, trust_env=False)
 
     def close(self) -> None:
         self._http.close()

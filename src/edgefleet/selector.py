@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from edgefleet.errors import EdgefleetError
+
 MAX_TEXT = 2048
 MAX_TERMS = 64
 MAX_DEPTH = 16
@@ -36,7 +38,7 @@ TAG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.\-:/@]{0,128}$")
 
 
-class SelectorError(ValueError):
+class SelectorError(EdgefleetError, ValueError):
     """A selector that does not parse; `position` is where (0-based), `text` the whole selector."""
 
     def __init__(self, message: str, text: str, position: int) -> None:

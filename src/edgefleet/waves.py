@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
+from edgefleet.errors import EdgefleetError
+
 MAX_WAVES = 20
 RANKS_KEPT = 100_000
 """Canary ranks remembered (a scheduler pass orders every target of a deployment again): about 20 MB at most."""
@@ -32,7 +34,7 @@ _PERCENT = re.compile(r"^(?P<number>\d{1,3}(?:\.\d{1,3})?)%$")
 _COUNT = re.compile(r"^[1-9]\d{0,6}$")
 
 
-class WaveError(ValueError):
+class WaveError(EdgefleetError, ValueError):
     """A wave spec or threshold that cannot be used."""
 
 

@@ -23,15 +23,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefleet.agent.errors import AgentConfigError as AgentConfigError
 from edgefleet.agent.trust import RootPin
 from edgefleet.protocol import Arch
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 MAX_CONFIG_BYTES = 64 * 1024
-
-
-class AgentConfigError(ValueError):
-    """The configuration file or flags are unusable."""
 
 
 class AgentSettings(BaseModel):

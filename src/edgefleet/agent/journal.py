@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgefleet.agent.durable import connect, immediate
-from edgefleet.agent.errors import AgentError
+from edgefleet.agent.errors import JournalError as JournalError
 
 Phase = Literal[
     "verified",
@@ -84,10 +84,6 @@ Ending = Literal["committed", "failed", "retry", "interrupted"]
 
 INTERRUPTED = "interrupted while "
 """How the reason of a transaction recovered at start begins."""
-
-
-class JournalError(AgentError):
-    """An impossible transition, a second open transaction for an app, or an unusable journal file."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.agent.durable import connect, immediate
-from edgefleet.agent.errors import AgentError
+from edgefleet.agent.errors import OutboxError as OutboxError
 
 MAX_EVENTS = 1000
 MAX_EVENT_BYTES = 16 * 1024
@@ -32,10 +32,6 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS report (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS added (key TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
-
-
-class OutboxError(AgentError):
-    """The outbox file is unusable, or an event is too large to keep."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+from edgefleet.agent.errors import PlanError as PlanError
+
 # --- inputs -------------------------------------------------------------------------
 
 
@@ -170,10 +172,6 @@ class UpdatePlan:
     steps: tuple[UpdateStep, ...]
     fetch: tuple[str, ...]
     """Images the engine lacks (for the free-space check before anything begins)."""
-
-
-class PlanError(ValueError):
-    """The target itself is inconsistent (a dependency cycle or an unknown dependency)."""
 
 
 # --- planning -----------------------------------------------------------------------

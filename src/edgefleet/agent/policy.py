@@ -20,15 +20,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.agent.errors import PolicyError as PolicyError
 from edgefleet.manifest import Permission, Release, canonical_path, host_path_problem, parse_permission
 
 ARGUMENT_KINDS = ("network-bind", "serial-port", "gpio", "i2c", "host-read", "host-write")
 MAX_POLICY_BYTES = 64 * 1024
 MAX_ENTRIES = 256
-
-
-class PolicyError(ValueError):
-    """The policy file is unreadable or malformed."""
 
 
 @dataclass(frozen=True, slots=True)

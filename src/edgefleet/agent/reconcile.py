@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet.agent.errors import PermissionRefusedError as PermissionRefusedError
 from edgefleet.agent.plan import AppTarget, Observed, Step, plan
 from edgefleet.agent.policy import Policy, Refusal, refusals
 from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
@@ -28,15 +29,6 @@ class Engine(Protocol):
     def observe(self, images: frozenset[str] = frozenset()) -> Observed: ...
 
     def execute(self, step: Step, specs: Mapping[tuple[str, str], ContainerSpec]) -> None: ...
-
-
-class PermissionRefusedError(Exception):
-    """A release asks for permissions the device's policy does not grant; nothing was changed."""
-
-    def __init__(self, app: str, refused: list[Refusal]) -> None:
-        super().__init__(f"{app}: permissions refused on this device: {describe_refusals(refused)}")
-        self.app = app
-        self.refused = refused
 
 
 def describe_refusals(refused: list[Refusal]) -> str:
@@ -68,7 +60,7 @@ def checked_specs(
     """
     refused = refusals(release, policy, protected=facts.protected_paths)
     if refused:
-        raise PermissionRefusedError(release.app, refused)
+        raise PermissionRefusedError(release.app, refused, describe_refusals(refused))
     return release_specs(release, facts=facts, environment=dict(environment))
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from edgefleet.agent.errors import EngineError
+from edgefleet.agent.errors import EngineError, NoSpaceError, OverdueError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
 from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, JournalError, Phase, Transaction
 from edgefleet.agent.plan import (
@@ -108,14 +108,6 @@ class Outcome:
     @property
     def committed(self) -> bool:
         return self.status == "committed"
-
-
-class OverdueError(RuntimeError):
-    """A phase of the transaction ran past its deadline (rolled back, tried again later)."""
-
-
-class NoSpaceError(Exception):
-    """The engine's storage has less free space than the update needs plus the reserve."""
 
 
 def space_needed(fetch: tuple[str, ...], image_bytes: Mapping[str, int]) -> int:

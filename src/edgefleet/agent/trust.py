@@ -20,7 +20,7 @@ from typing import Literal
 
 from edgefleet import releases
 from edgefleet.agent.client import DeviceClient
-from edgefleet.agent.errors import AgentError
+from edgefleet.agent.errors import RootTrustError as RootTrustError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.truststore import REPOSITORY, TrustStore
 from edgefleet.crypto import write_public_file
@@ -29,10 +29,6 @@ TrustMode = Literal["pinned", "first-use"]
 TRUST_FILE = "trust.json"
 MAX_ROOT_VERSIONS = 64
 """Root versions the agent looks through for the one its digest pins."""
-
-
-class RootTrustError(AgentError):
-    """No pinned root, or the hub's root is not the pinned one: the agent does not start (retrying cannot help)."""
 
 
 def root_digest(root: bytes) -> str:

@@ -18,7 +18,7 @@ import typer
 
 from edgefleet.agent.config import AgentConfigError, AgentSettings, load_settings
 from edgefleet.agent.engine.docker import DockerEngine
-from edgefleet.agent.errors import AgentError
+from edgefleet.agent.errors import EngineError, PermissionRefusedError, PlanError
 from edgefleet.agent.hostpaths import protected_paths
 from edgefleet.agent.identity import saved_device_id
 from edgefleet.agent.plan import describe
@@ -27,6 +27,7 @@ from edgefleet.agent.reconcile import plan_for
 from edgefleet.agent.runner import host_facts, load_state
 from edgefleet.cli import agentd
 from edgefleet.cli.common import (
+    EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
@@ -118,7 +119,10 @@ def plan_command(
     try:
         facts = host_facts(protected=protected_paths(settings.own_paths()))
         steps, _ = plan_for(engine_client, state.desired(policy, facts))
-    except AgentError as exc:
+    except (PermissionRefusedError, PlanError) as exc:  # the release or the policy, not the engine
+        hint = "the device's policy (policy in the config) decides what a release may have"
+        raise CliError(str(exc), exit_code=EXIT_FAILED, hint=hint) from exc
+    except EngineError as exc:
         raise CliError(
             str(exc),
             exit_code=EXIT_UNAVAILABLE,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 
+from edgefleet.errors import EdgefleetError
+
 EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
 
 
-class CliError(Exception):
+class CliError(EdgefleetError):
     """A user-facing failure: printed as one line, never as a traceback."""
 
     def __init__(self, message: str, *, exit_code: int = EXIT_FAILED, hint: str | None = None) -> None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from edgefleet.errors import EdgefleetError
 
-class HubError(Exception):
+
+class HubError(EdgefleetError):
     """A failure the hub reports to its caller with a stable code."""
 
     status: ClassVar[int] = 500

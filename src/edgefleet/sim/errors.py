@@ -16,8 +16,10 @@ device backs off and tries again, as the agent would.
 
 from __future__ import annotations
 
+from edgefleet.errors import EdgefleetError
 
-class SimError(Exception):
+
+class SimError(EdgefleetError):
     """Base of the simulator's errors."""
 
 

@@ -24,7 +24,7 @@ def test_errors_become_failures_with_the_agents_retry_rules() -> None:
         "refused", "bad bytes", retry=True, reason="hash_mismatch"
     )
     assert failure_of(UpdateRefusedError("signature", "forged")).retry is False
-    assert failure_of(PermissionRefusedError("sensor", [])).kind == "permission"
+    assert failure_of(PermissionRefusedError("sensor", [], "")).kind == "permission"
     assert failure_of(HubRefusedError(403, "token_exhausted", "used up")) == Failure(
         "hub-refused", "token_exhausted: used up", retry=False
     )

@@ -9,8 +9,10 @@ Tree::
 
 from __future__ import annotations
 
+from edgefleet.errors import EdgefleetError
 
-class WebError(Exception):
+
+class WebError(EdgefleetError):
     """A refusal the dashboard answers with a page saying why."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.hub.services.device_state import FLEET_STATES, DeviceSummary, FleetView
 from edgefleet.selector import TAG_KEY, TAG_VALUE
 
@@ -21,7 +22,7 @@ MAX_FILTER_CHARS = 200
 _RELEASE_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}@[A-Za-z0-9_.+\-]{1,64}$")
 
 
-class FilterError(ValueError):
+class FilterError(EdgefleetError, ValueError):
     """A device-list filter that cannot be understood; the message says which and why."""
 
 

@@ -10,7 +10,7 @@ import edgefleet
 from edgefleet.errors import EdgefleetError
 
 OUTSIDE = {
-    "edgefleet.agent.fetcher.RangeIgnoredError": "python-tuf's DownloadError: its fetcher contract, raised into python-tuf",
+    "edgefleet.agent.fetcher.RangeIgnoredError": "python-tuf's DownloadError: the fetcher's contract with python-tuf",
     "edgefleet.hub.services.devices._StaleRecordError": "private: raised and caught inside one function",
 }
 """Error classes that belong to another library's tree, and why."""

@@ -661,8 +661,10 @@ class Agent:
         with contextlib.suppress(EngineError):  # unknown while the engine is away: the twin keeps what it said
             properties["engine"] = self.engine.identify().as_report()
         last, last_at = self.reported or (None, None)
-        # The report's round trip through JSON (how the outbox keeps it) is what the hub took.
-        if report_due(json.loads(json.dumps(properties, default=str)), last, last_at=last_at, now=self.clock()):
+        # The report's round trip through JSON (how the outbox keeps it) is what the hub took. An older
+        # report still waiting is replaced even when this one is due to no one: it must not go out instead.
+        due = report_due(json.loads(json.dumps(properties, default=str)), last, last_at=last_at, now=self.clock())
+        if due or self.outbox.report() is not None:
             self.outbox.keep_report(properties)
         try:
             self.deliver()

@@ -45,7 +45,9 @@ log = logging.getLogger("edgefleet.agent")
 
 def command(config: Path | None, flags: dict[str, Any], *, once: bool) -> list[str]:
     """The argv that runs this module with these settings (`cli.agent` execs it)."""
-    argv = [sys.executable, "-m", __name__, "--flags", json.dumps(flags, default=str)]
+    # -P: the working directory the command was started from is not searched for modules (a root
+    # agent started from a writable directory must not import what someone left there).
+    argv = [sys.executable, "-P", "-m", __name__, "--flags", json.dumps(flags, default=str)]
     if config is not None:
         argv += ["--config", str(config)]
     return [*argv, "--once"] if once else argv

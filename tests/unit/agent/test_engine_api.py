@@ -17,9 +17,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.agent.engine.api import MAX_ANSWER_BYTES, MAX_STREAM_MESSAGE_BYTES, EngineApi, demultiplexed
-from edgefleet.agent.engine.docker import DockerEngine, container_name, create_body
+from edgefleet.agent.engine.api import (
+    MAX_ANSWER_BYTES,
+    MAX_STREAM_MESSAGE_BYTES,
+    PROGRESS_SILENCE,
+    EngineApi,
+    demultiplexed,
+)
+from edgefleet.agent.engine.docker import STOP_TIMEOUT, DockerEngine, container_name, create_body
+from edgefleet.agent.engine.images import _untagged
 from edgefleet.agent.errors import EngineError, EngineNotFoundError
+from edgefleet.agent.plan import StartContainer, StopContainer
 from edgefleet.agent.spec import ContainerSpec, Health, Mount
 from edgefleet.manifest import Port
 
@@ -226,3 +234,73 @@ def test_a_proxy_in_the_environment_is_not_used_for_the_engine(monkeypatch: pyte
 
     engine(answer).call("info", "GET", "/info")
     assert [request.url.host for request in seen] == ["engine"]
+
+
+class FakeEngine:
+    """Answers as an engine would for one of the agent's containers; records each request and its read timeout."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.seen: list[tuple[str, str, float | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v1.41")
+        self.seen.append((request.method, path, request.extensions["timeout"]["read"]))
+        labels = {"io.edgefleet.managed": "true", "io.edgefleet.owner": self.owner}
+        if request.method == "GET" and path == "/containers/abc/json":
+            return httpx.Response(200, json={"Id": "abc", "Config": {"Labels": labels}})
+        if path == "/containers/abc/exec":
+            return httpx.Response(201, json={"Id": "e1"})
+        if path == "/exec/e1/start":  # the raw stream, as Docker answers after taking over the connection
+            return httpx.Response(200, content=frame(1, b"ok\n"))
+        if path == "/exec/e1/json":
+            return httpx.Response(200, json={"ExitCode": 0})
+        if path in ("/containers/abc/start", "/containers/abc/stop"):
+            return httpx.Response(304)  # already started, already stopped: no error (as docker-py took it)
+        if path == "/images/create":
+            return httpx.Response(200, content=b'{"status": "Pulled"}\n')
+        return httpx.Response(404, json={"message": f"unexpected {request.method} {path}"})
+
+
+def fake_engine() -> tuple[DockerEngine, FakeEngine]:
+    found = DockerEngine("unix:///nowhere.sock", owner="dev-1")
+    answers = FakeEngine("dev-1")
+    found._api = engine(answers)
+    return found, answers
+
+
+def test_a_probe_waits_no_longer_than_its_timeout_on_any_request() -> None:
+    found, answers = fake_engine()
+    assert found.probe("abc", ("/bin/true",), timeout=2.5)
+    assert [(method, path, read) for method, path, read in answers.seen if "exec" in path] == [
+        ("POST", "/containers/abc/exec", 2.5),
+        ("POST", "/exec/e1/start", 2.5),
+        ("GET", "/exec/e1/json", 2.5),
+    ]
+
+
+def test_starting_a_started_and_stopping_a_stopped_container_are_no_errors() -> None:
+    found, answers = fake_engine()
+    found.execute(StartContainer("plant", "web", container_id="abc"), {})
+    found.execute(StopContainer("plant", "web", container_id="abc"), {})
+    assert ("POST", "/containers/abc/stop", STOP_TIMEOUT + found.timeout) in answers.seen  # it waits for the stop
+
+
+def test_a_pull_names_the_repository_by_digest_and_may_be_quiet_while_layers_unpack() -> None:
+    _, answers = fake_engine()
+    api = engine(answers)
+    api.progress("pull", "/images/create", params={"fromImage": "registry.local:5000/acme/web", "tag": "sha256:ab"})
+    assert answers.seen == [("POST", "/images/create", PROGRESS_SILENCE)]
+
+
+@pytest.mark.parametrize(
+    ("name", "repository"),
+    [
+        ("registry.local:5000/acme/web:1.0", "registry.local:5000/acme/web"),
+        ("registry.local:5000/acme/web", "registry.local:5000/acme/web"),
+        ("acme/web:latest", "acme/web"),
+        ("web", "web"),
+    ],
+)
+def test_a_tag_beside_the_digest_is_left_out_of_the_pull(name: str, repository: str) -> None:
+    assert _untagged(name) == repository

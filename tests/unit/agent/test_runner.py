@@ -295,6 +295,31 @@ def test_a_report_the_hub_did_not_take_is_sent_again_though_unchanged(tmp_path: 
     assert len(hub.reports) == 1
 
 
+def test_a_report_left_waiting_never_goes_out_after_the_state_it_described_passed(tmp_path: Path) -> None:
+    """The hub took A; B was refused for now; the device is back at A: the hub must end with A, not B."""
+    hub, engine, now = FakeHub(), SteadyEngine(), [0.0]
+    device = Agent(
+        client=cast(Any, hub),
+        identity=cast(Any, None),
+        engine=cast(Any, engine),
+        data_dir=tmp_path,
+        policy=cast(Any, None),
+        arch="amd64",
+        clock=lambda: now[0],
+    )
+    device.report()  # A, taken
+    steady = engine.services
+    engine.services = {"main": {"state": "restarting", "health": None, "restarts": 1}}
+    hub.report_refusal = HubRefusedError(503, "unavailable", "try later")
+    now[0] = 60.0
+    device.report()  # B, kept
+    hub.report_refusal, engine.services = None, steady
+    now[0] = 120.0
+    device.report()  # A again
+    assert cast(dict[str, Any], hub.reports[-1])["apps"]["web"]["services"]["main"]["state"] == "running"
+    assert device.outbox.report() is None
+
+
 def test_every_cycle_starts_by_renewing_the_certificate_and_an_unreachable_hub_there_means_back_off(
     tmp_path: Path,
 ) -> None:

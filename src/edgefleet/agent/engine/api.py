@@ -2,8 +2,9 @@
 
 The agent keeps one HTTP stack: httpx talks to the hub and, through this module, to the
 container engine (Docker, Moby, balenaEngine, or Podman's Docker-compatible service) on its
-unix socket or a ``tcp://`` address. docker-py and the requests/urllib3 stack it brings
-stay out of the agent's memory (about 6 MiB of an idle agent; docs/benchmarks.md).
+unix socket or a ``tcp://`` address. docker-py and the requests stack it brings stay out
+of the agent's memory (about 6 MiB of an idle agent; docs/benchmarks.md); urllib3 still
+comes with python-tuf, once an update loads it.
 
 Paths are versioned (``/v1.41/...``) except `/version`, which even an older engine answers.
 Every failure becomes `EngineError` here (the engine boundary): an answer of 4xx is not
@@ -28,7 +29,11 @@ from edgefleet.agent.errors import EngineError, EngineNotFoundError
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 """A JSON answer (listings, inspects) or a container's log tail, at most."""
 MAX_STREAM_MESSAGE_BYTES = 1024 * 1024
-"""One message of a progress stream (image pull, image load), at most."""
+"""One message of a progress stream (image pull, image load), at most (counted in characters)."""
+PROGRESS_SILENCE = 1800.0
+"""Seconds an image pull or load may go without a progress message: engines are quiet while they
+unpack layers, for minutes on a slow board. (docker-py waited without end; the transaction's phase
+deadline still bounds the update.)"""
 _LOCAL = "http://engine"
 """The host part of URLs sent over the unix socket (engines ignore it)."""
 
@@ -126,7 +131,12 @@ class EngineApi:
         with (
             _converted(what),
             self._http.stream(
-                "POST", self._url(path), params=params, content=content, headers=headers, timeout=self.timeout
+                "POST",
+                self._url(path),
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=PROGRESS_SILENCE),
             ) as response,
         ):
             if response.status_code >= 400:
@@ -225,11 +235,11 @@ def _messages(texts: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
 def demultiplexed(data: bytes) -> bytes:
     """A container's output as the engine frames it without a terminal (8-byte headers), as one byte string.
 
-    Each frame: stream (0 stdin, 1 stdout, 2 stderr), three zero bytes, the payload's length
+    Each frame: stream (0 stdin, 1 stdout, 2 stderr, 3 the engine's own error), three zero bytes, the payload's length
     (4 bytes, big-endian), the payload. Output that is not framed (a container with a
     terminal) is returned as it is.
     """
-    if len(data) < 8 or data[0] not in (0, 1, 2) or data[1:4] != b"\0\0\0":
+    if len(data) < 8 or data[0] not in (0, 1, 2, 3) or data[1:4] != b"\0\0\0":
         return data
     out = bytearray()
     position = 0

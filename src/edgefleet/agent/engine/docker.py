@@ -233,15 +233,18 @@ class DockerEngine:
 
         def run() -> None:
             with contextlib.suppress(EngineError):
-                result.append(self._exec(container_id, argv))
+                result.append(self._exec(container_id, argv, timeout=timeout))
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         worker.join(timeout)
         return result == [0]
 
-    def _exec(self, container_id: str, argv: tuple[str, ...]) -> int:
-        """Run `argv` in one of the agent's containers to its end; its exit code (1 when the engine gives none)."""
+    def _exec(self, container_id: str, argv: tuple[str, ...], *, timeout: float) -> int:
+        """Run `argv` in one of the agent's containers to its end; its exit code (1 when the engine gives none).
+
+        Each request waits at most `timeout`: a probe that hangs gives its connection back then.
+        """
         what = f"probe {container_id}"
         created = self.api.call(
             what,
@@ -256,10 +259,11 @@ class DockerEngine:
                 "AttachStderr": True,
                 "Cmd": list(argv),
             },
+            timeout=timeout,
         )
-        exec_id = segment(str(created.get("Id", "")))
-        self.api.raw(what, "POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": False})
-        code = (self.api.call(what, "GET", f"/exec/{exec_id}/json") or {}).get("ExitCode")
+        exec_id = segment(str((created or {}).get("Id", "")))
+        self.api.raw(what, "POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": False}, timeout=timeout)
+        code = (self.api.call(what, "GET", f"/exec/{exec_id}/json", timeout=timeout) or {}).get("ExitCode")
         return int(code) if isinstance(code, int) else 1
 
     def address(self, container_id: str, app: str) -> str | None:
@@ -454,7 +458,7 @@ class DockerEngine:
             body=create_body(spec, image=image, network=internal, owner=self._labels, namespace=self.namespace),
         )
         if egress is not None:
-            body = {"Container": str(created.get("Id", "")), "EndpointConfig": {"Aliases": [spec.service]}}
+            body = {"Container": str((created or {}).get("Id", "")), "EndpointConfig": {"Aliases": [spec.service]}}
             self.api.send(what, "POST", f"/networks/{segment(egress)}/connect", body=body)
 
 

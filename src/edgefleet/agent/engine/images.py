@@ -39,6 +39,12 @@ def _image_id(api: EngineApi, reference: str) -> str | None:
     return str(found.get("Id")) if isinstance(found, dict) and found.get("Id") else None
 
 
+def _untagged(name: str) -> str:
+    """``registry:5000/repo:tag`` -> ``registry:5000/repo``: a pull by digest names the repository alone."""
+    repository, colon, tag = name.rpartition(":")
+    return repository if colon and "/" not in tag else name
+
+
 @dataclass
 class EngineImages:
     """What the agent knows of one engine's images beyond what the engine says: bundles read, loads made."""
@@ -90,7 +96,7 @@ class EngineImages:
                 failed = exc
         name, _, digest = image.partition("@")
         try:
-            api.progress(f"pull {image}", "/images/create", params={"fromImage": name, "tag": digest})
+            api.progress(f"pull {image}", "/images/create", params={"fromImage": _untagged(name), "tag": digest})
         except EngineError as exc:
             if failed is None:
                 raise

@@ -252,9 +252,9 @@ class SteadyEngine(AwayEngine):
         return EngineInfo("podman", "4.3.1", "1.41", "/var/lib/containers/storage")
 
 
-def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_ages(tmp_path: Path) -> None:
-    hub, engine, now = FakeHub(), SteadyEngine(), [0.0]
-    device = Agent(
+def steady_agent(tmp_path: Path, hub: FakeHub, engine: SteadyEngine, now: list[float]) -> Agent:
+    """An agent whose reports go to `hub`, on an engine that answers, at the time `now[0]`."""
+    return Agent(
         client=cast(Any, hub),
         identity=cast(Any, None),
         engine=cast(Any, engine),
@@ -263,6 +263,11 @@ def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_age
         arch="amd64",
         clock=lambda: now[0],
     )
+
+
+def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_ages(tmp_path: Path) -> None:
+    hub, engine, now = FakeHub(), SteadyEngine(), [0.0]
+    device = steady_agent(tmp_path, hub, engine, now)
     for now[0] in (0.0, 60.0, 120.0):
         device.report()
     assert len(hub.reports) == 1  # the first; then the same again is not sent
@@ -278,15 +283,7 @@ def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_age
 
 def test_a_report_the_hub_did_not_take_is_sent_again_though_unchanged(tmp_path: Path) -> None:
     hub, now = FakeHub(), [0.0]
-    device = Agent(
-        client=cast(Any, hub),
-        identity=cast(Any, None),
-        engine=cast(Any, SteadyEngine()),
-        data_dir=tmp_path,
-        policy=cast(Any, None),
-        arch="amd64",
-        clock=lambda: now[0],
-    )
+    device = steady_agent(tmp_path, hub, SteadyEngine(), now)
     hub.report_refusal = HubRefusedError(503, "unavailable", "try later")
     device.report()
     hub.report_refusal = None
@@ -298,15 +295,7 @@ def test_a_report_the_hub_did_not_take_is_sent_again_though_unchanged(tmp_path: 
 def test_a_report_left_waiting_never_goes_out_after_the_state_it_described_passed(tmp_path: Path) -> None:
     """The hub took A; B was refused for now; the device is back at A: the hub must end with A, not B."""
     hub, engine, now = FakeHub(), SteadyEngine(), [0.0]
-    device = Agent(
-        client=cast(Any, hub),
-        identity=cast(Any, None),
-        engine=cast(Any, engine),
-        data_dir=tmp_path,
-        policy=cast(Any, None),
-        arch="amd64",
-        clock=lambda: now[0],
-    )
+    device = steady_agent(tmp_path, hub, engine, now)
     device.report()  # A, taken
     steady = engine.services
     engine.services = {"main": {"state": "restarting", "health": None, "restarts": 1}}

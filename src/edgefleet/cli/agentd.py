@@ -171,16 +171,35 @@ def _terminal() -> TerminalDownloads:
     return TerminalDownloads()
 
 
+def parser() -> argparse.ArgumentParser:
+    """What `command` passes: the config file, the flags as a JSON object, and --once."""
+    parsing = argparse.ArgumentParser(prog="edgefleet-agent run", description="The agent's own process (cli.agent).")
+    parsing.add_argument("--config", type=Path, default=None)
+    parsing.add_argument("--flags", default="{}")
+    parsing.add_argument("--once", action="store_true")
+    return parsing
+
+
+def settings_of(arguments: argparse.Namespace) -> AgentSettings:
+    """The settings from the config file and the flags, checked as `cli.agent` checked them.
+
+    Raises:
+        AgentConfigError: the flags are not a JSON object, or the settings are unusable.
+    """
+    try:
+        flags = json.loads(arguments.flags)
+    except ValueError as exc:
+        raise AgentConfigError(f"--flags: not JSON ({exc})") from exc
+    if not isinstance(flags, dict):
+        raise AgentConfigError("--flags: not a JSON object")
+    return load_settings(arguments.config, flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the agent with the settings `command` passed; errors are one line (and a hint), never a traceback."""
-    parser = argparse.ArgumentParser(prog="edgefleet-agent run", description="The agent's own process (see cli.agent).")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--flags", default="{}")
-    parser.add_argument("--once", action="store_true")
-    arguments = parser.parse_args(argv)
+    arguments = parser().parse_args(argv)
     try:
-        settings = load_settings(arguments.config, json.loads(arguments.flags))
-        serve(settings, once=arguments.once)
+        serve(settings_of(arguments), once=arguments.once)
     except AgentConfigError as exc:
         print_error(str(exc), None)
         return EXIT_USAGE

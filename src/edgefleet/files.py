@@ -1,7 +1,8 @@
-"""Directories filled whole or not at all: what a failed fill wrote is removed again."""
+"""Directories on disk: filled whole or not at all (what a failed fill wrote is removed again), and made durable."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,3 +29,12 @@ def filled_whole(directory: Path) -> Iterator[None]:
                 else:
                     child.unlink(missing_ok=True)
         raise
+
+
+def sync_dir(directory: Path) -> None:
+    """Fsync `directory` itself: the names created, replaced or removed in it survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.crypto import write_public_file
+from edgefleet.files import sync_dir
 
 REPOSITORY = "repository"
 DIRECTOR = "director"
@@ -97,11 +98,3 @@ def _keep_file(fresh: Path, trusted: Path) -> None:
     if trusted.is_file() and not trusted.is_symlink() and trusted.read_bytes() == data:
         return  # unchanged: no write (flash storage wears)
     write_public_file(trusted, data)
-
-
-def sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

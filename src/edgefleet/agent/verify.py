@@ -44,7 +44,8 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.fetcher import HttpxFetcher
-from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore, sync_dir
+from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore
+from edgefleet.files import sync_dir
 from edgefleet.manifest import ManifestError, Release, parse_manifest
 from edgefleet.protocol import API_PREFIX
 from edgefleet.releases import (

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import crypto
+from edgefleet.files import sync_dir
 from edgefleet.hub.datadir import MAX_RETIRED, ONLINE_ROLES, PENDING, RETIRED, load_keys
 from edgefleet.hub.errors import HubConfigError
 
@@ -83,9 +84,9 @@ def rotate_keys(data_dir: Path, roles: Sequence[str]) -> KeyRotation:
             _retire(keys_dir, role, old, created)
             note[role] = old
         crypto.write_public_file(staging / NOTE, json.dumps(note).encode())
-        _sync_dir(staging)
+        sync_dir(staging)
         os.replace(staging, keys_dir / PENDING)
-        _sync_dir(keys_dir)
+        sync_dir(keys_dir)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for path in created:
@@ -126,7 +127,7 @@ def _retire(keys_dir: Path, role: str, keyid: str, created: list[Path]) -> None:
         else:
             crypto.write_public_file(target, data)
         created.append(target)
-    _sync_dir(directory)
+    sync_dir(directory)
 
 
 def _finish(data_dir: Path, wanted: tuple[str, ...], *, resumed: bool) -> KeyRotation:
@@ -153,10 +154,10 @@ def _finish(data_dir: Path, wanted: tuple[str, ...], *, resumed: bool) -> KeyRot
             for suffix in (".pub", ".key"):
                 if (pending / f"{role}{suffix}").exists():
                     os.replace(pending / f"{role}{suffix}", keys_dir / f"{role}{suffix}")
-        _sync_dir(keys_dir)
+        sync_dir(keys_dir)
         (pending / NOTE).unlink()
         pending.rmdir()
-        _sync_dir(keys_dir)
+        sync_dir(keys_dir)
     except OSError as exc:
         raise HubConfigError(
             "data_dir_unwritable",
@@ -169,11 +170,3 @@ def _finish(data_dir: Path, wanted: tuple[str, ...], *, resumed: bool) -> KeyRot
         if role in note
     )
     return KeyRotation(keys=rotated, resumed=resumed)
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,31 +36,33 @@ from edgefleet.manifest import Port
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "engine_create.json"
 
 
-def spec(**changes: object) -> ContainerSpec:
-    fields: dict[str, object] = {
-        "app": "plant",
-        "service": "web",
-        "release": "2.0.0",
-        "image": "registry.local/acme/web@sha256:" + "ab" * 32,
-        "command": None,
-        "entrypoint": None,
-        "environment": (),
-        "labels": (),
-        "egress": False,
-        "ports": (),
-        "mounts": (),
-        "devices": (),
-        "device_cgroup_rules": (),
-        "cap_add": (),
-        "memory": 0,
-        "nano_cpus": 0,
-        "pids": 0,
-        "restart_max": 0,
-        "health": None,
-        "depends_on": (),
-        "config_digest": "cd" * 32,
-    }
-    return ContainerSpec(**{**fields, **changes})  # type: ignore[arg-type]
+MINIMAL = ContainerSpec(
+    app="plant",
+    service="web",
+    release="2.0.0",
+    image="registry.local/acme/web@sha256:" + "ab" * 32,
+    command=None,
+    entrypoint=None,
+    environment=(),
+    labels=(),
+    egress=False,
+    ports=(),
+    mounts=(),
+    devices=(),
+    device_cgroup_rules=(),
+    cap_add=(),
+    memory=0,
+    nano_cpus=0,
+    pids=0,
+    restart_max=0,
+    health=None,
+    depends_on=(),
+    config_digest="cd" * 32,
+)
+
+
+def spec(**changes: Any) -> ContainerSpec:
+    return replace(MINIMAL, **changes)
 
 
 SPECS = {

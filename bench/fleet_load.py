@@ -83,7 +83,8 @@ def device_requests(url: str, ca: Path, state_dir: Path, *, mode: str = "target"
             identity = load_identity(data_dir)
             bearer = {"Authorization": f"Bearer {identity.token(now=now)}"}
             if mode == "report":
-                call = report_call(identity, {"bench": {"site": "lab", "build": data_dir.name}})
+                stated = {"os": f"bench {data_dir.name}"[:64], "agent_version": "bench", "apps": {}}
+                call = report_call(identity, stated)
                 body = json.dumps(call.json).encode()
                 sent = {**bearer, "Content-Type": "application/json"}
                 http.request(call.method, call.path, headers=sent, content=body).raise_for_status()

@@ -49,6 +49,8 @@ model with this field (the agent's footprint, issue 17).
 """
 Arch = Literal["amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x"]
 DeviceStatus = Literal["pending", "accepted", "rejected", "revoked"]
+RootTrust = Literal["pinned", "first-use"]
+"""How a device came to trust the image repository's root: pinned by its digest, or on first use."""
 
 MAX_REPORTED_BYTES = 16 * 1024
 """Upper bound on the serialized reported properties of one device."""
@@ -107,10 +109,72 @@ class RenewRequest(RequestModel):
     key_change_proof: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
 
-class ReportedProperties(RequestModel):
-    """Reported half of the device twin: facts the device states about itself."""
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; other control characters (log colours) may stay
+MAX_REASON_CHARS = 2000
+"""Characters of an event's reason (and of a report's last error) the hub takes."""
+MAX_LOGS_CHARS = 8192
+"""Characters of a failing service's log tail the hub takes with an event."""
+Label = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
+"""A short free-form value a device states (an engine's state name, its version, the OS)."""
+Count = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 
-    properties: Annotated[dict[str, Any], Field(max_length=64)]
+
+class ServiceReport(RequestModel):
+    """One service of an app as the engine describes its container."""
+
+    state: Label
+    health: Label | None = None
+    restarts: Count = 0
+    release: Label | None = None
+    image: Annotated[str, StringConstraints(max_length=512, pattern=_NO_NUL)] | None = None
+
+
+class AppReport(RequestModel):
+    """One app as the device runs it: the installed release and its services."""
+
+    version: Version | None = None
+    release_counter: Count | None = None
+    services: Annotated[dict[ServiceName, ServiceReport], Field(max_length=64)] | None = None
+
+
+class EngineReport(RequestModel):
+    """The container engine on the device's socket (`agent.engine.info`)."""
+
+    kind: Label
+    version: Label
+    api_version: Label
+
+
+class ReportedState(RequestModel):
+    """The device's reported state, the twin's reported half: shared by the agent, the simulator and the hub.
+
+    A report is a patch: keys it sets replace the twin's, a key set to null is deleted, keys it
+    leaves out stay. Agents of 0.1.0 (tests/golden) sent a subset of these keys; an unknown key
+    is refused, as in every request.
+    """
+
+    apps: Annotated[dict[AppName, AppReport], Field(max_length=64)] | None = None
+    agent_version: Label | None = None
+    os: Label | None = None
+    arch: Arch | None = None
+    disk_free: Count | None = None
+    mem_available: Count | None = None
+    last_error: Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS, pattern=_NO_NUL)] | None = None
+    repository_root: RootTrust | None = None
+    """How the device came to trust the image repository's root (`agent.trust`)."""
+    engine: EngineReport | None = None
+    simulator: Label | None = None
+    """Set by `edgefleet sim`'s devices only, so that no one takes them for real ones."""
+
+    def patch(self) -> dict[str, Any]:
+        """The keys this report sets (null: delete), as JSON values: what the hub merges into the twin."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class ReportedProperties(RequestModel):
+    """The body of a state report."""
+
+    properties: ReportedState
 
 
 class ErrorBody(WireModel):
@@ -151,7 +215,6 @@ class TargetState(WireModel):
 UpdateStatus = Literal["committed", "failed", "rolled-back", "interrupted", "no-space"]
 """How an update transaction ended on the device."""
 Seq = Annotated[int, Field(ge=1, le=MAX_SEQ)]
-_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; other control characters (log colours) may stay
 
 
 def _iso_text(value: Any) -> Any:
@@ -172,10 +235,9 @@ EventTime = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_iso_t
 """A time the device stamped (its clock, in UTC), sent as ISO 8601 with an offset."""
 
 
-class DeviceEvent(RequestModel):
-    """One outcome the device recorded, numbered by the device: `seq` increases and is never reused."""
+class UpdateEvent(RequestModel):
+    """One update outcome as the device records it (`agent.runner.event`); its outbox numbers it (`DeviceEvent`)."""
 
-    seq: Seq
     at: EventTime
     kind: Literal["update"] = "update"
     app: AppName
@@ -183,10 +245,16 @@ class DeviceEvent(RequestModel):
     to_release: Version
     status: UpdateStatus
     service: ServiceName | None = Field(default=None, description="The service that failed, when one did.")
-    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)] | None = None
-    logs: Annotated[str, StringConstraints(max_length=8192, pattern=_NO_NUL)] | None = Field(
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS, pattern=_NO_NUL)] | None = None
+    logs: Annotated[str, StringConstraints(max_length=MAX_LOGS_CHARS, pattern=_NO_NUL)] | None = Field(
         default=None, description="The failing service's last log lines."
     )
+
+
+class DeviceEvent(UpdateEvent):
+    """One outcome the device recorded, numbered by the device: `seq` increases and is never reused."""
+
+    seq: Seq
 
 
 class DeviceEvents(RequestModel):

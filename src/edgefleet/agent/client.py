@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.progress import DownloadProgress
@@ -26,7 +27,6 @@ from edgefleet.protocol import API_PREFIX, DeviceIdentity, EnrollRequest, ErrorB
 if TYPE_CHECKING:
     from edgefleet.agent.fetcher import HttpxFetcher
 
-MAX_RESPONSE_BYTES = 1024 * 1024
 _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
 
 
@@ -66,9 +66,9 @@ class Call:
         return arguments
 
 
-def checked(response: httpx.Response) -> dict[str, Any]:
-    """The JSON body of a 2xx answer; hub errors become agent errors."""
-    if len(response.content) > MAX_RESPONSE_BYTES:
+def checked(response: httpx.Response, limit: int = DEFAULT_BOUNDS.response_bytes) -> dict[str, Any]:
+    """The JSON body of a 2xx answer of at most `limit` bytes; hub errors become agent errors."""
+    if len(response.content) > limit:
         raise HubUnreachableError("hub answer too large")
     if response.status_code >= 500:
         raise HubUnreachableError(f"hub error {response.status_code}")
@@ -98,20 +98,22 @@ def target_call(identity: LocalIdentity, *, wait: float = 0, etag: str | None = 
     )
 
 
-def target_answer(response: httpx.Response, etag: str | None) -> tuple[TargetState | None, str | None]:
+def target_answer(
+    response: httpx.Response, etag: str | None, limit: int = DEFAULT_BOUNDS.response_bytes
+) -> tuple[TargetState | None, str | None]:
     """(state, its ETag), or (None, etag) when unchanged (304)."""
     if response.status_code == 304:
         return None, etag
-    return TargetState.model_validate(checked(response)), response.headers.get("ETag")
+    return TargetState.model_validate(checked(response, limit)), response.headers.get("ETag")
 
 
 def events_call(identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> Call:
     return Call("POST", "/device/events", identity, json={"events": events, "dropped": dropped})
 
 
-def acknowledged(response: httpx.Response) -> int:
+def acknowledged(response: httpx.Response, limit: int = DEFAULT_BOUNDS.response_bytes) -> int:
     """The highest event sequence number the hub says it has recorded."""
-    through = checked(response).get("acknowledged")
+    through = checked(response, limit).get("acknowledged")
     if not isinstance(through, int) or isinstance(through, bool):
         raise HubUnreachableError("hub answered events without an acknowledgement")
     return through
@@ -125,15 +127,20 @@ def report_call(identity: LocalIdentity, properties: dict[str, Any], device_id: 
 class DeviceClient:
     """Device-side calls to the hub's API over a given `httpx.Client` (see `connect`)."""
 
-    def __init__(self, http: httpx.Client, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self, http: httpx.Client, *, clock: Callable[[], datetime] = _utc_now, bounds: Bounds = DEFAULT_BOUNDS
+    ) -> None:
         self._http = http
         self._clock = clock
+        self._bounds = bounds
 
     @classmethod
-    def connect(cls, hub_url: str, *, ca: Path | str | None, timeout: float = 30.0) -> DeviceClient:
+    def connect(
+        cls, hub_url: str, *, ca: Path | str | None, timeout: float = 30.0, bounds: Bounds = DEFAULT_BOUNDS
+    ) -> DeviceClient:
         """A client for `hub_url` that trusts only `ca` (the fleet CA) when given."""
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
-        return cls(httpx.Client(base_url=hub_url.rstrip("/"), verify=verify, timeout=timeout))
+        return cls(httpx.Client(base_url=hub_url.rstrip("/"), verify=verify, timeout=timeout), bounds=bounds)
 
     def close(self) -> None:
         self._http.close()
@@ -154,7 +161,7 @@ class DeviceClient:
     def _call(
         self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        return checked(self._send(Call(method, path, identity, json=body)))
+        return checked(self._send(Call(method, path, identity, json=body)), self._bounds.response_bytes)
 
     def enroll(self, request: EnrollRequest) -> DeviceIdentity:
         return DeviceIdentity.model_validate(self._call("POST", "/enroll", body=request.model_dump()))
@@ -181,7 +188,11 @@ class DeviceClient:
         from edgefleet.agent.fetcher import HttpxFetcher  # python-tuf: loaded when a target first changes
 
         return HttpxFetcher(
-            self._http, lambda: identity.token(now=self._clock()), partial_dir=partial_dir, progress=progress
+            self._http,
+            lambda: identity.token(now=self._clock()),
+            partial_dir=partial_dir,
+            progress=progress,
+            bounds=self._bounds,
         )
 
     def tuf_roots(self, identity: LocalIdentity) -> tuple[bytes, bytes]:
@@ -210,9 +221,8 @@ class DeviceClient:
         """The director's current root (the hub's own key: taken from the hub)."""
         return self._metadata(self._send(Call("GET", "/tuf/director/root.json", identity)), "the director's root")
 
-    @staticmethod
-    def _metadata(response: httpx.Response, what: str) -> bytes:
-        if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
+    def _metadata(self, response: httpx.Response, what: str) -> bytes:
+        if response.status_code != 200 or len(response.content) > self._bounds.response_bytes:
             raise HubUnreachableError(f"cannot fetch {what}: HTTP {response.status_code}")
         return response.content
 
@@ -220,7 +230,7 @@ class DeviceClient:
         self, identity: LocalIdentity, *, wait: float = 0, etag: str | None = None
     ) -> tuple[TargetState | None, str | None]:
         """Long-poll what this device must run: (state, its ETag), or (None, etag) when unchanged (304)."""
-        return target_answer(self._send(target_call(identity, wait=wait, etag=etag)), etag)
+        return target_answer(self._send(target_call(identity, wait=wait, etag=etag)), etag, self._bounds.response_bytes)
 
     def twin(self, identity: LocalIdentity, device_id: str | None = None) -> dict[str, Any]:
         return self._call("GET", f"/devices/{device_id or identity.device_id}/twin", identity=identity)
@@ -228,8 +238,8 @@ class DeviceClient:
     def report(
         self, identity: LocalIdentity, properties: dict[str, Any], device_id: str | None = None
     ) -> dict[str, Any]:
-        return checked(self._send(report_call(identity, properties, device_id)))
+        return checked(self._send(report_call(identity, properties, device_id)), self._bounds.response_bytes)
 
     def events(self, identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> int:
         """Deliver update events (oldest first); returns the highest sequence number the hub has recorded."""
-        return acknowledged(self._send(events_call(identity, events, dropped=dropped)))
+        return acknowledged(self._send(events_call(identity, events, dropped=dropped)), self._bounds.response_bytes)

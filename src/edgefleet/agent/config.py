@@ -1,6 +1,8 @@
 """Agent settings: a TOML file (``/etc/edgefleet/agent.toml``), then command-line flags, then defaults.
 
-Every bound the agent keeps (long-poll wait, backoff, download and report sizes) is here::
+Every bound the agent keeps is here: the long-poll wait, backoff and request timeout at the top,
+the rest (download, report, journal and outbox sizes, update deadlines, the free disk kept) in
+the ``[bounds]`` table (`agent.bounds`)::
 
     hub_url = "https://hub.example.com:8443"
     ca = "/etc/edgefleet/ca.crt"
@@ -12,6 +14,9 @@ Every bound the agent keeps (long-poll wait, backoff, download and report sizes)
     # repository_root_sha256 = "..."              # or its digest (edgefleet keys root-digest), given out of band
     # trust_first_root = true                      # or neither: take the hub's root on first use (demos only)
 
+    [bounds]
+    disk_reserve = 268435456                     # bytes left free on the engine's storage beyond new images
+
 One of the three is needed before a device's first start (`agent.trust`).
 """
 
@@ -21,8 +26,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgefleet.agent.bounds import Bounds
 from edgefleet.agent.errors import AgentConfigError as AgentConfigError
 from edgefleet.agent.trust import RootPin
 from edgefleet.protocol import Arch
@@ -56,10 +62,22 @@ class AgentSettings(BaseModel):
     backoff_initial: float = Field(default=1.0, gt=0, le=60)
     backoff_max: float = Field(default=300.0, gt=0, le=3600)
     request_timeout: float = Field(default=30.0, gt=0, le=300)
-    disk_reserve: int = Field(default=256 * 1024**2, ge=0, le=1024**4)
-    """Bytes of the engine's storage an update must leave free (beyond the new images)."""
+    bounds: Bounds = Bounds()
+    """Every other limit and timing of the agent: the ``[bounds]`` table (`agent.bounds`)."""
     config_file: Path | None = Field(default=None, exclude=True)
     """The file these settings were read from (set by `load_settings`, not by the file)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spelling(cls, data: Any) -> Any:
+        """``disk_reserve`` at the top, as agents before ``[bounds]`` read it, is ``bounds.disk_reserve``."""
+        if isinstance(data, dict) and "disk_reserve" in data:
+            data = dict(data)
+            bounds = data.get("bounds", {})
+            if not isinstance(bounds, dict) or "disk_reserve" in bounds:
+                raise ValueError("disk_reserve is given twice: keep the one in [bounds]")
+            data["bounds"] = {**bounds, "disk_reserve": data.pop("disk_reserve")}
+        return data
 
     def own_paths(self) -> list[Path | str | None]:
         """The agent's own files and its engine's socket: never shared with a container (`agent.hostpaths`)."""

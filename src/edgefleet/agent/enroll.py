@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from edgefleet import crypto
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.identity import LocalIdentity, load_identity, load_or_create_key, save_identity
 from edgefleet.protocol import Arch, EnrollRequest
@@ -24,7 +25,6 @@ _ARCH: dict[str, Arch] = {
     "ppc64le": "ppc64le",
     "s390x": "s390x",
 }
-RENEW_BEFORE = timedelta(days=30)
 
 
 def host_arch() -> Arch:
@@ -68,9 +68,14 @@ def refresh(client: DeviceClient, data_dir: Path, local: LocalIdentity) -> Local
 
 
 def renew_if_due(
-    client: DeviceClient, data_dir: Path, local: LocalIdentity, *, now: datetime, before: timedelta = RENEW_BEFORE
+    client: DeviceClient,
+    data_dir: Path,
+    local: LocalIdentity,
+    *,
+    now: datetime,
+    before: timedelta = timedelta(seconds=DEFAULT_BOUNDS.renew_before),
 ) -> LocalIdentity:
-    """Renew the certificate when it expires within `before`; same key, fresh CSR."""
+    """Renew the certificate when it expires within `before` (`Bounds.renew_before`); same key, fresh CSR."""
     identity = local.identity
     if identity is None or identity.certificate_not_after is None:
         return local

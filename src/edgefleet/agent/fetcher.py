@@ -31,14 +31,10 @@ import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.progress import DownloadProgress
 
 CHUNK = 64 * 1024
-RESUMES = 3
-REFUSED_BODY_MAX = 64 * 1024
-"""A refused answer's body is read up to this much, so its connection can carry the next request."""
-MAX_PARTIALS = 8
-"""Partial downloads kept at most; the oldest go first."""
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +51,14 @@ class HttpxFetcher(FetcherInterface):
         http: httpx.Client,
         token: Callable[[], str] | None = None,
         *,
-        resumes: int = RESUMES,
         partial_dir: Path | None = None,
         progress: DownloadProgress | None = None,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
         self._http = http
         self._token = token
-        self._resumes = resumes
+        self._bounds = bounds
+        self._resumes = bounds.download_resumes
         self._partial_dir = partial_dir
         self._progress = progress
         self._unfinished: set[Path] = set()
@@ -113,7 +110,7 @@ class HttpxFetcher(FetcherInterface):
         if self._partial_dir is None:
             return
         kept = sorted(self._partial_dir.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[MAX_PARTIALS:]:
+        for old in kept[self._bounds.kept_partials :]:
             old.unlink(missing_ok=True)
 
     def _open(self, url: str, offset: int) -> httpx.Response:
@@ -124,7 +121,7 @@ class HttpxFetcher(FetcherInterface):
             raise DownloadError(f"cannot fetch {url}: {exc}") from exc
         expected = 206 if offset else 200
         if response.status_code != expected:
-            _discard(response)
+            _discard(response, self._bounds.refused_body_bytes)
             if offset and response.status_code == 200:
                 raise RangeIgnoredError(f"{url}: the server ignored the range request")
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
@@ -190,8 +187,8 @@ def _total_length(response: httpx.Response, offset: int) -> int | None:
     return offset + int(length) if length.isdigit() else None
 
 
-def _discard(response: httpx.Response) -> None:
-    """Read a refused answer's body, up to `REFUSED_BODY_MAX`, and close it.
+def _discard(response: httpx.Response, limit: int) -> None:
+    """Read a refused answer's body, up to `limit` bytes, and close it.
 
     An answer closed unread takes its connection with it, so the next request pays a new TLS
     handshake, on the hub too; TUF's refresh ends every time with a 404 (the next root
@@ -201,7 +198,7 @@ def _discard(response: httpx.Response) -> None:
     try:
         for chunk in response.iter_raw():
             received += len(chunk)
-            if received > REFUSED_BODY_MAX:
+            if received > limit:
                 break
     except httpx.HTTPError:
         pass  # the connection is dropped with the answer; the status is what the caller reports

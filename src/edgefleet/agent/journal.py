@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.durable import connect, immediate
 from edgefleet.agent.errors import JournalError as JournalError
 
@@ -51,11 +52,6 @@ Phase = Literal[
 ]
 FORWARD: tuple[Phase, ...] = ("verified", "downloading", "downloaded", "staged", "switching", "probing", "committed")
 FINAL: frozenset[Phase] = frozenset({"committed", "rolled-back"})
-MAX_ERROR = 2000
-MAX_DETAIL_BYTES = 64 * 1024
-"""A transaction's detail: containers old and new, what settles it, a failing service's logs (8,192 characters)."""
-KEEP_FINISHED = 200
-"""Finished transactions kept for reports and history; older ones are pruned."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -142,8 +138,17 @@ def _utc_now() -> datetime:
 class Journal:
     """The journal file of one agent; every write is a durable SQLite transaction."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], datetime] = _utc_now, bounds: Bounds = DEFAULT_BOUNDS
+    ) -> None:
+        """Open (or create) the journal at `path`.
+
+        `bounds`: a transaction's error (`journal_error_chars`) and detail (`journal_detail_bytes`:
+        containers old and new, what settles it, a failing service's logs), and how many finished
+        ones are kept (`journal_keep`).
+        """
         self._clock = clock
+        self._bounds = bounds
         self._db = connect(path, _SCHEMA, JournalError, "journal")
         self._db.row_factory = sqlite3.Row
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(transactions)")}
@@ -189,7 +194,7 @@ class Journal:
                     (now + timeout).isoformat(),
                     now.isoformat(),
                     now.isoformat(),
-                    _encoded(detail or {}),
+                    self._encoded(detail or {}),
                 ),
             )
             row_id = cursor.lastrowid
@@ -210,7 +215,7 @@ class Journal:
             JournalError: not an allowed transition from the phase on disk.
         """
         now = self._clock()
-        encoded = _encoded({**transaction.detail, **(detail or {})})
+        encoded = self._encoded({**transaction.detail, **(detail or {})})
         with self._write():
             current = self._row(transaction.id)
             if not allowed(current.phase, phase):
@@ -219,7 +224,14 @@ class Journal:
             self._db.execute(
                 "UPDATE transactions SET phase = ?, deadline = ?, error = COALESCE(?, error), detail = ?,"
                 " updated_at = ? WHERE id = ?",
-                (phase, deadline, error[:MAX_ERROR] if error else None, encoded, now.isoformat(), transaction.id),
+                (
+                    phase,
+                    deadline,
+                    error[: self._bounds.journal_error_chars] if error else None,
+                    encoded,
+                    now.isoformat(),
+                    transaction.id,
+                ),
             )
             if phase in FINAL:
                 self._prune()
@@ -256,7 +268,7 @@ class Journal:
     def interruptions(self, app: str, mark: str) -> int:
         """How many of `app`'s latest transactions in a row carried out `mark` and were cut short (recovered)."""
         rows = self._db.execute(
-            "SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT ?", (app, KEEP_FINISHED)
+            "SELECT * FROM transactions WHERE app = ? ORDER BY id DESC LIMIT ?", (app, self._bounds.journal_keep)
         ).fetchall()
         count = 0
         for tx in map(_transaction, rows):
@@ -303,18 +315,17 @@ class Journal:
         self._db.execute(
             "DELETE FROM transactions WHERE phase IN ('committed', 'rolled-back') AND settled = 1 AND id NOT IN"
             " (SELECT id FROM transactions WHERE phase IN ('committed', 'rolled-back') ORDER BY id DESC LIMIT ?)",
-            (KEEP_FINISHED,),
+            (self._bounds.journal_keep,),
         )
 
     def _write(self) -> AbstractContextManager[None]:
         return immediate(self._db, JournalError, "journal")
 
-
-def _encoded(detail: dict[str, Any]) -> str:
-    encoded = json.dumps(detail, sort_keys=True)
-    if len(encoded) > MAX_DETAIL_BYTES:
-        raise JournalError("transaction detail too large")
-    return encoded
+    def _encoded(self, detail: dict[str, Any]) -> str:
+        encoded = json.dumps(detail, sort_keys=True)
+        if len(encoded) > self._bounds.journal_detail_bytes:
+            raise JournalError("transaction detail too large")
+        return encoded
 
 
 def _transaction(row: sqlite3.Row) -> Transaction:

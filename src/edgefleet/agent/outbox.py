@@ -7,7 +7,8 @@ events are dropped and counted; the count travels with the next batch so the hub
 what it missed. The latest state report is kept too (a newer one replaces it).
 
 An event added with a key is added once: adding it again (bookkeeping redone after a
-crash, `agent.runner`) keeps the first. The last `MAX_EVENTS` keys are remembered.
+crash, `agent.runner`) keeps the first. As many keys are remembered as events are kept
+(`Bounds.outbox_events`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.durable import connect, immediate
 from edgefleet.agent.errors import OutboxError as OutboxError
-
-MAX_EVENTS = 1000
-MAX_EVENT_BYTES = 16 * 1024
-BATCH = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
@@ -45,8 +43,10 @@ class Pending:
 class Outbox:
     """The outbox file of one agent."""
 
-    def __init__(self, path: Path, *, limit: int = MAX_EVENTS) -> None:
-        self._limit = limit
+    def __init__(self, path: Path, *, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self._limit = bounds.outbox_events
+        self._event_bytes = bounds.event_bytes
+        self._batch = bounds.event_batch
         self._db = connect(path, _SCHEMA, OutboxError, "outbox")
 
     def close(self) -> None:
@@ -58,8 +58,8 @@ class Outbox:
         With `key`, an event added before under the same key is not added again (its number is returned).
         """
         body = json.dumps(dict(event), sort_keys=True)
-        if len(body) > MAX_EVENT_BYTES:
-            raise OutboxError(f"event of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
+        if len(body) > self._event_bytes:
+            raise OutboxError(f"event of {len(body)} bytes is over the limit of {self._event_bytes}")
         with immediate(self._db, OutboxError, "outbox"):
             if key is not None:
                 found = self._db.execute("SELECT seq FROM added WHERE key = ?", (key,)).fetchone()
@@ -85,8 +85,9 @@ class Outbox:
                 )
         return seq
 
-    def pending(self, limit: int = BATCH) -> Pending:
-        rows = self._read("SELECT seq, body FROM events ORDER BY seq LIMIT ?", (limit,))
+    def pending(self, limit: int | None = None) -> Pending:
+        """The oldest events, `limit` of them (a batch: `Bounds.event_batch`), and the count of those dropped."""
+        rows = self._read("SELECT seq, body FROM events ORDER BY seq LIMIT ?", (limit or self._batch,))
         return Pending(tuple((int(seq), json.loads(body)) for seq, body in rows), self.dropped())
 
     def dropped(self) -> int:

@@ -20,12 +20,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import PolicyError as PolicyError
 from edgefleet.manifest import Permission, Release, canonical_path, host_path_problem, parse_permission
 
 ARGUMENT_KINDS = ("network-bind", "serial-port", "gpio", "i2c", "host-read", "host-write")
-MAX_POLICY_BYTES = 64 * 1024
-MAX_ENTRIES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +62,14 @@ def _entry(text: object) -> str:
         raise PolicyError(f"policy entry {text!r}: {exc}") from exc
 
 
-def parse_policy(text: str, *, source: str = "policy.toml") -> Policy:
-    """Parse a policy file's text.
+def parse_policy(text: str, *, source: str = "policy.toml", bounds: Bounds = DEFAULT_BOUNDS) -> Policy:
+    """Parse a policy file's text (at most `Bounds.policy_bytes`, `Bounds.policy_entries` per list).
 
     Raises:
-        PolicyError: not TOML, unknown keys, or entries that are not permissions.
+        PolicyError: too large, not TOML, unknown keys, or entries that are not permissions.
     """
-    if len(text.encode()) > MAX_POLICY_BYTES:
-        raise PolicyError(f"{source}: larger than {MAX_POLICY_BYTES} bytes")
+    if len(text.encode()) > bounds.policy_bytes:
+        raise PolicyError(f"{source}: larger than {bounds.policy_bytes} bytes")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -80,19 +79,23 @@ def parse_policy(text: str, *, source: str = "policy.toml") -> Policy:
         raise PolicyError(f"{source}: unknown keys: {', '.join(sorted(unknown))}")
     lists = {key: data.get(key, []) for key in ("allow", "deny")}
     for key, entries in lists.items():
-        if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
-            raise PolicyError(f"{source}: {key} must be a list of at most {MAX_ENTRIES} permissions")
+        if not isinstance(entries, list) or len(entries) > bounds.policy_entries:
+            raise PolicyError(f"{source}: {key} must be a list of at most {bounds.policy_entries} permissions")
     return Policy(allow=frozenset(_entry(e) for e in lists["allow"]), deny=frozenset(_entry(e) for e in lists["deny"]))
 
 
-def load_policy(path: Path) -> Policy:
+def load_policy(path: Path, bounds: Bounds = DEFAULT_BOUNDS) -> Policy:
     """The policy at `path`; a missing file is the empty policy (nothing granted).
 
     Raises:
-        PolicyError: unreadable or malformed.
+        PolicyError: unreadable, too large or malformed.
     """
     try:
-        return parse_policy(path.read_text(), source=str(path))
+        with path.open("rb") as file:
+            raw = file.read(bounds.policy_bytes + 1)  # no more than the bound, whatever the file holds
+        if len(raw) > bounds.policy_bytes:
+            raise PolicyError(f"{path}: larger than {bounds.policy_bytes} bytes")
+        return parse_policy(raw.decode(), source=str(path), bounds=bounds)
     except FileNotFoundError:
         return Policy()
     except (OSError, UnicodeDecodeError) as exc:

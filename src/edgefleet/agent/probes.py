@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 
-MAX_ANSWER_BYTES = 64 * 1024
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 
 
 def tcp_ok(host: str, port: int, *, timeout: float) -> bool:
@@ -17,13 +17,13 @@ def tcp_ok(host: str, port: int, *, timeout: float) -> bool:
         return False
 
 
-def http_ok(host: str, port: int, path: str, *, timeout: float) -> bool:
-    """GET http://host:port/path answers 2xx or 3xx within `timeout` (redirects are not followed)."""
+def http_ok(host: str, port: int, path: str, *, timeout: float, limit: int = DEFAULT_BOUNDS.probe_answer_bytes) -> bool:
+    """GET http://host:port/path answers 2xx or 3xx within `timeout` (no redirects followed; `limit` bytes read)."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers={"User-Agent": "edgefleet-agent-probe"})
         response = connection.getresponse()
-        response.read(MAX_ANSWER_BYTES)
+        response.read(limit)
         return 200 <= response.status < 400
     except (OSError, http.client.HTTPException):
         return False

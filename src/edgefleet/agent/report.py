@@ -1,22 +1,34 @@
-"""Whether the device's state report is worth sending: what changed since the last one the hub took (pure).
+"""The device's state report: its apps as `protocol.ReportedState` has them, and whether it is worth sending (pure).
 
 An agent at rest repeats the same report every cycle: the same releases, services, engine
 and agent. Sent anyway it costs the device's link a report and the hub's full twin back,
 and the device's storage two writes. It is sent when something in it changed; the free disk
 and memory figures, which move all the time, count as changed when they moved by more than
-their share (`VOLATILE`); and at least every `REFRESH_SECONDS`, so that the twin's figures
+their share (`volatile`); and at least every `Bounds.report_refresh` seconds, so that the twin's figures
 are never older than that. The first report after the agent starts is always sent.
+
+The agent and the simulator state their apps the same way (`app_reports`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
-REFRESH_SECONDS = 600.0
-"""A report is sent at least this often, changed or not."""
-VOLATILE = {"disk_free": 0.05, "mem_available": 0.10}
-"""Figures that change all the time -> the share of their last reported value they must move by to count."""
+from pydantic import ValidationError
+
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
+from edgefleet.agent.decide import Installed
+from edgefleet.protocol import APP_NAME_PATTERN, AppReport
+
+log = logging.getLogger(__name__)
+
+
+def volatile(bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, float]:
+    """Figures that change all the time -> the share of their last reported value they must move by to count."""
+    return {"disk_free": bounds.report_disk_share, "mem_available": bounds.report_memory_share}
 
 
 def report_due(
@@ -25,16 +37,17 @@ def report_due(
     *,
     last_at: float | None,
     now: float,
-    refresh: float = REFRESH_SECONDS,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> bool:
     """Whether `properties` should go to the hub, given the `last` report it took (at `last_at`, clock of `now`)."""
-    if last is None or last_at is None or now - last_at >= refresh:
+    if last is None or last_at is None or now - last_at >= bounds.report_refresh:
         return True
-    if {key: value for key, value in properties.items() if key not in VOLATILE} != {
-        key: value for key, value in last.items() if key not in VOLATILE
+    shares = volatile(bounds)
+    if {key: value for key, value in properties.items() if key not in shares} != {
+        key: value for key, value in last.items() if key not in shares
     }:
         return True
-    return any(_moved(properties.get(key), last.get(key), share) for key, share in VOLATILE.items())
+    return any(_moved(properties.get(key), last.get(key), share) for key, share in shares.items())
 
 
 def _moved(new: object, old: object, share: float) -> bool:
@@ -42,3 +55,36 @@ def _moved(new: object, old: object, share: float) -> bool:
     if not isinstance(new, int | float) or not isinstance(old, int | float):
         return new != old
     return abs(new - old) > share * abs(old)
+
+
+def app_reports(
+    installed: Mapping[str, Installed], services: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, AppReport]:
+    """Per app: the release installed and its services as the engine describes them (`DockerEngine.status`).
+
+    An entry the hub would refuse (a container whose labels name no valid app or service) is
+    left out and logged: one odd container must not cost the device its whole report.
+    """
+    apps: dict[str, AppReport] = {}
+    for app in sorted(set(installed) | set(services)):
+        if re.fullmatch(APP_NAME_PATTERN, app) is None:
+            log.warning("not reporting containers of %r: not an app name", app)
+            continue
+        fields: dict[str, Any] = {}
+        if (entry := installed.get(app)) is not None:
+            fields = {"version": entry.version, "release_counter": entry.release_counter}
+        described: dict[str, Any] = {}
+        for name, service in services.get(app, {}).items():
+            try:
+                AppReport.model_validate({"services": {name: service}})
+            except ValidationError as exc:
+                log.warning("not reporting %s/%r: %s", app, name, exc.errors(include_url=False)[:1])
+                continue
+            described[name] = service
+        if described:
+            fields["services"] = described
+        try:
+            apps[app] = AppReport.model_validate(fields)
+        except ValidationError as exc:
+            log.warning("not reporting app %s: %s", app, exc.errors(include_url=False)[:1])
+    return apps

@@ -26,11 +26,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from edgefleet import __version__
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.decide import Installed, choose_updates, release_mark
 from edgefleet.agent.engine.info import EngineInfo
@@ -38,18 +41,19 @@ from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, Transaction
-from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox
+from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.progress import DownloadProgress
 from edgefleet.agent.reconcile import Desired, Engine, PermissionRefusedError, checked_specs, reconcile
-from edgefleet.agent.report import report_due
+from edgefleet.agent.report import app_reports, report_due
 from edgefleet.agent.spec import HostFacts
-from edgefleet.agent.transaction import DISK_RESERVE, FaultHook, Status, TransactionEngine, Updater
+from edgefleet.agent.transaction import FaultHook, Status, TransactionEngine, Updater
 from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.truststore import TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.protocol import MAX_LOGS_CHARS, MAX_REASON_CHARS, ReportedState, UpdateEvent, UpdateStatus
 from edgefleet.releases import bundle_path
 
 log = logging.getLogger(__name__)
@@ -181,16 +185,11 @@ def trust_store(data_dir: Path) -> TrustStore:
     return TrustStore(data_dir / "tuf")
 
 
-MAX_INTERRUPTIONS = 2
-"""Updates of one assignment cut short in a row (agent or device gone) before it counts as failed."""
 REFUSED_FOR_GOOD = frozenset({400, 413, 422})
 """Statuses that say an event batch itself is bad: sending it again would never succeed."""
-UPDATE_RETRY_FIRST = 30.0
-UPDATE_RETRY_MAX = 1800.0
-"""Seconds before an update that could not be carried out (disk, engine) is tried again, doubling per failure."""
 RETRIED_REFUSALS = frozenset({"hash_mismatch", "expired", "rollback_attack"})
 """Refusals tried again later by themselves; others wait for a new assignment (a forgery stays refused)."""
-EVENT_STATUS: dict[Ending | Status, str] = {
+EVENT_STATUS: dict[Ending | Status, UpdateStatus] = {
     "committed": "committed",
     "failed": "failed",
     "retry": "rolled-back",
@@ -198,8 +197,6 @@ EVENT_STATUS: dict[Ending | Status, str] = {
     "no-space": "no-space",
 }
 """The event an update's end becomes (`protocol.UpdateStatus`): a journaled ending, or an `Outcome`'s status."""
-EVENT_TEXT_LIMITS = {"reason": 2000, "logs": 8192}
-"""Characters the hub accepts in an event's free-text fields (`protocol.DeviceEvent`)."""
 
 
 def printable(text: str, limit: int) -> str:
@@ -208,34 +205,66 @@ def printable(text: str, limit: int) -> str:
     return clean[-limit:]
 
 
-def event(tx: Transaction | None, app: str, status: str, **fields: Any) -> dict[str, Any]:
-    """An update outcome as the hub records it (the outbox adds the sequence number)."""
-    body: dict[str, Any] = {"kind": "update", "app": app, "status": status, "at": datetime.now(UTC).isoformat()}
+def event(
+    tx: Transaction | None,
+    app: str,
+    status: UpdateStatus,
+    *,
+    from_release: str | None = None,
+    to_release: str | None = None,
+    service: str | None = None,
+    reason: str | None = None,
+    logs: str | None = None,
+    max_bytes: int = DEFAULT_BOUNDS.event_bytes,
+) -> dict[str, Any]:
+    """An update outcome as the hub records it: a `protocol.UpdateEvent` (the outbox numbers it), as JSON.
+
+    The releases are the transaction's when there is one. Free text is cut to what the hub
+    takes, and further to the outbox's bound (`max_bytes`) however it encodes: the logs lose
+    their oldest half at a time, then the reason its end.
+
+    Raises:
+        ValueError: a field the hub would refuse (a release or app name not as verified metadata has them).
+    """
     if tx is not None:
-        body |= {"from_release": tx.from_release, "to_release": tx.to_release}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        limit = EVENT_TEXT_LIMITS.get(key)
-        body[key] = printable(value, limit) if limit is not None else value
-    # Within the outbox's bound however the text encodes: the logs lose their oldest half, then the reason its end.
-    while len(json.dumps(body, sort_keys=True)) > MAX_EVENT_BYTES and body.get("logs"):
-        body["logs"] = body["logs"][len(body["logs"]) // 2 + 1 :]
-    if len(json.dumps(body, sort_keys=True)) > MAX_EVENT_BYTES:
-        body["reason"] = body.get("reason", "")[:500]
-    return body
+        from_release, to_release = tx.from_release, tx.to_release
+    reason = None if reason is None else printable(reason, MAX_REASON_CHARS)
+    logs = None if logs is None else printable(logs, MAX_LOGS_CHARS)
+    at = datetime.now(UTC)
+    while True:
+        told = UpdateEvent.model_validate(
+            {
+                "at": at,
+                "app": app,
+                "status": status,
+                "from_release": from_release,
+                "to_release": to_release,
+                "service": service,
+                "reason": reason,
+                "logs": logs,
+            }
+        ).model_dump(mode="json", exclude_none=True)
+        if len(json.dumps(told, sort_keys=True)) <= max_bytes:
+            return told
+        if logs:
+            logs = logs[len(logs) // 2 + 1 :]
+        elif reason and len(reason) > 500:
+            reason = reason[:500]
+        else:
+            return told  # the outbox refuses it, and says why
 
 
-def outcome_event(tx: Transaction) -> dict[str, Any]:
+def outcome_event(tx: Transaction, *, max_bytes: int = DEFAULT_BOUNDS.event_bytes) -> dict[str, Any]:
     """The event a finished transaction becomes, from what its journal entry holds (pure but for the time)."""
     outcome = tx.outcome or "interrupted"
     if outcome == "committed":
-        return event(tx, tx.app, "committed")
+        return event(tx, tx.app, "committed", max_bytes=max_bytes)
     if outcome != "failed":
-        return event(tx, tx.app, EVENT_STATUS[outcome], reason=tx.error)
+        return event(tx, tx.app, EVENT_STATUS[outcome], reason=tx.error, max_bytes=max_bytes)
     interrupted = tx.detail.get("interrupted_in")
     reason = (tx.error or "") + (f" (its rollback was {INTERRUPTED}{interrupted})" if interrupted else "")
-    return event(tx, tx.app, "failed", reason=reason, service=tx.detail.get("service"), logs=tx.detail.get("logs"))
+    service, logs = tx.detail.get("service"), tx.detail.get("logs")
+    return event(tx, tx.app, "failed", reason=reason, service=service, logs=logs, max_bytes=max_bytes)
 
 
 @dataclass
@@ -258,7 +287,8 @@ class Agent:
     """When (`clock`) the update is tried again; the delay doubles with each failed try (`retries`)."""
     retries: int = 0
     clock: Callable[[], float] = time.monotonic
-    disk_reserve: int = DISK_RESERVE
+    bounds: Bounds = DEFAULT_BOUNDS
+    """Every limit and timing of the agent (`agent.bounds`): the settings' ``[bounds]``."""
     fault: FaultHook | None = None
     """Tests only: called at each journaled phase (`agent.transaction`)."""
     progress: DownloadProgress | None = None
@@ -275,13 +305,11 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.state = load_state(self.data_dir)
-        self.journal = Journal(self.data_dir / JOURNAL_FILE)
-        self.outbox = Outbox(self.data_dir / OUTBOX_FILE)
+        self.journal = Journal(self.data_dir / JOURNAL_FILE, bounds=self.bounds)
+        self.outbox = Outbox(self.data_dir / OUTBOX_FILE, bounds=self.bounds)
 
     def updater(self) -> Updater:
-        return Updater(
-            self.engine, self.journal, clock=lambda: datetime.now(UTC), fault=self.fault, disk_reserve=self.disk_reserve
-        )
+        return Updater(self.engine, self.journal, clock=lambda: datetime.now(UTC), fault=self.fault, bounds=self.bounds)
 
     def recover(self) -> None:
         """Before anything else: roll back any update a crash or power loss interrupted, settle the finished ones.
@@ -321,7 +349,7 @@ class Agent:
             failed[app] = str(tx.detail["mark"])
         self.state = LocalState(apps=apps, environment=self.state.environment, failed=failed)
         save_state(self.data_dir, self.state)
-        told = outcome_event(tx)
+        told = outcome_event(tx, max_bytes=self.bounds.event_bytes)
         self.outbox.add(told, key=f"transaction {tx.id} of {tx.started_at.isoformat()}")
         if outcome == "committed":
             return
@@ -340,6 +368,7 @@ class Agent:
             fetcher=self.client.fetcher(self.identity, partial_dir=self.data_dir / "partial", progress=self.progress),
             device_id=self.identity.device_id,
             arch=self.arch,
+            bounds=self.bounds,
         )
         assigned = verifier.assignments()
         environment = next((dict(a.custom.environment) for a in assigned.values()), {})
@@ -402,7 +431,7 @@ class Agent:
         watchdog reboot): trying once more would only do it again. Failed, as if unhealthy.
         """
         interrupted = self.journal.interruptions(app, mark)
-        if interrupted < MAX_INTERRUPTIONS:
+        if interrupted < self.bounds.max_interruptions:
             return False
         staying = current.version if current else "nothing"
         reason = f"interrupted {interrupted} times in a row while updating (the agent or device stopped)"
@@ -417,6 +446,7 @@ class Agent:
                 reason=reason,
                 from_release=current.version if current else None,
                 to_release=version,
+                max_bytes=self.bounds.event_bytes,
             ),
             key=f"given up after transaction {last.id} of {last.started_at.isoformat()}" if last else None,
         )
@@ -472,8 +502,18 @@ class Agent:
         from_release = current.version if current else None
         status = EVENT_STATUS[outcome.status]
         failing = outcome.verdict.service if outcome.verdict and outcome.status == "failed" else None
-        told = event(None, app, status, reason=outcome.reason, service=failing, logs=outcome.logs)
-        self.outbox.add(told | {"to_release": release.version} | ({"from_release": from_release} if current else {}))
+        told = event(
+            None,
+            app,
+            status,
+            from_release=from_release,
+            to_release=release.version,
+            reason=outcome.reason,
+            service=failing,
+            logs=outcome.logs,
+            max_bytes=self.bounds.event_bytes,
+        )
+        self.outbox.add(told)
         if outcome.status == "failed":
             self.state.failed[app] = mark
             save_state(self.data_dir, self.state)
@@ -556,7 +596,10 @@ class Agent:
             if self.last_error:
                 log.error("%s", self.last_error)
             if self.retry:  # disk or engine trouble: try again later, less often each time (no retry loops)
-                delay = next_delay(self.retries, initial=UPDATE_RETRY_FIRST, ceiling=UPDATE_RETRY_MAX, rand=lambda: 1.0)
+                b = self.bounds
+                delay = next_delay(
+                    self.retries, initial=b.update_retry_first, ceiling=b.update_retry_max, rand=lambda: 1.0
+                )
                 self.retry_at = self.clock() + delay  # no jitter: one device's own retries, not a fleet's
                 self.retries += 1
             else:
@@ -582,7 +625,8 @@ class Agent:
             HubUnreachableError: the hub could not be reached (the caller backs off).
         """
         try:
-            renewed = renew_if_due(self.client, self.data_dir, self.identity, now=self.now())
+            before = timedelta(seconds=self.bounds.renew_before)
+            renewed = renew_if_due(self.client, self.data_dir, self.identity, now=self.now(), before=before)
         except HubUnreachableError:
             raise
         except (AgentError, OSError) as exc:  # refused, or the identity file could not be written
@@ -636,34 +680,33 @@ class Agent:
         Not when the hub already took the same (`agent.report.report_due`): an agent at rest sends
         only its poll, and writes nothing.
         """
-        apps: dict[str, Any] = {}
-        for app, entry in self.state.apps.items():
-            apps[app] = {"version": entry.version, "release_counter": entry.release_counter}
         try:
             services_by_app = self.engine.status()
         except EngineError as exc:  # the engine is away: report what is known, and say so
             services_by_app = {}
             self.last_error = self.last_error or f"{ENGINE_ERROR}{exc.message}"[:500]
-        for app, services in services_by_app.items():
-            apps.setdefault(app, {})["services"] = services
-        usage = shutil.disk_usage(self.data_dir)
-        properties = {
-            "apps": apps,
+        stated: dict[str, Any] = {
+            "apps": app_reports(self.state.apps, services_by_app),
             "agent_version": __version__,
             "os": f"{platform.system()} {platform.release()}"[:64],
             "arch": self.arch,
-            "disk_free": usage.free,
+            "disk_free": shutil.disk_usage(self.data_dir).free,
             "mem_available": _mem_available(),
-            "last_error": self.last_error,
+            "last_error": None if self.last_error is None else printable(self.last_error, MAX_REASON_CHARS),
         }
         if self.root_trust is not None:
-            properties["repository_root"] = self.root_trust
+            stated["repository_root"] = self.root_trust
         with contextlib.suppress(EngineError):  # unknown while the engine is away: the twin keeps what it said
-            properties["engine"] = self.engine.identify().as_report()
+            stated["engine"] = self.engine.identify().as_report()
+        try:
+            properties = ReportedState.model_validate(stated).patch()
+        except ValidationError as exc:  # a bug, not the device's state: the twin keeps what it said
+            log.error("state report not sent: %s", exc)
+            return
         last, last_at = self.reported or (None, None)
-        # The report's round trip through JSON (how the outbox keeps it) is what the hub took. An older
-        # report still waiting is replaced even when this one is due to no one: it must not go out instead.
-        due = report_due(json.loads(json.dumps(properties, default=str)), last, last_at=last_at, now=self.clock())
+        # Compared as JSON, as the outbox keeps it and the hub took it. An older report still waiting is
+        # replaced even when this one is due to no one: it must not go out instead.
+        due = report_due(properties, last, last_at=last_at, now=self.clock(), bounds=self.bounds)
         if due or self.outbox.report() is not None:
             self.outbox.keep_report(properties)
         try:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import EngineError, NoSpaceError, OverdueError
 from edgefleet.agent.health import ServiceHealth, Verdict, verdict
 from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, JournalError, Phase, Transaction
@@ -53,16 +54,9 @@ from edgefleet.agent.plan import (
 )
 from edgefleet.agent.probes import http_ok, tcp_ok
 from edgefleet.agent.spec import ContainerSpec, Probe
+from edgefleet.protocol import MAX_LOGS_CHARS
 
 log = logging.getLogger(__name__)
-PHASE_TIMEOUT = timedelta(minutes=30)
-PROBE_MARGIN = timedelta(minutes=5)
-"""The probing phase's deadline is the health window plus this (checks may be slow to answer)."""
-PROBE_INTERVAL = 1.0
-MAX_LOGS = 8192
-"""Characters of a failing service's log tail kept with its transaction (what the hub accepts in an event)."""
-DISK_RESERVE = 256 * 1024**2
-"""Free space kept on the engine's storage beyond what an update needs (journal, logs, rolling back)."""
 Status = Literal["committed", "failed", "retry", "no-space"]
 
 FaultHook = Callable[[str], None]
@@ -126,19 +120,21 @@ class Updater:
         clock: Callable[[], datetime],
         sleep: Callable[[float], None] = time.sleep,
         fault: FaultHook | None = None,
-        disk_reserve: int = DISK_RESERVE,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
+        """`bounds`: each phase's deadline, the probe's margin and interval, the free disk kept (`agent.bounds`)."""
         self._engine = engine
         self._journal = journal
         self._clock = clock
         self._sleep = sleep
         self._fault = fault or (lambda _phase: None)
-        self._reserve = disk_reserve
+        self._bounds = bounds
+        self._phase_timeout = timedelta(seconds=bounds.phase_timeout)
 
     def _advance(
-        self, tx: Transaction, phase: Phase, detail: dict[str, Any] | None = None, timeout: timedelta = PHASE_TIMEOUT
+        self, tx: Transaction, phase: Phase, detail: dict[str, Any] | None = None, timeout: timedelta | None = None
     ) -> Transaction:
-        advanced = self._journal.advance(tx, phase, timeout=timeout, detail=detail)
+        advanced = self._journal.advance(tx, phase, timeout=timeout or self._phase_timeout, detail=detail)
         self._fault(phase)
         return advanced
 
@@ -186,7 +182,7 @@ class Updater:
             from_release=from_release,
             to_release=to_release,
             strategy=strategy,
-            timeout=PHASE_TIMEOUT,
+            timeout=self._phase_timeout,
             detail=detail,
         )
         try:
@@ -216,7 +212,7 @@ class Updater:
         if not fetch:
             return
         free = self._engine.storage_free()
-        needed = space_needed(fetch, image_bytes) + self._reserve
+        needed = space_needed(fetch, image_bytes) + self._bounds.disk_reserve
         if free is not None and free < needed:
             raise NoSpaceError(
                 f"{free // 2**20} MiB free where the new images and the reserve need {needed // 2**20} MiB"
@@ -234,7 +230,7 @@ class Updater:
         """Execute the plan's steps in order: phases are journaled, the probe judges, the rest goes to the engine."""
         app = tx.app
         keyed = {(app, name): spec for name, spec in specs.items()}
-        window = timedelta(seconds=health_window) + PROBE_MARGIN
+        window = timedelta(seconds=health_window + self._bounds.probe_margin)
         result: Verdict | None = None
         self._fault("verified")
         for step in planned.steps:
@@ -242,14 +238,14 @@ class Updater:
                 case RecordPhase(phase=phase, detail=detail):
                     if phase != "committed":  # a healthy verdict commits (the probe kept its own deadline)
                         self._on_time(tx)
-                    timeout = window if phase == "probing" else PHASE_TIMEOUT
+                    timeout = window if phase == "probing" else self._phase_timeout
                     tx = self._advance(tx, phase, detail=detail, timeout=timeout)
                 case ProbeHealth():
                     result = self._probe(tx, specs, health_window=health_window, restart_limit=restart_limit)
                     if result.outcome != "healthy":
                         reason = f"{result.service}: {result.reason}"
                         logs = self._logs(app, specs, result.service)
-                        judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS:]}
+                        judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS_CHARS:]}
                         rolled_back = self.rollback(tx, reason, outcome="failed", detail=judged)
                         return Outcome("failed", rolled_back, result, reason, logs)
                 case _ if tx.phase == "committed":  # hand-over: the old ones are still running until here
@@ -297,7 +293,7 @@ class Updater:
             result = verdict(states, restart_limit=restart_limit, window_over=now >= ends)
             if result.outcome != "pending":
                 return result
-            self._sleep(PROBE_INTERVAL)
+            self._sleep(self._bounds.probe_interval)
 
     def _service_health(
         self,
@@ -345,7 +341,9 @@ class Updater:
         if address is None:
             return False
         if probe.kind == "http":
-            return http_ok(address, probe.port, probe.path, timeout=probe.timeout)
+            return http_ok(
+                address, probe.port, probe.path, timeout=probe.timeout, limit=self._bounds.probe_answer_bytes
+            )
         return tcp_ok(address, probe.port, timeout=probe.timeout)
 
     def rollback(
@@ -368,7 +366,7 @@ class Updater:
             if outcome == "interrupted":
                 noted["interrupted_in"] = tx.phase
             try:
-                tx = self._journal.advance(tx, "rolling-back", timeout=PHASE_TIMEOUT, error=reason, detail=noted)
+                tx = self._journal.advance(tx, "rolling-back", timeout=self._phase_timeout, error=reason, detail=noted)
             except JournalError as exc:
                 log.error("rollback of %s: %s", tx.app, exc)
         elif outcome == "interrupted":  # its rollback was cut short: say so, keep how it was judged

@@ -16,19 +16,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from edgefleet import releases
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.errors import RootTrustError as RootTrustError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.truststore import REPOSITORY, TrustStore
 from edgefleet.crypto import write_public_file
+from edgefleet.protocol import RootTrust
 
-TrustMode = Literal["pinned", "first-use"]
+TrustMode = RootTrust
 TRUST_FILE = "trust.json"
-MAX_ROOT_VERSIONS = 64
-"""Root versions the agent looks through for the one its digest pins."""
 
 
 def root_digest(root: bytes) -> str:
@@ -110,7 +109,9 @@ def load_trust(tuf_dir: Path) -> TrustMode | None:
     return "pinned" if mode == "pinned" else "first-use" if mode == "first-use" else None
 
 
-def establish(client: DeviceClient, identity: LocalIdentity, trust: TrustStore, pin: RootPin) -> TrustMode:
+def establish(
+    client: DeviceClient, identity: LocalIdentity, trust: TrustStore, pin: RootPin, *, bounds: Bounds = DEFAULT_BOUNDS
+) -> TrustMode:
     """Bootstrap the device's trust store by `pin` (first start only); how its image root came to be trusted.
 
     Raises:
@@ -119,7 +120,7 @@ def establish(client: DeviceClient, identity: LocalIdentity, trust: TrustStore, 
     """
     if not trust.is_bootstrapped():
         pin.check()
-        wanted = 0 if pin.root is not None else MAX_ROOT_VERSIONS if pin.sha256 is not None else 1
+        wanted = 0 if pin.root is not None else bounds.root_versions if pin.sha256 is not None else 1
         root = pin.choose(client.repository_roots(identity, limit=wanted) if wanted else [])
         trust.bootstrap(repository_root=root, director_root=client.director_root(identity))
         save_trust(trust.root, pin.mode, root)

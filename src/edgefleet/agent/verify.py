@@ -42,6 +42,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.fetcher import HttpxFetcher
 from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore
@@ -59,31 +60,27 @@ from edgefleet.releases import (
     parse_director_custom,
 )
 
-ROOT_MAX_BYTES = 512 * 1024
-MAX_DELEGATIONS = 32
-"""Delegated roles one target search of the image repository may visit (python-tuf's default)."""
 
-
-def updater_config(*, max_delegations: int = MAX_DELEGATIONS) -> UpdaterConfig:
-    """The bounds every metadata download is held to (endless-data protection).
+def updater_config(bounds: Bounds = DEFAULT_BOUNDS, *, max_delegations: int | None = None) -> UpdaterConfig:
+    """The bounds every metadata download is held to (endless-data protection), from `bounds`.
 
     The image repository's targets may delegate (a team's own keys sign its app's paths):
     a target search walks them preorder depth-first, visiting the top-level targets and at most
-    `max_delegations` delegated roles.
+    `Bounds.delegations` delegated roles.
     """
     return UpdaterConfig(
-        max_root_rotations=64,
-        max_delegations=max_delegations,
-        root_max_length=ROOT_MAX_BYTES,
-        timestamp_max_length=16 * 1024,
-        snapshot_max_length=64 * 1024,
-        targets_max_length=5 * 1024 * 1024,
+        max_root_rotations=bounds.root_rotations,
+        max_delegations=bounds.delegations if max_delegations is None else max_delegations,
+        root_max_length=bounds.root_bytes,
+        timestamp_max_length=bounds.timestamp_bytes,
+        snapshot_max_length=bounds.snapshot_bytes,
+        targets_max_length=bounds.targets_bytes,
     )
 
 
-def director_config() -> UpdaterConfig:
+def director_config(bounds: Bounds = DEFAULT_BOUNDS) -> UpdaterConfig:
     """The director's bounds: its targets never delegate (the agent refuses any that do), so nothing to walk."""
-    return updater_config(max_delegations=0)
+    return updater_config(bounds, max_delegations=0)
 
 
 @contextmanager
@@ -146,7 +143,14 @@ class ReleaseVerifier:
     """Verifies assignments and releases for one device; make a new one per update cycle (ngclient rule)."""
 
     def __init__(
-        self, *, hub_url: str, trust: TrustStore, fetcher: FetcherInterface, device_id: str, arch: str
+        self,
+        *,
+        hub_url: str,
+        trust: TrustStore,
+        fetcher: FetcherInterface,
+        device_id: str,
+        arch: str,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
         base = hub_url.rstrip("/") + API_PREFIX + "/tuf"
         self._trust = trust
@@ -154,7 +158,8 @@ class ReleaseVerifier:
         self._arch = arch
         self._fetcher = fetcher
         self._director_url = f"{base}/{DIRECTOR}/"
-        self._config = updater_config()
+        self._config = updater_config(bounds)
+        self._director_config = director_config(bounds)
         with _refusals():
             self._image = Updater(
                 str(trust.metadata_dir(REPOSITORY)),
@@ -183,7 +188,11 @@ class ReleaseVerifier:
         with self._trust.staged(DIRECTOR) as staging:
             with _refusals():
                 director = Updater(
-                    str(staging), self._director_url, fetcher=self._fetcher, config=director_config(), bootstrap=None
+                    str(staging),
+                    self._director_url,
+                    fetcher=self._fetcher,
+                    config=self._director_config,
+                    bootstrap=None,
                 )
                 director.refresh()
                 # ngclient keeps the metadata it just verified under its unversioned name.

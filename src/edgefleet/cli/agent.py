@@ -109,11 +109,14 @@ def plan_command(
     """Print the steps the agent would take now to run its installed releases, without taking them."""
     settings = _settings(config, data_dir=data_dir, engine=engine)
     try:
-        policy = load_policy(settings.policy)
+        policy = load_policy(settings.policy, settings.bounds)
     except PolicyError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
     engine_client = DockerEngine(
-        settings.engine, owner=saved_device_id(settings.data_dir) or "default", namespace=settings.engine_namespace
+        settings.engine,
+        owner=saved_device_id(settings.data_dir) or "default",
+        namespace=settings.engine_namespace,
+        bounds=settings.bounds,
     )
     state = load_state(settings.data_dir)
     try:

@@ -82,7 +82,7 @@ def _agent(
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust = trust_store(settings.data_dir)
     try:
-        policy = load_policy(settings.policy)
+        policy = load_policy(settings.policy, settings.bounds)
         pin = settings.root_pin()
         if not trust.is_bootstrapped():
             pin.check()  # before the enrollment token is spent
@@ -91,7 +91,7 @@ def _agent(
         )
         if identity.identity is not None and identity.identity.status == "pending":
             identity = refresh(client, settings.data_dir, identity)
-        root_trust = establish(client, identity, trust, pin)
+        root_trust = establish(client, identity, trust, pin, bounds=settings.bounds)
     except (PolicyError, AgentConfigError) as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from exc
     except RootTrustError as exc:
@@ -107,14 +107,18 @@ def _agent(
         client=client,
         identity=identity,
         engine=DockerEngine(
-            settings.engine, owner=identity.device_id, namespace=settings.engine_namespace, protected=protected
+            settings.engine,
+            owner=identity.device_id,
+            namespace=settings.engine_namespace,
+            protected=protected,
+            bounds=settings.bounds,
         ),
         data_dir=settings.data_dir,
         policy=policy,
         facts=host_facts(protected=protected),
         arch=settings.arch or host_arch(),
         poll_wait=settings.poll_wait,
-        disk_reserve=settings.disk_reserve,
+        bounds=settings.bounds,
         fault=fault,
         progress=progress,
         root_trust=root_trust,
@@ -143,7 +147,9 @@ def serve(settings: AgentSettings, *, once: bool = False, fault: FaultHook | Non
     signal.signal(signal.SIGTERM, stop_on)
     signal.signal(signal.SIGINT, stop_on)
     progress: DownloadProgress = terminal or LoggedProgress(logging.getLogger("edgefleet.agent.download"))
-    with DeviceClient.connect(settings.hub_url, ca=settings.ca, timeout=settings.request_timeout) as client:
+    with DeviceClient.connect(
+        settings.hub_url, ca=settings.ca, timeout=settings.request_timeout, bounds=settings.bounds
+    ) as client:
         agent = _agent(settings, client, fault=fault, progress=progress)
         print(f"agent for device {agent.identity.device_id} following {settings.hub_url}", flush=True)
         cycles = iter(range(1)) if once else None

@@ -24,19 +24,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgefleet import __version__
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 from edgefleet.agent.decide import Installed
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.policy import Policy
+from edgefleet.agent.report import app_reports
 from edgefleet.agent.runner import (
     REFUSED_FOR_GOOD,
-    UPDATE_RETRY_FIRST,
-    UPDATE_RETRY_MAX,
     LocalState,
     event,
     next_delay,
+    printable,
     save_state,
 )
+from edgefleet.protocol import MAX_REASON_CHARS, ReportedState
 from edgefleet.sim.chance import connectivity, draw
 from edgefleet.sim.engine import SimEngine, course
 from edgefleet.sim.errors import DeviceOfflineError
@@ -191,7 +193,8 @@ class SimDevice:
         self.last_error, self.retry = None, False
         await self.update()  # unreachable: raised with the retry due at once (the caller's backoff paces it)
         if self.retry:  # no retry loops: later each time, no jitter (one device's own retries)
-            delay = next_delay(self.retries, initial=UPDATE_RETRY_FIRST, ceiling=UPDATE_RETRY_MAX, rand=lambda: 1.0)
+            b = DEFAULT_BOUNDS  # the agent's own
+            delay = next_delay(self.retries, initial=b.update_retry_first, ceiling=b.update_retry_max, rand=lambda: 1.0)
             self.retry_at = self.shared.clock() + delay
             self.retries += 1
         else:
@@ -300,23 +303,18 @@ class SimDevice:
     # --- reporting ------------------------------------------------------------------------
 
     def properties(self) -> dict[str, Any]:
-        """The twin's reported properties, as the agent states them (`Agent.report`), marked as simulated."""
-        apps: dict[str, Any] = {
-            app: {"version": entry.version, "release_counter": entry.release_counter}
-            for app, entry in self.installed.items()
-        }
-        for app, services in self.engine.status().items():
-            apps.setdefault(app, {})["services"] = services
-        return {
-            "apps": apps,
-            "agent_version": __version__,
-            "os": f"simulated ({SIMULATOR})",
-            "arch": self.settings.arch,
-            "disk_free": SIMULATED_DISK_FREE,
-            "mem_available": SIMULATED_MEMORY,
-            "last_error": self.last_error,
-            "simulator": SIMULATOR,
-        }
+        """The twin's reported state, as the agent states it (`Agent.report`), marked as simulated."""
+        state = ReportedState(
+            apps=app_reports(self.installed, self.engine.status()),
+            agent_version=__version__,
+            os=f"simulated ({SIMULATOR})",
+            arch=self.settings.arch,
+            disk_free=SIMULATED_DISK_FREE,
+            mem_available=SIMULATED_MEMORY,
+            last_error=None if self.last_error is None else printable(self.last_error, MAX_REASON_CHARS),
+            simulator=SIMULATOR,
+        )
+        return state.patch()
 
     async def report(self) -> None:
         """Keep the current state report and deliver it; trouble leaves it kept for the next try."""

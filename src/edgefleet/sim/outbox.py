@@ -12,13 +12,14 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from edgefleet.agent.outbox import BATCH, MAX_EVENTS, Pending
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
+from edgefleet.agent.outbox import Pending
 
 
 class MemoryOutbox:
     """Events and the latest report of one simulated device, until the hub has them."""
 
-    def __init__(self, *, limit: int = MAX_EVENTS) -> None:
+    def __init__(self, *, limit: int = DEFAULT_BOUNDS.outbox_events) -> None:
         self._limit = limit
         self._events: deque[tuple[int, dict[str, Any]]] = deque()
         self._next = 1
@@ -43,7 +44,7 @@ class MemoryOutbox:
             self._dropped += 1
         return seq
 
-    def pending(self, limit: int = BATCH) -> Pending:
+    def pending(self, limit: int = DEFAULT_BOUNDS.event_batch) -> Pending:
         return Pending(tuple(list(self._events)[:limit]), self._dropped)
 
     def acknowledge(self, through: int, *, dropped: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.engine.docker import DockerEngine, network_name
 from edgefleet.agent.errors import EngineError
 from edgefleet.agent.health import ServiceHealth
@@ -23,7 +24,7 @@ from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.plan import RemoveContainer, Step
 from edgefleet.agent.reconcile import reconcile
 from edgefleet.agent.spec import ContainerSpec, HostFacts, release_specs
-from edgefleet.agent.transaction import PHASE_TIMEOUT, Updater
+from edgefleet.agent.transaction import Updater
 from edgefleet.manifest import Release, parse_manifest
 from tests.integration.agent.conftest import app_name, docker_client, pin_bridge_mac
 from tests.integration.agent.test_engine import containers, desired, sh, wait_running
@@ -356,7 +357,7 @@ def test_too_little_disk_changes_nothing_and_says_so(
     journal = Journal(tmp_path / "journal.db")
     other = busybox.rsplit("@", 1)[0] + "@sha256:" + "e" * 64  # not present: it would have to be fetched
     new = release(app, other, "1.1.0", web=SERVE.format(word="new"))
-    outcome = update(engine, journal, new, image_bytes={other: 1}, updater={"disk_reserve": 2**50})
+    outcome = update(engine, journal, new, image_bytes={other: 1}, updater={"bounds": Bounds(disk_reserve=2**40)})
 
     assert outcome.status == "no-space"
     assert outcome.transaction is None
@@ -377,7 +378,9 @@ def test_a_phase_past_its_deadline_rolls_back(
 
     def jump(phase: str) -> None:
         if phase == late:
-            skew[0] = PHASE_TIMEOUT + timedelta(minutes=1)  # past the phase's deadline (probing: window + margin)
+            skew[0] = timedelta(
+                seconds=DEFAULT_BOUNDS.phase_timeout + 60
+            )  # past the phase's deadline (probing: window + margin)
 
     new = release(app, busybox, "1.1.0", web=SERVE.format(word="new"))
     specs = {s.service: s for s in release_specs(new, facts=HostFacts(), environment={"FLEET": "lab"})}

@@ -16,19 +16,19 @@ def test_device_reads_and_writes_only_its_own_twin(fleet):
     a, b = fleet.enroll(), fleet.enroll()
     assert (
         fleet.device_call(
-            a, "PATCH", f"/devices/{a.device_id}/twin/reported", json={"properties": {"agent": "1.0"}}
+            a, "PATCH", f"/devices/{a.device_id}/twin/reported", json={"properties": {"agent_version": "1.0"}}
         ).status_code
         == 200
     )
     own = fleet.device_call(a, "GET", f"/devices/{a.device_id}/twin")
     assert own.status_code == 200
-    assert own.json()["reported"] == {"agent": "1.0"}
+    assert own.json()["reported"] == {"agent_version": "1.0"}
 
     read_other = fleet.device_call(a, "GET", f"/devices/{b.device_id}/twin")
     assert read_other.status_code == 403
     assert read_other.json()["code"] == "forbidden_device"
     write_other = fleet.device_call(
-        a, "PATCH", f"/devices/{b.device_id}/twin/reported", json={"properties": {"agent": "evil"}}
+        a, "PATCH", f"/devices/{b.device_id}/twin/reported", json={"properties": {"agent_version": "evil"}}
     )
     assert write_other.status_code == 403
     assert fleet.device_call(b, "GET", f"/devices/{b.device_id}/twin").json()["reported"] == {}
@@ -172,7 +172,7 @@ def test_operator_manages_devices_but_not_users(fleet):
 
 def test_operators_cannot_forge_reported_properties(fleet):
     device = fleet.enroll()
-    response = fleet.call("PATCH", f"/devices/{device.device_id}/twin/reported", json={"properties": {"x": 1}})
+    response = fleet.call("PATCH", f"/devices/{device.device_id}/twin/reported", json={"properties": {"disk_free": 1}})
     assert response.status_code == 403
     assert response.json()["code"] == "device_only"
 

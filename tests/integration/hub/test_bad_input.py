@@ -118,7 +118,11 @@ def test_oversized_fields_are_refused(fleet):
     assert_refused(fleet, fleet.call("POST", "/enrollment-tokens", json={"fleet": "f1", "tags": tags}), 422)
     assert_refused(fleet, fleet.call("POST", "/enrollment-tokens", json={"fleet": "F1 bad"}), 422)
     device = fleet.enroll(token)
-    big = {"properties": {f"k{i}": "x" * 400 for i in range(60)}}
+    big = {
+        "properties": {
+            "apps": {f"app{i}": {"services": {"s": {"state": "x" * 60, "image": "x" * 500}}} for i in range(60)}
+        }
+    }
     assert_refused(
         fleet,
         fleet.device_call(device, "PATCH", f"/devices/{device.device_id}/twin/reported", json=big),

@@ -72,26 +72,26 @@ def report(fleet: Fleet, device: Any, **properties: Any) -> Any:
 def test_unchanged_polls_and_reports_are_answered_without_the_database(fleet: Fleet) -> None:
     device = fleet.enroll()
     etag = poll(fleet, device).headers["etag"]
-    assert report(fleet, device, site="a").status_code == 200
+    assert report(fleet, device, os="a").status_code == 200
     caught_up(fleet.hub)
     assert poll(fleet, device).status_code == 200  # the report changed the record: read once more
     statements = statements_of(fleet.hub)
     for _ in range(3):
         assert poll(fleet, device, etag).status_code == 304
         assert poll(fleet, device).headers["etag"] == etag
-        assert report(fleet, device, site="a").json()["reported"] == {"site": "a"}
+        assert report(fleet, device, os="a").json()["reported"] == {"os": "a"}
     assert [s for s in statements if "last_seen_at" not in s] == []
 
 
 @postgres_only
 def test_a_changed_report_is_one_statement(fleet: Fleet) -> None:
     device = fleet.enroll()
-    assert report(fleet, device, site="a").status_code == 200
+    assert report(fleet, device, os="a").status_code == 200
     caught_up(fleet.hub)
     assert poll(fleet, device).status_code == 200  # the record, cached again after the change
     statements = statements_of(fleet.hub)
-    changed = report(fleet, device, site="b", rack=7)
-    assert changed.json()["reported"] == {"site": "b", "rack": 7}
+    changed = report(fleet, device, os="b", disk_free=7)
+    assert changed.json()["reported"] == {"os": "b", "disk_free": 7}
     written = [s for s in statements if "last_seen_at" not in s]
     assert len(written) == 1, written  # token spent, twin compared and set, change announced
     assert "INSERT INTO device_token_uses" in written[0]
@@ -100,7 +100,7 @@ def test_a_changed_report_is_one_statement(fleet: Fleet) -> None:
     token_reuse = fleet.api.patch(
         f"/api/v1/devices/{device.device_id}/twin/reported",
         headers=changed.request.headers,
-        json={"properties": {"site": "c"}},
+        json={"properties": {"os": "c"}},
     )
     assert token_reuse.json()["code"] == "token_replayed"
 
@@ -109,12 +109,12 @@ def test_a_changed_report_is_one_statement(fleet: Fleet) -> None:
 def test_a_report_made_from_a_stale_record_is_merged_into_the_current_twin(fleet: Fleet, other: Fleet) -> None:
     """Another process changed the twin a moment ago: the one statement finds it changed, the locked path merges."""
     device = fleet.enroll()
-    assert report(fleet, device, site="a").status_code == 200
+    assert report(fleet, device, os="a").status_code == 200
     assert poll(fleet, device).status_code == 200
     listener_of(fleet.api).stop()  # this process will not hear of the other's change ...
     fleet.hub.caches.use_while(lambda: True)  # ... and trusts its cache all the same: a stale record
-    assert report(other, device, rack=7).status_code == 200
-    assert report(fleet, device, site="b").json()["reported"] == {"site": "b", "rack": 7}
+    assert report(other, device, disk_free=7).status_code == 200
+    assert report(fleet, device, os="b").json()["reported"] == {"os": "b", "disk_free": 7}
 
 
 @postgres_only
@@ -125,21 +125,21 @@ def test_a_revocation_in_one_process_refuses_the_device_in_every_other(fleet: Fl
     assert other.call("POST", f"/devices/{device.device_id}/revoke").status_code == 200
     assert poll(other, device).json()["code"] == "device_revoked"  # the revoking process: at once
     within(PROPAGATION_SECONDS, lambda: poll(fleet, device, etag).status_code == 403)
-    assert report(fleet, device, site="b").json()["code"] == "device_revoked"
+    assert report(fleet, device, os="b").json()["code"] == "device_revoked"
 
 
 @postgres_only
 def test_a_report_through_another_process_is_not_undone_by_an_unchanged_looking_one(fleet: Fleet, other: Fleet) -> None:
-    """The first process holds the twin as {site: a}; the second changes it to b; a report of a must be written."""
+    """The first process holds the twin as {os: a}; the second changes it to b; a report of a must be written."""
     device = fleet.enroll()
-    assert report(fleet, device, site="a").status_code == 200
+    assert report(fleet, device, os="a").status_code == 200
     caught_up(fleet.hub)  # the report's own notification has come back: it no longer drops what is cached next
-    assert poll(fleet, device).status_code == 200  # caches the record with site a
+    assert poll(fleet, device).status_code == 200  # caches the record with os a
     assert fleet.hub.caches.devices.get(device.device_id) is not None
-    assert report(other, device, site="b").json()["reported"] == {"site": "b"}
+    assert report(other, device, os="b").json()["reported"] == {"os": "b"}
     within(PROPAGATION_SECONDS, lambda: fleet.hub.caches.devices.get(device.device_id) is None)
-    assert report(fleet, device, site="a").json()["reported"] == {"site": "a"}
-    assert other.call("GET", f"/devices/{device.device_id}/twin").json()["reported"] == {"site": "a"}
+    assert report(fleet, device, os="a").json()["reported"] == {"os": "a"}
+    assert other.call("GET", f"/devices/{device.device_id}/twin").json()["reported"] == {"os": "a"}
 
 
 @postgres_only

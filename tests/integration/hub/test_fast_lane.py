@@ -45,7 +45,7 @@ def routes_only(hub: Hub, api: TestClient) -> Iterator[TestClient]:
 def device(fleet: Fleet) -> LocalIdentity:
     """An enrolled device with a reported state, its record and target held in the caches."""
     identity = fleet.enroll()
-    assert report(fleet.api, fleet, identity, {"site": "a", "apps": {"x": {"version": "1"}}}).status_code == 200
+    assert report(fleet.api, fleet, identity, {"os": "a", "apps": {"x": {"version": "1.0.0"}}}).status_code == 200
     assert fleet.device_call(identity, "GET", "/device/target").status_code == 200
     return identity
 
@@ -89,9 +89,9 @@ ANSWERED_BY_THE_LANE: dict[str, Request] = {
     "bearer in lower case": lambda c, f, d, tag: c.get(
         TARGET, headers={"Authorization": f"bearer {d.token(now=f.clock())}", "If-None-Match": tag}
     ),
-    "unchanged report": lambda c, f, d, _tag: report(c, f, d, {"site": "a", "apps": {"x": {"version": "1"}}}),
-    "unchanged report, some keys": lambda c, f, d, _tag: report(c, f, d, {"site": "a"}),
-    "report deleting an absent key": lambda c, f, d, _tag: report(c, f, d, {"gone": None}),
+    "unchanged report": lambda c, f, d, _tag: report(c, f, d, {"os": "a", "apps": {"x": {"version": "1.0.0"}}}),
+    "unchanged report, some keys": lambda c, f, d, _tag: report(c, f, d, {"os": "a"}),
+    "report deleting an absent key": lambda c, f, d, _tag: report(c, f, d, {"last_error": None}),
 }
 
 
@@ -112,7 +112,7 @@ def test_the_lanes_answers_are_counted_under_the_routes_templates(fleet: Fleet, 
     before = fleet.api.get("/metrics").text
     for _ in range(3):
         assert fleet.device_call(device, "GET", "/device/target", headers={"If-None-Match": tag}).status_code == 304
-        assert report(fleet.api, fleet, device, {"site": "a"}).status_code == 200
+        assert report(fleet.api, fleet, device, {"os": "a"}).status_code == 200
     after = fleet.api.get("/metrics").text
     for line in (
         'edgefleet_http_requests_total{method="GET",route="/api/v1/device/target",status="304"}',
@@ -168,26 +168,24 @@ HANDED_ON: dict[str, Request] = {
     "operator token": lambda c, f, _d, _t: c.get(TARGET, headers=auth(f.admin)),
     "trailing slash": lambda c, f, d, _t: c.get(TARGET + "/", headers=auth(d.token(now=f.clock()))),
     "HEAD": lambda c, f, d, _t: c.head(TARGET, headers=auth(d.token(now=f.clock()))),
-    "report as text": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": "a"}}', "text/plain"),
+    "report as text": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"os": "a"}}', "text/plain"),
     "report with a charset": lambda c, f, d, _t: raw_report(
-        c, f, d, b'{"properties": {"site": "a"}}', "application/json; charset=utf-8"
+        c, f, d, b'{"properties": {"os": "a"}}', "application/json; charset=utf-8"
     ),
-    "report in chunks": lambda c, f, d, _t: raw_report(c, f, d, iter([b'{"properties": ', b'{"site": "a"}}'])),
-    "report not JSON": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": '),
+    "report in chunks": lambda c, f, d, _t: raw_report(c, f, d, iter([b'{"properties": ', b'{"os": "a"}}'])),
+    "report not JSON": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"os": '),
     "report empty": lambda c, f, d, _t: raw_report(c, f, d, b""),
-    "report with NaN": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"site": NaN}}'),
-    "report with an unknown field": lambda c, f, d, _t: raw_report(
-        c, f, d, b'{"properties": {"site": "a"}, "extra": 1}'
-    ),
-    "report of a list": lambda c, f, d, _t: report(c, f, d, ["site"]),
+    "report with NaN": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"os": NaN}}'),
+    "report with an unknown field": lambda c, f, d, _t: raw_report(c, f, d, b'{"properties": {"os": "a"}, "extra": 1}'),
+    "report of a list": lambda c, f, d, _t: report(c, f, d, ["os"]),
     "report of too many keys": lambda c, f, d, _t: report(c, f, d, {f"k{i}": None for i in range(65)}),
-    "report with a query": lambda c, f, d, _t: report(c, f, d, {"site": "a"}, params={"x": "1"}),
-    "report to another device": lambda c, f, d, _t: report(c, f, d, {"site": "a"}, path=OTHER_DEVICE),
+    "report with a query": lambda c, f, d, _t: report(c, f, d, {"os": "a"}, params={"x": "1"}),
+    "report to another device": lambda c, f, d, _t: report(c, f, d, {"os": "a"}, path=OTHER_DEVICE),
     "report to an upper-case id": lambda c, f, d, _t: report(
-        c, f, d, {"site": "a"}, path=f"/api/v1/devices/{d.device_id.upper()}/twin/reported"
+        c, f, d, {"os": "a"}, path=f"/api/v1/devices/{d.device_id.upper()}/twin/reported"
     ),
     "report by an operator": lambda c, f, d, _t: c.patch(
-        f"/api/v1/devices/{d.device_id}/twin/reported", headers=auth(f.admin), json={"properties": {"site": "a"}}
+        f"/api/v1/devices/{d.device_id}/twin/reported", headers=auth(f.admin), json={"properties": {"os": "a"}}
     ),
 }
 
@@ -207,9 +205,9 @@ def test_what_the_lane_is_unsure_of_is_answered_by_the_routes(
 
 
 def test_a_changed_report_goes_to_the_route_and_is_written(fleet: Fleet, device: LocalIdentity) -> None:
-    assert report(fleet.api, fleet, device, {"site": "b"}).json()["reported"]["site"] == "b"
+    assert report(fleet.api, fleet, device, {"os": "b"}).json()["reported"]["os"] == "b"
     twin = fleet.device_call(device, "GET", f"/devices/{device.device_id}/twin").json()
-    assert twin["reported"]["site"] == "b"
+    assert twin["reported"]["os"] == "b"
 
 
 def test_a_revoked_devices_poll_and_report_are_refused_at_once(fleet: Fleet, device: LocalIdentity) -> None:
@@ -217,7 +215,7 @@ def test_a_revoked_devices_poll_and_report_are_refused_at_once(fleet: Fleet, dev
     assert fleet.call("POST", f"/devices/{device.device_id}/revoke").status_code == 200
     poll = fleet.device_call(device, "GET", "/device/target", headers={"If-None-Match": tag})
     assert (poll.status_code, poll.json()["code"]) == (403, "device_revoked")
-    answer = report(fleet.api, fleet, device, {"site": "a"})
+    answer = report(fleet.api, fleet, device, {"os": "a"})
     assert (answer.status_code, answer.json()["code"]) == (403, "device_revoked")
 
 

@@ -37,7 +37,8 @@ from tuf.api.metadata import (
 from tuf.ngclient import Updater
 
 from edgefleet.agent import tufclient
-from edgefleet.agent.verify import MAX_DELEGATIONS, director_config, updater_config
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
+from edgefleet.agent.verify import director_config, updater_config
 
 EXPIRES = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
 ANY_PATH = ("*", "*/*", "*/*/*")
@@ -365,11 +366,11 @@ def test_a_star_never_crosses_a_separator(repo, client):
 
 
 def test_the_search_is_bounded_by_max_delegations(repo, client):
-    assert MAX_DELEGATIONS == 32  # python-tuf's default: deep enough for any sane graph, and bounded
+    assert DEFAULT_BOUNDS.delegations == 32  # python-tuf's default: deep enough for any sane graph, and bounded
     chain = [f"r{i}" for i in range(1, 40)]
     for delegator, name in zip(["targets", *chain], chain, strict=False):
         repo.delegate(delegator, name)
-    # python-tuf visits the top-level targets and then at most MAX_DELEGATIONS delegated roles.
+    # python-tuf visits the top-level targets and then at most `Bounds.delegations` delegated roles.
     last, beyond = chain[31], chain[32]
     repo.add(last, "deep/1.0.0/compose.yaml", b"last reachable")
     repo.add(beyond, "deeper/1.0.0/compose.yaml", b"beyond the bound")
@@ -391,4 +392,4 @@ def test_the_directors_bounds_never_leave_its_top_level_targets(repo, served, tm
     assert director.get_targetinfo("app/2.0.0/compose.yaml") is not None
     assert director.get_targetinfo("app/1.0.0/compose.yaml") is None
     assert served.delegated_fetches() == []
-    assert updater_config().max_delegations == MAX_DELEGATIONS
+    assert updater_config().max_delegations == DEFAULT_BOUNDS.delegations

@@ -19,14 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 from edgefleet.agent.engine.api import (
-    MAX_ANSWER_BYTES,
-    MAX_STREAM_MESSAGE_BYTES,
-    PROGRESS_SILENCE,
     EngineApi,
     demultiplexed,
 )
-from edgefleet.agent.engine.docker import STOP_TIMEOUT, DockerEngine, container_name, create_body
+from edgefleet.agent.engine.docker import DockerEngine, container_name, create_body
 from edgefleet.agent.engine.images import _untagged
 from edgefleet.agent.errors import EngineError, EngineNotFoundError
 from edgefleet.agent.plan import StartContainer, StopContainer
@@ -147,7 +145,7 @@ def test_the_request_is_versioned_and_names_are_quoted_as_one_segment() -> None:
     ("answer", "says"),
     [
         (httpx.Response(200, content=b"not json"), "inspect: the engine's answer is not JSON"),
-        (httpx.Response(200, content=b"[" + b"1," * (MAX_ANSWER_BYTES // 2) + b"1]"), "larger than"),
+        (httpx.Response(200, content=b"[" + b"1," * (DEFAULT_BOUNDS.engine_answer_bytes // 2) + b"1]"), "larger than"),
     ],
 )
 def test_a_malformed_or_oversized_answer_is_refused(answer: httpx.Response, says: str) -> None:
@@ -188,7 +186,7 @@ def test_progress_messages_are_read_however_the_engine_separates_them() -> None:
         ((b'{"status": "Pulling"}', b'{"errorDetail": {"message": "manifest unknown"}}'), "pull: manifest unknown"),
         ((b'{"error": "no space left"}',), "pull: no space left"),
         ((b'{"status": "Pull',), "ends inside a message"),
-        ((b'{"status": "' + b"x" * (MAX_STREAM_MESSAGE_BYTES + 1),), "progress message over"),
+        ((b'{"status": "' + b"x" * (DEFAULT_BOUNDS.engine_message_bytes + 1),), "progress message over"),
     ],
 )
 def test_a_progress_stream_that_reports_an_error_or_breaks_off_fails(chunks: tuple[bytes, ...], says: str) -> None:
@@ -287,14 +285,18 @@ def test_starting_a_started_and_stopping_a_stopped_container_are_no_errors() -> 
     found, answers = fake_engine()
     found.execute(StartContainer("plant", "web", container_id="abc"), {})
     found.execute(StopContainer("plant", "web", container_id="abc"), {})
-    assert ("POST", "/containers/abc/stop", STOP_TIMEOUT + found.timeout) in answers.seen  # it waits for the stop
+    assert (
+        "POST",
+        "/containers/abc/stop",
+        DEFAULT_BOUNDS.stop_timeout + found.timeout,
+    ) in answers.seen  # it waits for the stop
 
 
 def test_a_pull_names_the_repository_by_digest_and_may_be_quiet_while_layers_unpack() -> None:
     _, answers = fake_engine()
     api = engine(answers)
     api.progress("pull", "/images/create", params={"fromImage": "registry.local:5000/acme/web", "tag": "sha256:ab"})
-    assert answers.seen == [("POST", "/images/create", PROGRESS_SILENCE)]
+    assert answers.seen == [("POST", "/images/create", DEFAULT_BOUNDS.engine_silence)]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
 
-from edgefleet.agent.fetcher import REFUSED_BODY_MAX, HttpxFetcher
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
+from edgefleet.agent.fetcher import HttpxFetcher
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 
@@ -77,7 +78,7 @@ def test_dropped_download_resumes_with_range(server: str) -> None:
 def test_gives_up_after_its_resume_budget(server: str) -> None:
     Flaky.drops = 10
     with httpx.Client() as http, pytest.raises(DownloadError, match="connection lost"):
-        HttpxFetcher(http, resumes=2).download_bytes(f"{server}/blob", len(BODY))
+        HttpxFetcher(http, bounds=Bounds(download_resumes=2)).download_bytes(f"{server}/blob", len(BODY))
 
 
 def test_http_errors_and_length_bound(server: str) -> None:
@@ -96,7 +97,7 @@ def test_a_download_given_up_resumes_on_the_next_attempt_from_what_was_kept(serv
     partial = tmp_path / "partial"
     Flaky.drops = 10
     with httpx.Client() as http:
-        fetcher = HttpxFetcher(http, resumes=1, partial_dir=partial)
+        fetcher = HttpxFetcher(http, bounds=Bounds(download_resumes=1), partial_dir=partial)
         with pytest.raises(DownloadError, match="connection lost"):
             fetcher.download_bytes(f"{server}/targets/blob", len(BODY))
         (kept,) = partial.iterdir()
@@ -146,7 +147,7 @@ def test_a_kept_partial_is_never_used_for_another_url_nor_for_metadata(server: s
     partial = tmp_path / "partial"
     Flaky.drops = 10
     with httpx.Client() as http:
-        fetcher = HttpxFetcher(http, resumes=0, partial_dir=partial)
+        fetcher = HttpxFetcher(http, bounds=Bounds(download_resumes=0), partial_dir=partial)
         with pytest.raises(DownloadError):
             fetcher.download_bytes(f"{server}/1.root.json", len(BODY))
         assert not partial.exists() or list(partial.iterdir()) == []  # metadata is never kept
@@ -206,7 +207,7 @@ def test_progress_hears_the_end_of_a_download_given_up(server: str) -> None:
     Flaky.drops = 10
     target = f"{server}/targets/abc.app.tar"
     with httpx.Client() as http, pytest.raises(DownloadError, match="connection lost"):
-        HttpxFetcher(http, resumes=2, progress=heard).download_bytes(target, len(BODY))
+        HttpxFetcher(http, bounds=Bounds(download_resumes=2), progress=heard).download_bytes(target, len(BODY))
     assert heard.ends == [(target, False)]  # a bar or a log line must not wait for it forever
 
 
@@ -218,7 +219,7 @@ class KeptAlive(BaseHTTPRequestHandler):
     ANSWERS: ClassVar[dict[str, tuple[int, bytes]]] = {
         "/1.root.json": (200, b'{"signed": {}}'),
         "/2.root.json": (404, b'{"code": "not_found", "message": "no such version"}'),
-        "/huge": (404, b"x" * (2 * REFUSED_BODY_MAX)),
+        "/huge": (404, b"x" * (2 * DEFAULT_BOUNDS.refused_body_bytes)),
     }
 
     def setup(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.bounds import Bounds
 from edgefleet.agent.journal import FORWARD, Journal, JournalError, allowed
 
 HOUR = timedelta(hours=1)
@@ -198,9 +199,8 @@ def test_an_older_agents_journal_gains_the_settled_mark_with_its_transactions_se
     assert [t.id for t in journal.unsettled()] == [tx.id]
 
 
-def test_pruning_never_drops_an_unsettled_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("edgefleet.agent.journal.KEEP_FINISHED", 2)
-    journal = Journal(tmp_path / "journal.db")
+def test_pruning_never_drops_an_unsettled_transaction(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db", bounds=Bounds(journal_keep=2, max_interruptions=1))
     finished = []
     for version in ("1.1.0", "1.2.0", "1.3.0", "1.4.0"):
         tx = journal.begin("web", from_release="1.0.0", to_release=version, strategy="hand-over", timeout=HOUR)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
+from edgefleet.agent.outbox import Outbox, OutboxError
 
 
 def test_events_survive_a_restart_and_leave_oldest_first(tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_sequence_numbers_only_grow_even_after_everything_was_delivered(tmp_path
 
 
 def test_when_full_the_oldest_are_dropped_and_counted_until_the_hub_is_told(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "outbox.db", limit=3)
+    outbox = Outbox(tmp_path / "outbox.db", bounds=Bounds(outbox_events=3))
     for i in range(7):
         outbox.add({"n": i})
     pending = outbox.pending()
@@ -48,7 +49,7 @@ def test_when_full_the_oldest_are_dropped_and_counted_until_the_hub_is_told(tmp_
 def test_an_oversized_event_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox.db")
     with pytest.raises(OutboxError, match="over the limit"):
-        outbox.add({"logs": "x" * MAX_EVENT_BYTES})
+        outbox.add({"logs": "x" * DEFAULT_BOUNDS.event_bytes})
     assert outbox.pending().events == ()
 
 
@@ -75,7 +76,7 @@ def test_delivered_events_are_in_order_without_gaps_except_what_was_counted(
     tmp_path_factory: pytest.TempPathFactory, moves: list[int], limit: int
 ) -> None:
     """Adds (0), partial deliveries (1) and full deliveries (2) in any order."""
-    outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.db", limit=limit)
+    outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.db", bounds=Bounds(outbox_events=limit))
     added, delivered, told_dropped = 0, [], 0
     for move in moves:
         if move == 0:
@@ -94,7 +95,7 @@ def test_delivered_events_are_in_order_without_gaps_except_what_was_counted(
 
 
 def test_an_event_added_again_under_its_key_is_kept_once(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "outbox.db", limit=3)
+    outbox = Outbox(tmp_path / "outbox.db", bounds=Bounds(outbox_events=3))
     first = outbox.add({"n": 1}, key="transaction 1")
     assert outbox.add({"n": 1}, key="transaction 1") == first  # bookkeeping redone after a crash
     outbox.acknowledge(first, dropped=0)

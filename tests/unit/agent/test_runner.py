@@ -13,13 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
 from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.journal import FORWARD, Journal
-from edgefleet.agent.outbox import MAX_EVENT_BYTES, Outbox, OutboxError
-from edgefleet.agent.report import REFRESH_SECONDS
+from edgefleet.agent.outbox import Outbox, OutboxError
 from edgefleet.agent.runner import (
-    EVENT_TEXT_LIMITS,
     Agent,
     Installed,
     LocalState,
@@ -29,7 +28,7 @@ from edgefleet.agent.runner import (
     printable,
     run,
 )
-from edgefleet.protocol import DeviceEvent
+from edgefleet.protocol import MAX_REASON_CHARS, DeviceEvent, ReportedProperties
 
 
 def test_printable_strips_nul_and_replaces_invalid_text() -> None:
@@ -45,14 +44,14 @@ def test_printable_keeps_the_end_of_long_text() -> None:
 def test_any_reason_and_logs_make_an_event_the_hub_accepts(reason: str, logs: str) -> None:
     body = event(None, "web", "failed", to_release="1.0.0", reason=reason, logs=logs, service="web")
     parsed = DeviceEvent.model_validate(body | {"seq": 1})
-    assert len(parsed.reason or "") <= EVENT_TEXT_LIMITS["reason"]
+    assert len(parsed.reason or "") <= MAX_REASON_CHARS
     assert "\x00" not in (parsed.logs or "")
-    assert len(json.dumps(body, sort_keys=True)) <= MAX_EVENT_BYTES
+    assert len(json.dumps(body, sort_keys=True)) <= DEFAULT_BOUNDS.event_bytes
 
 
 def test_an_event_of_wide_characters_still_fits_the_outbox(tmp_path: Path) -> None:
     body = event(None, "web", "failed", to_release="1.0.0", reason="é" * 5000, logs="\x1b[31mé" * 9000)
-    assert len(json.dumps(body, sort_keys=True)) <= MAX_EVENT_BYTES
+    assert len(json.dumps(body, sort_keys=True)) <= DEFAULT_BOUNDS.event_bytes
     assert body["logs"].endswith("\x1b[31mé")  # the newest lines are the ones kept
     Outbox(tmp_path / "outbox.db").add(body)
 
@@ -76,6 +75,7 @@ class FakeHub:
     def report(self, _identity: object, properties: object) -> None:
         if self.report_refusal is not None:
             raise self.report_refusal
+        ReportedProperties.model_validate({"properties": properties})  # what the hub takes, and nothing else
         self.reports.append(properties)
 
     def target_state(self, _identity: object, *, wait: float, etag: str | None) -> tuple[object, str]:
@@ -276,7 +276,7 @@ def test_an_agent_at_rest_sends_its_report_once_and_again_when_it_changes_or_age
     now[0] = 180.0
     device.report()
     assert len(hub.reports) == 2
-    now[0] = 180.0 + REFRESH_SECONDS
+    now[0] = 180.0 + DEFAULT_BOUNDS.report_refresh
     device.report()
     assert len(hub.reports) == 3  # unchanged, but the twin's figures are never older than the refresh
 

@@ -9,8 +9,10 @@ comes with python-tuf, once an update loads it.
 Paths are versioned (``/v1.41/...``) except `/version`, which even an older engine answers.
 Every failure becomes `EngineError` here (the engine boundary): an answer of 4xx is not
 retryable, 5xx and transport trouble are; 404 is `EngineNotFoundError`, which callers use to
-tell "not there". Answers are bounded (`MAX_ANSWER_BYTES`, `MAX_STREAM_MESSAGE_BYTES`), so a
-confused engine cannot make the agent hold much.
+tell "not there". Answers are bounded (`Bounds.engine_answer_bytes`, `Bounds.engine_message_bytes`),
+so a confused engine cannot make the agent hold much. An image pull or load may go quiet for
+`Bounds.engine_silence` seconds: engines are quiet while they unpack layers, for minutes on a slow
+board (docker-py waited without end; the transaction's phase deadline still bounds the update).
 """
 
 from __future__ import annotations
@@ -24,16 +26,9 @@ from urllib.parse import quote
 
 import httpx
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import EngineError, EngineNotFoundError
 
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
-"""A JSON answer (listings, inspects) or a container's log tail, at most."""
-MAX_STREAM_MESSAGE_BYTES = 1024 * 1024
-"""One message of a progress stream (image pull, image load), at most (counted in characters)."""
-PROGRESS_SILENCE = 1800.0
-"""Seconds an image pull or load may go without a progress message: engines are quiet while they
-unpack layers, for minutes on a slow board. (docker-py waited without end; the transaction's phase
-deadline still bounds the update.)"""
 _LOCAL = "http://engine"
 """The host part of URLs sent over the unix socket (engines ignore it)."""
 
@@ -52,7 +47,13 @@ class EngineApi:
     """One engine endpoint: ``unix:///run/podman/podman.sock``, ``unix:///var/run/docker.sock`` or ``tcp://HOST:PORT``."""
 
     def __init__(
-        self, base_url: str, *, version: str, timeout: float, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        *,
+        version: str,
+        timeout: float,
+        transport: httpx.BaseTransport | None = None,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
         """Connect lazily (the first call opens the socket); `transport` replaces the socket (unit tests).
 
@@ -72,6 +73,7 @@ class EngineApi:
         else:
             raise EngineError(f"engine address {base_url!r}: use unix:///PATH or tcp://HOST:PORT", retryable=False)
         self.timeout = timeout
+        self.bounds = bounds
         self._version = version
         # trust_env off: a device's HTTP_PROXY is for the internet, never for its own engine's socket.
         self._http = httpx.Client(transport=transport, base_url=root, timeout=timeout, verify=no_tls, trust_env=False)
@@ -136,12 +138,12 @@ class EngineApi:
                 params=params,
                 content=content,
                 headers=headers,
-                timeout=httpx.Timeout(self.timeout, read=PROGRESS_SILENCE),
+                timeout=httpx.Timeout(self.timeout, read=self.bounds.engine_silence),
             ) as response,
         ):
             if response.status_code >= 400:
-                _refuse(what, response.status_code, _bounded(response.iter_bytes(), what))
-            for message in _messages(response.iter_text(), what):
+                _refuse(what, response.status_code, _bounded(response.iter_bytes(), what, self.bounds))
+            for message in _messages(response.iter_text(), what, self.bounds.engine_message_bytes):
                 detail = message.get("errorDetail") or message.get("error")
                 if detail:
                     text = detail.get("message", detail) if isinstance(detail, dict) else detail
@@ -165,7 +167,7 @@ class EngineApi:
                 method, url, params=params, json=body, timeout=self.timeout if timeout is None else timeout
             ) as response,
         ):
-            data = _bounded(response.iter_bytes(), what)
+            data = _bounded(response.iter_bytes(), what, self.bounds)
             if response.status_code >= 400:
                 _refuse(what, response.status_code, data)
         return data
@@ -183,13 +185,14 @@ def _converted(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: {exc or type(exc).__name__}") from exc
 
 
-def _bounded(chunks: Iterator[bytes], what: str) -> bytes:
-    """The whole answer, refused past `MAX_ANSWER_BYTES`."""
+def _bounded(chunks: Iterator[bytes], what: str, bounds: Bounds) -> bytes:
+    """The whole answer, refused past `Bounds.engine_answer_bytes`."""
     data = bytearray()
+    limit = bounds.engine_answer_bytes
     for chunk in chunks:
         data += chunk
-        if len(data) > MAX_ANSWER_BYTES:
-            raise EngineError(f"{what}: the engine's answer is larger than {MAX_ANSWER_BYTES} bytes")
+        if len(data) > limit:
+            raise EngineError(f"{what}: the engine's answer is larger than {limit} bytes")
     return bytes(data)
 
 
@@ -209,8 +212,11 @@ def _refuse(what: str, status: int, data: bytes) -> None:
     raise EngineError(text, retryable=status >= 500)
 
 
-def _messages(texts: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a progress stream, however the engine separates them (newlines or nothing)."""
+def _messages(texts: Iterator[str], what: str, limit: int) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a progress stream, however the engine separates them (newlines or nothing).
+
+    One message is at most `limit` characters.
+    """
     decoder = json.JSONDecoder()
     buffer = ""
     for text in texts:
@@ -222,8 +228,8 @@ def _messages(texts: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
             try:
                 message, end = decoder.raw_decode(buffer)
             except ValueError as exc:
-                if len(buffer) > MAX_STREAM_MESSAGE_BYTES:
-                    raise EngineError(f"{what}: a progress message over {MAX_STREAM_MESSAGE_BYTES} bytes") from exc
+                if len(buffer) > limit:
+                    raise EngineError(f"{what}: a progress message over {limit} bytes") from exc
                 break  # the rest of this message comes with the next chunk
             buffer = buffer[end:]
             if isinstance(message, dict):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.engine.api import EngineApi, demultiplexed, filters, segment
 from edgefleet.agent.engine.images import EngineImages
 from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
@@ -59,10 +60,6 @@ NPROC = 4096
 """Set together with nofile: Podman otherwise fills in an nproc above some hosts' hard limit."""
 API_VERSION = "1.41"
 """The Engine API version the agent speaks, and the oldest an engine may offer: Docker 20.10, Podman 4.3 (tested)."""
-STOP_TIMEOUT = 10
-REMOVE_ATTEMPTS = 5
-LOG_TAIL_LINES = 40
-LOG_TAIL_BYTES = 4096
 LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}}
 
 
@@ -112,6 +109,8 @@ class DockerEngine:
     """Image (name@sha256:...) -> a verified bundle archive to load instead of pulling."""
     protected: tuple[str, ...] = ()
     """The agent's own paths (`agent.hostpaths.protected_paths`): never bind-mounted into a container."""
+    bounds: Bounds = DEFAULT_BOUNDS
+    """Answer sizes, a pull's silence, stop timeout, removal attempts, log tails (`agent.bounds`)."""
     _api: EngineApi | None = None
     _engine_paths: tuple[str, ...] | None = None
     _info: EngineInfo | None = None
@@ -131,7 +130,7 @@ class DockerEngine:
     @property
     def api(self) -> EngineApi:
         if self._api is None:
-            self._api = EngineApi(self.base_url, version=API_VERSION, timeout=self.timeout)
+            self._api = EngineApi(self.base_url, version=API_VERSION, timeout=self.timeout, bounds=self.bounds)
         return self._api
 
     def close(self) -> None:
@@ -272,15 +271,16 @@ class DockerEngine:
         address = (networks.get(network_name(app, namespace=self.namespace)) or {}).get("IPAddress")
         return str(address) if address else None
 
-    def logs(self, container_id: str, *, lines: int = LOG_TAIL_LINES) -> str:
-        """The last `lines` lines the container wrote (stdout and stderr), at most LOG_TAIL_BYTES of them."""
+    def logs(self, container_id: str, *, lines: int | None = None) -> str:
+        """The last lines the container wrote: `lines` (`Bounds.log_tail_lines`), `Bounds.log_tail_bytes` at most."""
+        lines = lines or self.bounds.log_tail_lines
         raw = self.api.raw(
             f"logs of {container_id}",
             "GET",
             f"/containers/{segment(self._container(container_id))}/logs",
             params={"stdout": "1", "stderr": "1", "tail": str(lines)},
         )
-        return demultiplexed(raw).decode("utf-8", "replace")[-LOG_TAIL_BYTES:]
+        return demultiplexed(raw).decode("utf-8", "replace")[-self.bounds.log_tail_bytes :]
 
     def storage_free(self) -> int | None:
         """Free bytes where the engine keeps images (None when the engine does not say where)."""
@@ -320,7 +320,7 @@ class DockerEngine:
                 found = self._container(cid) if cid else self._created(app, service, digest)
                 self.api.send(f"start {app}/{service}", "POST", f"/containers/{segment(found)}/start")
             case StopContainer(app=app, service=service, container_id=cid):
-                self._stop(self._container(cid), f"{app}/{service}", STOP_TIMEOUT)
+                self._stop(self._container(cid), f"{app}/{service}", self.bounds.stop_timeout)
             case RemoveContainer(app=app, service=service, container_id=cid):
                 self._remove(self._container(cid), f"{app}/{service}")
             case RemoveNetwork(app=app):
@@ -345,14 +345,14 @@ class DockerEngine:
 
     def _remove(self, container_id: str, what: str) -> None:
         """Remove, retrying briefly: Podman refuses while a container is between restarts."""
-        for attempt in range(REMOVE_ATTEMPTS):
+        for attempt in range(self.bounds.remove_attempts):
             try:
                 self.api.send(
                     f"remove {what}", "DELETE", f"/containers/{segment(container_id)}", params={"force": "true"}
                 )
                 return
             except EngineError:
-                if attempt == REMOVE_ATTEMPTS - 1:
+                if attempt == self.bounds.remove_attempts - 1:
                     raise
                 time.sleep(0.5)
                 with contextlib.suppress(EngineError):

@@ -181,7 +181,7 @@ def _admitted(hub: Hub, secret: str) -> devices.DeviceCaller | None:
 def _properties(body: bytes) -> dict[str, Any] | None:
     """The report's properties, validated as the route validates them; None: the app says what is wrong."""
     try:
-        return ReportedProperties.model_validate(json.loads(body)).properties
+        return ReportedProperties.model_validate(json.loads(body)).properties.patch()
     except (ValueError, ValidationError, RecursionError):
         return None
 

@@ -125,11 +125,12 @@ def get_twin(hub: HubDep, caller: CallerDep, device_id: DevicePath) -> TwinOut:
 
 @router.patch(REPORTED, response_model=TwinOut)
 async def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, body: ReportedProperties) -> TwinOut:
-    """Merge the device's reported properties; only the device itself may write them.
+    """Merge the device's reported state (`protocol.ReportedState`); only the device itself may write it.
 
     A report that changes nothing is answered from the device's record as it is, without a write.
     """
-    if isinstance(caller, DeviceCaller) and (same := devices.unchanged_by_report(caller, device_id, body.properties)):
+    patch = body.properties.patch()
+    if isinstance(caller, DeviceCaller) and (same := devices.unchanged_by_report(caller, device_id, patch)):
         return TwinOut.model_validate(same)
-    updated = await run_in_threadpool(devices.update_reported, hub, caller, device_id, body.properties)
+    updated = await run_in_threadpool(devices.update_reported, hub, caller, device_id, patch)
     return TwinOut.model_validate(updated)

@@ -3,8 +3,9 @@
 Each cycle is the agent's: deliver buffered events, long-poll `/device/target` with its
 ETag; when the answer changed (or an update that could not be carried out is due again),
 verify the director's assignment and each release in a worker process (`sim.work`: the
-agent's verification code), move each app on the simulated engine (`sim.engine`: waits
-instead of containers, failing as the seed decides), keep each outcome as the agent's own
+agent's verification code), move each app on the simulated engine (`sim.engine`: the agent's
+own update plan carried out in memory, with waits instead of downloads and health windows,
+failing as the seed decides), keep each outcome as the agent's own
 update event, and report. Besides, a state report every `report_interval` seconds. While
 the hub is unreachable the device backs off as the agent does (exponential, full jitter,
 capped); during its offline periods (`sim.chance.connectivity`) it sends nothing, and a
@@ -40,7 +41,7 @@ from edgefleet.agent.runner import (
 )
 from edgefleet.protocol import MAX_REASON_CHARS, ReportedState
 from edgefleet.sim.chance import connectivity, draw
-from edgefleet.sim.engine import SimEngine, course
+from edgefleet.sim.engine import SimEngine, carry_out, course
 from edgefleet.sim.errors import DeviceOfflineError
 from edgefleet.sim.link import Link
 from edgefleet.sim.outbox import MemoryOutbox
@@ -261,16 +262,15 @@ class SimDevice:
             device=self.index,
             app=app,
             mark=candidate.mark,
-            services=release.services,
+            services=release.names,
             fail_rate=s.fail_rate,
             download=s.download_seconds,
             start=s.start_seconds,
         )
-        self.engine.begin(app, release)
-        await asyncio.sleep(how.download)
-        self.engine.downloaded(app)
-        await asyncio.sleep(how.start)
-        self.engine.finish(app, healthy=not how.fails)
+        planned = self.engine.begin(app, release)
+        if how.failing is not None:
+            self.engine.failing(app, how.failing)  # its container exits as soon as it starts
+        await carry_out(self.engine, app, planned, how)
         before = current.version if current else None
         if how.failing is None:
             self.installed[app] = candidate.entry

@@ -1,23 +1,42 @@
-"""The simulated container engine of one device: which release each app runs, and an update's course, as data.
+"""The simulated container engine of one device: the agent's update plans carried out on an engine in memory.
 
-No containers run and no image is pulled. An update takes one app through the phases of
-the agent's transaction (`agent.transaction`), with waits instead of effects::
+No container runs and no image is pulled. An update of one app is the agent's own plan
+(`agent.plan.plan_update`: the same steps, in the same order, for the release's strategy
+and its services' `depends_on`), carried out on `agent.engine.memory.MemoryEngine`; the
+device's loop (`sim.device`) walks the plan and waits where the agent would work (a
+download, the health window). A failed health verdict is undone by the agent's
+`plan_rollback`, so the old release's very containers run again. What runs per app::
 
-    running(old) --begin--> downloading --downloaded--> starting --finish(healthy)--> running(new)
-                                                                 --finish(unhealthy)-> running(old)  (rolled back)
+    running(old) --begin--> downloading --downloaded--> starting --commit--> running(new)
+                                                                 --roll_back-> running(old)
 
 How an update goes (phase durations, which service fails) is decided up front from the
-seed (`course`), so the same seed gives the same fleet. The device's loop (`sim.device`)
-does the waiting; everything here is pure or in-memory.
+seed (`course`), so the same seed gives the same fleet. Everything here is pure or in-memory;
+`carry_out` waits with the sleep it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgefleet.manifest import Release
+from edgefleet.agent.engine.memory import MemoryEngine
+from edgefleet.agent.plan import (
+    FetchImage,
+    Observed,
+    ProbeHealth,
+    RecordPhase,
+    ServiceTarget,
+    Step,
+    Strategy,
+    UpdatePlan,
+    plan,
+    plan_rollback,
+    plan_update,
+)
+from edgefleet.agent.spec import ContainerSpec
 from edgefleet.sim.chance import draw, spread, update_fails
 from edgefleet.sim.errors import EngineStateError
 
@@ -26,30 +45,31 @@ Phase = Literal["running", "downloading", "starting"]
 
 @dataclass(frozen=True, slots=True)
 class SimRelease:
-    """A verified release as the simulated engine runs it: its services and their images."""
+    """A verified release as the simulated engine runs it: its containers as the agent plans them."""
 
     version: str
     release_counter: int
-    images: tuple[tuple[str, str], ...]
-    """(service, image) pairs from the verified manifest."""
+    services: tuple[ServiceTarget, ...]
+    """Each service's container as `agent.spec` defines it (its definition's digest, image, `depends_on`)."""
+    strategy: Strategy = "download-then-kill"
+    volumes: tuple[str, ...] = ()
 
     @property
-    def services(self) -> tuple[str, ...]:
-        return tuple(service for service, _ in self.images)
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(s.service for s in self.services))
 
     @classmethod
-    def of(cls, manifest: Release, release_counter: int) -> SimRelease:
-        images = tuple(sorted((s.name, s.compose.image) for s in manifest.services))
-        return cls(version=manifest.version, release_counter=release_counter, images=images)
-
-
-@dataclass(frozen=True, slots=True)
-class AppState:
-    """One app on the simulated engine: what runs, and the update in progress if any."""
-
-    running: SimRelease | None = None
-    phase: Phase = "running"
-    target: SimRelease | None = None
+    def of(
+        cls,
+        specs: Sequence[ContainerSpec],
+        *,
+        version: str,
+        release_counter: int,
+        strategy: Strategy,
+        volumes: tuple[str, ...],
+    ) -> SimRelease:
+        """From the release's container specs, as the agent makes them (`agent.spec.release_specs`)."""
+        return cls(version, release_counter, tuple(spec.target() for spec in specs), strategy, volumes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,55 +109,164 @@ def course(
     )
 
 
+@dataclass
+class _Update:
+    """An app's update in progress: the release it moves to, its phase, and what the journal would hold."""
+
+    release: SimRelease
+    phase: Phase = "downloading"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 class SimEngine:
-    """Per app, what runs and how far an update has got; transitions refuse any phase they do not start from."""
+    """Per app, what runs (containers on an engine in memory) and how far an update has got."""
 
     def __init__(self, running: Mapping[str, SimRelease] | None = None) -> None:
-        self.apps: dict[str, AppState] = {app: AppState(running=release) for app, release in (running or {}).items()}
+        self.memory = MemoryEngine()
+        self.releases: dict[str, SimRelease] = {}
+        self._updates: dict[str, _Update] = {}
+        self._images: dict[str, str] = {}
+        """Definition digest -> its image (the memory engine keeps none per container)."""
+        for app, release in sorted((running or {}).items()):
+            self._install(app, release)
 
-    def _in(self, app: str, phase: Phase) -> AppState:
-        state = self.apps.get(app, AppState())
-        if state.phase != phase:
-            raise EngineStateError(f"{app} is {state.phase}, not {phase}")
-        return state
+    def _install(self, app: str, release: SimRelease) -> None:
+        """A release that ran before this simulation started: its containers, running at once."""
+        for step in self.begin(app, release).steps:
+            if not isinstance(step, RecordPhase) and isinstance(step, Step):
+                self.execute(app, step)
+        self.commit(app)
 
-    def begin(self, app: str, release: SimRelease) -> None:
-        """Start moving `app` to `release`: its images download (the old release keeps running)."""
-        self.apps[app] = replace(self._in(app, "running"), phase="downloading", target=release)
+    def begin(self, app: str, release: SimRelease) -> UpdatePlan:
+        """The agent's plan that moves `app` to `release`; the old release keeps running until it says.
 
-    def downloaded(self, app: str) -> None:
-        """The new release's images are in: its containers start and are health-checked."""
-        self.apps[app] = replace(self._in(app, "downloading"), phase="starting")
+        Raises:
+            EngineStateError: `app` is updating already.
+        """
+        if app in self._updates:
+            raise EngineStateError(f"{app} is {self._updates[app].phase}, not running")
+        self._images |= {s.config_digest: s.image for s in release.services}
+        self._updates[app] = _Update(release)
+        return plan_update(
+            self.memory.observe(), app, release.services, volumes=release.volumes, strategy=release.strategy
+        )
 
-    def finish(self, app: str, *, healthy: bool) -> SimRelease | None:
-        """Commit the new release, or roll back to the old one; returns what runs now."""
-        state = self._in(app, "starting")
-        running = state.target if healthy else state.running
-        self.apps[app] = AppState(running=running)
-        return running
+    def record(self, app: str, step: RecordPhase) -> None:
+        """A phase the agent journals: its detail is what a rollback undoes; ``downloaded`` starts the new release."""
+        update = self._in(app)
+        update.detail |= step.detail
+        if step.phase == "downloaded":
+            update.phase = "starting"
+
+    def execute(self, app: str, step: Step) -> None:
+        """One engine step of the plan (`MemoryEngine` enforces what a real engine does, and records it)."""
+        self.memory.execute(step, {})
+
+    def failing(self, app: str, service: str) -> None:
+        """The new release's `service` crashes: its container exits as soon as it starts."""
+        digest = next(s.config_digest for s in self._in(app).release.services if s.service == service)
+        self.memory.failing.add(digest)
+
+    def commit(self, app: str) -> SimRelease:
+        """The new release is healthy: it is what runs (the plan removes the old containers after this)."""
+        release = self._in(app).release
+        self.releases[app] = release
+        del self._updates[app]
+        return release
+
+    def roll_back(self, app: str) -> SimRelease | None:
+        """Undo the update as the agent does (`plan_rollback`): its new containers go, the old ones start again."""
+        update = self._in(app)
+        for step in plan_rollback(app, update.detail, self.memory.ids(app)):
+            self.memory.execute(step, {})
+        self.memory.failing -= {s.config_digest for s in update.release.services}  # a retry may come up healthy
+        del self._updates[app]
+        return self.releases.get(app)
 
     def remove(self, app: str) -> None:
-        """The app is no longer assigned: its containers go (nothing happens while it updates)."""
-        if self.apps.get(app, AppState()).phase == "running":
-            self.apps.pop(app, None)
+        """The app is no longer assigned: its containers and network go (as `agent.plan.plan` has it), unless it updates."""
+        if app in self._updates:
+            return
+        self.releases.pop(app, None)
+        mine = Observed(
+            containers=tuple(c for c in self.memory.state.containers if c.app == app),
+            networks=self.memory.state.networks & {app},
+        )
+        for step in plan(mine, {}):
+            self.memory.execute(step, {})
+
+    def _in(self, app: str) -> _Update:
+        update = self._updates.get(app)
+        if update is None:
+            raise EngineStateError(f"{app} is running, not updating")
+        return update
 
     def running(self) -> dict[str, SimRelease]:
-        return {app: state.running for app, state in self.apps.items() if state.running is not None}
+        return dict(self.releases)
 
     def updating(self) -> bool:
-        return any(state.phase != "running" for state in self.apps.values())
+        return bool(self._updates)
+
+    def phase(self, app: str) -> Phase:
+        update = self._updates.get(app)
+        return "running" if update is None else update.phase
 
     def status(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per app and service, as `DockerEngine.status()` reports them (state, health, restarts, release, image)."""
+        """Per app and service, as `DockerEngine.status()` reports them (state, health, restarts, release, image).
+
+        Where a service has two containers (an update's old and new), the new release's is shown;
+        while it is health-checked its health is ``starting``.
+        """
         report: dict[str, dict[str, dict[str, Any]]] = {}
-        for app, state in sorted(self.apps.items()):
-            shown, health = state.running, None
-            if state.phase == "starting":
-                shown, health = state.target, "starting"
-            if shown is None:
+        for container in sorted(self.memory.state.containers, key=lambda c: (c.app, c.service, c.id)):
+            update = self._updates.get(container.app)
+            shown = report.setdefault(container.app, {}).get(container.service)
+            new = update is not None and container.release == update.release.version
+            if shown is not None and not new:
                 continue
-            report[app] = {
-                service: {"state": "running", "health": health, "restarts": 0, "release": shown.version, "image": image}
-                for service, image in shown.images
+            state = self.memory.health(container.id)
+            starting = new and update is not None and update.phase == "starting" and state.state == "running"
+            report[container.app][container.service] = {
+                "state": state.state,
+                "health": "starting" if starting else None,
+                "restarts": 0,
+                "release": container.release,
+                "image": self._images.get(container.config_digest),
             }
         return report
+
+
+async def carry_out(
+    engine: SimEngine,
+    app: str,
+    planned: UpdatePlan,
+    how: Course,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> bool:
+    """Walk the agent's plan as its transaction does (`agent.transaction`), waiting where it works; True: committed.
+
+    The engine's steps are carried out at once; the images to fetch take `how.download`
+    together (nothing to fetch: no wait), the health window `how.start`. A failing service
+    (its container exited when it started, `SimEngine.failing`) is judged at the end of the
+    window, and the update is rolled back as the agent rolls it back (`agent.plan.plan_rollback`).
+    """
+    fetched = False
+    for step in planned.steps:
+        match step:
+            case RecordPhase(phase="committed"):
+                engine.commit(app)
+            case RecordPhase():
+                engine.record(app, step)
+            case FetchImage():
+                if not fetched:
+                    await sleep(how.download)
+                    fetched = True
+                engine.execute(app, step)
+            case ProbeHealth():
+                await sleep(how.start)
+                if how.fails:
+                    engine.roll_back(app)
+                    return False
+            case _:
+                engine.execute(app, step)
+    return True

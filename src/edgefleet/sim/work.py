@@ -34,8 +34,9 @@ from edgefleet.agent.identity import load_identity, saved_device_id
 from edgefleet.agent.policy import Policy
 from edgefleet.agent.reconcile import PermissionRefusedError, checked_specs
 from edgefleet.agent.runner import load_state, trust_store
-from edgefleet.agent.spec import HostFacts
+from edgefleet.agent.spec import HostFacts, release_specs
 from edgefleet.agent.verify import ReleaseVerifier
+from edgefleet.manifest import Release
 from edgefleet.protocol import Arch
 from edgefleet.sim.engine import SimRelease
 from edgefleet.sim.shared import share_verification
@@ -195,7 +196,22 @@ def restore(data_dir: Path) -> Restored:
         apps={app: entry for app, entry in state.apps.items() if app in releases},
         failed=dict(state.failed),
         environment=dict(state.environment),
-        running={app: SimRelease.of(release, state.apps[app].release_counter) for app, release in releases.items()},
+        running={
+            app: _sim_release(release, state.apps[app].release_counter, state.environment)
+            for app, release in releases.items()
+        },
+    )
+
+
+def _sim_release(release: Release, release_counter: int, environment: dict[str, str]) -> SimRelease:
+    """A release the device ran before this simulation, as the agent defines its containers."""
+    specs = release_specs(release, facts=HostFacts(), environment=environment)
+    return SimRelease.of(
+        specs,
+        version=release.version,
+        release_counter=release_counter,
+        strategy=release.update.strategy,
+        volumes=release.volumes,
     )
 
 
@@ -275,7 +291,7 @@ def verify_with(client: DeviceClient, job: VerifyJob, *, fetcher: FetcherInterfa
             release = verifier.verify(
                 app, installed_counter=current.release_counter if current else None, install_dir=directory
             )
-            checked_specs(release.manifest, job.policy, facts=HostFacts(), environment=environment)
+            specs = checked_specs(release.manifest, job.policy, facts=HostFacts(), environment=environment)
             shutil.rmtree(release.directory / "images", ignore_errors=True)
         except (AgentError, PermissionRefusedError, OSError) as exc:
             return Verified(plan=plan, environment=environment, candidates=tuple(candidates), failure=failure_of(exc))
@@ -283,7 +299,15 @@ def verify_with(client: DeviceClient, job: VerifyJob, *, fetcher: FetcherInterfa
             release.version, release.release_counter, str(directory), previous=current.directory if current else None
         )
         mark = release_mark(custom.release_counter, custom.version, custom.retry)
-        candidates.append(Candidate(app, mark, SimRelease.of(release.manifest, release.release_counter), entry))
+        manifest = release.manifest
+        running = SimRelease.of(
+            specs,
+            version=release.version,
+            release_counter=release.release_counter,
+            strategy=manifest.update.strategy,
+            volumes=manifest.volumes,
+        )
+        candidates.append(Candidate(app, mark, running, entry))
     return Verified(plan=plan, environment=environment, candidates=tuple(candidates))
 
 

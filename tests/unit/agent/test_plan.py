@@ -24,6 +24,7 @@ from edgefleet.agent.plan import (
     StartContainer,
     StopContainer,
     plan,
+    plan_update,
 )
 
 IMG = "reg.example/a@sha256:" + "1" * 64
@@ -210,3 +211,23 @@ def test_every_step_has_a_one_line_description() -> None:
     ]
     assert describe(StopContainer("a", "b", "0123456789abcdef")) == "stop a/b (0123456789ab)"
     assert describe(RemoveNetwork("a")) == "remove network a"
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_reconcile_and_an_update_order_their_starts_and_stops_alike(
+    world: tuple[Observed, dict[str, AppTarget]],
+) -> None:
+    """One ordering rule for both planners: starts in `depends_on` order, stops in reverse, on the same world.
+
+    They need not start or stop the same containers (reconcile also starts a stopped one it
+    keeps; an update keeps what did not change as it is), but what both do, they do in one order.
+    """
+    observed, targets = world
+    reconciled = plan(observed, targets)
+    for app, target in targets.items():
+        updated = plan_update(observed, app, target.services, volumes=target.volumes).steps
+        for kind in (StartContainer, StopContainer):
+            one = [s.service for s in reconciled if isinstance(s, kind) and s.app == app]
+            other = [s.service for s in updated if isinstance(s, kind)]
+            assert [s for s in one if s in other] == [s for s in other if s in one], kind

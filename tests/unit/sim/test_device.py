@@ -14,6 +14,7 @@ from edgefleet import crypto
 from edgefleet.agent.decide import Choices, Installed
 from edgefleet.agent.errors import HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
+from edgefleet.agent.plan import ServiceTarget
 from edgefleet.agent.policy import Policy
 from edgefleet.protocol import DeviceEvent, DeviceIdentity, TargetState
 from edgefleet.sim.device import Shared, SimDevice
@@ -25,8 +26,9 @@ from edgefleet.sim.work import Candidate, Failure, Restored, Verified
 from tests.publishing import IMAGE
 
 DEVICE = "00000000-0000-4000-8000-000000000001"
-OLD = SimRelease("1.0.0", 1, (("main", IMAGE),))
-NEW = SimRelease("1.1.0", 2, (("main", IMAGE),))
+NEW_IMAGE = IMAGE.rsplit("@", 1)[0] + "@sha256:" + "e" * 64
+OLD = SimRelease("1.0.0", 1, (ServiceTarget("sensor", "main", "1.0.0", IMAGE, "old-definition"),))
+NEW = SimRelease("1.1.0", 2, (ServiceTarget("sensor", "main", "1.1.0", NEW_IMAGE, "new-definition"),))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from edgefleet.agent.errors import (
     IdentityError,
     UpdateRefusedError,
 )
+from edgefleet.agent.plan import ServiceTarget
 from edgefleet.agent.reconcile import PermissionRefusedError
 from edgefleet.sim.engine import SimRelease
 from edgefleet.sim.work import Candidate, Failure, Verified, failure_of
@@ -39,7 +40,14 @@ def test_results_survive_the_trip_between_processes() -> None:
     result = Verified(
         plan=Choices(update=("sensor",), staying=(), failed={}, removed=()),
         environment={"MODE": "demo"},
-        candidates=(Candidate("sensor", "2-1.1.0", SimRelease("1.1.0", 2, (("main", IMAGE),)), entry),),
+        candidates=(
+            Candidate(
+                "sensor",
+                "2-1.1.0",
+                SimRelease("1.1.0", 2, (ServiceTarget("sensor", "main", "1.1.0", IMAGE, "definition"),)),
+                entry,
+            ),
+        ),
         failure=Failure("refused", "x", retry=False, reason="signature"),
         requests=4,
     )

@@ -6,7 +6,8 @@ verify the director's assignment and each release in a worker process (`sim.work
 agent's verification code), move each app on the simulated engine (`sim.engine`: the agent's
 own update plan carried out in memory, with waits instead of downloads and health windows,
 failing as the seed decides), keep each outcome as the agent's own
-update event, and report. Besides, a state report every `report_interval` seconds. While
+update event, and report. Besides, every `report_interval` seconds, a state report if it is
+due as the agent's is (changed, or unchanged for 10 minutes: `agent.report`). While
 the hub is unreachable the device backs off as the agent does (exponential, full jitter,
 capped); during its offline periods (`sim.chance.connectivity`) it sends nothing, and a
 request in flight when one begins is dropped.
@@ -30,7 +31,7 @@ from edgefleet.agent.decide import Installed
 from edgefleet.agent.errors import DeviceNotAcceptedError, HubRefusedError, HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.policy import Policy
-from edgefleet.agent.report import app_reports
+from edgefleet.agent.report import app_reports, report_due
 from edgefleet.agent.runner import (
     REFUSED_FOR_GOOD,
     LocalState,
@@ -96,6 +97,8 @@ class SimDevice:
     retry: bool = False
     retry_at: float = 0.0
     retries: int = 0
+    reported: tuple[dict[str, Any], float] | None = None
+    """The last state report the hub took, and when (`Shared.clock`): an unchanged one is not sent again."""
     _delivering: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _rand: random.Random = field(init=False)
 
@@ -317,8 +320,15 @@ class SimDevice:
         return state.patch()
 
     async def report(self) -> None:
-        """Keep the current state report and deliver it; trouble leaves it kept for the next try."""
-        self.outbox.keep_report(self.properties())
+        """Keep the current state report when it is due (`agent.report.report_due`, as the agent) and deliver it.
+
+        Trouble leaves it kept for the next try. An older report still waiting is replaced even
+        when this one is due to no one, as the agent does.
+        """
+        properties = self.properties()
+        last, last_at = self.reported or (None, None)
+        if report_due(properties, last, last_at=last_at, now=self.shared.clock()) or self.outbox.report() is not None:
+            self.outbox.keep_report(properties)
         try:
             await self.deliver()
         except (HubUnreachableError, HubRefusedError, DeviceOfflineError) as exc:
@@ -356,6 +366,7 @@ class SimDevice:
                 return
             try:
                 await self._online(self.link.report(self.identity, kept))
+                self.reported = (kept, self.shared.clock())
             except HubRefusedError as exc:
                 if exc.status not in REFUSED_FOR_GOOD:
                     return

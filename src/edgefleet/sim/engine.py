@@ -184,7 +184,10 @@ class SimEngine:
         return self.releases.get(app)
 
     def remove(self, app: str) -> None:
-        """The app is no longer assigned: its containers and network go (as `agent.plan.plan` has it), unless it updates."""
+        """The app is no longer assigned: its containers and network go (as `agent.plan.plan` has it).
+
+        Not while it updates: the update ends first.
+        """
         if app in self._updates:
             return
         self.releases.pop(app, None)

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from edgefleet import crypto
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
 from edgefleet.agent.decide import Choices, Installed
 from edgefleet.agent.errors import HubUnreachableError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.plan import ServiceTarget
 from edgefleet.agent.policy import Policy
-from edgefleet.protocol import DeviceEvent, DeviceIdentity, TargetState
+from edgefleet.protocol import DeviceEvent, DeviceIdentity, ReportedProperties, TargetState
 from edgefleet.sim.device import Shared, SimDevice
 from edgefleet.sim.engine import SimRelease
 from edgefleet.sim.errors import DeviceOfflineError
@@ -206,3 +207,20 @@ def test_the_summaries_can_tell_where_each_devices_cycle_is(tmp_path: Path, monk
     asyncio.run(device.cycle())
     assert seen == ["polling", "verifying", "reporting"]
     assert device.view().step is None
+
+
+def test_a_device_at_rest_reports_once_and_again_when_its_state_changes_or_ages(tmp_path: Path) -> None:
+    """As the agent (`agent.report.report_due`): the same report is not sent again within the refresh."""
+    device, link, _ = make_device(tmp_path, Verified())
+    now = [100.0]
+    device.shared.clock = lambda: now[0]
+    asyncio.run(device.report())
+    asyncio.run(device.report())
+    assert len(link.reports) == 1
+    ReportedProperties.model_validate({"properties": link.reports[0]})  # what the hub takes
+    device.last_error = "something happened"
+    asyncio.run(device.report())
+    assert len(link.reports) == 2
+    now[0] += DEFAULT_BOUNDS.report_refresh
+    asyncio.run(device.report())
+    assert len(link.reports) == 3

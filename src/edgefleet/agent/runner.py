@@ -22,10 +22,11 @@ import json
 import logging
 import platform
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from edgefleet import __version__
+from edgefleet.agent import heap
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.client import DeviceClient
 from edgefleet.agent.decide import Installed, choose_updates, release_mark
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 ENGINE_ERROR = "engine: "
 """How a `last_error` about the engine itself begins (it is cleared once the engine answers again)."""
 STATE_FILE = "installed.json"
+_ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{1,128}"')
+"""An entity tag as HTTP spells it (RFC 9110), bounded: what the agent sends back in If-None-Match."""
 JOURNAL_FILE = "journal.db"
 OUTBOX_FILE = "outbox.db"
 
@@ -108,6 +112,10 @@ class LocalState:
     environment: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """App -> "COUNTER-VERSION" of a release that failed here: not tried again until something else is assigned."""
+    etag: str | None = None
+    """The target state (its ETag) this state is the whole outcome of: a restarted agent polls with it, and
+    verifies nothing while it is unchanged. None: verify at the next start (kept with the installed record,
+    so that losing one loses the other)."""
     _parsed: dict[str, Release] | None = field(default=None, repr=False, compare=False)
 
     def releases(self) -> dict[str, Release]:
@@ -161,10 +169,12 @@ class LocalState:
 def load_state(data_dir: Path) -> LocalState:
     try:
         raw = json.loads((data_dir / STATE_FILE).read_text())
+        etag = raw.get("etag")
         return LocalState(
             apps={app: Installed(**entry) for app, entry in raw["apps"].items()},
             environment={str(k): str(v) for k, v in raw.get("environment", {}).items()},
             failed={str(k): str(v) for k, v in raw.get("failed", {}).items()},
+            etag=etag if isinstance(etag, str) and _ETAG.fullmatch(etag) else None,
         )
     except FileNotFoundError:
         return LocalState()
@@ -177,6 +187,8 @@ def save_state(data_dir: Path, state: LocalState) -> None:
     """Atomically (temp file, fsync, rename)."""
     body: dict[str, Any] = {"apps": {app: vars(entry) for app, entry in state.apps.items()}}
     body |= {"environment": state.environment, "failed": state.failed}
+    if state.etag is not None:
+        body["etag"] = state.etag
     write_public_file(data_dir / STATE_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
 
 
@@ -305,6 +317,7 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.state = load_state(self.data_dir)
+        self.etag = self.etag or self.state.etag
         self.journal = Journal(self.data_dir / JOURNAL_FILE, bounds=self.bounds)
         self.outbox = Outbox(self.data_dir / OUTBOX_FILE, bounds=self.bounds)
 
@@ -605,6 +618,8 @@ class Agent:
             else:
                 self.retries = 0
             self.etag = etag
+            self._remember(None if self.retry or self.last_error else etag)
+            heap.trim()  # what verifying and updating used goes back to the system; at rest the agent only polls
         try:
             self.apply()
             if self.last_error is not None and self.last_error.startswith(ENGINE_ERROR):
@@ -617,6 +632,17 @@ class Agent:
             log.error("%s", self.last_error)
         self.report()
         return changed
+
+    def _remember(self, etag: str | None) -> None:
+        """Keep `etag` with the installed record: the target it is the outcome of (None: verify after a restart).
+
+        Only a target processed to its end without an error is kept: after a restart an unchanged
+        target is then answered 304 and costs no verification, while one that met an error (a
+        permission the device's policy may grant by then, a refusal) is verified again.
+        """
+        if self.state.etag != etag:
+            self.state = replace(self.state, etag=etag)
+            save_state(self.data_dir, self.state)
 
     def renew(self) -> None:
         """Renew the device certificate in its last 30 days (same key, fresh CSR); trouble is retried next cycle.

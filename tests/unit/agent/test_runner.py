@@ -18,6 +18,7 @@ from edgefleet.agent.engine.info import EngineInfo, api_level, engine_kind
 from edgefleet.agent.errors import EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.outbox import Outbox, OutboxError
+from edgefleet.agent.reconcile import PermissionRefusedError
 from edgefleet.agent.runner import (
     Agent,
     Installed,
@@ -27,6 +28,7 @@ from edgefleet.agent.runner import (
     outcome_event,
     printable,
     run,
+    save_state,
 )
 from edgefleet.protocol import MAX_REASON_CHARS, DeviceEvent, ReportedProperties
 
@@ -474,3 +476,54 @@ def test_each_way_a_transaction_ends_is_one_event(tmp_path: Path, outcome: str, 
     assert (told["status"], told["from_release"], told["to_release"]) == (status, "1.0.0", "1.1.0")
     assert told.get("reason") == (None if outcome == "committed" else "why")
     DeviceEvent.model_validate(told | {"seq": 1})
+
+
+class PollingHub(FakeHub):
+    """Answers polls as the hub does: changed while the agent's ETag is not the current one, else 304."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = '"t1"'
+        self.asked: list[str | None] = []
+
+    def target_state(self, _identity: object, *, wait: float, etag: str | None) -> tuple[object, str]:
+        self.asked.append(etag)
+        return (None if etag == self.current else {"changed": True}), self.current
+
+
+@pytest.mark.parametrize(
+    ("trouble", "kept"),
+    [
+        (None, True),  # processed to its end: a restart verifies nothing while it is unchanged
+        (EngineError("the engine is not answering"), False),  # to be tried again
+        (PermissionRefusedError("web", [], "needs a permission"), False),  # the policy may grant it by then
+        (UpdateRefusedError("signature", "not signed"), False),
+    ],
+    ids=["done", "engine", "permission", "refused"],
+)
+def test_a_restarted_agent_polls_with_the_target_it_fully_processed(
+    tmp_path: Path, trouble: Exception | None, kept: bool
+) -> None:
+    hub, now = PollingHub(), [0.0]
+    first = agent(tmp_path, hub, now)
+    first.update = lambda: None if trouble is None else _raise(trouble)  # type: ignore[method-assign]
+    first.cycle()
+    assert load_state(tmp_path).etag == ('"t1"' if kept else None)
+
+    again = agent(tmp_path, hub, now)  # the agent restarted (a reboot): same data dir
+    again.cycle()
+    assert hub.asked == [None, '"t1"' if kept else None]
+    assert again.updates == ([] if kept else [0.0])  # unchanged: no verification at all
+
+
+def test_a_stored_etag_that_is_not_an_entity_tag_is_ignored(tmp_path: Path) -> None:
+    save_state(tmp_path, LocalState(etag='"t1"'))
+    assert load_state(tmp_path).etag == '"t1"'
+    for bad in ('"t1"\r\nX-Injected: 1', "t1", '""', '"' + "a" * 200 + '"', 7):
+        body = json.loads((tmp_path / "installed.json").read_text()) | {"etag": bad}
+        (tmp_path / "installed.json").write_text(json.dumps(body))
+        assert load_state(tmp_path).etag is None
+
+
+def _raise(exc: Exception) -> None:
+    raise exc

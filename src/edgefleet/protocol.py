@@ -117,6 +117,8 @@ MAX_LOGS_CHARS = 8192
 Label = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
 """A short free-form value a device states (an engine's state name, its version, the OS)."""
 Count = Annotated[int, Field(ge=0, le=MAX_SEQ)]
+MAX_APPS = 64
+"""Apps in one device's report (a device runs at most 64: the hub's own bound on its assignments)."""
 
 
 class ServiceReport(RequestModel):
@@ -153,7 +155,7 @@ class ReportedState(RequestModel):
     is refused, as in every request.
     """
 
-    apps: Annotated[dict[AppName, AppReport], Field(max_length=64)] | None = None
+    apps: Annotated[dict[AppName, AppReport], Field(max_length=MAX_APPS)] | None = None
     agent_version: Label | None = None
     os: Label | None = None
     arch: Arch | None = None

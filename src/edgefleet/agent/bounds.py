@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgefleet.protocol import MAX_EVENTS_BODY_BYTES, MAX_LOGS_CHARS
+
 KiB = 1024
 MiB = 1024 * KiB
+EVENT_ENVELOPE = 64
+"""What a batch adds to each event on the wire (its sequence number, the separators)."""
 
 
 class Bounds(BaseModel):
@@ -77,7 +81,7 @@ class Bounds(BaseModel):
     # --- the journal and the outbox -----------------------------------------------------
     journal_error_chars: int = Field(default=2000, ge=100, le=100_000)
     """Characters of a transaction's error kept in the journal."""
-    journal_detail_bytes: int = Field(default=64 * KiB, ge=4 * KiB, le=16 * MiB)
+    journal_detail_bytes: int = Field(default=64 * KiB, ge=16 * KiB, le=16 * MiB)
     """A transaction's detail in the journal: containers old and new, what settles it, a failing service's logs."""
     journal_keep: int = Field(default=200, ge=2, le=100_000)
     """Finished transactions kept in the journal (unfinished ones are never dropped); more than `max_interruptions`."""
@@ -100,8 +104,8 @@ class Bounds(BaseModel):
     remove_attempts: int = Field(default=5, ge=1, le=100)
     """Tries to remove a container (Podman refuses while one is between restarts)."""
     log_tail_lines: int = Field(default=40, ge=1, le=10_000)
-    log_tail_bytes: int = Field(default=4 * KiB, ge=256, le=1 * MiB)
-    """What is kept of a failing service's logs."""
+    log_tail_bytes: int = Field(default=4 * KiB, ge=256, le=MAX_LOGS_CHARS)
+    """What is kept of a failing service's logs (characters; the hub takes at most 8192)."""
 
     # --- local files --------------------------------------------------------------------
     policy_bytes: int = Field(default=64 * KiB, ge=1 * KiB, le=16 * MiB)
@@ -114,6 +118,10 @@ class Bounds(BaseModel):
             raise ValueError("journal_keep must be more than max_interruptions (the journal counts them)")
         if self.update_retry_max < self.update_retry_first:
             raise ValueError("update_retry_max must be at least update_retry_first")
+        if self.event_batch * (self.event_bytes + EVENT_ENVELOPE) > MAX_EVENTS_BODY_BYTES:
+            raise ValueError(
+                f"event_batch x event_bytes must stay within the {MAX_EVENTS_BODY_BYTES} bytes a hub takes in one batch"
+            )
         return self
 
 

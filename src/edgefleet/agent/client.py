@@ -222,7 +222,8 @@ class DeviceClient:
         return self._metadata(self._send(Call("GET", "/tuf/director/root.json", identity)), "the director's root")
 
     def _metadata(self, response: httpx.Response, what: str) -> bytes:
-        if response.status_code != 200 or len(response.content) > self._bounds.response_bytes:
+        """A root metadata file, at most `Bounds.root_bytes` (what the TUF client itself takes of a root)."""
+        if response.status_code != 200 or len(response.content) > self._bounds.root_bytes:
             raise HubUnreachableError(f"cannot fetch {what}: HTTP {response.status_code}")
         return response.content
 

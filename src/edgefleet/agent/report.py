@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.decide import Installed
-from edgefleet.protocol import APP_NAME_PATTERN, AppReport
+from edgefleet.protocol import APP_NAME_PATTERN, MAX_APPS, AppReport
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,15 @@ def app_reports(
 ) -> dict[str, AppReport]:
     """Per app: the release installed and its services as the engine describes them (`DockerEngine.status`).
 
-    An entry the hub would refuse (a container whose labels name no valid app or service) is
-    left out and logged: one odd container must not cost the device its whole report.
+    An entry the hub would refuse (a container whose labels name no valid app or service, an
+    app past the 64 a report holds: installed ones come first) is left out and logged: one odd
+    container must not cost the device its whole report.
     """
     apps: dict[str, AppReport] = {}
-    for app in sorted(set(installed) | set(services)):
+    names = sorted(installed) + sorted(set(services) - set(installed))
+    if len(names) > MAX_APPS:
+        log.warning("reporting %d of %d apps: %s left out", MAX_APPS, len(names), ", ".join(names[MAX_APPS:])[:200])
+    for app in sorted(names[:MAX_APPS]):
         if re.fullmatch(APP_NAME_PATTERN, app) is None:
             log.warning("not reporting containers of %r: not an app name", app)
             continue

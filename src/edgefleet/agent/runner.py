@@ -55,7 +55,14 @@ from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.truststore import TrustStore
 from edgefleet.crypto import write_public_file
 from edgefleet.manifest import ManifestError, Release, parse_manifest
-from edgefleet.protocol import MAX_LOGS_CHARS, MAX_REASON_CHARS, ReportedState, UpdateEvent, UpdateStatus
+from edgefleet.protocol import (
+    MAX_LOGS_CHARS,
+    MAX_REASON_CHARS,
+    EngineReport,
+    ReportedState,
+    UpdateEvent,
+    UpdateStatus,
+)
 from edgefleet.releases import bundle_path
 
 log = logging.getLogger(__name__)
@@ -233,7 +240,7 @@ def event(
 
     The releases are the transaction's when there is one. Free text is cut to what the hub
     takes, and further to the outbox's bound (`max_bytes`) however it encodes: the logs lose
-    their oldest half at a time, then the reason its end.
+    their oldest half at a time, then the reason its end (to 500 characters, then by halves).
 
     Raises:
         ValueError: a field the hub would refuse (a release or app name not as verified metadata has them).
@@ -260,8 +267,8 @@ def event(
             return told
         if logs:
             logs = logs[len(logs) // 2 + 1 :]
-        elif reason and len(reason) > 500:
-            reason = reason[:500]
+        elif reason:
+            reason = reason[: min(500, len(reason) // 2)]
         else:
             return told  # the outbox refuses it, and says why
 
@@ -360,7 +367,8 @@ class Agent:
             failed.pop(app, None)
         elif outcome == "failed" and tx.detail.get("mark"):
             failed[app] = str(tx.detail["mark"])
-        self.state = LocalState(apps=apps, environment=self.state.environment, failed=failed)
+        self.state = LocalState(apps=apps, environment=self.state.environment, failed=failed)  # its ETag: none
+        self.etag = None  # what the device runs changed since: the next poll asks for the target afresh
         save_state(self.data_dir, self.state)
         told = outcome_event(tx, max_bytes=self.bounds.event_bytes)
         self.outbox.add(told, key=f"transaction {tx.id} of {tx.started_at.isoformat()}")
@@ -640,9 +648,13 @@ class Agent:
         target is then answered 304 and costs no verification, while one that met an error (a
         permission the device's policy may grant by then, a refusal) is verified again.
         """
-        if self.state.etag != etag:
-            self.state = replace(self.state, etag=etag)
+        if self.state.etag == etag:
+            return
+        self.state = replace(self.state, etag=etag)
+        try:
             save_state(self.data_dir, self.state)
+        except OSError as exc:  # a full disk: the ETag stays in memory; a restart verifies the target again
+            log.error("cannot keep the target's ETag: %s", exc)
 
     def renew(self) -> None:
         """Renew the device certificate in its last 30 days (same key, fresh CSR); trouble is retried next cycle.
@@ -722,8 +734,8 @@ class Agent:
         }
         if self.root_trust is not None:
             stated["repository_root"] = self.root_trust
-        with contextlib.suppress(EngineError):  # unknown while the engine is away: the twin keeps what it said
-            stated["engine"] = self.engine.identify().as_report()
+        with contextlib.suppress(EngineError, ValidationError):  # away, or odd: the twin keeps what it said
+            stated["engine"] = EngineReport.model_validate(self.engine.identify().as_report())
         try:
             properties = ReportedState.model_validate(stated).patch()
         except ValidationError as exc:  # a bug, not the device's state: the twin keeps what it said

@@ -29,6 +29,7 @@ even if the agent dies while rolling it back.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -245,7 +246,12 @@ class Updater:
                     if result.outcome != "healthy":
                         reason = f"{result.service}: {result.reason}"
                         logs = self._logs(app, specs, result.service)
-                        judged = {"service": result.service, "logs": None if logs is None else logs[-MAX_LOGS_CHARS:]}
+                        kept = (
+                            None
+                            if logs is None
+                            else _fit(logs[-MAX_LOGS_CHARS:], self._bounds.journal_detail_bytes // 2)
+                        )
+                        judged = {"service": result.service, "logs": kept}
                         rolled_back = self.rollback(tx, reason, outcome="failed", detail=judged)
                         return Outcome("failed", rolled_back, result, reason, logs)
                 case _ if tx.phase == "committed":  # hand-over: the old ones are still running until here
@@ -425,6 +431,13 @@ class _Check:
                 self.failures += 1
             self.status = "unhealthy" if self.failures >= retries else "starting"
         return self.status
+
+
+def _fit(text: str, budget: int) -> str:
+    """The end of `text` taking at most `budget` characters as JSON (escapes count), for the journal's detail."""
+    while text and len(json.dumps(text)) > budget:
+        text = text[len(text) // 2 + 1 :]
+    return text
 
 
 def _probe_argv(test: tuple[str, ...]) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ from edgefleet.agent.runner import (
 )
 from edgefleet.protocol import MAX_REASON_CHARS, ReportedState
 from edgefleet.sim.chance import connectivity, draw
-from edgefleet.sim.engine import SimEngine, carry_out, course
+from edgefleet.sim.engine import SimEngine, carry_out, course, started
 from edgefleet.sim.errors import DeviceOfflineError
 from edgefleet.sim.link import Link
 from edgefleet.sim.outbox import MemoryOutbox
@@ -109,6 +109,7 @@ class SimDevice:
             self.failed = dict(self.restored.failed)
             self.environment = dict(self.restored.environment)
             self.engine = SimEngine(self.restored.running)
+            self.etag = self.restored.etag
 
     @property
     def settings(self) -> SimSettings:
@@ -204,6 +205,8 @@ class SimDevice:
         else:
             self.retries = 0
         self.etag = etag
+        if not (self.retry or self.last_error):  # as the agent keeps it: a re-run polls with it (`Agent._remember`)
+            await self._save(etag=etag)
         self.step = "reporting"
         await self.report()
 
@@ -260,17 +263,17 @@ class SimDevice:
         """Move one app to a verified release on the simulated engine; its outcome becomes the agent's event."""
         s, app, release = self.settings, candidate.app, candidate.release
         current = self.installed.get(app)
+        planned = self.engine.begin(app, release)
         how = course(
             s.seed,
             device=self.index,
             app=app,
             mark=candidate.mark,
-            services=release.names,
+            services=started(planned),  # a service the update leaves running as it is cannot fail it
             fail_rate=s.fail_rate,
             download=s.download_seconds,
             start=s.start_seconds,
         )
-        planned = self.engine.begin(app, release)
         if how.failing is not None:
             self.engine.failing(app, how.failing)  # its container exits as soon as it starts
         await carry_out(self.engine, app, planned, how)
@@ -299,8 +302,10 @@ class SimDevice:
         self.last_error = f"update of {app} to {release.version} failed and was rolled back: {reason}"[:500]
         self.shared.counters.failed += 1
 
-    async def _save(self) -> None:
-        state = LocalState(apps=dict(self.installed), environment=dict(self.environment), failed=dict(self.failed))
+    async def _save(self, *, etag: str | None = None) -> None:
+        state = LocalState(
+            apps=dict(self.installed), environment=dict(self.environment), failed=dict(self.failed), etag=etag
+        )
         await asyncio.to_thread(save_state, self.data_dir, state)
 
     # --- reporting ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from edgefleet.agent.plan import (
     ProbeHealth,
     RecordPhase,
     ServiceTarget,
+    StartContainer,
     Step,
     Strategy,
     UpdatePlan,
@@ -237,6 +238,11 @@ class SimEngine:
                 "image": self._images.get(container.config_digest),
             }
         return report
+
+
+def started(planned: UpdatePlan) -> tuple[str, ...]:
+    """The services whose new containers the plan starts (the ones whose definition changed), by name."""
+    return tuple(sorted({step.service for step in planned.steps if isinstance(step, StartContainer)}))
 
 
 async def carry_out(

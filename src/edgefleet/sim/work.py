@@ -156,6 +156,8 @@ class Restored:
     failed: dict[str, str]
     environment: dict[str, str]
     running: dict[str, SimRelease]
+    etag: str | None = None
+    """The target the state is the whole outcome of (`LocalState.etag`): the device polls with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,7 @@ def restore(data_dir: Path) -> Restored:
         apps={app: entry for app, entry in state.apps.items() if app in releases},
         failed=dict(state.failed),
         environment=dict(state.environment),
+        etag=state.etag,
         running={
             app: _sim_release(release, state.apps[app].release_counter, state.environment)
             for app, release in releases.items()

@@ -48,6 +48,8 @@ def test_disk_reserve_at_the_top_is_still_read_as_before(tmp_path: Path) -> None
         ('[bounds]\nstop_timeout = "10"\n', "bounds.stop_timeout"),
         ("[bounds]\nupdate_retry_first = 60\nupdate_retry_max = 30\n", "bounds"),
         ("[bounds]\njournal_keep = 2\nmax_interruptions = 2\n", "bounds"),
+        ("[bounds]\nevent_bytes = 65536\n", "bounds"),  # 100 of them would be more than a hub takes at once
+        ("[bounds]\nlog_tail_bytes = 10000\n", "bounds.log_tail_bytes"),  # more than an event holds
         ("bounds = 3\n", "bounds"),
     ],
 )
@@ -99,6 +101,7 @@ def test_no_module_of_the_agent_keeps_a_bound_of_its_own() -> None:
     """Upper-case module constants that are numbers are bounds: they belong in `Bounds` (or are listed here)."""
     allowed = {
         "config.py": {"MAX_CONFIG_BYTES"},  # read before the settings that hold the bounds
+        "bounds.py": {"EVENT_ENVELOPE"},  # what the wire adds to each event: a fact the bounds are checked with
         "spec.py": {"HARDENING_VERSION", "LOG_MAX_FILES", "DEFAULT_RESTARTS", "NOFILE", "LOW_PORT"},  # definitions
         "engine/docker.py": {"NPROC"},  # part of each container's definition
         "fetcher.py": {"CHUNK"},  # how much is read at a time, not a limit
@@ -135,3 +138,12 @@ def _numeric(value: ast.expr) -> bool:
 def test_the_agent_guide_names_every_bound() -> None:
     guide = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
     assert [name for name in Bounds.model_fields if f"`{name}`" not in guide] == []
+
+
+def test_an_event_fits_the_smallest_outbox_bound_whatever_its_text(tmp_path: Path) -> None:
+    smallest = Bounds(event_bytes=4096)
+    told = event(
+        None, "web", "failed", to_release="1.0.0", reason="\U0001f525" * 2000, logs="\U0001f525" * 8000, max_bytes=4096
+    )
+    assert len(json.dumps(told, sort_keys=True)) <= 4096
+    Outbox(tmp_path / "outbox.db", bounds=smallest).add(told)

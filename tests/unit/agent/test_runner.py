@@ -5,6 +5,7 @@ half-verified files dropped at start."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -427,9 +428,12 @@ def test_recovery_settles_what_ended_before_the_crash_once(tmp_path: Path) -> No
     first.engine, first.fault = cast(Any, RollbackEngine()), killed
     with pytest.raises(Killed):  # killed between the first settled transaction's bookkeeping and its mark
         first.recover()
+    save_state(tmp_path, replace(load_state(tmp_path), etag='"before-the-update"'))
     device = agent(tmp_path, FakeHub(), [0.0])
     device.engine = cast(Any, RollbackEngine())
+    assert device.etag == '"before-the-update"'
     device.recover()
+    assert device.etag is None  # what it runs changed since that target: its next poll asks afresh
 
     state = load_state(tmp_path)
     assert state.apps["web"] == Installed(**install)
@@ -527,3 +531,39 @@ def test_a_stored_etag_that_is_not_an_entity_tag_is_ignored(tmp_path: Path) -> N
 
 def _raise(exc: Exception) -> None:
     raise exc
+
+
+def test_a_full_disk_when_keeping_the_etag_does_not_stop_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, now = PollingHub(), [0.0]
+    device = agent(tmp_path, hub, now)
+    device.update = lambda: None  # type: ignore[method-assign]
+
+    def full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("edgefleet.agent.runner.save_state", full)
+    device.cycle()  # logged, not raised
+    assert device.etag == '"t1"'  # kept in memory: the next polls are 304
+    device.cycle()
+    assert hub.asked == [None, '"t1"']
+
+
+class OddEngine(SteadyEngine):
+    """An engine whose version answer holds what no report may (a NUL), and containers of 70 apps."""
+
+    def status(self) -> dict[str, Any]:
+        return {f"app{n:02d}": self.services for n in range(70)}
+
+    def identify(self) -> Any:
+        return EngineInfo("docker", "24.0\x00evil", "1.43", "/var/lib/docker")
+
+
+def test_what_the_hub_would_refuse_is_left_out_of_a_report_not_the_whole_report(tmp_path: Path) -> None:
+    hub = FakeHub()
+    device = steady_agent(tmp_path, hub, OddEngine(), [0.0])
+    device.report()
+    (sent,) = hub.reports  # validated as the hub validates it (FakeHub.report)
+    assert "engine" not in cast(dict[str, Any], sent)
+    assert len(cast(dict[str, Any], sent)["apps"]) == 64

@@ -9,12 +9,14 @@ The same scenarios run on Podman and Docker Engine in tests/integration/agent/te
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.bounds import Bounds
 from edgefleet.agent.engine.memory import MemoryEngine
 from edgefleet.agent.journal import FORWARD, Journal
 from edgefleet.agent.plan import (
@@ -185,3 +187,33 @@ def test_a_crash_at_any_phase_is_recovered_onto_the_old_release(tmp_path: Path, 
     # A release judged failed stays failed; anything else was interrupted, in the phase it was in.
     assert recovered.outcome == ("failed" if phase == "rolling-back" else "interrupted")
     assert recovered.detail["interrupted_in"] == phase
+
+
+class Chatty(MemoryEngine):
+    """A failing service that wrote a screenful of emoji: 8192 characters, 98 KB as JSON."""
+
+    def logs(self, container_id: str) -> str:
+        return "\U0001f525" * 10_000
+
+
+def test_a_failing_services_long_log_still_leaves_its_transaction_failed(tmp_path: Path) -> None:
+    engine = Chatty(old_release(), failing=frozenset({"new-web"}))
+    clock = Clock()
+    bounds = Bounds(journal_detail_bytes=16 * 1024)
+    updater = Updater(
+        engine, Journal(tmp_path / "journal.db", bounds=bounds), clock=clock, sleep=clock.sleep, bounds=bounds
+    )
+    outcome = updater.update(
+        APP,
+        new_specs(),
+        from_release="1.0.0",
+        to_release="2.0.0",
+        health_window=3,
+        restart_limit=0,
+        strategy="hand-over",
+    )
+    tx = outcome.transaction
+    assert tx is not None
+    assert (outcome.status, tx.phase, tx.outcome) == ("failed", "rolled-back", "failed")
+    assert 0 < len(json.dumps(tx.detail["logs"])) <= 8 * 1024  # the newest lines, what the journal holds
+    assert tx.detail["logs"].endswith("\U0001f525")

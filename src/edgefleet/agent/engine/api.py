@@ -114,7 +114,7 @@ class EngineApi:
         self._send(what, method, path, **arguments)
 
     def raw(self, what: str, method: str, path: str, **arguments: Any) -> bytes:
-        """One request; its answer's bytes (logs, an exec's output), at most `MAX_ANSWER_BYTES`.
+        """One request; its answer's bytes (logs, an exec's output), at most `Bounds.engine_answer_bytes`.
 
         Raises:
             EngineError: as `call`.

@@ -122,8 +122,10 @@ class _Update:
 class SimEngine:
     """Per app, what runs (containers on an engine in memory) and how far an update has got."""
 
-    def __init__(self, running: Mapping[str, SimRelease] | None = None) -> None:
+    def __init__(self, running: Mapping[str, SimRelease] | None = None, *, keep_steps: bool = False) -> None:
+        """`keep_steps`: keep every step carried out in `memory.done` (tests; a simulation keeps none: unbounded)."""
         self.memory = MemoryEngine()
+        self.keep_steps = keep_steps
         self.releases: dict[str, SimRelease] = {}
         self._updates: dict[str, _Update] = {}
         self._images: dict[str, str] = {}
@@ -161,7 +163,7 @@ class SimEngine:
 
     def execute(self, app: str, step: Step) -> None:
         """One engine step of the plan (`MemoryEngine` enforces what a real engine does, and records it)."""
-        self.memory.execute(step, {})
+        self._apply(step)
 
     def failing(self, app: str, service: str) -> None:
         """The new release's `service` crashes: its container exits as soon as it starts."""
@@ -179,7 +181,7 @@ class SimEngine:
         """Undo the update as the agent does (`plan_rollback`): its new containers go, the old ones start again."""
         update = self._in(app)
         for step in plan_rollback(app, update.detail, self.memory.ids(app)):
-            self.memory.execute(step, {})
+            self._apply(step)
         self.memory.failing -= {s.config_digest for s in update.release.services}  # a retry may come up healthy
         del self._updates[app]
         return self.releases.get(app)
@@ -197,7 +199,13 @@ class SimEngine:
             networks=self.memory.state.networks & {app},
         )
         for step in plan(mine, {}):
+            self._apply(step)
+
+    def _apply(self, step: Step) -> None:
+        if self.keep_steps:
             self.memory.execute(step, {})
+        else:
+            self.memory.apply(step)
 
     def _in(self, app: str) -> _Update:
         update = self._updates.get(app)

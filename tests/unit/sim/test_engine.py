@@ -60,7 +60,7 @@ def walk(engine: SimEngine, app: str, planned: UpdatePlan, *, failing: str | Non
 
 
 def test_an_update_is_the_agents_plan_for_the_same_engine_state() -> None:
-    engine = SimEngine({"sensor": OLD})
+    engine = SimEngine({"sensor": OLD}, keep_steps=True)
     new = release("1.1.0", ("db", IMAGE, ()), ("web", OTHER, ("db",)), strategy="kill-then-download")
     expected = plan_update(engine.memory.observe(), "sensor", new.services, strategy="kill-then-download")
     planned = engine.begin("sensor", new)
@@ -168,7 +168,7 @@ def test_the_simulator_takes_the_very_steps_the_agents_transaction_takes(
     outcome = transaction.update(agent, Journal(tmp_path / "journal.db"), strategy)
     assert outcome.status == ("failed" if fails else "committed")
 
-    sim = SimEngine()
+    sim = SimEngine(keep_steps=True)
     sim.memory = MemoryEngine(transaction.old_release())
     specs = transaction.new_specs().values()
     new = SimRelease.of(specs, version="2.0.0", release_counter=2, strategy=strategy, volumes=("data",))
@@ -185,3 +185,10 @@ def test_the_simulator_takes_the_very_steps_the_agents_transaction_takes(
         check_rollback(sim.memory.done, transaction.ORDER)
     else:
         check_commit(sim.memory.done, strategy, transaction.ORDER)
+
+
+def test_a_simulation_keeps_no_record_of_its_steps() -> None:
+    engine = SimEngine({"sensor": OLD})
+    planned = engine.begin("sensor", release("1.1.0", ("db", OTHER, ()), ("web", OTHER, ("db",))))
+    assert walk(engine, "sensor", planned)
+    assert engine.memory.done == []  # thousands of devices, many updates: nothing grows

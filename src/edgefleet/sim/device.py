@@ -42,7 +42,7 @@ from edgefleet.agent.runner import (
 )
 from edgefleet.protocol import MAX_REASON_CHARS, ReportedState
 from edgefleet.sim.chance import connectivity, draw
-from edgefleet.sim.engine import SimEngine, carry_out, course, started
+from edgefleet.sim.engine import SimEngine, carry_out, course
 from edgefleet.sim.errors import DeviceOfflineError
 from edgefleet.sim.link import Link
 from edgefleet.sim.outbox import MemoryOutbox
@@ -269,13 +269,13 @@ class SimDevice:
             device=self.index,
             app=app,
             mark=candidate.mark,
-            services=started(planned),  # a service the update leaves running as it is cannot fail it
+            services=release.names,  # `--fail-rate` is every update's, whatever it recreates
             fail_rate=s.fail_rate,
             download=s.download_seconds,
             start=s.start_seconds,
         )
         if how.failing is not None:
-            self.engine.failing(app, how.failing)  # its container exits as soon as it starts
+            self.engine.failing(app, how.failing)  # its new container exits as soon as it starts
         await carry_out(self.engine, app, planned, how)
         before = current.version if current else None
         if how.failing is None:

@@ -24,12 +24,10 @@ from typing import Any, Literal
 
 from edgefleet.agent.engine.memory import MemoryEngine
 from edgefleet.agent.plan import (
-    FetchImage,
     Observed,
     ProbeHealth,
     RecordPhase,
     ServiceTarget,
-    StartContainer,
     Step,
     Strategy,
     UpdatePlan,
@@ -248,11 +246,6 @@ class SimEngine:
         return report
 
 
-def started(planned: UpdatePlan) -> tuple[str, ...]:
-    """The services whose new containers the plan starts (the ones whose definition changed), by name."""
-    return tuple(sorted({step.service for step in planned.steps if isinstance(step, StartContainer)}))
-
-
 async def carry_out(
     engine: SimEngine,
     app: str,
@@ -262,23 +255,21 @@ async def carry_out(
 ) -> bool:
     """Walk the agent's plan as its transaction does (`agent.transaction`), waiting where it works; True: committed.
 
-    The engine's steps are carried out at once; the images to fetch take `how.download`
-    together (nothing to fetch: no wait), the health window `how.start`. A failing service
-    (its container exited when it started, `SimEngine.failing`) is judged at the end of the
-    window, and the update is rolled back as the agent rolls it back (`agent.plan.plan_rollback`).
+    The engine's steps are carried out at once; the download (the release's files and images)
+    takes `how.download` before ``downloaded`` is recorded, the health window `how.start`. A
+    failing update (`how.failing`: its service's new container exits as it starts,
+    `SimEngine.failing`) is judged at the end of the window and rolled back as the agent rolls
+    it back (`agent.plan.plan_rollback`).
     """
-    fetched = False
     for step in planned.steps:
         match step:
             case RecordPhase(phase="committed"):
                 engine.commit(app)
+            case RecordPhase(phase="downloaded"):
+                await sleep(how.download)
+                engine.record(app, step)
             case RecordPhase():
                 engine.record(app, step)
-            case FetchImage():
-                if not fetched:
-                    await sleep(how.download)
-                    fetched = True
-                engine.execute(app, step)
             case ProbeHealth():
                 await sleep(how.start)
                 if how.fails:

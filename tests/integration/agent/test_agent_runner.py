@@ -18,7 +18,7 @@ from edgefleet.agent.engine.docker import DockerEngine
 from edgefleet.agent.errors import EngineError, HubUnreachableError
 from edgefleet.agent.plan import RemoveContainer
 from edgefleet.agent.policy import parse_policy
-from edgefleet.agent.runner import Agent, run, trust_store
+from edgefleet.agent.runner import Agent, load_state, run, trust_store
 from tests.conftest import Fleet
 from tests.integration.agent.conftest import app_name, docker_client, push_busybox
 from tests.integration.agent.images import configs, export, forget, old_format, push_multi_arch
@@ -172,7 +172,8 @@ def test_agent_follows_its_assignment(
         poll_wait=0,
     )
     assert restarted.apply() == 0
-    assert restarted.cycle() is True  # its first poll always fetches the target
+    assert restarted.etag == load_state(agent.data_dir).etag is not None  # the target it fully processed
+    assert restarted.cycle() is False  # polled with that ETag: a 304, nothing verified
     assert {name: c.id for name, c in containers(agent.engine, app).items()} == second
 
     # A release asking for a permission this device's policy does not grant: nothing changes.

@@ -162,13 +162,41 @@ def _supervise(settings: HubSettings, config: uvicorn.Config) -> None:
         os.environ[WORKER_SETTINGS] = settings.model_dump_json()
         os.environ[METRICS_DIR] = metrics_dir  # this run's own: a directory left by another would add up old counts
         try:
-            Multiprocess(config, sockets=[listening_socket(config)]).run()
+            _Supervisor(config, sockets=[listening_socket(config)]).run()
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, told at once when a worker dies while it waits for the worker's answer.
+
+    Every half second the supervisor asks each worker whether it is alive and waits up to
+    `WORKER_HEALTHCHECK_SECONDS` for the answer. uvicorn keeps its own copy of the worker's end
+    of that pipe open, so a worker killed just after its process was seen running (the kernel
+    still tearing it down) left the supervisor waiting the whole minute before replacing it.
+    With that copy closed once the worker holds its own (a spawned worker receives it when it
+    starts), the worker's death ends the wait: the pipe reads as closed.
+    """
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self._release_worker_ends()
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        self._release_worker_ends()
+
+    def restart_all(self) -> None:
+        super().restart_all()
+        self._release_worker_ends()
+
+    def _release_worker_ends(self) -> None:
+        for process in self.processes:
+            process.child_conn.close()  # closing twice is harmless
 
 
 def listening_socket(config: uvicorn.Config) -> socket.socket:

@@ -163,7 +163,15 @@ def test_an_idle_device_connection_costs_the_workers_under_200_kib(workers: Runn
 
 
 def test_a_killed_worker_is_replaced_and_the_hub_keeps_answering(workers: RunningHub) -> None:
+    """A worker killed once it serves is replaced within seconds.
+
+    The workers must have started first: uvicorn's supervisor pings each worker in turn and
+    waits up to `WORKER_HEALTHCHECK_SECONDS` for the answer, and a worker killed before its
+    answering thread ran never answers, so its replacement came only after that minute.
+    Each worker's change listener connects once its app has started, after that thread.
+    """
     wait_for(lambda: len(worker_pids(workers)) == WORKERS, f"{WORKERS} workers", timeout=30)
+    wait_for(lambda: len(listeners(workers)) == WORKERS + 1, "every worker's listener", timeout=60)
     victim = min(worker_pids(workers))
     os.kill(victim, signal.SIGKILL)
     for _ in range(20):
@@ -172,6 +180,24 @@ def test_a_killed_worker_is_replaced_and_the_hub_keeps_answering(workers: Runnin
         lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), "a new worker", timeout=30
     )
     wait_for(lambda: len(listeners(workers)) == WORKERS + 1, "its listener", timeout=30)
+
+
+def test_a_worker_killed_while_its_supervisor_waits_for_its_answer_is_replaced_at_once(workers: RunningHub) -> None:
+    """The supervisor waits up to a minute for a worker's answer to its health check; a death ends the wait.
+
+    A stopped worker cannot answer, so within a second the supervisor is waiting on it; killed
+    then, it was replaced only once that minute was up (uvicorn kept the pipe's other end open).
+    """
+    wait_for(lambda: len(worker_pids(workers)) == WORKERS, f"{WORKERS} workers", timeout=30)
+    wait_for(lambda: len(listeners(workers)) == WORKERS + 1, "every worker's listener", timeout=60)
+    victim = max(worker_pids(workers))
+    os.kill(victim, signal.SIGSTOP)
+    time.sleep(2)  # the supervisor asks every half second
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(worker_pids(workers)) == WORKERS and victim not in worker_pids(workers), "a new worker", timeout=20
+    )
+    assert fresh(workers, "GET", "/healthz", workers.admin_token).status_code == 200
 
 
 def test_sqlite_says_it_serves_one_process(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ ones: the fleet simulator (`edgefleet.sim`) does.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from edgefleet.agent.fetcher import HttpxFetcher
 
 _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
+_ENCODING_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
+ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{1,128}"')
+"""An entity tag as HTTP spells it (RFC 9110), bounded: what the agent sends back in If-None-Match."""
 
 
 def _utc_now() -> datetime:
@@ -101,10 +105,12 @@ def target_call(identity: LocalIdentity, *, wait: float = 0, etag: str | None = 
 def target_answer(
     response: httpx.Response, etag: str | None, limit: int = DEFAULT_BOUNDS.response_bytes
 ) -> tuple[TargetState | None, str | None]:
-    """(state, its ETag), or (None, etag) when unchanged (304)."""
+    """(state, its ETag), or (None, etag) when unchanged (304). An ETag that is not one is taken as none."""
     if response.status_code == 304:
         return None, etag
-    return TargetState.model_validate(checked(response, limit)), response.headers.get("ETag")
+    state = TargetState.model_validate(checked(response, limit))
+    tag = response.headers.get("ETag")
+    return state, tag if tag is not None and ETAG.fullmatch(tag) else None
 
 
 def events_call(identity: LocalIdentity, events: list[dict[str, Any]], *, dropped: int) -> Call:
@@ -151,12 +157,32 @@ class DeviceClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _send(self, call: Call) -> httpx.Response:
-        """One request to the API, signed by the device when the call names its identity; transport errors converted."""
+    def _send(self, call: Call, *, limit: int | None = None) -> httpx.Response:
+        """One request to the API, signed by the device when the call names its identity; transport errors converted.
+
+        The answer is read no further than `limit` bytes once decoded (`Bounds.response_bytes`
+        unless given): a hub answering without end cannot fill the device's memory.
+
+        Raises:
+            HubUnreachableError: no answer, or a longer one.
+        """
+        limit = self._bounds.response_bytes if limit is None else limit
         try:
-            return self._http.request(**call.arguments(now=self._clock(), timeout=self._http.timeout))
+            request = self._http.build_request(**call.arguments(now=self._clock(), timeout=self._http.timeout))
+            response = self._http.send(request, stream=True)
+            try:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise HubUnreachableError(f"hub answer larger than {limit} bytes")
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
+        # The body as read: decoded already, so the answer no longer says how it was encoded.
+        headers = [(k, v) for k, v in response.headers.multi_items() if k not in _ENCODING_HEADERS]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
 
     def _call(
         self, method: str, path: str, *, identity: LocalIdentity | None = None, body: dict[str, Any] | None = None
@@ -207,7 +233,8 @@ class DeviceClient:
         """
         roots: list[bytes] = []
         for version in range(1, limit + 1):
-            response = self._send(Call("GET", f"/tuf/repository/{version}.root.json", identity))
+            call = Call("GET", f"/tuf/repository/{version}.root.json", identity)
+            response = self._send(call, limit=self._bounds.root_bytes)
             if response.status_code == 404 and roots:
                 break
             if response.status_code == 404:
@@ -219,11 +246,12 @@ class DeviceClient:
 
     def director_root(self, identity: LocalIdentity) -> bytes:
         """The director's current root (the hub's own key: taken from the hub)."""
-        return self._metadata(self._send(Call("GET", "/tuf/director/root.json", identity)), "the director's root")
+        call = Call("GET", "/tuf/director/root.json", identity)
+        return self._metadata(self._send(call, limit=self._bounds.root_bytes), "the director's root")
 
     def _metadata(self, response: httpx.Response, what: str) -> bytes:
-        """A root metadata file, at most `Bounds.root_bytes` (what the TUF client itself takes of a root)."""
-        if response.status_code != 200 or len(response.content) > self._bounds.root_bytes:
+        """A root metadata file (read no further than `Bounds.root_bytes` by `_send`)."""
+        if response.status_code != 200:
             raise HubUnreachableError(f"cannot fetch {what}: HTTP {response.status_code}")
         return response.content
 

@@ -22,7 +22,6 @@ import json
 import logging
 import platform
 import random
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +35,7 @@ from pydantic import ValidationError
 from edgefleet import __version__
 from edgefleet.agent import heap
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
-from edgefleet.agent.client import DeviceClient
+from edgefleet.agent.client import ETAG, DeviceClient
 from edgefleet.agent.decide import Installed, choose_updates, release_mark
 from edgefleet.agent.engine.info import EngineInfo
 from edgefleet.agent.enroll import renew_if_due
@@ -69,8 +68,6 @@ log = logging.getLogger(__name__)
 ENGINE_ERROR = "engine: "
 """How a `last_error` about the engine itself begins (it is cleared once the engine answers again)."""
 STATE_FILE = "installed.json"
-_ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{1,128}"')
-"""An entity tag as HTTP spells it (RFC 9110), bounded: what the agent sends back in If-None-Match."""
 JOURNAL_FILE = "journal.db"
 OUTBOX_FILE = "outbox.db"
 
@@ -181,7 +178,7 @@ def load_state(data_dir: Path) -> LocalState:
             apps={app: Installed(**entry) for app, entry in raw["apps"].items()},
             environment={str(k): str(v) for k, v in raw.get("environment", {}).items()},
             failed={str(k): str(v) for k, v in raw.get("failed", {}).items()},
-            etag=etag if isinstance(etag, str) and _ETAG.fullmatch(etag) else None,
+            etag=etag if isinstance(etag, str) and ETAG.fullmatch(etag) else None,
         )
     except FileNotFoundError:
         return LocalState()

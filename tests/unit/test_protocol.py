@@ -11,7 +11,14 @@ from pydantic import ValidationError
 
 from edgefleet.agent.decide import Installed
 from edgefleet.agent.report import app_reports
-from edgefleet.protocol import MAX_REPORTED_BYTES, DeviceEvent, ReportedProperties, ReportedState, UpdateEvent
+from edgefleet.protocol import (
+    MAX_REPORTED_BYTES,
+    AppReport,
+    DeviceEvent,
+    ReportedProperties,
+    ReportedState,
+    UpdateEvent,
+)
 
 GOLDEN = sorted((Path(__file__).parents[1] / "golden").glob("agent-*.json"))
 DIGEST = "sha256:" + "ab" * 32
@@ -100,6 +107,23 @@ def test_the_agent_leaves_out_containers_whose_labels_name_no_app_or_service() -
         "db": {},
         "web": {"version": "1.0.0", "release_counter": 4, "services": {"main": running}},
     }
+
+
+def test_a_well_formed_app_is_checked_once_per_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each app is checked whole; only an app that fails is checked service by service (an idle agent reports often)."""
+    running = {"state": "running", "health": None, "restarts": 0, "release": "1.0.0", "image": DIGEST}
+    checked: list[Any] = []
+
+    class Counting:
+        @staticmethod
+        def model_validate(value: Any) -> AppReport:
+            checked.append(value)
+            return AppReport.model_validate(value)
+
+    monkeypatch.setattr("edgefleet.agent.report.AppReport", Counting)
+    installed = {"web": Installed("1.0.0", 4, "/var/lib/edgefleet/releases/web/1.0.0")}
+    app_reports(installed, {"web": {"main": running, "side": running}, "db": {"x": running}})
+    assert len(checked) == 2
 
 
 def test_an_update_event_is_a_device_event_without_its_number() -> None:

@@ -77,18 +77,29 @@ def app_reports(
         fields: dict[str, Any] = {}
         if (entry := installed.get(app)) is not None:
             fields = {"version": entry.version, "release_counter": entry.release_counter}
-        described: dict[str, Any] = {}
-        for name, service in services.get(app, {}).items():
-            try:
-                AppReport.model_validate({"services": {name: service}})
-            except ValidationError as exc:
-                log.warning("not reporting %s/%r: %s", app, name, exc.errors(include_url=False)[:1])
-                continue
-            described[name] = service
-        if described:
+        if described := services.get(app, {}):
             fields["services"] = described
+        try:
+            apps[app] = AppReport.model_validate(fields)  # once per app and cycle: the usual case
+            continue
+        except ValidationError:
+            pass
+        if described:  # something in it is odd: leave out the services that are, keep the rest
+            fields.pop("services")
+            if kept := {name: service for name, service in described.items() if _valid(app, name, service)}:
+                fields["services"] = kept
         try:
             apps[app] = AppReport.model_validate(fields)
         except ValidationError as exc:
             log.warning("not reporting app %s: %s", app, exc.errors(include_url=False)[:1])
     return apps
+
+
+def _valid(app: str, name: str, service: Mapping[str, Any]) -> bool:
+    """Whether one service's description would pass the hub (logged when not)."""
+    try:
+        AppReport.model_validate({"services": {name: service}})
+    except ValidationError as exc:
+        log.warning("not reporting %s/%r: %s", app, name, exc.errors(include_url=False)[:1])
+        return False
+    return True

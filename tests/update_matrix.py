@@ -23,6 +23,29 @@ from edgefleet.agent.spec import ContainerSpec
 STRATEGIES = ("download-then-kill", "kill-then-download", "hand-over")
 
 
+def bare_spec(**fields: Any) -> ContainerSpec:
+    """A container definition with nothing set but FIELDS (app, service, release, image, digest at least)."""
+    empty: dict[str, Any] = {
+        "command": None,
+        "entrypoint": None,
+        "environment": (),
+        "labels": (),
+        "egress": False,
+        "ports": (),
+        "mounts": (),
+        "devices": (),
+        "device_cgroup_rules": (),
+        "cap_add": (),
+        "memory": 0,
+        "nano_cpus": 0,
+        "pids": 0,
+        "restart_max": 0,
+        "health": None,
+        "depends_on": (),
+    }
+    return ContainerSpec(**(empty | fields))
+
+
 class Recorded:
     """An engine that records every step it carries out (`done`), and is otherwise the engine it wraps."""
 

@@ -30,31 +30,16 @@ from edgefleet.agent.errors import EngineError, EngineNotFoundError
 from edgefleet.agent.plan import StartContainer, StopContainer
 from edgefleet.agent.spec import ContainerSpec, Health, Mount
 from edgefleet.manifest import Port
+from tests.update_matrix import bare_spec
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "engine_create.json"
 
 
-MINIMAL = ContainerSpec(
+MINIMAL = bare_spec(
     app="plant",
     service="web",
     release="2.0.0",
     image="registry.local/acme/web@sha256:" + "ab" * 32,
-    command=None,
-    entrypoint=None,
-    environment=(),
-    labels=(),
-    egress=False,
-    ports=(),
-    mounts=(),
-    devices=(),
-    device_cgroup_rules=(),
-    cap_add=(),
-    memory=0,
-    nano_cpus=0,
-    pids=0,
-    restart_max=0,
-    health=None,
-    depends_on=(),
     config_digest="cd" * 32,
 )
 

@@ -28,7 +28,7 @@ from edgefleet.agent.plan import (
 )
 from edgefleet.agent.spec import ContainerSpec
 from edgefleet.agent.transaction import FaultHook, Outcome, Updater
-from tests.update_matrix import STRATEGIES, check_commit, check_rollback, services
+from tests.update_matrix import STRATEGIES, bare_spec, check_commit, check_rollback, services
 
 APP = "plant"
 OLD, NEW = "sha256:old", "sha256:new"
@@ -38,28 +38,9 @@ ORDER = ["db", "api", "web"]
 
 
 def spec(service: str, digest: str, image: str) -> ContainerSpec:
-    return ContainerSpec(
-        app=APP,
-        service=service,
-        release="2.0.0" if digest.startswith("new") else "1.0.0",
-        image=image,
-        command=None,
-        entrypoint=None,
-        environment=(),
-        labels=(),
-        egress=False,
-        ports=(),
-        mounts=(),
-        devices=(),
-        device_cgroup_rules=(),
-        cap_add=(),
-        memory=0,
-        nano_cpus=0,
-        pids=0,
-        restart_max=0,
-        health=None,
-        depends_on=DEPENDS[service],
-        config_digest=digest,
+    release = "2.0.0" if digest.startswith("new") else "1.0.0"
+    return bare_spec(
+        app=APP, service=service, release=release, image=image, depends_on=DEPENDS[service], config_digest=digest
     )
 
 

@@ -9,7 +9,6 @@ collects what is garbage and asks the C library to return free pages (glibc's
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 
@@ -18,6 +17,8 @@ log = logging.getLogger(__name__)
 
 def trim() -> None:
     """Collect garbage and return the allocator's free pages to the system (never fails)."""
+    import ctypes  # loaded at the first update: an agent that never updated has nothing to give back
+
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)

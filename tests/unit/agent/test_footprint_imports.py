@@ -16,6 +16,7 @@ HUB = ("edgefleet.hub", "fastapi", "sqlalchemy", "starlette", "uvicorn")
 COMMAND_LINE = ("typer", "rich", "click", "pygments", "edgefleet.cli.common", "edgefleet.cli.app")
 ENGINE_SDK = ("docker", "requests", "urllib3")
 MANIFEST_PARSER = ("yaml",)  # the agent handles releases, never reads a manifest
+UPDATE_TOOLS = ("tarfile", "ctypes")  # a bundle's reader, and the heap's trim after an update
 
 
 def loaded(code: str) -> dict[str, bool]:
@@ -57,5 +58,5 @@ def test_the_other_groups_still_load_the_whole_cli() -> None:
 def test_the_agents_own_process_carries_neither_the_command_line_nor_an_engine_sdk() -> None:
     """What `edgefleet agent run` and `edgefleet-agent run` become (`cli.agentd`): the agent, nothing else."""
     modules = loaded("import edgefleet.cli.agentd")
-    unwanted = (*COMMAND_LINE, *ENGINE_SDK, *UPDATE_ONLY, *HUB, *MANIFEST_PARSER)
+    unwanted = (*COMMAND_LINE, *ENGINE_SDK, *UPDATE_ONLY, *HUB, *MANIFEST_PARSER, *UPDATE_TOOLS)
     assert not [name for name in modules if name.startswith(unwanted)]

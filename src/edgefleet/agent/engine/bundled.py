@@ -21,10 +21,10 @@ Used by `agent.engine.docker`; raises `edgefleet.errors.BundleError`, which it c
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.bundles import (
     BLOB_DIRECTORIES,
@@ -43,6 +43,9 @@ from edgefleet.bundles import (
     sha256,
 )
 from edgefleet.errors import BundleError
+
+if TYPE_CHECKING:
+    import tarfile  # loaded when a bundle is first read: an agent at rest reads none
 
 BLOCK = 512
 CHUNK = 1024 * 1024
@@ -147,6 +150,8 @@ def find_image(
         BundleError: the archive cannot be read, is malformed or over a limit, does not list the
             image's digest in its index.json, has no image for `arch`, or lacks a blob of it.
     """
+    import tarfile  # see the imports
+
     limits = limits or ArchiveLimits()
     try:
         with tarfile.open(archive, mode="r:") as tar:
@@ -207,6 +212,8 @@ def _find(reader: _Reader, archive: Path, image: str, *, arch: str, variant: str
 
 
 def _header(name: str, size: int, *, directory: bool = False) -> bytes:
+    import tarfile  # see the imports
+
     info = tarfile.TarInfo(name)
     info.size, info.mtime = size, 0
     info.type, info.mode = (tarfile.DIRTYPE, 0o755) if directory else (tarfile.REGTYPE, 0o644)

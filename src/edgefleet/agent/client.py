@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from edgefleet.agent.fetcher import HttpxFetcher
 
 _NOT_ACCEPTED = {"device_pending", "device_rejected", "device_revoked"}
-_ENCODING_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
+_WIRE_HEADERS = {b"content-encoding", b"content-length", b"transfer-encoding"}
 ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{1,128}"')
 """An entity tag as HTTP spells it (RFC 9110), bounded: what the agent sends back in If-None-Match."""
 
@@ -160,8 +160,9 @@ class DeviceClient:
     def _send(self, call: Call, *, limit: int | None = None) -> httpx.Response:
         """One request to the API, signed by the device when the call names its identity; transport errors converted.
 
-        The answer is read no further than `limit` bytes once decoded (`Bounds.response_bytes`
-        unless given): a hub answering without end cannot fill the device's memory.
+        The answer is read no further than `limit` bytes (`Bounds.response_bytes` unless given),
+        and must not be compressed (the agent asks for no encoding): a hub answering without end,
+        or with a small compressed bomb, cannot fill the device's memory.
 
         Raises:
             HubUnreachableError: no answer, or a longer one.
@@ -169,10 +170,14 @@ class DeviceClient:
         limit = self._bounds.response_bytes if limit is None else limit
         try:
             request = self._http.build_request(**call.arguments(now=self._clock(), timeout=self._http.timeout))
+            request.headers["Accept-Encoding"] = "identity"
             response = self._http.send(request, stream=True)
             try:
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding != "identity":  # a compressed answer's size says nothing of what it expands to
+                    raise HubUnreachableError(f"hub answer encoded as {encoding[:32]!r}: the agent asks for none")
                 body = bytearray()
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_bytes():  # not decoded: the encoding is identity
                     body += chunk
                     if len(body) > limit:
                         raise HubUnreachableError(f"hub answer larger than {limit} bytes")
@@ -180,8 +185,9 @@ class DeviceClient:
                 response.close()
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"hub unreachable: {exc}") from exc
-        # The body as read: decoded already, so the answer no longer says how it was encoded.
-        headers = [(k, v) for k, v in response.headers.multi_items() if k not in _ENCODING_HEADERS]
+        # The answer again, its body read: the headers as they came (bytes: any a proxy added), but
+        # those that described the body on the wire.
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _WIRE_HEADERS]
         return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
 
     def _call(

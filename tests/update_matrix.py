@@ -24,7 +24,7 @@ STRATEGIES = ("download-then-kill", "kill-then-download", "hand-over")
 
 
 def bare_spec(**fields: Any) -> ContainerSpec:
-    """A container definition with nothing set but FIELDS (app, service, release, image, digest at least)."""
+    """A container definition with nothing set but FIELDS (app, service, release and image at least)."""
     empty: dict[str, Any] = {
         "command": None,
         "entrypoint": None,

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 
 def trim() -> None:
     """Collect garbage and return the allocator's free pages to the system (never fails)."""
-    import ctypes  # loaded at the first update: an agent that never updated has nothing to give back
-
     gc.collect()
     try:
+        import ctypes  # loaded at the first update: an agent that never updated has nothing to give back
+
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc: nothing to trim
         log.debug("malloc_trim is not available here")

@@ -190,8 +190,8 @@ class _Supervisor(Multiprocess):
         super().keep_subprocess_alive()
         self._release_worker_ends()
 
-    def restart_all(self) -> None:
-        super().restart_all()
+    def handle_signals(self) -> None:  # SIGHUP replaces the workers, SIGTTIN adds one
+        super().handle_signals()
         self._release_worker_ends()
 
     def _release_worker_ends(self) -> None:

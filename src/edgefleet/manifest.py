@@ -653,8 +653,8 @@ def _read_yaml(raw: bytes, source: str) -> Any:
     """The YAML document in RAW, read by a SafeLoader refusing aliases and deep nesting.
 
     Aliases are refused as a whole (billion laughs). PyYAML loads here, when a manifest is
-    first read: the agent handles releases but never reads a manifest, and the parser would
-    cost it 1.4 MB.
+    first read: an agent at rest reads its installed releases' documents as JSON
+    (`agent.manifests`), and the parser would cost it 1.4 MB.
 
     Raises:
         ManifestError: not YAML, or an alias, or nested too deep.
@@ -689,10 +689,27 @@ def parse_manifest(text: str | bytes, *, source: str = "compose.yaml") -> Releas
     Raises:
         ManifestError: with every problem found, each naming its key path.
     """
+    return release_of(read_document(text, source=source), source=source)
+
+
+def read_document(text: str | bytes, *, source: str = "compose.yaml") -> Any:
+    """A manifest's YAML document, read within its bounds but not yet checked (`release_of` checks it).
+
+    Raises:
+        ManifestError: larger than `MAX_MANIFEST_BYTES`, not YAML, an alias, or nested too deep.
+    """
     raw = text.encode() if isinstance(text, str) else text
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(source, [("(file)", f"larger than {MAX_MANIFEST_BYTES} bytes")])
-    data = _read_yaml(raw, source)
+    return _read_yaml(raw, source)
+
+
+def release_of(data: Any, *, source: str = "compose.yaml") -> Release:
+    """The release a manifest's document describes, every check made (`parse_manifest` without the reading).
+
+    Raises:
+        ManifestError: with every problem found, each naming its key path.
+    """
     if not isinstance(data, dict):
         raise ManifestError(source, [("(file)", "must be a mapping with services and x-edgefleet")])
     try:

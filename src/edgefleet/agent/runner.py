@@ -42,6 +42,7 @@ from edgefleet.agent.enroll import renew_if_due
 from edgefleet.agent.errors import AgentError, EngineError, HubRefusedError, HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.identity import LocalIdentity
 from edgefleet.agent.journal import INTERRUPTED, Ending, Journal, Transaction
+from edgefleet.agent.manifests import read_installed
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.plan import describe
 from edgefleet.agent.policy import Policy
@@ -53,7 +54,7 @@ from edgefleet.agent.transaction import FaultHook, Status, TransactionEngine, Up
 from edgefleet.agent.trust import TrustMode
 from edgefleet.agent.truststore import TrustStore
 from edgefleet.crypto import write_public_file
-from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.manifest import ManifestError, Release
 from edgefleet.protocol import (
     MAX_LOGS_CHARS,
     MAX_REASON_CHARS,
@@ -128,9 +129,7 @@ class LocalState:
             self._parsed = {}
             for app, entry in self.apps.items():
                 try:
-                    self._parsed[app] = parse_manifest(
-                        (Path(entry.directory) / "compose.yaml").read_bytes(), source=entry.directory
-                    )
+                    self._parsed[app] = read_installed(Path(entry.directory))
                 except (OSError, ManifestError) as exc:
                     log.error("installed release of %s is unusable: %s", app, exc)
         return self._parsed
@@ -158,9 +157,7 @@ class LocalState:
         for entry in self.apps.values():
             if entry.previous:
                 try:
-                    previous = parse_manifest(
-                        (Path(entry.previous) / "compose.yaml").read_bytes(), source=entry.previous
-                    )
+                    previous = read_installed(Path(entry.previous))
                 except (OSError, ManifestError):
                     previous = None  # gone or unreadable: its images are pulled if ever needed again
                 if previous is not None:
@@ -561,7 +558,7 @@ class Agent:
         images: set[str] = set()
         for directory in directories:
             try:
-                release = parse_manifest((Path(directory) / "compose.yaml").read_bytes(), source=directory)
+                release = read_installed(Path(directory))
             except (OSError, ManifestError):
                 continue
             images.update(service.compose.image for service in release.services)

@@ -45,9 +45,10 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.fetcher import HttpxFetcher
+from edgefleet.agent.manifests import MANIFEST, keep_document
 from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore
 from edgefleet.files import sync_dir
-from edgefleet.manifest import ManifestError, Release, parse_manifest
+from edgefleet.manifest import ManifestError, Release, read_document, release_of
 from edgefleet.protocol import API_PREFIX
 from edgefleet.releases import (
     DEVICE_FIELD,
@@ -299,13 +300,15 @@ class ReleaseVerifier:
 
     def _download(self, image: TargetFile, info: ManifestTarget, staging: Path, *, held: tuple[Path, ...]) -> Release:
         with _refusals():
-            self._image.download_target(image, filepath=str(staging / "compose.yaml"))
+            self._image.download_target(image, filepath=str(staging / MANIFEST))
         try:
-            manifest = parse_manifest((staging / "compose.yaml").read_bytes(), source=image.path)
+            document = read_document((staging / MANIFEST).read_bytes(), source=image.path)
+            manifest = release_of(document, source=image.path)
         except ManifestError as exc:
             raise UpdateRefusedError("bad_manifest", str(exc)[:300]) from exc
         if (manifest.app, manifest.version) != (info.app, info.version):
             raise UpdateRefusedError("bad_manifest", f"{image.path} describes {manifest.ref}")
+        keep_document(staging, document)  # read at rest instead of the YAML (agent.manifests)
         for path in info.bundles:
             bundle = self._image_target(path)
             try:

@@ -317,7 +317,10 @@ def test_an_unreadable_installed_release_leaves_the_engine_alone(
     agent.cycle()
     wait_running(agent.engine, app, 2)
     before = {name: c.id for name, c in containers(agent.engine, app).items()}
-    (Path(agent.state.apps[app].directory) / "compose.yaml").write_text("torn by a power loss")
+    installed = Path(agent.state.apps[app].directory)
+    assert (installed / "compose.json").is_file()  # what the agent reads at rest (agent.manifests)
+    for name in ("compose.json", "compose.yaml"):
+        (installed / name).write_text("torn by a power loss")
     agent = replace_agent(agent)  # the device comes back up after the power loss
 
     agent.cycle()

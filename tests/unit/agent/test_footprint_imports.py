@@ -15,7 +15,7 @@ UPDATE_ONLY = ("tuf", "securesystemslib", "edgefleet.agent.verify", "edgefleet.a
 HUB = ("edgefleet.hub", "fastapi", "sqlalchemy", "starlette", "uvicorn")
 COMMAND_LINE = ("typer", "rich", "click", "pygments", "edgefleet.cli.common", "edgefleet.cli.app")
 ENGINE_SDK = ("docker", "requests", "urllib3")
-MANIFEST_PARSER = ("yaml",)  # the agent handles releases, never reads a manifest
+MANIFEST_PARSER = ("yaml",)  # loaded when a release is installed: at rest its JSON is read (agent.manifests)
 UPDATE_TOOLS = ("tarfile", "ctypes")  # a bundle's reader, and the heap's trim after an update
 
 

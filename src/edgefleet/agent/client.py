@@ -34,6 +34,16 @@ ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{1,128}"')
 """An entity tag as HTTP spells it (RFC 9110), bounded: what the agent sends back in If-None-Match."""
 
 
+AS_IS = {"Accept-Encoding": "identity"}
+"""Asked with every request to the hub: a compressed answer's size says nothing of what it expands to."""
+
+
+def encoded(response: httpx.Response) -> str | None:
+    """How an answer's body is encoded when it is not as is (the agent refuses such answers), else None."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    return None if encoding == "identity" else encoding[:32]
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -55,7 +65,7 @@ class Call:
 
     def arguments(self, *, now: datetime, timeout: httpx.Timeout) -> dict[str, Any]:
         """Keyword arguments for `request()` of `httpx.Client` or `httpx.AsyncClient` (`timeout`: the client's)."""
-        headers = dict(self.headers)
+        headers = AS_IS | self.headers
         if self.identity is not None:
             headers["Authorization"] = f"Bearer {self.identity.token(now=now)}"
         arguments: dict[str, Any] = {
@@ -170,12 +180,10 @@ class DeviceClient:
         limit = self._bounds.response_bytes if limit is None else limit
         try:
             request = self._http.build_request(**call.arguments(now=self._clock(), timeout=self._http.timeout))
-            request.headers["Accept-Encoding"] = "identity"
             response = self._http.send(request, stream=True)
             try:
-                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-                if encoding != "identity":  # a compressed answer's size says nothing of what it expands to
-                    raise HubUnreachableError(f"hub answer encoded as {encoding[:32]!r}: the agent asks for none")
+                if (encoding := encoded(response)) is not None:
+                    raise HubUnreachableError(f"hub answer encoded as {encoding!r}: the agent asks for none")
                 body = bytearray()
                 for chunk in response.iter_bytes():  # not decoded: the encoding is identity
                     body += chunk

@@ -32,6 +32,7 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
+from edgefleet.agent.client import AS_IS, encoded
 from edgefleet.agent.progress import DownloadProgress
 
 CHUNK = 64 * 1024
@@ -64,7 +65,7 @@ class HttpxFetcher(FetcherInterface):
         self._unfinished: set[Path] = set()
 
     def _headers(self, offset: int) -> dict[str, str]:
-        headers = {}
+        headers = dict(AS_IS)
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token()}"
         if offset:
@@ -125,6 +126,9 @@ class HttpxFetcher(FetcherInterface):
             if offset and response.status_code == 200:
                 raise RangeIgnoredError(f"{url}: the server ignored the range request")
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
+        if (encoding := encoded(response)) is not None:  # its length would not be the signed length
+            _discard(response, self._bounds.refused_body_bytes)
+            raise DownloadError(f"{url}: encoded as {encoding!r}; the agent asks for files as they are")
         return response
 
     def _chunks(self, url: str, response: httpx.Response, partial: Path | None, kept: int) -> Iterator[bytes]:

@@ -31,7 +31,8 @@ def keep_document(directory: Path, document: Any) -> bool:
         OSError: the file could not be written.
     """
     try:
-        text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        # ASCII: a lone surrogate (YAML's "\\ud800") is text Python holds but UTF-8 cannot encode.
+        text = json.dumps(document, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):  # a date, bytes, a set: JSON has none
         return False
     data = text.encode()

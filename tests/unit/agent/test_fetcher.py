@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +23,20 @@ class Flaky(BaseHTTPRequestHandler):
 
     drops = 0
     requests: ClassVar[list[str | None]] = []
+    encodings: ClassVar[list[str | None]] = []
 
     def do_GET(self) -> None:
         if self.path == "/missing":
             self.send_error(404)
+            return
+        if self.path == "/gzip":  # what a compressing proxy would send
+            Flaky.encodings.append(self.headers.get("Accept-Encoding"))
+            body = gzip.compress(BODY)
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if self.path.startswith("/no-range") and self.headers.get("Range"):
             self.send_response(200)
@@ -61,7 +72,7 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    Flaky.requests, Flaky.drops = [], 0  # nothing carried over from the test that ran before
+    Flaky.requests, Flaky.encodings, Flaky.drops = [], [], 0  # nothing carried over from the test that ran before
     yield from serving(Flaky)
 
 
@@ -91,6 +102,13 @@ def test_http_errors_and_length_bound(server: str) -> None:
             fetcher.download_bytes(f"{server}/blob", 1000)
         with pytest.raises(DownloadError):
             fetcher.download_bytes("http://127.0.0.1:9/none", 100)
+
+
+def test_files_are_asked_for_as_they_are_and_a_compressed_one_is_refused(server: str) -> None:
+    """A compressed answer's length is not the signed length, and a few KiB of it may expand to megabytes."""
+    with httpx.Client() as http, pytest.raises(DownloadError, match="encoded as 'gzip'"):
+        HttpxFetcher(http).download_bytes(f"{server}/gzip", len(BODY))
+    assert Flaky.encodings == ["identity"]
 
 
 def test_a_download_given_up_resumes_on_the_next_attempt_from_what_was_kept(server: str, tmp_path) -> None:

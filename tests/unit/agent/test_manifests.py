@@ -51,6 +51,14 @@ def test_a_document_json_cannot_hold_as_it_is_is_not_kept(tmp_path: Path, odd: o
     assert keep_document(tmp_path, GOOD | {"x-note": "2026-12-06"})  # as text, it is
 
 
+def test_text_python_holds_but_utf8_cannot_encode_is_kept_as_it_is(tmp_path: Path) -> None:
+    """YAML's "\\ud800" is a lone surrogate: the release installs, and its document reads back the same."""
+    document = read_document('x-note: "\\ud800"')
+    assert document == {"x-note": "\ud800"}
+    assert keep_document(tmp_path, document)
+    assert json.loads((tmp_path / DOCUMENT).read_bytes()) == document
+
+
 @pytest.mark.parametrize(
     "document",
     [

@@ -20,8 +20,8 @@ the idle windows hold no probing.
 In order, each figure printed on its own line with its target and "met" or "missed":
 
 - idle PSS, each agent (target under 35 MB = 35e6 bytes): once both installed release
-  1.0.0, each is restarted alone (as after a reboot; its first cycle verifies the unchanged
-  assignment, which loads python-tuf), and after `SETTLE_SECONDS` sampled every 5 s over
+  1.0.0, each is restarted alone (as after a reboot; it polls with the ETag it kept, so an
+  unchanged target is answered 304 and nothing is verified), and after `SETTLE_SECONDS` sampled every 5 s over
   --idle-seconds at --poll-wait: the median, and the difference between the two. PSS splits
   each shared page among the processes that map it; the hub, this script and any other
   process of this venv still share the interpreter's and some libraries' pages, so a

@@ -57,7 +57,8 @@ def test_a_release_that_verifies_is_a_candidate_without_its_bundled_images(
     [candidate] = verified.candidates
     assert (candidate.app, candidate.mark, candidate.release.version) == ("sensor", "1-1.0.0", "1.0.0")
     installed = Path(candidate.entry.directory)
-    assert [p.name for p in installed.iterdir()] == ["compose.yaml"]  # verified, then the images dropped
+    # verified, then the images dropped; the manifest's document kept as the agent keeps it
+    assert sorted(p.name for p in installed.iterdir()) == ["compose.json", "compose.yaml"]
 
 
 def test_a_tampered_manifest_is_refused_and_nothing_is_installed(

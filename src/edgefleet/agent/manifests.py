@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.manifest import MAX_MANIFEST_BYTES, Release, parse_manifest, release_of
+from edgefleet.releases import MANIFEST_NAME
 
-MANIFEST = "compose.yaml"
 DOCUMENT = "compose.json"
 MAX_DOCUMENT_BYTES = 4 * MAX_MANIFEST_BYTES
 """JSON spells some YAML longer (`a:` is `"a":null`); a document that needs more than this is not kept."""
@@ -57,4 +57,4 @@ def read_installed(directory: Path) -> Release:
             return release_of(json.loads(data), source=source)
     except (OSError, ValueError, RecursionError):  # none (an older agent installed it), or unreadable: the YAML
         pass
-    return parse_manifest((directory / MANIFEST).read_bytes(), source=source)
+    return parse_manifest((directory / MANIFEST_NAME).read_bytes(), source=source)

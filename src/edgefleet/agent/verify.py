@@ -45,13 +45,14 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from edgefleet.agent.bounds import DEFAULT_BOUNDS, Bounds
 from edgefleet.agent.errors import HubUnreachableError, UpdateRefusedError
 from edgefleet.agent.fetcher import HttpxFetcher
-from edgefleet.agent.manifests import MANIFEST, keep_document
+from edgefleet.agent.manifests import keep_document
 from edgefleet.agent.truststore import DIRECTOR, REPOSITORY, TrustStore
 from edgefleet.files import sync_dir
 from edgefleet.manifest import ManifestError, Release, read_document, release_of
 from edgefleet.protocol import API_PREFIX
 from edgefleet.releases import (
     DEVICE_FIELD,
+    MANIFEST_NAME,
     BundleTarget,
     DirectorTarget,
     ManifestTarget,
@@ -300,9 +301,9 @@ class ReleaseVerifier:
 
     def _download(self, image: TargetFile, info: ManifestTarget, staging: Path, *, held: tuple[Path, ...]) -> Release:
         with _refusals():
-            self._image.download_target(image, filepath=str(staging / MANIFEST))
+            self._image.download_target(image, filepath=str(staging / MANIFEST_NAME))
         try:
-            document = read_document((staging / MANIFEST).read_bytes(), source=image.path)
+            document = read_document((staging / MANIFEST_NAME).read_bytes(), source=image.path)
             manifest = release_of(document, source=image.path)
         except ManifestError as exc:
             raise UpdateRefusedError("bad_manifest", str(exc)[:300]) from exc

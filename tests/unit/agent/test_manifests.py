@@ -10,22 +10,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgefleet.agent.manifests import DOCUMENT, MANIFEST, MAX_DOCUMENT_BYTES, keep_document, read_installed
+from edgefleet.agent.manifests import DOCUMENT, MAX_DOCUMENT_BYTES, keep_document, read_installed
 from edgefleet.manifest import ManifestError, parse_manifest, read_document
+from edgefleet.releases import MANIFEST_NAME
 from tests.unit.test_manifest import GOOD
 
 
 def install(directory: Path, text: str) -> bool:
     """What the verifier leaves in a release's directory: the YAML as signed, and its document when JSON holds it."""
     directory.mkdir(exist_ok=True)
-    (directory / MANIFEST).write_text(text)
+    (directory / MANIFEST_NAME).write_text(text)
     return keep_document(directory, read_document(text))
 
 
 def test_an_installed_release_reads_the_same_from_its_document_as_from_its_yaml(tmp_path: Path) -> None:
     text = yaml.safe_dump(GOOD, sort_keys=False)
     assert install(tmp_path, text)
-    (tmp_path / MANIFEST).write_text("not read")  # the document alone says it
+    (tmp_path / MANIFEST_NAME).write_text("not read")  # the document alone says it
     assert read_installed(tmp_path) == parse_manifest(text, source=str(tmp_path))
 
 
@@ -79,9 +80,9 @@ def test_an_unreadable_document_falls_back_to_the_yaml(tmp_path: Path, document:
 
 def test_a_release_installed_by_an_older_agent_has_no_document_and_reads_from_its_yaml(tmp_path: Path) -> None:
     text = yaml.safe_dump(GOOD)
-    (tmp_path / MANIFEST).write_text(text)
+    (tmp_path / MANIFEST_NAME).write_text(text)
     assert read_installed(tmp_path).app == "sensor"
-    (tmp_path / MANIFEST).unlink()
+    (tmp_path / MANIFEST_NAME).unlink()
     with pytest.raises(FileNotFoundError):
         read_installed(tmp_path)
 

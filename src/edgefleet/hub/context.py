@@ -31,6 +31,8 @@ DIRECTOR_FILES = 3072
 """Devices' versioned director files kept per process (each at most `director.KEPT_FILE_BYTES`: 48 MiB in all)."""
 DIRECTOR_FILE_SECONDS = 120.0
 """Long enough for the requests of one update: the timestamp is signed or read, its snapshot and targets follow."""
+REPOSITORY_HEADS = 8
+"""Entries of `Hub.repository_heads`: the newest version of a few roles (`services.metadata.HEADS`)."""
 
 
 def utc_now() -> datetime:
@@ -87,6 +89,11 @@ class Hub:
     """Devices' versioned director files (they never change), per process, for the requests of an update."""
     statuses: Expiring[Any] = field(init=False)
     """Deployment id -> its status (`deployments.SharedStatus`), shared for `STATUS_SECONDS` by every viewer."""
+    repository_heads: Expiring[Any] = field(init=False)
+    """The newest stored version of the roots and the image repository's timestamp, per process; forgotten
+    whenever any process stores metadata (`notify.METADATA_CHANGED`), used like the device caches."""
+    fetches: LastSeen = field(init=False)
+    """Devices that fetched new director targets, written in batches with `last_seen` (see `flush_fetches`)."""
 
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.
@@ -110,6 +117,11 @@ class Hub:
         object.__setattr__(self, "repository_files", files)
         object.__setattr__(self, "director_files", Expiring[bytes](capacity=DIRECTOR_FILES, ttl=DIRECTOR_FILE_SECONDS))
         object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
+        heads = Expiring[Any](capacity=REPOSITORY_HEADS, ttl=settings.device_cache_seconds)
+        self.store.notifier.watch_metadata(heads.clear)
+        object.__setattr__(self, "repository_heads", heads)
+        # Every fetch is noted (no granularity): the batch holds each device's latest.
+        object.__setattr__(self, "fetches", LastSeen(capacity=settings.device_cache_entries, granularity=timedelta(0)))
 
     def flush_last_seen(self) -> int:
         """Write the devices heard from since the last flush, in one transaction; how many."""
@@ -119,6 +131,19 @@ class Hub:
                 DevicePathQueries(tx).touch(seen)
 
         return self.last_seen.flush(write)
+
+    def flush_fetches(self) -> int:
+        """Mark deployment members whose devices fetched new director targets since the last flush; how many devices.
+
+        A member assigned after its device's fetch was noted is left alone: that fetch was of
+        the targets before its assignment.
+        """
+
+        def write(fetched: dict[str, datetime]) -> None:
+            with self.store.transaction() as tx:
+                tx.mark_fetched(fetched)
+
+        return self.fetches.flush(write)
 
     @property
     def notifier(self) -> Notifier:

@@ -6,6 +6,9 @@ device offline after minutes), so a request notes the time here instead of writi
 writes every noted device in one statement per batch. A device is noted again only once
 its last noted time is `granularity` old. What a process noted but had not yet flushed when
 it died is lost: the device's next request notes it again.
+
+The same batch, with no granularity, notes the devices that fetched new director targets
+(`Hub.fetches`, the `downloading` count of a rollout), which the same flush writes.
 """
 
 from __future__ import annotations

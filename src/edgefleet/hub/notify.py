@@ -10,6 +10,10 @@ Memory is bounded by the held requests: a device has an entry only while a reque
 is subscribed. Woken from worker threads (the synchronous database code) and from the
 listener's thread, the flags are set on the subscriber's event loop through
 `call_soon_threadsafe`, one call per loop and wake.
+
+Changes of the TUF metadata (a signed root, snapshot, timestamp or targets) travel the same
+way under one key that is no device's, `METADATA_CHANGED`: they go to the watchers of
+metadata (the process's newest versions, `Hub.repository_heads`), never to the device ones.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from contextlib import contextmanager
 
 Watcher = Callable[[Iterable[str] | None], None]
 """Told of every change before any held request is woken: the device ids, or None for every device."""
+METADATA_CHANGED = "tuf:metadata"
+"""The change key of any newly stored repository or director-root metadata (a device id is a UUID)."""
 
 
 class Subscription:
@@ -53,15 +59,30 @@ class Notifier:
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
         self._watchers: list[Watcher] = []
+        self._metadata_watchers: list[Callable[[], None]] = []
 
     def watch(self, watcher: Watcher) -> None:
         """Tell `watcher` of every change from now on (the device caches), before the requests it wakes read again."""
         self._watchers.append(watcher)
 
+    def watch_metadata(self, watcher: Callable[[], None]) -> None:
+        """Call `watcher` whenever `METADATA_CHANGED` is announced, or anything may have changed."""
+        self._metadata_watchers.append(watcher)
+
     def forget(self, device_ids: Iterable[str] | None) -> None:
-        """Tell the watchers these devices changed (None: every device) without waking anyone."""
-        for watcher in self._watchers:
-            watcher(device_ids)
+        """Tell the watchers these devices changed (None: every device, and the metadata) without waking anyone."""
+        if device_ids is not None:
+            device_ids = set(device_ids)
+            if METADATA_CHANGED not in device_ids:
+                for watcher in self._watchers:
+                    watcher(device_ids)
+                return
+            device_ids.discard(METADATA_CHANGED)
+        for metadata_watcher in self._metadata_watchers:
+            metadata_watcher()
+        if device_ids is None or device_ids:
+            for watcher in self._watchers:
+                watcher(device_ids)
 
     @contextmanager
     def subscribe(self, device_id: str) -> Iterator[Subscription]:

@@ -73,7 +73,10 @@ class HubSettings(BaseSettings):
         default=100_000, ge=1, le=10_000_000, description="Devices whose record and answer one process keeps."
     )
     last_seen_flush_seconds: float = Field(
-        default=5.0, gt=0, le=30, description="How often a process writes the devices it heard from, in one batch."
+        default=5.0,
+        gt=0,
+        le=30,
+        description="How often a process writes the devices it heard from, and those that fetched new targets.",
     )
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edgefleet.hub.records import Device, UpdateOutcome
-from edgefleet.hub.services import rollouts
+from edgefleet.hub.services import director, rollouts
 from tests.conftest import Fleet
 from tests.publishing import Publisher, assign
 
@@ -103,6 +103,36 @@ def status(fleet: Fleet, name: str) -> dict[str, Any]:
 def tick(fleet: Fleet, seconds: float = 1) -> None:
     fleet.clock.advance(timedelta(seconds=seconds))
     rollouts.tick(fleet.hub)
+
+
+def test_a_member_is_downloading_once_its_devices_fetch_is_written(fleet: Fleet, publisher: Publisher) -> None:
+    [device_id] = add_devices(fleet, 1)
+    assert deploy(fleet, name="r1", waves="100%").status_code == 201
+    with fleet.hub.store.transaction(readonly=True) as tx:
+        device = tx.get_device(device_id)
+    assert device is not None
+    targets = director.read(fleet.hub, device, "targets.json")  # what its agent fetches after the assignment
+    assert b"2.0.0" in targets
+    tick(fleet)
+    assert status(fleet, "r1")["waves"][0]["downloading"] == 0  # noted, written in the next batch
+    assert fleet.hub.flush_fetches() == 1
+    tick(fleet)  # the scheduler's pass judges the member by it
+    assert status(fleet, "r1")["waves"][0]["downloading"] == 1
+
+
+def test_a_fetch_noted_before_a_members_assignment_does_not_mark_it(fleet: Fleet, publisher: Publisher) -> None:
+    [device_id] = add_devices(fleet, 1)
+    before = fleet.clock()
+    fleet.clock.advance(timedelta(seconds=1))
+    assert deploy(fleet, name="r1", waves="100%").status_code == 201
+    fleet.hub.fetches.note(device_id, before, recorded=None)  # of the targets before its assignment
+    fleet.hub.flush_fetches()
+    tick(fleet)
+    assert status(fleet, "r1")["waves"][0]["downloading"] == 0
+    fleet.hub.fetches.note(device_id, fleet.clock(), recorded=None)
+    fleet.hub.flush_fetches()
+    tick(fleet)
+    assert status(fleet, "r1")["waves"][0]["downloading"] == 1
 
 
 def test_a_rollout_goes_wave_by_wave_on_device_reports(fleet: Fleet, publisher: Publisher) -> None:

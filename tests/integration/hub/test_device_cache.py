@@ -287,7 +287,10 @@ def test_an_update_checks_the_director_metadata_once_and_reads_its_versioned_fil
     statements.clear()
     probe = fleet.device_call(device, "GET", "/tuf/director/99.root.json")  # a TUF client asks for the next root
     assert probe.status_code == 404
-    assert len(statements) == 1, statements  # that version, not the newest besides
+    assert len(statements) == 2, statements  # that version, and the newest one, kept for the next probe
+    statements.clear()
+    assert fleet.device_call(device, "GET", "/tuf/director/99.root.json").json() == probe.json()
+    assert statements == []
     # What memory answered is what is stored.
     with fleet.hub.store.transaction(readonly=True) as tx:
         assert tx.get_director(device.device_id, "targets", targets_version) == targets.text

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from edgefleet.hub.notify import Notifier
+from edgefleet.hub.notify import METADATA_CHANGED, Notifier
 
 
 def run(coroutine):
@@ -151,3 +151,19 @@ def test_a_poller_always_ends_with_the_last_committed_version():
             await asyncio.to_thread(thread.join)
 
     run(poller())
+
+
+def test_a_metadata_change_goes_to_the_metadata_watchers_only():
+    notifier = Notifier()
+    devices: list[object] = []
+    metadata: list[None] = []
+    notifier.watch(lambda ids: devices.append(None if ids is None else sorted(ids)))
+    notifier.watch_metadata(lambda: metadata.append(None))
+    notifier.wake([METADATA_CHANGED])
+    assert (devices, len(metadata)) == ([], 1)
+    notifier.forget({METADATA_CHANGED, "d1"})
+    assert (devices, len(metadata)) == ([["d1"]], 2)
+    notifier.forget(["d2"])
+    assert (devices, len(metadata)) == ([["d1"], ["d2"]], 2)
+    notifier.wake_all()  # anything may have changed: the metadata too
+    assert (devices, len(metadata)) == ([["d1"], ["d2"], None], 3)

@@ -104,19 +104,28 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await writer
         try:
-            await run_in_threadpool(hub.flush_last_seen)
+            await run_in_threadpool(_flush, hub)
         except HubError as exc:
             log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
         if listener is not None:
             await run_in_threadpool(listener.stop)
 
 
+def _flush(hub: Hub) -> None:
+    """Write the devices heard from, and those that fetched new director targets (blocking)."""
+    hub.flush_last_seen()
+    hub.flush_fetches()
+
+
 async def _write_last_seen(hub: Hub) -> None:
-    """Every `last_seen_flush_seconds`, write the devices heard from; a failed write is tried again next time."""
+    """Every `last_seen_flush_seconds`, write the devices heard from and those that fetched (`_flush`).
+
+    A failed write is tried again next time.
+    """
     while True:
         await asyncio.sleep(hub.settings.last_seen_flush_seconds)
         try:
-            await run_in_threadpool(hub.flush_last_seen)
+            await run_in_threadpool(_flush, hub)
         except HubError as exc:
             log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
         except Exception:

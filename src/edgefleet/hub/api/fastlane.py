@@ -1,4 +1,4 @@
-"""The device path's cache hits, answered before FastAPI's routing: target polls and unchanged state reports.
+"""The device path's cache hits, answered before FastAPI's routing: target polls, unchanged reports, TUF files.
 
 Most of what a fleet sends is a device asking for its target (answered 304 or held until it
 changes) and a device reporting a state the hub already holds. When this process's caches
@@ -14,19 +14,26 @@ JSON report, an operator token, a device or target the caches do not hold, a rep
 changes something. The routes then decide as they always have, so this lane can only ever
 answer what the app would answer. It sits inside the body limit and the request metrics,
 which count its answers under the routes' templates.
+
+An update's TUF requests (metadata files and artifacts) take the same way when this
+process holds what they need; `api.tuflane` decides their answers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgefleet.hub.api import longpoll
+from edgefleet.hub.api import longpoll, tuflane
 from edgefleet.hub.api.answers import hub_error_response
 from edgefleet.hub.api.routes import device as routes
 from edgefleet.hub.api.schemas import TwinOut
@@ -56,6 +63,9 @@ class DeviceFastLane:
             method, path = scope["method"], scope["path"]
             if method == "GET" and path == TARGET_PATH:
                 if await self._target(scope, receive, send):
+                    return
+            elif method == "GET" and path.startswith(tuflane.PREFIX):
+                if await self._tuf(scope, receive, send):
                     return
             elif method == "PATCH" and (match := _REPORTED.match(path)) is not None:
                 unanswered = await self._report(scope, receive, send, match.group(1))
@@ -101,6 +111,30 @@ class DeviceFastLane:
         await _send_target(send, answer, tag, if_none_match)
         return True
 
+    async def _tuf(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a device's TUF request from what this process holds; False: the app answers it."""
+        headers = _headers(scope, b"authorization")
+        if scope["query_string"] or headers is None:
+            return False
+        secret = _bearer(headers.get(b"authorization"))
+        caller = None if secret is None else _admitted(self.hub, secret)
+        if caller is None:
+            return False
+        found = tuflane.answer(self.hub, caller, scope["path"])
+        if found is None:
+            return False
+        response = found.response
+        if response is None and found.file is not None:
+            on_disk = await anyio.to_thread.run_sync(_stat, found.file)
+            if on_disk is None:
+                return False  # the route says what is missing
+            response = tuflane.artifact_response(found.file, on_disk)
+        if response is None:  # pragma: no cover - an answer has a response or a file
+            return False
+        scope["route"] = AnsweredRoute(found.template)
+        await response(scope, receive, send)
+        return True
+
     async def _report(self, scope: Scope, receive: Receive, send: Send, device_id: str) -> Receive | None:
         """Answer a report that changes nothing; else the `receive` the app reads the same body from."""
         headers = _headers(scope, b"authorization", b"content-type", b"content-length")
@@ -135,6 +169,15 @@ class AnsweredRoute:
 
 _TARGET_ROUTE = AnsweredRoute(TARGET_PATH)
 _REPORTED_ROUTE = AnsweredRoute(REPORTED_TEMPLATE)
+
+
+def _stat(file: Path) -> os.stat_result | None:
+    """The file's `os.stat` if it is a regular file (blocking: run in a thread)."""
+    try:
+        found = file.stat()
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def _wait(query: bytes) -> float | None:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import RepoMetadataRow
 from edgefleet.hub.errors import ConflictError
+from edgefleet.hub.notify import METADATA_CHANGED
 
 _PG_REPOSITORY_LOCK = 0x6564676572657031
 """Transaction-scoped advisory lock serialising writers of repository and director metadata."""
@@ -59,11 +60,13 @@ class RepositoryQueries(TxBase):
         return body
 
     def insert_metadata(self, role: str, version: int, body: str, *, now: datetime) -> None:
+        """Store a new version of `role`; every hub process forgets the newest versions it knew once this commits."""
         self._s.add(RepoMetadataRow(role=role, version=version, body=body, created_at=now))
         try:
             self._s.flush()
         except IntegrityError as exc:
             raise ConflictError("version_exists", f"{role} version {version} already exists") from exc
+        self._changes(METADATA_CHANGED)
 
     def lock_repository(self) -> None:
         """Serialise writers of repository and director metadata until this transaction ends.

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -134,13 +134,26 @@ class RolloutQueries:
     def delete_members(self, deployment_id: str) -> None:
         self._s.execute(delete(DeploymentMemberRow).where(DeploymentMemberRow.deployment_id == deployment_id))
 
-    def mark_fetched(self, device_id: str, *, now: datetime) -> None:
-        """The device fetched new signed assignments: its members not yet fetched are now downloading."""
-        self._s.execute(
-            update(DeploymentMemberRow)
-            .where(DeploymentMemberRow.device_id == device_id, DeploymentMemberRow.fetched_at.is_(None))
-            .values(fetched_at=now)
+    def mark_fetched(self, fetched: dict[str, datetime]) -> None:
+        """Devices fetched new signed assignments (device -> when): their members not yet fetched are now downloading.
+
+        Only members assigned by then (`assigned_at`): a fetch noted before a member's
+        assignment was of the targets before it. `_BATCH` devices a statement.
+        """
+        member = DeploymentMemberRow
+        statement = (
+            update(member)
+            .where(
+                member.device_id == bindparam("device"),
+                member.fetched_at.is_(None),
+                member.assigned_at <= bindparam("at"),
+            )
+            .values(fetched_at=bindparam("at"))
+            .execution_options(synchronize_session=False)
         )
+        rows = [{"device": device_id, "at": at} for device_id, at in sorted(fetched.items())]
+        for start in range(0, len(rows), _BATCH):
+            self._s.connection().execute(statement, rows[start : start + _BATCH])
 
     # --- what the scheduler reads of devices ---------------------------------------------------
 

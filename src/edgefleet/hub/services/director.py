@@ -37,7 +37,7 @@ from edgefleet.hub.services.operators import Operator, authorize, operator_actio
 from edgefleet.protocol import MAX_RETRY
 from edgefleet.releases import CUSTOM_KEY, DEVICE_FIELD, DirectorTarget
 
-ROOT_ROLE = "director-root"
+ROOT_ROLE = repo_metadata.DIRECTOR_ROOT
 """Role name of the director's root in the repository metadata table (shared by all devices)."""
 DEVICE_ROLES = ("targets", "snapshot", "timestamp")
 MAX_APPS = 64
@@ -431,25 +431,48 @@ def read(hub: Hub, device: Device, name: str) -> bytes:
     if version is None:  # versioned files never change: only the unversioned ones need to be current
         newest = refresh(hub, device).get(role)  # the device's own files (never the shared root)
         body = None if newest is None else newest[1].encode()
-    elif role != "root":
+    elif role == "root":
+        body = repo_metadata.versioned_file(hub, ROOT_ROLE, int(version))
+        if body is None:
+            raise NotFoundError("metadata_not_found", f"no {name} for this device")
+    else:
         body = hub.director_files.get(_file_key(device.id, role, int(version)))
     if body is None:
         body = _stored(hub, device, role, None if version is None else int(version))
     if body is None:
         raise NotFoundError("metadata_not_found", f"no {name} for this device")
     if role == "targets":
-        # The device fetches targets only when they changed: what rollouts assigned it is now downloading.
-        with hub.store.transaction() as tx:
-            tx.mark_fetched(device.id, now=hub.clock())
+        fetched(hub, device)
     return body
+
+
+def read_held(hub: Hub, device: Device, name: str) -> bytes | None:
+    """`read` of a versioned file from this process's memory (no I/O); None: `read` must answer.
+
+    Raises:
+        NotFoundError: a director root past the newest one (a TUF client's probe), as `read` would.
+    """
+    match = repo_metadata.METADATA_NAME.fullmatch(name)
+    if match is None or match["version"] is None or not hub.caches.usable:
+        return None
+    role, version = match["role"], int(match["version"])
+    if role == "root":
+        return repo_metadata.held_file(hub, ROOT_ROLE, version, missing=f"no {name} for this device")
+    body = hub.director_files.get(_file_key(device.id, role, version))
+    if body is not None and role == "targets":
+        fetched(hub, device)
+    return body
+
+
+def fetched(hub: Hub, device: Device) -> None:
+    """The device fetched new targets: what rollouts assigned it is now downloading (written in a batch)."""
+    hub.fetches.note(device.id, hub.clock(), recorded=None)
 
 
 def _stored(hub: Hub, device: Device, role: str, version: int | None) -> bytes | None:
     """A director file as stored (the newest without `version`); the director root is shared by all devices."""
     with hub.store.transaction(readonly=True) as tx:
-        if role == "root" and version is not None:
-            text = tx.get_metadata(ROOT_ROLE, version)
-        elif role == "root":
+        if role == "root":
             row = tx.latest_metadata(ROOT_ROLE)
             text = None if row is None else row[1]
         elif version is None:

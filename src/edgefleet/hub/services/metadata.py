@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from edgefleet.hub.artifacts import SHA256_HEX, ArtifactStore
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Tx
 from edgefleet.hub.errors import AuthenticationError, ForbiddenError, NotFoundError
-from edgefleet.hub.services import online_keys
+from edgefleet.hub.records import Device
+from edgefleet.hub.services import device_state, online_keys
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.hub.services.operators import Operator, authorize
 from edgefleet.releases import DELEGATED_ROLE_PATTERN, role_name_problem
@@ -42,6 +44,20 @@ TARGET_NAME = re.compile(r"^(?P<sha256>[0-9a-f]{64})\.[\w.\-]{1,128}$")
 Caller = Operator | DeviceCaller | None
 KEPT_FILE_BYTES = 1024 * 1024
 """Versioned files up to this size are kept in memory per process (`Hub.repository_files`); larger ones are read."""
+TIMESTAMP_HEAD = "timestamp"
+DIRECTOR_ROOT = "director-root"
+"""Role name of the director's root in the metadata table (shared by all devices)."""
+ROOTS = ("root", DIRECTOR_ROOT)
+"""The roles whose newest version `Hub.repository_heads` keeps under their name (for root probes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """The newest snapshot and timestamp as read together, and the timestamp's bytes (`Hub.repository_heads`)."""
+
+    snapshot: tuple[int, str]
+    timestamp: tuple[int, str]
+    body: bytes
 
 
 def check_reader(hub: Hub, caller: Caller) -> None:
@@ -142,6 +158,7 @@ def read(hub: Hub, caller: Caller, name: str) -> bytes:
         raise NotFoundError("metadata_not_found", "timestamp.json is never versioned")
     if version is not None:
         return _versioned(hub, role, int(version), name)
+    ticket = hub.repository_heads.ticket()
     with hub.store.transaction(readonly=True) as tx:
         if role == "timestamp":  # one statement: whether it needs re-signing, and it
             both = tx.latest_metadata_of(("snapshot", "timestamp"))
@@ -153,26 +170,84 @@ def read(hub: Hub, caller: Caller, name: str) -> bytes:
         refresh(hub)
         with hub.store.transaction(readonly=True) as tx:
             latest = tx.latest_metadata(role)
+    elif role == "timestamp" and latest is not None and (snap := both.get("snapshot")) is not None:
+        hub.repository_heads.put(TIMESTAMP_HEAD, _Stamp(snap, latest, latest[1].encode()), ticket)
     if latest is None:
         raise NotFoundError("metadata_not_found", f"no {name} in this repository")
     return latest[1].encode()
 
 
+def read_held(hub: Hub, name: str) -> bytes | None:
+    """`read` for an accepted device from this process's memory (no I/O); None: `read` must answer.
+
+    Raises:
+        NotFoundError: a root past the newest one (a TUF client's probe), as `read` would.
+    """
+    match = METADATA_NAME.fullmatch(name) or DELEGATED_NAME.fullmatch(name)
+    if match is None or (match.re is DELEGATED_NAME and role_name_problem(match["role"]) is not None):
+        return None
+    role, version = match["role"], match["version"]
+    if (version is None) != (role == "timestamp"):  # the timestamp, or a versioned file of another role
+        return None
+    return held_file(hub, role, None if version is None else int(version), missing=f"no {name} in this repository")
+
+
 def _versioned(hub: Hub, role: str, version: int, name: str) -> bytes:
     """A versioned file: it never changes once stored, so each process reads it from the database once."""
-    key = f"file/{role}/{version}"
+    body = versioned_file(hub, role, version)
+    if body is None:
+        raise NotFoundError("metadata_not_found", f"no {name} in this repository")
+    return body
+
+
+def versioned_file(hub: Hub, role: str, version: int) -> bytes | None:
+    """A stored metadata file by role and version (any role: the director's root too), kept once read.
+
+    When there is no such root, the newest version of that root is kept for `held`.
+    """
+    key = _file_key(role, version)
     held = hub.repository_files.get(key)
     if held is not None:
         return held
-    ticket = hub.repository_files.ticket()
+    ticket, heads = hub.repository_files.ticket(), hub.repository_heads.ticket()
     with hub.store.transaction(readonly=True) as tx:
         body = tx.get_metadata(role, version)
+        newest = tx.latest_metadata_version(role) if body is None and role in ROOTS else None
     if body is None:
-        raise NotFoundError("metadata_not_found", f"no {name} in this repository")
+        if newest is not None:
+            hub.repository_heads.put(role, newest, heads)
+        return None
     raw = body.encode()
     if len(raw) <= KEPT_FILE_BYTES:
         hub.repository_files.put(key, raw, ticket)
     return raw
+
+
+def _file_key(role: str, version: int) -> str:
+    return f"file/{role}/{version}"
+
+
+def held_file(hub: Hub, role: str, version: int | None, *, missing: str) -> bytes | None:
+    """What `read` (or the director's) would answer an accepted device from this process's memory; None: read it.
+
+    The timestamp when its newest version is held and needs no re-signing; a versioned file
+    when held. A root beyond the newest version held (a TUF client's probe for the next one)
+    raises NotFoundError saying `missing`. Only while the device caches may be used: the newest versions are
+    forgotten on every process's commit of new metadata, which a listener must hear.
+    """
+    if not hub.caches.usable:
+        return None
+    if version is None:
+        stamp = hub.repository_heads.get(TIMESTAMP_HEAD) if role == "timestamp" else None
+        if stamp is None or any(_stale_of(hub, stamp.snapshot, stamp.timestamp)):
+            return None
+        body: bytes = stamp.body
+        return body
+    if role in ROOTS:
+        newest = hub.repository_heads.get(role)
+        if newest is not None and version > newest:
+            raise NotFoundError("metadata_not_found", missing)
+    return hub.repository_files.get(_file_key(role, version))
 
 
 def artifact(hub: Hub, caller: Caller, path: str) -> Path:
@@ -198,6 +273,28 @@ def artifact(hub: Hub, caller: Caller, path: str) -> Path:
     if store.size(digest) is None:
         raise NotFoundError("artifact_not_found", "no such artifact")
     return store.path(digest)
+
+
+def held_artifact(hub: Hub, device: Device, path: str) -> Path | None:
+    """Where `artifact` would find the file for an accepted device, decided from memory; None: `artifact` decides.
+
+    The device's target answer (`device_state.cached_target_state`) names its assigned
+    releases, and the releases this process read name their artifacts; when both are held
+    and one of them has this digest, the device may fetch it. Anything else, refusals
+    included, is `artifact`'s to decide. Whether the file exists is the server's to find out.
+    """
+    match = TARGET_NAME.fullmatch(path.rsplit("/", 1)[-1])
+    if match is None or not hub.caches.usable:
+        return None
+    digest = match["sha256"]
+    if not hub.settings.public_repository:
+        target = device_state.cached_target_state(hub, device.id)
+        if target is None:
+            return None
+        releases = [hub.store.releases.get(app, assigned.version) for app, assigned in target.apps.items()]
+        if not any(release is not None and digest in release.artifacts for release in releases):
+            return None
+    return ArtifactStore(hub.settings.artifacts_path()).path(digest)
 
 
 def target_roles(tx: Tx, paths: Iterable[str]) -> dict[str, str]:

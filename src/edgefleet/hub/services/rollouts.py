@@ -223,7 +223,10 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
                 )
                 joining[device_id] = wave
             case rollout.Rejoin(device_id, wave):
-                tx.update_member(deployment.id, device_id, wave=wave, status="assigned", fetched_at=None)
+                # Assigned anew: a fetch noted before now (`Hub.flush_fetches`) was of the targets before.
+                tx.update_member(
+                    deployment.id, device_id, wave=wave, status="assigned", assigned_at=now, fetched_at=None
+                )
                 joining[device_id] = wave
             case rollout.Restore(device_id):
                 restores.append(device_id)

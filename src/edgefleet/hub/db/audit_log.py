@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import (
@@ -40,17 +40,20 @@ class AuditQueries(TxBase):
     """Mixed into `Tx`."""
 
     def append_audit(self, fields: dict[str, Any], *, seal: Seal) -> AuditEntry:
-        """Append one entry after the current head; the head's row lock orders concurrent appends."""
-        head = self._s.get(AuditHeadRow, 1, with_for_update=True)
+        """Append one entry after the current head; the head's row lock orders concurrent appends.
+
+        Three plain statements (lock and read the head, insert, move the head): every change is
+        audited, device events included, and the ORM's unit of work cost more than they do.
+        """
+        connection = self._s.connection()
+        head = connection.execute(_HEAD_FOR_UPDATE).first()
         if head is None:
             raise HubConfigError("audit_head_missing", "audit head row missing: database not migrated")
-        seq = head.seq + 1
-        digest = seal(seq, head.hash, fields)
-        row = AuditRow(seq=seq, prev_hash=head.hash, hash=digest, **fields)
-        self._s.add(row)
-        head.seq, head.hash = seq, digest
-        self._s.flush()
-        return _audit(row)
+        seq, prev_hash = head[0] + 1, head[1]
+        digest = seal(seq, prev_hash, fields)
+        connection.execute(_APPEND, {"seq": seq, "prev_hash": prev_hash, "hash": digest, **fields})
+        connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": digest})
+        return AuditEntry(seq=seq, prev_hash=prev_hash, hash=digest, **{**fields, "detail": dict(fields["detail"])})
 
     def list_audit(self, *, after: int, limit: int, descending: bool = False) -> list[AuditEntry]:
         query = select(AuditRow).limit(limit)
@@ -63,5 +66,13 @@ class AuditQueries(TxBase):
         return [_audit(row) for row in self._s.scalars(query)]
 
     def audit_head(self) -> tuple[int, str]:
-        head = self._s.get(AuditHeadRow, 1)
-        return (0, AUDIT_GENESIS) if head is None else (head.seq, head.hash)
+        head = self._s.connection().execute(_HEAD).first()
+        return (0, AUDIT_GENESIS) if head is None else (head[0], head[1])
+
+
+_HEAD = select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_APPEND = insert(AuditRow)
+_MOVE_HEAD = (
+    update(AuditHeadRow).where(AuditHeadRow.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from edgefleet.hub.db.listen import CHANNEL, EVERY_DEVICE
@@ -30,7 +32,7 @@ class TxBase:
         """The process's releases read before (`releases.KeptReleases`); None: read each time."""
         self._postgres = session.get_bind().dialect.name == "postgresql"
         self.changed: set[str] = set()
-        """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them."""
+        """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them; `METADATA_CHANGED`."""
 
     def _changes_many(self, device_ids: Collection[str]) -> None:
         """`_changes` for many devices, in one statement on PostgreSQL (a wave can assign thousands)."""
@@ -64,6 +66,13 @@ class TxBase:
                 setattr(row, name, value)
         self._s.flush()
 
+    def _upsert(self, table: type[Base], key: tuple[str, ...]) -> Any:
+        """A statement inserting a row of `table` given all its columns, or overwriting the one with the same `key`.
+
+        Built once per table and dialect, so executing it costs no statement compilation.
+        """
+        return _upsert_statement(table, key, postgres=self._postgres)
+
     def _advisory_lock(self, lock_id: int) -> None:
         """PostgreSQL: a lock held until the transaction ends. SQLite: BEGIN IMMEDIATE already serialises writers."""
         if self._s.get_bind().dialect.name == "postgresql":
@@ -71,3 +80,13 @@ class TxBase:
 
     def ping(self) -> None:
         self._s.execute(text("SELECT 1"))
+
+
+@functools.cache
+def _upsert_statement(table: type[Base], key: tuple[str, ...], *, postgres: bool) -> Any:
+    insert = postgresql.insert if postgres else sqlite.insert
+    statement = insert(table)
+    columns = [column.name for column in table.__table__.columns if column.name not in key]
+    return statement.on_conflict_do_update(
+        index_elements=list(key), set_={name: statement.excluded[name] for name in columns}
+    )

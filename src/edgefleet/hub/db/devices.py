@@ -70,6 +70,12 @@ class DeviceQueries(TxBase):
         row = self._s.get(DeviceRow, device_id, with_for_update=True, populate_existing=True)
         return None if row is None else _device(row)
 
+    def lock_device_status(self, device_id: str) -> str | None:
+        """The device's status, its row locked until the transaction ends (PostgreSQL); None: no such device."""
+        query = select(DeviceRow.status).where(DeviceRow.id == device_id).with_for_update()
+        status: str | None = self._s.execute(query).scalar()
+        return status
+
     def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:
         query = select(DeviceRow).order_by(DeviceRow.id).limit(limit)
         if fleet is not None:

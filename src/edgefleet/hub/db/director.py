@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DirectorMetadataRow
@@ -46,18 +46,29 @@ class DirectorQueries(TxBase):
     def insert_directors(self, device_id: str, signed: dict[str, tuple[int, str]], *, now: datetime) -> None:
         """Store new versions (role -> (version, body)); drop all but the newest few of those roles (two statements).
 
-        Devices only ever fetch the newest.
+        Devices only ever fetch the newest. Plain statements on the session's connection: the
+        ORM's bulk paths cost more than the statements themselves here (an update re-signs).
         """
-        row = DirectorMetadataRow
-        self._s.execute(
-            insert(row),
+        connection = self._s.connection()
+        connection.execute(
+            _INSERT,
             [
                 {"device_id": device_id, "role": role, "version": version, "body": body, "created_at": now}
                 for role, (version, body) in signed.items()
             ],
         )
-        old = [
-            and_(row.role == role, row.version <= version - DIRECTOR_VERSIONS_KEPT)
-            for role, (version, _) in signed.items()
-        ]
-        self._s.execute(delete(row).where(row.device_id == device_id, or_(*old)))
+        connection.execute(
+            _DELETE_OLD,
+            [
+                {"device": device_id, "role": role, "oldest": version - DIRECTOR_VERSIONS_KEPT}
+                for role, (version, _) in signed.items()
+            ],
+        )
+
+
+_INSERT = insert(DirectorMetadataRow)
+_DELETE_OLD = delete(DirectorMetadataRow).where(
+    DirectorMetadataRow.device_id == bindparam("device"),
+    DirectorMetadataRow.role == bindparam("role"),
+    DirectorMetadataRow.version <= bindparam("oldest"),
+)

@@ -62,8 +62,7 @@ def record_events(hub: Hub, caller: DeviceCaller, batch: DeviceEvents) -> Events
     device_id = caller.device.id
     with hub.store.transaction() as tx:
         # The device's row lock orders concurrent batches from one device (PostgreSQL).
-        device = tx.get_device(device_id, for_update=True)
-        if device is None or device.status != "accepted":
+        if tx.lock_device_status(device_id) != "accepted":
             raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
         claim_token(hub, tx, caller)
         acknowledged = tx.events_acknowledged(device_id)

@@ -110,7 +110,7 @@ class Hub:
         fleet = FleetView(
             capacity=settings.device_cache_entries, full_seconds=FLEET_FULL_SECONDS, usable=lambda: caches.usable
         )
-        self.store.notifier.watch(fleet.changed)
+        self.store.notifier.watch_outcomes(fleet.changed)
         object.__setattr__(self, "fleet", fleet)
         object.__setattr__(self, "statuses", Expiring(capacity=STATUS_ENTRIES, ttl=STATUS_SECONDS))
         files = Expiring[bytes](capacity=REPOSITORY_FILES, ttl=REPOSITORY_FILE_SECONDS)

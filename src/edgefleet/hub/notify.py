@@ -14,6 +14,8 @@ listener's thread, the flags are set on the subscriber's event loop through
 Changes of the TUF metadata (a signed root, snapshot, timestamp or targets) travel the same
 way under one key that is no device's, `METADATA_CHANGED`: they go to the watchers of
 metadata (the process's newest versions, `Hub.repository_heads`), never to the device ones.
+A device's new update outcome (`outcome_key`) goes only to the watchers of outcomes (the
+rollout scheduler's fleet view): it changes no answer the device gets, and wakes no one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ Watcher = Callable[[Iterable[str] | None], None]
 """Told of every change before any held request is woken: the device ids, or None for every device."""
 METADATA_CHANGED = "tuf:metadata"
 """The change key of any newly stored repository or director-root metadata (a device id is a UUID)."""
+OUTCOME_PREFIX = "outcome:"
+
+
+def outcome_key(device_id: str) -> str:
+    """The change key of a device's new update outcome: it changes nothing the device is answered, only rollouts."""
+    return OUTCOME_PREFIX + device_id
 
 
 class Subscription:
@@ -60,10 +68,15 @@ class Notifier:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._watchers: list[Watcher] = []
         self._metadata_watchers: list[Callable[[], None]] = []
+        self._outcome_watchers: list[Watcher] = []
 
     def watch(self, watcher: Watcher) -> None:
         """Tell `watcher` of every change from now on (the device caches), before the requests it wakes read again."""
         self._watchers.append(watcher)
+
+    def watch_outcomes(self, watcher: Watcher) -> None:
+        """`watch`, and be told of the devices whose update outcomes changed too (`outcome_key`)."""
+        self._outcome_watchers.append(watcher)
 
     def watch_metadata(self, watcher: Callable[[], None]) -> None:
         """Call `watcher` whenever `METADATA_CHANGED` is announced, or anything may have changed."""
@@ -71,18 +84,31 @@ class Notifier:
 
     def forget(self, device_ids: Iterable[str] | None) -> None:
         """Tell the watchers these devices changed (None: every device, and the metadata) without waking anyone."""
-        if device_ids is not None:
-            device_ids = set(device_ids)
-            if METADATA_CHANGED not in device_ids:
-                for watcher in self._watchers:
-                    watcher(device_ids)
-                return
-            device_ids.discard(METADATA_CHANGED)
-        for metadata_watcher in self._metadata_watchers:
-            metadata_watcher()
-        if device_ids is None or device_ids:
+        if device_ids is None:
+            for metadata_watcher in self._metadata_watchers:
+                metadata_watcher()
+            for watcher in (*self._watchers, *self._outcome_watchers):
+                watcher(None)
+            return
+        devices: set[str] = set()
+        outcomes: set[str] = set()
+        metadata = False
+        for key in device_ids:
+            if key == METADATA_CHANGED:
+                metadata = True
+            elif key.startswith(OUTCOME_PREFIX):
+                outcomes.add(key.removeprefix(OUTCOME_PREFIX))
+            else:
+                devices.add(key)
+        if metadata:
+            for metadata_watcher in self._metadata_watchers:
+                metadata_watcher()
+        if devices:
             for watcher in self._watchers:
-                watcher(device_ids)
+                watcher(devices)
+        if devices or outcomes:
+            for watcher in self._outcome_watchers:
+                watcher(devices | outcomes)
 
     @contextmanager
     def subscribe(self, device_id: str) -> Iterator[Subscription]:

@@ -25,6 +25,7 @@ from edgefleet.hub.db.device_path import DevicePathQueries
 from edgefleet.hub.db.listen import DeviceListener
 from edgefleet.hub.lastseen import LAST_SEEN_GRANULARITY
 from tests.conftest import Fleet
+from tests.integration.hub.test_device_events import event as device_event
 from tests.integration.hub.test_push import assign, caught_up, listener_of, poll, postgres_only
 from tests.integration.hub.test_push import publisher as publisher  # a fixture: one release, published
 from tests.publishing import Publisher
@@ -313,3 +314,18 @@ def test_director_metadata_remembered_as_current_are_re_signed_when_they_go_stal
     stamp = fleet.device_call(device, "GET", "/tuf/director/timestamp.json").json()["signed"]
     assert stamp["version"] > 1  # re-signed: the remembered time had passed
     assert director_targets(fleet, device)["version"] == first["version"] + 1
+
+
+@postgres_only
+def test_an_update_outcome_drops_nothing_a_device_is_answered_from(fleet: Fleet, other: Fleet) -> None:
+    device = fleet.enroll()
+    assert poll(fleet, device).status_code == 200
+    assert poll(other, device).status_code == 200
+    sent = other.device_call(device, "POST", "/device/events", json={"events": [device_event(1)], "dropped": 0})
+    assert sent.status_code == 200, sent.text
+    for hub in (fleet.hub, other.hub):
+        caught_up(hub)  # the outcome's announcement has reached both processes
+        assert hub.caches.devices.get(device.device_id) is not None
+        assert hub.caches.targets.get(device.device_id) is not None
+    found = fleet.hub.fleet.refresh(fleet.hub.store).targets[device.device_id].outcomes  # the scheduler's view
+    assert found["sensor"][0] == "failed"

@@ -63,7 +63,7 @@ def answer_of(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
 
 @contextmanager
 def routes_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """While inside, the two routes the lane stands in for fail if they are reached."""
+    """While inside, the routes the lane stands in for fail if they are reached."""
 
     def reached(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("the route answered, not the lane")
@@ -71,7 +71,15 @@ def routes_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with monkeypatch.context() as patch:
         patch.setattr(device_routes, "longpoll", SimpleNamespace(settle=reached, respond=reached))
         patch.setattr(device_routes, "TwinOut", SimpleNamespace(model_validate=reached))
+        patch.setattr(device_routes, "events", SimpleNamespace(record_events=reached))
+        patch.setattr(device_routes, "run_in_threadpool", reached)
         yield
+
+
+def forgetting(fleet: Fleet, send: Callable[[], Any]) -> Any:
+    """`send`, once this process forgot every device it held (the lane then reads what the route reads)."""
+    fleet.hub.caches.changed(None)
+    return send()
 
 
 Request = Callable[[TestClient, Fleet, LocalIdentity, str], Any]
@@ -88,6 +96,12 @@ ANSWERED_BY_THE_LANE: dict[str, Request] = {
     ),
     "bearer in lower case": lambda c, f, d, tag: c.get(
         TARGET, headers={"Authorization": f"bearer {d.token(now=f.clock())}", "If-None-Match": tag}
+    ),
+    "poll of a device not held": lambda c, f, d, _tag: forgetting(
+        f, lambda: c.get(TARGET, headers=auth(d.token(now=f.clock())))
+    ),
+    "304 of a device not held": lambda c, f, d, tag: forgetting(
+        f, lambda: c.get(TARGET, headers={**auth(d.token(now=f.clock())), "If-None-Match": tag})
     ),
     "unchanged report": lambda c, f, d, _tag: report(c, f, d, {"os": "a", "apps": {"x": {"version": "1.0.0"}}}),
     "unchanged report, some keys": lambda c, f, d, _tag: report(c, f, d, {"os": "a"}),
@@ -125,6 +139,16 @@ def counted(metrics: str, series: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(series + " ")]
     return values[0] if values else 0.0
 
+
+EVENT = {
+    "seq": 1,
+    "at": "2026-12-01T10:00:00+00:00",
+    "kind": "update",
+    "app": "x",
+    "from_release": "1.0.0",
+    "to_release": "1.1.0",
+    "status": "committed",
+}
 
 OTHER_DEVICE = "/api/v1/devices/00000000-0000-4000-8000-000000000000/twin/reported"
 
@@ -184,6 +208,25 @@ HANDED_ON: dict[str, Request] = {
     "report to an upper-case id": lambda c, f, d, _t: report(
         c, f, d, {"os": "a"}, path=f"/api/v1/devices/{d.device_id.upper()}/twin/reported"
     ),
+    "events as text": lambda c, f, d, _t: c.post(
+        "/api/v1/device/events",
+        headers={**auth(d.token(now=f.clock())), "Content-Type": "text/plain"},
+        content=b'{"events": []}',
+    ),
+    "events not JSON": lambda c, f, d, _t: c.post(
+        "/api/v1/device/events",
+        headers={**auth(d.token(now=f.clock())), "Content-Type": "application/json"},
+        content=b'{"events": [',
+    ),
+    "events out of order": lambda c, f, d, _t: c.post(
+        "/api/v1/device/events",
+        headers=auth(d.token(now=f.clock())),
+        json={"events": [{**EVENT, "seq": 2}, EVENT]},
+    ),
+    "events by an operator": lambda c, f, _d, _t: c.post("/api/v1/device/events", headers=auth(f.admin), json={}),
+    "events with a query": lambda c, f, d, _t: c.post(
+        "/api/v1/device/events?x=1", headers=auth(d.token(now=f.clock())), json={"events": []}
+    ),
     "report by an operator": lambda c, f, d, _t: c.patch(
         f"/api/v1/devices/{d.device_id}/twin/reported", headers=auth(f.admin), json={"properties": {"os": "a"}}
     ),
@@ -204,10 +247,41 @@ def test_what_the_lane_is_unsure_of_is_answered_by_the_routes(
         assert fleet.counts() == before
 
 
-def test_a_changed_report_goes_to_the_route_and_is_written(fleet: Fleet, device: LocalIdentity) -> None:
-    assert report(fleet.api, fleet, device, {"os": "b"}).json()["reported"]["os"] == "b"
+@pytest.mark.parametrize("held", [True, False], ids=["held", "read"])
+def test_a_changed_report_is_written_by_the_lane_as_the_route_writes_it(
+    fleet: Fleet, routes_only: TestClient, device: LocalIdentity, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    if not held:
+        fleet.hub.caches.changed(None)
+    with routes_broken(monkeypatch):
+        answer = report(fleet.api, fleet, device, {"os": "b"})
+    assert answer.json()["reported"]["os"] == "b"
+    again = report(routes_only, fleet, device, {"os": "c"})  # the route's answer to the same kind of change
+    assert (answer.status_code, answer.headers["content-type"]) == (again.status_code, again.headers["content-type"])
+    assert {**answer.json(), "reported": None} == {**again.json(), "reported": None}
     twin = fleet.device_call(device, "GET", f"/devices/{device.device_id}/twin").json()
-    assert twin["reported"]["os"] == "b"
+    assert twin["reported"]["os"] == "c"
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "read"])
+def test_events_are_recorded_by_the_lane_as_the_route_records_them(
+    fleet: Fleet, routes_only: TestClient, device: LocalIdentity, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    def send(client: TestClient, *events: dict[str, Any]) -> Any:
+        body = {"events": list(events), "dropped": 0}
+        return client.post("/api/v1/device/events", headers=auth(device.token(now=fleet.clock())), json=body)
+
+    if not held:
+        fleet.hub.caches.changed(None)
+    with routes_broken(monkeypatch):
+        first = send(fleet.api, EVENT)
+    assert first.json() == {"acknowledged": 1}
+    assert answer_of(send(routes_only, EVENT)) == answer_of(first)  # a re-send: recorded once
+    audited = fleet.call("GET", "/audit").json()
+    assert [e["action"] for e in audited if e["target"] == f"device:{device.device_id}"].count(
+        "device.update.committed"
+    ) == 1
+    assert fleet.call("GET", "/audit/verify").json()["ok"]
 
 
 def test_a_revoked_devices_poll_and_report_are_refused_at_once(fleet: Fleet, device: LocalIdentity) -> None:

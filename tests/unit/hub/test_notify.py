@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from edgefleet.hub.notify import METADATA_CHANGED, Notifier
+from edgefleet.hub.notify import METADATA_CHANGED, Notifier, outcome_key
 
 
 def run(coroutine):
@@ -167,3 +167,23 @@ def test_a_metadata_change_goes_to_the_metadata_watchers_only():
     assert (devices, len(metadata)) == ([["d1"], ["d2"]], 2)
     notifier.wake_all()  # anything may have changed: the metadata too
     assert (devices, len(metadata)) == ([["d1"], ["d2"], None], 3)
+
+
+def test_an_outcome_goes_to_the_outcome_watchers_only_and_wakes_no_one():
+    notifier = Notifier()
+    devices: list[object] = []
+    outcomes: list[object] = []
+    notifier.watch(lambda ids: devices.append(None if ids is None else sorted(ids)))
+    notifier.watch_outcomes(lambda ids: outcomes.append(None if ids is None else sorted(ids)))
+
+    async def woken() -> bool:
+        with notifier.subscribe("d1") as subscription:
+            notifier.wake([outcome_key("d1")])
+            return await subscription.wait(0.05)
+
+    assert asyncio.run(woken()) is False
+    assert (devices, outcomes) == ([], [["d1"]])
+    notifier.forget([outcome_key("d1"), "d2"])  # an outcome watcher is told of every device change too
+    assert (devices, outcomes) == ([["d2"]], [["d1"], ["d1", "d2"]])
+    notifier.wake_all()
+    assert (devices, outcomes) == ([["d2"], None], [["d1"], ["d1", "d2"], None])

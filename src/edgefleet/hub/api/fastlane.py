@@ -1,36 +1,32 @@
-"""The device path's cache hits, answered before FastAPI's routing: target polls, unchanged reports, TUF files.
+"""A device's plain requests, answered before FastAPI's routing: target polls, reports, events, TUF files.
 
 Most of what a fleet sends is a device asking for its target (answered 304 or held until it
-changes) and a device reporting a state the hub already holds. When this process's caches
-hold the device and its target, the answer needs no database, and FastAPI's routing and
-dependency resolution would be most of its cost (issue 16). `DeviceFastLane` answers
-exactly those requests itself, with the same checks the routes make, through the same
-functions (`devices.admit_cached`, `devices.unchanged_by_report`, `longpoll.settle`,
-`device_state`), and the same bytes, headers and statuses the routes answer.
+changes) and a device reporting a state the hub already holds; an update adds a dozen more
+(its TUF files, its events, its changed report). FastAPI's routing, dependency resolution
+and validation would be most of their cost (issue 16). `DeviceFastLane` answers exactly
+those requests itself, with the same checks the routes make, through the same functions
+(`devices.admit_cached` and `admit_loaded`, `devices.unchanged_by_report` and
+`update_reported`, `longpoll.settle`, `device_state`, `events.record_events`), and the same
+bytes, headers and statuses the routes answer: from this process's caches when they hold
+the device and its answer, else read or written as the route would (in the thread pool).
 
 Anything else goes to the app untouched, including every request it is unsure of: another
-path or method, a query besides `wait`, headers it does not expect, a body that is not a plain
-JSON report, an operator token, a device or target the caches do not hold, a report that
-changes something. The routes then decide as they always have, so this lane can only ever
-answer what the app would answer. It sits inside the body limit and the request metrics,
-which count its answers under the routes' templates.
-
-An update's TUF requests (metadata files and artifacts) take the same way when this
-process holds what they need; `api.tuflane` decides their answers.
+path or method, a query besides `wait`, headers it does not expect, a body that is not plain
+JSON of the right shape, an operator token, a report to another device's path. The routes
+then decide as they always have, so this lane can only ever answer what the app would
+answer. It sits inside the body limit and the request metrics, which count its answers under
+the routes' templates. `api.tuflane` decides the answers to TUF requests.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import anyio
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.hub.api import longpoll, tuflane
@@ -39,12 +35,13 @@ from edgefleet.hub.api.routes import device as routes
 from edgefleet.hub.api.schemas import TwinOut
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import HubError
-from edgefleet.hub.services import device_state, devices
+from edgefleet.hub.services import device_state, devices, events
 from edgefleet.hub.services.operators import API_TOKEN_PREFIX
-from edgefleet.protocol import API_PREFIX, ReportedProperties, TargetState
+from edgefleet.protocol import API_PREFIX, DeviceEvents, ReportedProperties, TargetState
 
 TARGET_PATH = API_PREFIX + routes.TARGET
 REPORTED_TEMPLATE = API_PREFIX + routes.REPORTED
+EVENTS_PATH = API_PREFIX + routes.EVENTS
 _REPORTED = re.compile("^" + re.escape(REPORTED_TEMPLATE).replace(re.escape("{device_id}"), "([0-9a-f-]{36})") + "$")
 _WAIT = re.compile(rb"^wait=([0-9]{1,4}(?:\.[0-9]{1,6})?)$")
 """The one query the lane takes: `wait` as a plain decimal; the route parses every other spelling."""
@@ -72,10 +69,15 @@ class DeviceFastLane:
                 if unanswered is None:
                     return
                 receive = unanswered
+            elif method == "POST" and path == EVENTS_PATH:
+                unanswered = await self._events(scope, receive, send)
+                if unanswered is None:
+                    return
+                receive = unanswered
         await self.app(scope, receive, send)
 
     async def _target(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Answer a target poll whose device and target this process holds; False: the app answers it."""
+        """Answer a target poll as the route does (the caches first, else the database); False: the app answers it."""
         wait = _wait(scope["query_string"])
         headers = _headers(scope, b"authorization", b"if-none-match")
         if wait is None or headers is None:
@@ -86,20 +88,15 @@ class DeviceFastLane:
         if secret is None or (if_none_match is not None and len(if_none_match) > longpoll.MAX_ETAG_LENGTH):
             return False
         hub = self.hub
-        caller = _admitted(hub, secret)
-        if caller is None:
-            return False
-        device_id = caller.device.id
-        first = device_state.cached_target_state(hub, device_id)
-        if first is None:
-            return False
         scope["route"] = _TARGET_ROUTE
         try:
+            caller = await _caller(hub, secret)
+            device_id = caller.device.id
             answer, tag = await longpoll.settle(
                 lambda: device_state.target_state(hub, device_id),
                 notifier=hub.notifier,
                 device_id=device_id,
-                first=first,
+                first=device_state.cached_target_state(hub, device_id),
                 peek=lambda: device_state.cached_target_state(hub, device_id),
                 if_none_match=if_none_match,
                 wait=wait,
@@ -112,52 +109,87 @@ class DeviceFastLane:
         return True
 
     async def _tuf(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Answer a device's TUF request from what this process holds; False: the app answers it."""
+        """Answer a device's TUF request as the routes do, from what this process holds if it can; False: the app."""
         headers = _headers(scope, b"authorization")
         if scope["query_string"] or headers is None:
             return False
         secret = _bearer(headers.get(b"authorization"))
-        caller = None if secret is None else _admitted(self.hub, secret)
-        if caller is None:
+        template = tuflane.template(scope["path"])
+        if secret is None or template is None:
             return False
-        found = tuflane.answer(self.hub, caller, scope["path"])
-        if found is None:
+        hub = self.hub
+        try:
+            caller = await _caller(hub, secret)
+            found = tuflane.answer(hub, caller, scope["path"])
+            if found is None:
+                return False
+            response = found.response
+            if response is None and found.read is not None:
+                response = await run_in_threadpool(found.read)
+        except HubError as exc:
+            response = hub_error_response(exc)
+        if response is None:  # pragma: no cover - an answer has a response or a way to read it
             return False
-        response = found.response
-        if response is None and found.file is not None:
-            on_disk = await anyio.to_thread.run_sync(_stat, found.file)
-            if on_disk is None:
-                return False  # the route says what is missing
-            response = tuflane.artifact_response(found.file, on_disk)
-        if response is None:  # pragma: no cover - an answer has a response or a file
-            return False
-        scope["route"] = AnsweredRoute(found.template)
+        scope["route"] = AnsweredRoute(template)
         await response(scope, receive, send)
         return True
 
-    async def _report(self, scope: Scope, receive: Receive, send: Send, device_id: str) -> Receive | None:
-        """Answer a report that changes nothing; else the `receive` the app reads the same body from."""
+    async def _json_body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, str | None, Receive]:
+        """A device's JSON request body and token, and the `receive` the app reads the same body from.
+
+        The body is None when the request is not one the lane takes: a query, duplicate or
+        missing headers, another content type, a declared length over the limit.
+        """
         headers = _headers(scope, b"authorization", b"content-type", b"content-length")
         if scope["query_string"] or headers is None or headers.get(b"content-type") != _JSON:
-            return receive
+            return None, None, receive
         declared = headers.get(b"content-length")
         if declared is None or not declared.isdigit() or int(declared) > self.hub.settings.max_body_bytes:
-            return receive
+            return None, None, receive
         messages, body = await _read_body(receive)
-        replay = _replaying(messages, receive)
-        secret = _bearer(headers.get(b"authorization"))
-        if body is None or secret is None:
+        return body, _bearer(headers.get(b"authorization")), _replaying(messages, receive)
+
+    async def _report(self, scope: Scope, receive: Receive, send: Send, device_id: str) -> Receive | None:
+        """Answer a device's own state report as the route does; else the `receive` the app reads the same body from."""
+        body, secret, replay = await self._json_body(scope, receive)
+        properties = None if body is None or secret is None else _properties(body)
+        if properties is None or secret is None:
             return replay
-        properties = _properties(body)
-        caller = _admitted(self.hub, secret) if properties is not None else None
-        if properties is None or caller is None:
-            return replay
-        same = devices.unchanged_by_report(caller, device_id, properties)
-        if same is None:
-            return replay
+        hub = self.hub
+        try:
+            caller = await _caller(hub, secret)
+            if caller.device.id != device_id:
+                return replay  # the route says why not
+            same = devices.unchanged_by_report(caller, device_id, properties)
+            twin = same or await run_in_threadpool(devices.update_reported, hub, caller, device_id, properties)
+        except HubError as exc:
+            await _answer_error(scope, receive, send, _REPORTED_ROUTE, exc)
+            return None
         scope["route"] = _REPORTED_ROUTE
-        await _send_json(send, 200, TwinOut.model_validate(same).model_dump_json(by_alias=True).encode())
+        await _send_json(send, 200, TwinOut.model_validate(twin).model_dump_json(by_alias=True).encode())
         return None
+
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Record a device's events as the route does; else the `receive` the app reads the same body from."""
+        body, secret, replay = await self._json_body(scope, receive)
+        batch = None if body is None or secret is None else _events(body)
+        if batch is None or secret is None:
+            return replay
+        hub = self.hub
+        try:
+            caller = await _caller(hub, secret)
+            acknowledged = await run_in_threadpool(events.record_events, hub, caller, batch)
+        except HubError as exc:
+            await _answer_error(scope, receive, send, _EVENTS_ROUTE, exc)
+            return None
+        scope["route"] = _EVENTS_ROUTE
+        await _send_json(send, 200, acknowledged.model_dump_json(by_alias=True).encode())
+        return None
+
+
+async def _answer_error(scope: Scope, receive: Receive, send: Send, route: AnsweredRoute, exc: HubError) -> None:
+    scope["route"] = route
+    await hub_error_response(exc)(scope, receive, send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +201,7 @@ class AnsweredRoute:
 
 _TARGET_ROUTE = AnsweredRoute(TARGET_PATH)
 _REPORTED_ROUTE = AnsweredRoute(REPORTED_TEMPLATE)
-
-
-def _stat(file: Path) -> os.stat_result | None:
-    """The file's `os.stat` if it is a regular file (blocking: run in a thread)."""
-    try:
-        found = file.stat()
-    except OSError:
-        return None
-    return found if stat.S_ISREG(found.st_mode) else None
+_EVENTS_ROUTE = AnsweredRoute(EVENTS_PATH)
 
 
 def _wait(query: bytes) -> float | None:
@@ -213,11 +237,31 @@ def _bearer(value: bytes | None) -> str | None:
     return None if secret.startswith(API_TOKEN_PREFIX) else secret
 
 
+async def _caller(hub: Hub, secret: str) -> devices.DeviceCaller:
+    """The accepted device the token comes from: from this process's cache, else read (as `deps.current_device`).
+
+    Raises:
+        HubError: the token or the device is refused.
+    """
+    cached = devices.admit_cached(hub, secret)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(devices.admit_loaded, hub, secret)
+
+
 def _admitted(hub: Hub, secret: str) -> devices.DeviceCaller | None:
     """The accepted device the token comes from, from this process's cache; None: the app decides."""
     try:
         return devices.admit_cached(hub, secret)
     except HubError:
+        return None
+
+
+def _events(body: bytes) -> DeviceEvents | None:
+    """The batch of events, validated as the route validates it; None: the app says what is wrong."""
+    try:
+        return DeviceEvents.model_validate(json.loads(body))
+    except (ValueError, ValidationError, RecursionError):
         return None
 
 

@@ -7,12 +7,16 @@ process's commit of new metadata). `answer` decides, without I/O and through the
 own functions (`director.read_held`, `metadata.read_held`, `metadata.held_artifact`), what
 the routes in `routes.tuf` would answer an accepted device: the same answer objects
 (`routes.tuf.metadata_response`, a `FileResponse`, `answers.hub_error_response`). When this
-process does not hold what the answer needs, it says so (None) and the route answers.
+process does not hold what the answer needs, the answer is read as the route reads it (in
+the thread pool, by the same service functions); a request the route would refuse by its
+parameters' shape (a name too long, a nested one) is left to the route.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from starlette.responses import FileResponse, Response
 from edgefleet.hub.api.answers import hub_error_response
 from edgefleet.hub.api.routes import tuf as routes
 from edgefleet.hub.context import Hub
-from edgefleet.hub.errors import HubError
+from edgefleet.hub.errors import HubError, NotFoundError
 from edgefleet.hub.services import director, metadata
 from edgefleet.hub.services.devices import DeviceCaller
 from edgefleet.protocol import API_PREFIX
@@ -34,30 +38,35 @@ _REPOSITORY = API_PREFIX + routes.PREFIX + routes.REPOSITORY_FILE.removesuffix("
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the lane answers, and the route template the request metrics count it under."""
+    """What the lane answers, and the route template the request metrics count it under.
+
+    `response` when this process holds it; else `read`, which makes it as the route would
+    (blocking: run in the thread pool) and raises the route's `HubError`s.
+    """
 
     template: str
     response: Response | None = None
-    file: Path | None = None
-    """An artifact (`response` is None): answered by `artifact_response` once found on disk, else by the route."""
+    read: Callable[[], Response] | None = None
 
 
-def artifact_response(file: Path, found: os.stat_result) -> FileResponse:
-    """The artifact's answer as the route gives it, from its file's `os.stat`."""
-    return FileResponse(file, media_type=routes.ARTIFACT, stat_result=found)
+def template(path: str) -> str | None:
+    """The route template of a TUF `path` the lane may answer; None: the app's (another path)."""
+    for prefix, route in ((_TARGETS, routes.REPOSITORY_TARGET), (_DIRECTOR, routes.DIRECTOR_FILE)):
+        if path.startswith(prefix):
+            return API_PREFIX + routes.PREFIX + route
+    return API_PREFIX + routes.PREFIX + routes.REPOSITORY_FILE if path.startswith(_REPOSITORY) else None
 
 
 def answer(hub: Hub, caller: DeviceCaller, path: str) -> Answer | None:
-    """The routes' answer to an accepted device's GET of `path` (no query), when this process holds it; else None."""
+    """The routes' answer to an accepted device's GET of `path` (no query); None: not one the lane can give."""
     if path.startswith(_TARGETS):
         target = path.removeprefix(_TARGETS)
         if not 0 < len(target) <= routes.MAX_TARGET_PATH:
             return None
-        file = metadata.held_artifact(hub, caller.device, target)
-        if file is None:
-            return None
-        return Answer(API_PREFIX + routes.PREFIX + routes.REPOSITORY_TARGET, file=file)
-    if path.startswith(_DIRECTOR):
+        template = API_PREFIX + routes.PREFIX + routes.REPOSITORY_TARGET
+        return Answer(template, read=lambda: _artifact(hub, caller, target))
+    directors = path.startswith(_DIRECTOR)
+    if directors:
         name, template = path.removeprefix(_DIRECTOR), API_PREFIX + routes.PREFIX + routes.DIRECTOR_FILE
     elif path.startswith(_REPOSITORY):
         name, template = path.removeprefix(_REPOSITORY), API_PREFIX + routes.PREFIX + routes.REPOSITORY_FILE
@@ -65,11 +74,38 @@ def answer(hub: Hub, caller: DeviceCaller, path: str) -> Answer | None:
         return None
     if not 0 < len(name) <= routes.MAX_NAME or "/" in name:
         return None
+
+    def read() -> Response:
+        body = director.read(hub, caller.device, name) if directors else metadata.read(hub, caller, name)
+        return routes.metadata_response(body, name)
+
     try:
-        if template.endswith(routes.DIRECTOR_FILE):
-            body = director.read_held(hub, caller.device, name)
-        else:
-            body = metadata.read_held(hub, name)
+        held = director.read_held(hub, caller.device, name) if directors else metadata.read_held(hub, name)
     except HubError as exc:
         return Answer(template, hub_error_response(exc))
-    return None if body is None else Answer(template, routes.metadata_response(body, name))
+    return Answer(template, read=read) if held is None else Answer(template, routes.metadata_response(held, name))
+
+
+def _artifact(hub: Hub, caller: DeviceCaller, target: str) -> Response:
+    """The artifact's answer (blocking): the file the device may fetch, as the route finds it, with its `os.stat`.
+
+    Raises:
+        HubError: as `metadata.artifact` (not assigned, no such artifact).
+    """
+    held = metadata.held_artifact(hub, caller.device, target)
+    if held is not None and (found := _stat(held)) is not None:
+        return FileResponse(held, media_type=routes.ARTIFACT, stat_result=found)
+    file = metadata.artifact(hub, caller, target)
+    found = _stat(file)
+    if found is None:  # gone since `artifact` looked
+        raise NotFoundError("artifact_not_found", "no such artifact")
+    return FileResponse(file, media_type=routes.ARTIFACT, stat_result=found)
+
+
+def _stat(file: Path) -> os.stat_result | None:
+    """The file's `os.stat` if it is a regular file (blocking)."""
+    try:
+        found = file.stat()
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None

@@ -9,6 +9,7 @@ from edgefleet.hub.db.models import (
     DeviceEventCursorRow,
     DeviceUpdateRow,
 )
+from edgefleet.hub.notify import outcome_key
 from edgefleet.hub.records import UpdateOutcome
 
 _ACKNOWLEDGED = select(DeviceEventCursorRow.acknowledged).where(DeviceEventCursorRow.device_id == bindparam("device"))
@@ -33,7 +34,7 @@ class DeviceEventQueries(TxBase):
 
     def put_update_outcome(self, outcome: UpdateOutcome) -> None:
         """Replace the device's latest outcome for the outcome's app (announced: the rollout scheduler judges it)."""
-        self._changes(outcome.device_id)
+        self._changes(outcome_key(outcome.device_id))
         values = {name: getattr(outcome, name) for name in UpdateOutcome.__slots__}
         self._s.connection().execute(self._upsert(DeviceUpdateRow, ("device_id", "app")), values)
 

@@ -28,7 +28,8 @@ from edgefleet.protocol import (
 router = APIRouter(tags=["device"], responses=ERRORS)
 TARGET = "/device/target"
 REPORTED = "/devices/{device_id}/twin/reported"
-"""The two routes `api.fastlane` answers itself when the caches hold what they need."""
+EVENTS = "/device/events"
+"""The routes `api.fastlane` answers itself (through the same service functions) when a request is plain."""
 DevicePath = Annotated[DeviceId, Path(description="Device UUID")]
 
 
@@ -106,7 +107,7 @@ def renew(hub: HubDep, caller: DeviceDep, body: RenewRequest) -> DeviceIdentity:
     return devices.renew_certificate(hub, caller, csr=body.csr, key_change_proof=body.key_change_proof)
 
 
-@router.post("/device/events", response_model=EventsAck)
+@router.post(EVENTS, response_model=EventsAck)
 def device_events(hub: HubDep, caller: DeviceDep, body: DeviceEvents) -> EventsAck:
     """Record the calling device's buffered events, oldest first; answers the highest `seq` recorded.
 

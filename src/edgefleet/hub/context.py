@@ -106,6 +106,7 @@ class Hub:
             usable=(lambda: settings.device_cache_seconds > 0) if self.store.dialect != "postgresql" else lambda: False,
         )
         self.store.notifier.watch(caches.changed)
+        self.store.notifier.watch_answers(caches.answers_changed)
         object.__setattr__(self, "caches", caches)
         fleet = FleetView(
             capacity=settings.device_cache_entries, full_seconds=FLEET_FULL_SECONDS, usable=lambda: caches.usable

@@ -166,3 +166,12 @@ class DeviceCaches:
         self.devices.invalidate(ids)
         self.targets.invalidate(ids)
         self.directors.invalidate(ids)
+
+    def answers_changed(self, device_ids: Iterable[str] | None) -> None:
+        """What these devices are told changed, not their records: drop their answers, keep the records."""
+        if device_ids is None:
+            self.changed(None)
+            return
+        ids = list(device_ids)
+        self.targets.invalidate(ids)
+        self.directors.invalidate(ids)

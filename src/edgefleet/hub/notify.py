@@ -15,7 +15,10 @@ Changes of the TUF metadata (a signed root, snapshot, timestamp or targets) trav
 way under one key that is no device's, `METADATA_CHANGED`: they go to the watchers of
 metadata (the process's newest versions, `Hub.repository_heads`), never to the device ones.
 A device's new update outcome (`outcome_key`) goes only to the watchers of outcomes (the
-rollout scheduler's fleet view): it changes no answer the device gets, and wakes no one.
+rollout scheduler's fleet view): it changes no answer the device gets, and wakes no one. A
+change of what a device is told but not of its record (`answers_key`: its assignments, its
+environment) goes to the watchers of answers (the target and director caches) instead of the
+device watchers, and wakes the device's held requests.
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ Watcher = Callable[[Iterable[str] | None], None]
 METADATA_CHANGED = "tuf:metadata"
 """The change key of any newly stored repository or director-root metadata (a device id is a UUID)."""
 OUTCOME_PREFIX = "outcome:"
+ANSWERS_PREFIX = "answers:"
 
 
 def outcome_key(device_id: str) -> str:
     """The change key of a device's new update outcome: it changes nothing the device is answered, only rollouts."""
     return OUTCOME_PREFIX + device_id
+
+
+def answers_key(device_id: str) -> str:
+    """The change key of what a device is told (its assignments, its environment), its record unchanged."""
+    return ANSWERS_PREFIX + device_id
 
 
 class Subscription:
@@ -69,10 +78,15 @@ class Notifier:
         self._watchers: list[Watcher] = []
         self._metadata_watchers: list[Callable[[], None]] = []
         self._outcome_watchers: list[Watcher] = []
+        self._answer_watchers: list[Watcher] = []
 
     def watch(self, watcher: Watcher) -> None:
         """Tell `watcher` of every change from now on (the device caches), before the requests it wakes read again."""
         self._watchers.append(watcher)
+
+    def watch_answers(self, watcher: Watcher) -> None:
+        """Be told of the devices whose answers changed but not their records (`answers_key`); with `watch`."""
+        self._answer_watchers.append(watcher)
 
     def watch_outcomes(self, watcher: Watcher) -> None:
         """`watch`, and be told of the devices whose update outcomes changed too (`outcome_key`)."""
@@ -91,6 +105,7 @@ class Notifier:
                 watcher(None)
             return
         devices: set[str] = set()
+        answers: set[str] = set()
         outcomes: set[str] = set()
         metadata = False
         for key in device_ids:
@@ -98,6 +113,8 @@ class Notifier:
                 metadata = True
             elif key.startswith(OUTCOME_PREFIX):
                 outcomes.add(key.removeprefix(OUTCOME_PREFIX))
+            elif key.startswith(ANSWERS_PREFIX):
+                answers.add(key.removeprefix(ANSWERS_PREFIX))
             else:
                 devices.add(key)
         if metadata:
@@ -106,9 +123,12 @@ class Notifier:
         if devices:
             for watcher in self._watchers:
                 watcher(devices)
-        if devices or outcomes:
+        if answers:
+            for watcher in self._answer_watchers:
+                watcher(answers)
+        if devices or answers or outcomes:
             for watcher in self._outcome_watchers:
-                watcher(devices | outcomes)
+                watcher(devices | answers | outcomes)
 
     @contextmanager
     def subscribe(self, device_id: str) -> Iterator[Subscription]:
@@ -133,8 +153,9 @@ class Notifier:
         """Wake the requests held for these devices (safe from any thread; devices nobody waits for cost nothing)."""
         device_ids = set(device_ids)
         self.forget(device_ids)
+        held = {key.removeprefix(ANSWERS_PREFIX) for key in device_ids}
         with self._lock:
-            woken = [s for device_id in device_ids for s in self._subscribers.get(device_id, ())]
+            woken = [s for device_id in held for s in self._subscribers.get(device_id, ())]
         _deliver(woken)
 
     def wake_all(self) -> None:

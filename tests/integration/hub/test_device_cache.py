@@ -329,3 +329,20 @@ def test_an_update_outcome_drops_nothing_a_device_is_answered_from(fleet: Fleet,
         assert hub.caches.targets.get(device.device_id) is not None
     found = fleet.hub.fleet.refresh(fleet.hub.store).targets[device.device_id].outcomes  # the scheduler's view
     assert found["sensor"][0] == "failed"
+
+
+@postgres_only
+def test_an_assignment_drops_the_devices_answer_and_keeps_its_record(
+    fleet: Fleet, other: Fleet, publisher: Publisher
+) -> None:
+    device = fleet.enroll()
+    etag = poll(fleet, device).headers["etag"]
+    assert assign(other, device.device_id, "sensor@1.0.0").status_code == 200
+    caught_up(fleet.hub)
+    assert fleet.hub.caches.targets.get(device.device_id) is None
+    assert fleet.hub.caches.devices.get(device.device_id) is not None
+    statements = statements_of(fleet.hub)
+    answer = poll(fleet, device, etag)
+    assert answer.json()["apps"]["sensor"]["version"] == "1.0.0"
+    reads = [s for s in statements if "FROM devices" in s]
+    assert len(reads) == 1, reads  # the answer's own look at the device's status; its record was kept

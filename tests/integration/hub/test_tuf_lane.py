@@ -180,6 +180,9 @@ ODD: dict[str, Callable[[TestClient, Fleet, Update], Any]] = {
     "an artifact not named by digest": lambda c, f, u: get(c, f, u.device, "repository/targets/sensor/compose.yaml"),
     "an artifact path too long": lambda c, f, u: get(c, f, u.device, f"repository/targets/{'a/' * 300}{u.manifest}"),
     "the director's base": lambda c, f, u: get(c, f, u.device, "director/"),
+    "a versioned director timestamp held": lambda c, f, u: get(c, f, u.device, "director/1.timestamp.json"),
+    "a nested name with a bad token": lambda c, _f, _u: c.get(f"{TUF}/director/a/b", headers=auth("not.a.jwt")),
+    "an empty name with a bad token": lambda c, _f, _u: c.get(f"{TUF}/repository/", headers=auth("not.a.jwt")),
     "HEAD": lambda c, f, u: c.head(f"{TUF}/director/{u.director_targets}", headers=auth(u.device.token(now=f.clock()))),
 }
 

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from edgefleet.hub.notify import METADATA_CHANGED, Notifier, outcome_key
+from edgefleet.hub.notify import METADATA_CHANGED, Notifier, answers_key, outcome_key
 
 
 def run(coroutine):
@@ -187,3 +187,19 @@ def test_an_outcome_goes_to_the_outcome_watchers_only_and_wakes_no_one():
     assert (devices, outcomes) == ([["d2"]], [["d1"], ["d1", "d2"]])
     notifier.wake_all()
     assert (devices, outcomes) == ([["d2"], None], [["d1"], ["d1", "d2"], None])
+
+
+def test_changed_answers_go_to_the_answer_watchers_and_wake_the_device():
+    notifier = Notifier()
+    told: dict[str, list[object]] = {"devices": [], "answers": [], "outcomes": []}
+    notifier.watch(lambda ids: told["devices"].append(sorted(ids or ())))
+    notifier.watch_answers(lambda ids: told["answers"].append(sorted(ids or ())))
+    notifier.watch_outcomes(lambda ids: told["outcomes"].append(sorted(ids or ())))
+
+    async def woken() -> bool:
+        with notifier.subscribe("d1") as subscription:
+            notifier.wake([answers_key("d1")])
+            return await subscription.wait(1)
+
+    assert asyncio.run(woken()) is True
+    assert told == {"devices": [], "answers": [["d1"]], "outcomes": [["d1"]]}

@@ -49,7 +49,7 @@ _JSON = b"application/json"
 
 
 class DeviceFastLane:
-    """ASGI middleware: answers a device's target poll and unchanged report from the caches, or hands it on."""
+    """ASGI middleware: answers a device's plain requests as the routes do (see the module), or hands them on."""
 
     def __init__(self, app: ASGIApp, *, hub: Hub) -> None:
         self.app = app
@@ -247,14 +247,6 @@ async def _caller(hub: Hub, secret: str) -> devices.DeviceCaller:
     if cached is not None:
         return cached
     return await run_in_threadpool(devices.admit_loaded, hub, secret)
-
-
-def _admitted(hub: Hub, secret: str) -> devices.DeviceCaller | None:
-    """The accepted device the token comes from, from this process's cache; None: the app decides."""
-    try:
-        return devices.admit_cached(hub, secret)
-    except HubError:
-        return None
 
 
 def _events(body: bytes) -> DeviceEvents | None:

@@ -50,11 +50,18 @@ class Answer:
 
 
 def template(path: str) -> str | None:
-    """The route template of a TUF `path` the lane may answer; None: the app's (another path)."""
-    for prefix, route in ((_TARGETS, routes.REPOSITORY_TARGET), (_DIRECTOR, routes.DIRECTOR_FILE)):
+    """The route template of a TUF `path` the lane may answer; None: the app's (another path, or one of odd shape)."""
+    for prefix, route, longest in (
+        (_TARGETS, routes.REPOSITORY_TARGET, routes.MAX_TARGET_PATH),
+        (_DIRECTOR, routes.DIRECTOR_FILE, routes.MAX_NAME),
+        (_REPOSITORY, routes.REPOSITORY_FILE, routes.MAX_NAME),
+    ):
         if path.startswith(prefix):
+            rest = path.removeprefix(prefix)
+            if not 0 < len(rest) <= longest or (route != routes.REPOSITORY_TARGET and "/" in rest):
+                return None
             return API_PREFIX + routes.PREFIX + route
-    return API_PREFIX + routes.PREFIX + routes.REPOSITORY_FILE if path.startswith(_REPOSITORY) else None
+    return None
 
 
 def answer(hub: Hub, caller: DeviceCaller, path: str) -> Answer | None:

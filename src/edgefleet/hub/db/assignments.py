@@ -9,6 +9,7 @@ from sqlalchemy import delete, insert, select
 
 from edgefleet.hub.db.base import _BATCH, TxBase
 from edgefleet.hub.db.models import AssignmentRow
+from edgefleet.hub.notify import answers_key
 from edgefleet.hub.records import (
     AssignedBy,
     Assignment,
@@ -52,7 +53,7 @@ class AssignmentQueries(TxBase):
 
     def put_assignment(self, assignment: Assignment) -> None:
         self._put(AssignmentRow, (assignment.device_id, assignment.app), _assignment_values(assignment))
-        self._changes(assignment.device_id)
+        self._changes(answers_key(assignment.device_id))
 
     def put_assignments(self, assignments: Sequence[Assignment]) -> None:
         """Insert or overwrite many assignments of one app at once (a rollout's wave)."""
@@ -70,7 +71,7 @@ class AssignmentQueries(TxBase):
             )
             self._s.execute(insert(AssignmentRow), [_assignment_values(a) for a in chunk])
         self._s.expire_all()  # rows loaded earlier in this transaction are stale now
-        self._changes_many([a.device_id for a in assignments])
+        self._changes_many([answers_key(a.device_id) for a in assignments])
 
     def assignments_of_app(self, app: str) -> dict[str, Assignment]:
         """Device id -> its assignment of `app`, for every device that has one."""
@@ -79,7 +80,7 @@ class AssignmentQueries(TxBase):
 
     def delete_assignment(self, device_id: str, app: str) -> None:
         self._s.execute(delete(AssignmentRow).where(AssignmentRow.device_id == device_id, AssignmentRow.app == app))
-        self._changes(device_id)
+        self._changes(answers_key(device_id))
 
     def list_assignments(self, device_id: str) -> list[Assignment]:
         query = select(AssignmentRow).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)

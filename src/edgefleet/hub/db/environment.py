@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, literal, select, text, union_all
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import (
@@ -13,8 +13,18 @@ from edgefleet.hub.db.models import (
     DeviceRow,
     FleetEnvironmentRow,
 )
+from edgefleet.hub.notify import answers_key
 from edgefleet.hub.records import EnvScope
 
+_BOTH_SCOPES = union_all(
+    select(literal(0), FleetEnvironmentRow.name, FleetEnvironmentRow.value).where(
+        FleetEnvironmentRow.fleet == bindparam("fleet")
+    ),
+    select(literal(1), DeviceEnvironmentRow.name, DeviceEnvironmentRow.value).where(
+        DeviceEnvironmentRow.device_id == bindparam("device")
+    ),
+).order_by(text("1"), text("2"))
+"""(0 for the fleet's, 1 for the device's, name, value) of one device's two scopes, in scope and name order."""
 _PG_ENVIRONMENT_LOCK = 0x6564676572656E76
 """Transaction-scoped advisory lock serialising writers of environment variables (their bounds span scopes)."""
 
@@ -26,6 +36,13 @@ class EnvironmentQueries(TxBase):
     def _env_owner(scope: EnvScope) -> Any:
         return FleetEnvironmentRow.fleet if scope == "fleet" else DeviceEnvironmentRow.device_id
 
+    def environments_of(self, fleet: str, device_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The variables set for the fleet and for the device, each in name order, in one statement."""
+        found: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        for scope, name, value in self._s.execute(_BOTH_SCOPES, {"fleet": fleet, "device": device_id}):
+            found[scope][name] = value
+        return found
+
     def get_environment(self, scope: EnvScope, owner: str) -> dict[str, str]:
         """Variables set at one scope (`owner` is the fleet's name or the device's id), in name order."""
         row = FleetEnvironmentRow if scope == "fleet" else DeviceEnvironmentRow
@@ -35,7 +52,7 @@ class EnvironmentQueries(TxBase):
     def put_environment(self, scope: EnvScope, owner: str, values: dict[str, str]) -> None:
         """Set (insert or overwrite) variables at one scope."""
         if values:
-            self._changes(None if scope == "fleet" else owner)
+            self._changes(None if scope == "fleet" else answers_key(owner))
         for name, value in values.items():
             if scope == "fleet":
                 fleet_row = self._s.get(FleetEnvironmentRow, (owner, name))
@@ -55,7 +72,7 @@ class EnvironmentQueries(TxBase):
         """Remove variables from one scope (names not set are ignored)."""
         if not names:
             return
-        self._changes(None if scope == "fleet" else owner)
+        self._changes(None if scope == "fleet" else answers_key(owner))
         row = FleetEnvironmentRow if scope == "fleet" else DeviceEnvironmentRow
         self._s.execute(delete(row).where(self._env_owner(scope) == owner, row.name.in_(list(names))))
         self._s.flush()

@@ -138,7 +138,10 @@ class RolloutQueries:
         """Devices fetched new signed assignments (device -> when): their members not yet fetched are now downloading.
 
         Only members assigned by then (`assigned_at`): a fetch noted before a member's
-        assignment was of the targets before it. `_BATCH` devices a statement.
+        assignment was of the targets before it. This compares the clocks of two hub processes
+        (the scheduler's, the answering one's), which must agree, as token and metadata expiry
+        already require; a device fetches its new targets a round trip and a verification after
+        its assignment commits. `_BATCH` devices a statement.
         """
         member = DeploymentMemberRow
         statement = (

@@ -278,14 +278,19 @@ def settle_root(hub: Hub) -> None:
             _sign_root(hub, tx, hub.clock())
 
 
-def _fresh_until(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile]) -> tuple[Currency | None, Files]:
+StoredRoot = tuple[int, str] | None
+"""The newest director root as stored (version, body), read once per transaction."""
+
+
+def _fresh_until(
+    hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile], root: StoredRoot
+) -> tuple[Currency | None, Files]:
     """Until when the device's director metadata state `wanted` (`_wanted`) and need no re-signing (None: now).
 
     Also returns the device's newest files (role -> (version, body)), which `_resign` builds on.
     """
     now, settings = hub.clock(), hub.settings
     latest = tx.latest_directors(device.id)
-    root = tx.latest_metadata(ROOT_ROLE)
     root_until = _root_fresh_until(hub, root, now)
     if root is None or root_until is None:
         return None, latest
@@ -316,16 +321,17 @@ def _until(root_until: datetime, *signed: tuple[datetime, timedelta], now: datet
     return min(root_until, *(expires - lifetime / 2 for expires, lifetime in signed))
 
 
-def _resign(hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile], latest: Files) -> tuple[Currency | None, Files]:
+def _resign(
+    hub: Hub, tx: Tx, device: Device, wanted: list[TargetFile], latest: Files, root: StoredRoot
+) -> tuple[Currency | None, Files]:
     """Sign what is missing or stale: root (shared), then the device's targets (stating `wanted`), snapshot, timestamp.
 
-    `latest`: the device's newest files as `_fresh_until` read them in this transaction.
+    `latest` and `root`: the device's newest files and the newest root as read in this transaction.
     Returns until when what it signed is current (as `_fresh_until` would read it back), and
     the files it signed (role -> (version, body)).
     """
     now, settings = hub.clock(), hub.settings
     signer = hub.keys.online_signers["director"]
-    root = tx.latest_metadata(ROOT_ROLE)
     root_until = _root_fresh_until(hub, root, now)
     root_version = 0 if root is None else root[0]
     if root_until is None:
@@ -392,14 +398,14 @@ def refresh(hub: Hub, device: Device) -> Files:
     files: Files = {}
     if not (usable and caches.directors.changed(device.id)):
         with hub.store.transaction(readonly=True) as tx:
-            current, files = _fresh_until(hub, tx, device, _wanted(tx, device))
+            current, files = _fresh_until(hub, tx, device, _wanted(tx, device), tx.latest_metadata(ROOT_ROLE))
     if current is None:
         with hub.store.transaction() as tx:
             tx.lock_repository()
-            wanted = _wanted(tx, device)
-            current, files = _fresh_until(hub, tx, device, wanted)
+            wanted, root = _wanted(tx, device), tx.latest_metadata(ROOT_ROLE)
+            current, files = _fresh_until(hub, tx, device, wanted, root)
             if current is None:
-                current, files = _resign(hub, tx, device, wanted, files)
+                current, files = _resign(hub, tx, device, wanted, files, root)
     _keep_files(hub, device.id, files)
     if usable and current is not None:
         caches.directors.put(device.id, current, ticket)
@@ -453,8 +459,8 @@ def read_held(hub: Hub, device: Device, name: str) -> bytes | None:
         NotFoundError: a director root past the newest one (a TUF client's probe), as `read` would.
     """
     match = repo_metadata.METADATA_NAME.fullmatch(name)
-    if match is None or match["version"] is None or not hub.caches.usable:
-        return None
+    if match is None or match["version"] is None or match["role"] == "timestamp" or not hub.caches.usable:
+        return None  # a versioned timestamp is `read`'s to refuse
     role, version = match["role"], int(match["version"])
     if role == "root":
         return repo_metadata.held_file(hub, ROOT_ROLE, version, missing=f"no {name} for this device")

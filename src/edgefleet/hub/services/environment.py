@@ -52,7 +52,7 @@ def overlay(fleet: Mapping[str, str], device: Mapping[str, str]) -> dict[str, st
 
 def effective_for(tx: Tx, device: Device) -> dict[str, str]:
     """The device's effective environment as stored now (inside the caller's transaction)."""
-    return overlay(tx.get_environment("fleet", device.fleet), tx.get_environment("device", device.id))
+    return overlay(*tx.environments_of(device.fleet, device.id))
 
 
 def plan_change(

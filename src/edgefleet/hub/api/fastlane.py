@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,19 +156,17 @@ class DeviceFastLane:
         properties = None if body is None or secret is None else _properties(body)
         if properties is None or secret is None:
             return replay
-        hub = self.hub
-        try:
-            caller = await _caller(hub, secret)
+        hub, token = self.hub, secret
+
+        async def twin() -> bytes | None:
+            caller = await _caller(hub, token)
             if caller.device.id != device_id:
-                return replay  # the route says why not
+                return None  # the route says why not
             same = devices.unchanged_by_report(caller, device_id, properties)
             twin = same or await run_in_threadpool(devices.update_reported, hub, caller, device_id, properties)
-        except HubError as exc:
-            await _answer_error(scope, receive, send, _REPORTED_ROUTE, exc)
-            return None
-        scope["route"] = _REPORTED_ROUTE
-        await _send_json(send, 200, TwinOut.model_validate(twin).model_dump_json(by_alias=True).encode())
-        return None
+            return TwinOut.model_validate(twin).model_dump_json(by_alias=True).encode()
+
+        return None if await _answered(scope, receive, send, _REPORTED_ROUTE, twin) else replay
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Record a device's events as the route does; else the `receive` the app reads the same body from."""
@@ -175,16 +174,30 @@ class DeviceFastLane:
         batch = None if body is None or secret is None else _events(body)
         if batch is None or secret is None:
             return replay
-        hub = self.hub
-        try:
-            caller = await _caller(hub, secret)
-            acknowledged = await run_in_threadpool(events.record_events, hub, caller, batch)
-        except HubError as exc:
-            await _answer_error(scope, receive, send, _EVENTS_ROUTE, exc)
-            return None
-        scope["route"] = _EVENTS_ROUTE
-        await _send_json(send, 200, acknowledged.model_dump_json(by_alias=True).encode())
-        return None
+        hub, token = self.hub, secret
+
+        async def acknowledged() -> bytes:
+            caller = await _caller(hub, token)
+            ack = await run_in_threadpool(events.record_events, hub, caller, batch)
+            return ack.model_dump_json(by_alias=True).encode()
+
+        return None if await _answered(scope, receive, send, _EVENTS_ROUTE, acknowledged) else replay
+
+
+async def _answered(
+    scope: Scope, receive: Receive, send: Send, route: AnsweredRoute, answer: Callable[[], Awaitable[bytes | None]]
+) -> bool:
+    """Send `answer`'s JSON (200) or the hub error it raised, counted under `route`; False when it gave none."""
+    try:
+        body = await answer()
+    except HubError as exc:
+        await _answer_error(scope, receive, send, route, exc)
+        return True
+    if body is None:
+        return False
+    scope["route"] = route
+    await _send_json(send, 200, body)
+    return True
 
 
 async def _answer_error(scope: Scope, receive: Receive, send: Send, route: AnsweredRoute, exc: HubError) -> None:

@@ -49,8 +49,8 @@ class Answer:
     read: Callable[[], Response] | None = None
 
 
-def template(path: str) -> str | None:
-    """The route template of a TUF `path` the lane may answer; None: the app's (another path, or one of odd shape)."""
+def _route_of(path: str) -> tuple[str, str] | None:
+    """(route, the rest of the path) of a TUF `path` the lane may answer; None: the app's (another path, odd shape)."""
     for prefix, route, longest in (
         (_TARGETS, routes.REPOSITORY_TARGET, routes.MAX_TARGET_PATH),
         (_DIRECTOR, routes.DIRECTOR_FILE, routes.MAX_NAME),
@@ -60,27 +60,26 @@ def template(path: str) -> str | None:
             rest = path.removeprefix(prefix)
             if not 0 < len(rest) <= longest or (route != routes.REPOSITORY_TARGET and "/" in rest):
                 return None
-            return API_PREFIX + routes.PREFIX + route
+            return route, rest
     return None
+
+
+def template(path: str) -> str | None:
+    """The route template of a TUF `path` the lane may answer; None: the app's (another path, or one of odd shape)."""
+    found = _route_of(path)
+    return None if found is None else API_PREFIX + routes.PREFIX + found[0]
 
 
 def answer(hub: Hub, caller: DeviceCaller, path: str) -> Answer | None:
     """The routes' answer to an accepted device's GET of `path` (no query); None: not one the lane can give."""
-    if path.startswith(_TARGETS):
-        target = path.removeprefix(_TARGETS)
-        if not 0 < len(target) <= routes.MAX_TARGET_PATH:
-            return None
-        template = API_PREFIX + routes.PREFIX + routes.REPOSITORY_TARGET
-        return Answer(template, read=lambda: _artifact(hub, caller, target))
-    directors = path.startswith(_DIRECTOR)
-    if directors:
-        name, template = path.removeprefix(_DIRECTOR), API_PREFIX + routes.PREFIX + routes.DIRECTOR_FILE
-    elif path.startswith(_REPOSITORY):
-        name, template = path.removeprefix(_REPOSITORY), API_PREFIX + routes.PREFIX + routes.REPOSITORY_FILE
-    else:
+    found = _route_of(path)
+    if found is None:
         return None
-    if not 0 < len(name) <= routes.MAX_NAME or "/" in name:
-        return None
+    route, name = found
+    template = API_PREFIX + routes.PREFIX + route
+    if route == routes.REPOSITORY_TARGET:
+        return Answer(template, read=lambda: _artifact(hub, caller, name))
+    directors = route == routes.DIRECTOR_FILE
 
     def read() -> Response:
         body = director.read(hub, caller.device, name) if directors else metadata.read(hub, caller, name)

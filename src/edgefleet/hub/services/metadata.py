@@ -203,7 +203,7 @@ def _versioned(hub: Hub, role: str, version: int, name: str) -> bytes:
 def versioned_file(hub: Hub, role: str, version: int) -> bytes | None:
     """A stored metadata file by role and version (any role: the director's root too), kept once read.
 
-    When there is no such root, the newest version of that root is kept for `held`.
+    When there is no such root, the newest version of that root is kept for `held_file`.
     """
     key = _file_key(role, version)
     held = hub.repository_files.get(key)

@@ -16,12 +16,13 @@ process, `Store.transaction` wakes the store's `Notifier` itself after the commi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, DisconnectionError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.hub.db.assignments import AssignmentQueries
@@ -42,6 +43,9 @@ from edgefleet.hub.notify import Notifier
 from edgefleet.hub.records import AuditEntry
 
 _READONLY = "edgefleet_readonly"
+_IDLE_SINCE = "edgefleet_idle_since"
+PING_AFTER_IDLE = 5.0
+"""Seconds a pooled PostgreSQL connection may sit unused before it is pinged on checkout."""
 
 
 class Tx(
@@ -85,12 +89,17 @@ class Store:
         """Run a unit of work: commit if the block returns, roll back if it raises.
 
         `readonly` units on SQLite start a deferred transaction, so they run beside a writer
-        instead of queueing for the write lock.
+        instead of queueing for the write lock. On PostgreSQL they run without BEGIN and COMMIT
+        (autocommit): at READ COMMITTED each statement reads its own snapshot either way, and
+        they write nothing, so two round trips fewer change no answer.
         """
+        options: dict[str, Any] = {_READONLY: readonly}
+        if readonly and self.dialect == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"
         with self._sessions() as session:
             try:
                 with session.begin():
-                    session.connection(execution_options={_READONLY: readonly})
+                    session.connection(execution_options=options)
                     tx = Tx(session, readonly=readonly, releases=self.releases)
                     yield tx
             except OperationalError as exc:
@@ -153,6 +162,34 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
 
         return engine
     try:
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        # Last in, first out: under light load the same few connections stay warm (no ping).
+        engine = create_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_use_lifo=True)
     except Exception as exc:  # any malformed URL or missing driver is a config error
         raise HubConfigError("bad_database_url", f"cannot use database URL: {exc}") from exc
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use when it sat idle for `PING_AFTER_IDLE` (a restarted server, a dropped link).
+
+    SQLAlchemy's pre-ping costs a round trip on every checkout; a connection used a moment
+    ago is alive but for a server restart in between, which fails that one unit of work (the
+    error invalidates the whole pool, so the next unit connects anew).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any driver error: the pool drops this connection and takes another
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("the connection did not answer its ping")

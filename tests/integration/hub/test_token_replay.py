@@ -22,7 +22,10 @@ from edgefleet.agent.identity import TOKEN_LIFETIME, LocalIdentity
 from edgefleet.hub.api.app import create_app
 from edgefleet.hub.context import Hub
 from edgefleet.hub.db import Store
-from edgefleet.hub.services.devices import forget_expired_tokens
+from edgefleet.hub.errors import AuthenticationError, ForbiddenError
+from edgefleet.hub.services.devices import admit_loaded, forget_expired_tokens
+from edgefleet.hub.services.events import record_events
+from edgefleet.protocol import DeviceEvents
 from tests.conftest import Fleet, auth
 from tests.integration.hub.test_device_events import event
 
@@ -134,6 +137,28 @@ def test_a_token_spent_on_one_hub_process_is_refused_by_another(fleet: Fleet, se
         assert race(device.token(now=fleet.clock()), [fleet.api, second_hub], events(device)) == [200, 401], attempt
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_one_batch_resent_at_once_through_two_processes_is_recorded_once(fleet: Fleet, second_hub: TestClient) -> None:
+    """Each batch reads what was acknowledged only once it holds the device's row lock."""
+    device = fleet.enroll()
+    batch = ("POST", "/device/events", {"json": {"events": [event(1), event(2, status="committed")]}})
+    answers: list[Any] = []
+    apis = [fleet.api, second_hub] * 3
+    tokens = [device.token(now=fleet.clock()) for _ in apis]  # each request its own token, as agents send
+    threads = [
+        threading.Thread(target=lambda api=api, token=token: answers.append(send(api, token, batch)))
+        for api, token in zip(apis, tokens, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [(a.status_code, a.json()) for a in answers] == [(200, {"acknowledged": 2})] * len(apis)
+    rows = fleet.call("GET", "/audit", params={"limit": 1000}).json()
+    assert sorted(r["detail"]["seq"] for r in rows if r["action"].startswith("device.update.")) == [1, 2]
+    assert fleet.call("GET", "/audit/verify").json()["ok"]
+
+
 def race(token: str, apis: list[TestClient], request: tuple[str, str, dict[str, Any]]) -> list[int]:
     """The statuses of `request` with `token` sent to each API at once, sorted."""
     answers: list[int] = []
@@ -163,3 +188,29 @@ def test_spent_tokens_are_forgotten_once_they_expire(fleet: Fleet) -> None:
     assert spent() == 4
     assert forget_expired_tokens(fleet.hub) == 3
     assert spent() == 1
+
+
+def test_a_batch_from_a_device_revoked_after_it_was_admitted_is_refused_and_spends_nothing(fleet: Fleet) -> None:
+    """The status read under the row lock decides (one statement with the token's claim on PostgreSQL)."""
+    device = fleet.enroll()
+    admitted = admit_loaded(fleet.hub, device.token(now=fleet.clock()))  # the record as the request saw it
+    assert fleet.call("POST", f"/devices/{device.device_id}/revoke").status_code == 200
+    before = spent(fleet)
+    with pytest.raises(ForbiddenError) as refused:
+        record_events(fleet.hub, admitted, DeviceEvents.model_validate({"events": [event(1)]}))
+    assert refused.value.code == "device_not_accepted"
+    assert spent(fleet) == before
+    # Accepted, the same kind of batch spends its token once, and a replay of it is refused.
+    other = fleet.enroll()
+    caller = admit_loaded(fleet.hub, other.token(now=fleet.clock()))
+    batch = DeviceEvents.model_validate({"events": [event(1)]})
+    assert record_events(fleet.hub, caller, batch).acknowledged == 1
+    assert spent(fleet) == before + 1
+    with pytest.raises(AuthenticationError) as replayed:
+        record_events(fleet.hub, caller, batch)
+    assert replayed.value.code == "token_replayed"
+
+
+def spent(fleet: Fleet) -> int:
+    with fleet.hub.store.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM device_token_uses")).scalar_one())

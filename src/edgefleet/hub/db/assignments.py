@@ -16,7 +16,8 @@ from edgefleet.hub.records import (
 )
 
 
-def _assignment(row: AssignmentRow) -> Assignment:
+def _assignment(row: Any) -> Assignment:
+    """An assignment from its row: an `AssignmentRow` or a plain row of `_COLUMNS`."""
     return Assignment(
         device_id=row.device_id,
         app=row.app,
@@ -28,6 +29,8 @@ def _assignment(row: AssignmentRow) -> Assignment:
         retry=row.retry,
     )
 
+
+_COLUMNS = tuple(AssignmentRow.__table__.columns)
 
 _ROLLOUT_PREFIX, _ROLLBACK_SUFFIX = "deployment:", ":rollback"
 
@@ -83,5 +86,6 @@ class AssignmentQueries(TxBase):
         self._changes(answers_key(device_id))
 
     def list_assignments(self, device_id: str) -> list[Assignment]:
-        query = select(AssignmentRow).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
-        return [_assignment(row) for row in self._s.scalars(query)]
+        """The device's assignments by app: plain rows (the device path reads them often; no ORM objects)."""
+        query = select(*_COLUMNS).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
+        return [_assignment(row) for row in self._s.execute(query)]

@@ -31,6 +31,8 @@ class TxBase:
         self._kept_releases = releases
         """The process's releases read before (`releases.KeptReleases`); None: read each time."""
         self._postgres = session.get_bind().dialect.name == "postgresql"
+        self._locked_audit_head: tuple[int, str] | None = None
+        """The audit chain's head (seq, hash) once this transaction holds its row lock (`append_audit`)."""
         self.changed: set[str] = set()
         """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them; `METADATA_CHANGED`."""
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects import postgresql
 
 from edgefleet.hub.db.base import TxBase
+from edgefleet.hub.db.listen import CHANNEL
 from edgefleet.hub.db.models import (
     DeviceEventCursorRow,
     DeviceUpdateRow,
@@ -38,6 +44,53 @@ class DeviceEventQueries(TxBase):
         values = {name: getattr(outcome, name) for name in UpdateOutcome.__slots__}
         self._s.connection().execute(self._upsert(DeviceUpdateRow, ("device_id", "app")), values)
 
+    def record_outcomes(self, device_id: str, outcomes: Sequence[UpdateOutcome], acknowledged: int) -> None:
+        """`put_update_outcome` of each (in order), then `acknowledge_events`: one statement on PostgreSQL.
+
+        There the outcomes (the last of each app), the cursor and the announcement are one
+        statement of data-modifying WITHs; the device's row lock, taken before, orders batches.
+        """
+        if not self._postgres or not outcomes:
+            for outcome in outcomes:
+                self.put_update_outcome(outcome)
+            self.acknowledge_events(device_id, acknowledged)
+            return
+        last = {outcome.app: outcome for outcome in outcomes}  # one row per app: ON CONFLICT takes each once
+        rows = [{name: getattr(o, name) for name in UpdateOutcome.__slots__} for o in last.values()]
+        key = outcome_key(device_id)
+        self.changed.add(key)
+        parameters = {"device": device_id, "acknowledged": acknowledged, "channel": CHANNEL, "key": key}
+        self._s.connection().execute(_recorded(len(rows)), {**parameters, **_rows(rows)})
+
     def list_update_outcomes(self, device_id: str) -> list[UpdateOutcome]:
         query = select(DeviceUpdateRow).where(DeviceUpdateRow.device_id == device_id).order_by(DeviceUpdateRow.app)
         return [_update_outcome(row) for row in self._s.scalars(query)]
+
+
+def _rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outcome rows as `_recorded`'s parameters (row i's column c as ``c_i``)."""
+    return {f"{name}_{i}": value for i, row in enumerate(rows) for name, value in row.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _recorded(count: int) -> Any:
+    """`record_outcomes`'s statement for `count` outcome rows (PostgreSQL); one per app at most, so few counts."""
+    names = UpdateOutcome.__slots__
+    outcomes = postgresql.insert(DeviceUpdateRow).values(
+        [
+            {name: bindparam(f"{name}_{i}", type_=DeviceUpdateRow.__table__.c[name].type) for name in names}
+            for i in range(count)
+        ]
+    )
+    outcomes = outcomes.on_conflict_do_update(
+        index_elements=["device_id", "app"],
+        set_={name: outcomes.excluded[name] for name in names if name not in ("device_id", "app")},
+    )
+    cursor = postgresql.insert(DeviceEventCursorRow).values(
+        device_id=bindparam("device"), acknowledged=bindparam("acknowledged")
+    )
+    cursor = cursor.on_conflict_do_update(
+        index_elements=["device_id"], set_={"acknowledged": cursor.excluded.acknowledged}
+    )
+    notify = select(func.pg_notify(bindparam("channel"), bindparam("key")))
+    return notify.add_cte(outcomes.cte("outcomes")).add_cte(cursor.cte("acknowledged"))

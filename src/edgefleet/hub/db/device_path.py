@@ -1,5 +1,8 @@
 """The device hot path's writes, in one place: a changed state report as one statement, last-seen times in batches.
 
+A change that is more than a report (a batch of events) starts with one statement too: its
+token spent and the device's row locked (`claim_locking`).
+
 Everything else a device's steady state asks for (its record, its target answer, an unchanged
 report) is answered from the process's caches (`hub.devicecache`) without a statement.
 """
@@ -41,6 +44,20 @@ _REPORT = text(
     """
 ).columns(column("claimed", Integer), column("told", Integer), *DeviceRow.__table__.columns)
 """Typed by the table's columns, so the twin and the times come back as the ORM reads them."""
+
+
+# PostgreSQL: claim the token and lock the device's row, reading its status, in one statement.
+# What the change reads next comes in later statements: they see whatever committed before the lock.
+_CLAIM_LOCKING = text(
+    """
+    WITH claim AS (
+        INSERT INTO device_token_uses (device_id, jti, expires_at) VALUES (:device, :jti, :expires)
+        ON CONFLICT DO NOTHING
+        RETURNING device_id
+    )
+    SELECT (SELECT status FROM devices WHERE id = :device FOR UPDATE) AS status, (SELECT count(*) FROM claim) AS claimed
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +108,15 @@ class DevicePathQueries:
         self._tx.changed.add(device_id)  # announced by the statement itself: the committing process forgets it too
         values = {column.name: row[column.name] for column in DeviceRow.__table__.columns}
         return ReportOutcome(claimed=True, device=_device(DeviceRow(**values)))
+
+    def claim_locking(self, device_id: str, *, jti: str, token_expires: datetime) -> tuple[str | None, bool]:
+        """PostgreSQL only: lock the device's row and spend the token, in one statement.
+
+        Returns the device's status (None: no such device) and whether the token was unspent.
+        """
+        parameters = {"device": device_id, "jti": jti, "expires": token_expires}
+        status, claimed = self._s.execute(_CLAIM_LOCKING, parameters).one()
+        return status, bool(claimed)
 
     def touch(self, seen: dict[str, datetime]) -> None:
         """Record when devices were last heard from (never moving a time backwards), `_BATCH` devices a statement."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select, text
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DirectorMetadataRow
@@ -44,12 +44,27 @@ class DirectorQueries(TxBase):
         return body
 
     def insert_directors(self, device_id: str, signed: dict[str, tuple[int, str]], *, now: datetime) -> None:
-        """Store new versions (role -> (version, body)); drop all but the newest few of those roles (two statements).
+        """Store new versions (role -> (version, body)); drop all but the newest few of those roles.
 
-        Devices only ever fetch the newest. Plain statements on the session's connection: the
-        ORM's bulk paths cost more than the statements themselves here (an update re-signs).
+        Devices only ever fetch the newest. One statement on PostgreSQL, two on SQLite (no
+        DELETE inside WITH there); plain statements on the session's connection: the ORM's bulk
+        paths cost more than the statements themselves here (an update re-signs).
         """
         connection = self._s.connection()
+        if self._postgres:
+            roles = list(signed)
+            connection.execute(
+                _REPLACE,
+                {
+                    "device": device_id,
+                    "roles": roles,
+                    "versions": [signed[role][0] for role in roles],
+                    "bodies": [signed[role][1] for role in roles],
+                    "kept": DIRECTOR_VERSIONS_KEPT,
+                    "now": now,
+                },
+            )
+            return
         connection.execute(
             _INSERT,
             [
@@ -72,3 +87,17 @@ _DELETE_OLD = delete(DirectorMetadataRow).where(
     DirectorMetadataRow.role == bindparam("role"),
     DirectorMetadataRow.version <= bindparam("oldest"),
 )
+_REPLACE = text(
+    """
+    WITH fresh AS (
+        SELECT * FROM unnest(CAST(:roles AS text[]), CAST(:versions AS int[]), CAST(:bodies AS text[]))
+            AS f(role, version, body)
+    ), gone AS (
+        DELETE FROM director_metadata AS old USING fresh
+        WHERE old.device_id = :device AND old.role = fresh.role AND old.version <= fresh.version - :kept
+    )
+    INSERT INTO director_metadata (device_id, role, version, body, created_at)
+    SELECT :device, role, version, body, :now FROM fresh
+    """
+)
+"""`_INSERT` and `_DELETE_OLD` in one statement (PostgreSQL): the delete sees the rows from before the insert."""

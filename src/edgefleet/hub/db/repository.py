@@ -28,12 +28,12 @@ class RepositoryQueries(TxBase):
 
     def latest_metadata(self, role: str, *, for_update: bool = False) -> tuple[int, str] | None:
         """(version, body) of the newest stored metadata of `role`."""
-        query = select(RepoMetadataRow).where(RepoMetadataRow.role == role)
-        query = query.order_by(RepoMetadataRow.version.desc()).limit(1)
+        row = RepoMetadataRow
+        query = select(row.version, row.body).where(row.role == role).order_by(row.version.desc()).limit(1)
         if for_update:
             query = query.with_for_update()
-        row = self._s.scalar(query)
-        return None if row is None else (row.version, row.body)
+        found = self._s.execute(query).first()
+        return None if found is None else (found[0], found[1])
 
     def latest_metadata_of(self, roles: tuple[str, ...]) -> dict[str, tuple[int, str]]:
         """Role -> (version, body) of the newest stored metadata of each of `roles` (those stored), in one statement."""

@@ -71,6 +71,31 @@ def claim_token(hub: Hub, tx: Tx, caller: DeviceCaller) -> None:
         raise AuthenticationError("token_replayed", "this device token was already used for a change; send a new one")
 
 
+def claim_token_locking(hub: Hub, tx: Tx, caller: DeviceCaller) -> str | None:
+    """The device's status, its row locked until `tx` ends (PostgreSQL), and `claim_token`: one statement there.
+
+    Returns None when the device is gone. A refused status is the caller's to raise, before a
+    spent token: `tx` rolls back, so a token refused for the status is not spent.
+
+    Raises:
+        AuthenticationError: as `claim_token`.
+    """
+    if caller.jti is None or caller.token_expires is None or hub.store.dialect != "postgresql":
+        status = tx.lock_device_status(caller.device.id)
+        if status == "accepted":
+            claim_token(hub, tx, caller)
+        return status
+    status, fresh = DevicePathQueries(tx).claim_locking(
+        caller.device.id, jti=caller.jti, token_expires=caller.token_expires
+    )
+    if status != "accepted":
+        return status
+    _unexpired(hub, caller.token_expires)  # checked as `claim_token` does: after the status
+    if not fresh:
+        raise AuthenticationError("token_replayed", "this device token was already used for a change; send a new one")
+    return status
+
+
 def _unexpired(hub: Hub, token_expires: datetime) -> None:
     """A token makes a change only before it expires: after that its first use may have been pruned already."""
     if hub.clock() > token_expires:

@@ -15,7 +15,7 @@ from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import ForbiddenError
 from edgefleet.hub.records import UpdateOutcome
 from edgefleet.hub.services.audit import record
-from edgefleet.hub.services.devices import DeviceCaller, claim_token
+from edgefleet.hub.services.devices import DeviceCaller, claim_token_locking
 from edgefleet.protocol import DeviceEvent, DeviceEvents, EventsAck
 
 
@@ -62,9 +62,8 @@ def record_events(hub: Hub, caller: DeviceCaller, batch: DeviceEvents) -> Events
     device_id = caller.device.id
     with hub.store.transaction() as tx:
         # The device's row lock orders concurrent batches from one device (PostgreSQL).
-        if tx.lock_device_status(device_id) != "accepted":
+        if claim_token_locking(hub, tx, caller) != "accepted":
             raise ForbiddenError("device_not_accepted", "this device is no longer accepted")
-        claim_token(hub, tx, caller)
         acknowledged = tx.events_acknowledged(device_id)
         fresh = [event for event in batch.events if event.seq > acknowledged]
         if batch.dropped and (fresh or not batch.events):
@@ -85,21 +84,22 @@ def record_events(hub: Hub, caller: DeviceCaller, batch: DeviceEvents) -> Events
                 target=caller.actor,
                 detail=audit_detail(event),
             )
-            tx.put_update_outcome(
-                UpdateOutcome(
-                    device_id=device_id,
-                    app=event.app,
-                    seq=event.seq,
-                    at=event.at,
-                    status=event.status,
-                    from_release=event.from_release,
-                    to_release=event.to_release,
-                    service=event.service,
-                    reason=event.reason,
-                    logs=event.logs,
-                )
-            )
         if fresh:
             acknowledged = fresh[-1].seq
-            tx.acknowledge_events(device_id, acknowledged)
+            tx.record_outcomes(device_id, [_outcome(device_id, event) for event in fresh], acknowledged)
     return EventsAck(acknowledged=acknowledged)
+
+
+def _outcome(device_id: str, event: DeviceEvent) -> UpdateOutcome:
+    return UpdateOutcome(
+        device_id=device_id,
+        app=event.app,
+        seq=event.seq,
+        at=event.at,
+        status=event.status,
+        from_release=event.from_release,
+        to_release=event.to_release,
+        service=event.service,
+        reason=event.reason,
+        logs=event.logs,
+    )

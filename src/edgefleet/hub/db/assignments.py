@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 
 from edgefleet.hub.db.base import _BATCH, TxBase
 from edgefleet.hub.db.models import AssignmentRow
@@ -31,6 +31,7 @@ def _assignment(row: Any) -> Assignment:
 
 
 _COLUMNS = tuple(AssignmentRow.__table__.columns)
+_OF_DEVICE = select(*_COLUMNS).where(AssignmentRow.device_id == bindparam("device")).order_by(AssignmentRow.app)
 
 _ROLLOUT_PREFIX, _ROLLBACK_SUFFIX = "deployment:", ":rollback"
 
@@ -87,5 +88,4 @@ class AssignmentQueries(TxBase):
 
     def list_assignments(self, device_id: str) -> list[Assignment]:
         """The device's assignments by app: plain rows (the device path reads them often; no ORM objects)."""
-        query = select(*_COLUMNS).where(AssignmentRow.device_id == device_id).order_by(AssignmentRow.app)
-        return [_assignment(row) for row in self._s.execute(query)]
+        return [_assignment(row) for row in self._s.execute(_OF_DEVICE, {"device": device_id})]

@@ -6,8 +6,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import bindparam, select, text
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.listen import CHANNEL
@@ -74,23 +73,26 @@ def _rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _recorded(count: int) -> Any:
-    """`record_outcomes`'s statement for `count` outcome rows (PostgreSQL); one per app at most, so few counts."""
+    """`record_outcomes`'s statement for `count` outcome rows (PostgreSQL); one per app at most, so few counts.
+
+    Plain SQL: SQLAlchemy compiles a SELECT holding data-modifying WITHs anew on every execution.
+    """
     names = UpdateOutcome.__slots__
-    outcomes = postgresql.insert(DeviceUpdateRow).values(
-        [
-            {name: bindparam(f"{name}_{i}", type_=DeviceUpdateRow.__table__.c[name].type) for name in names}
-            for i in range(count)
-        ]
+    values = ", ".join("(" + ", ".join(f":{name}_{i}" for name in names) + ")" for i in range(count))
+    replaced = ", ".join(f"{name} = excluded.{name}" for name in names if name not in ("device_id", "app"))
+    types = [bindparam(f"{name}_{i}", type_=_COLUMNS[name].type) for i in range(count) for name in names]
+    # Only the table's column names and a count are spliced in; every value is bound.
+    outcomes = (
+        f"INSERT INTO device_updates ({', '.join(names)}) VALUES {values} "  # noqa: S608
+        f"ON CONFLICT (device_id, app) DO UPDATE SET {replaced}"
     )
-    outcomes = outcomes.on_conflict_do_update(
-        index_elements=["device_id", "app"],
-        set_={name: outcomes.excluded[name] for name in names if name not in ("device_id", "app")},
-    )
-    cursor = postgresql.insert(DeviceEventCursorRow).values(
-        device_id=bindparam("device"), acknowledged=bindparam("acknowledged")
-    )
-    cursor = cursor.on_conflict_do_update(
-        index_elements=["device_id"], set_={"acknowledged": cursor.excluded.acknowledged}
-    )
-    notify = select(func.pg_notify(bindparam("channel"), bindparam("key")))
-    return notify.add_cte(outcomes.cte("outcomes")).add_cte(cursor.cte("acknowledged"))
+    return text(
+        f"WITH outcomes AS ({outcomes}), acknowledged AS ({_ACKNOWLEDGE}) SELECT pg_notify(:channel, :key)"
+    ).bindparams(*types)
+
+
+_COLUMNS = DeviceUpdateRow.__table__.c
+_ACKNOWLEDGE = (
+    "INSERT INTO device_event_cursors (device_id, acknowledged) VALUES (:device, :acknowledged) "
+    "ON CONFLICT (device_id) DO UPDATE SET acknowledged = excluded.acknowledged"
+)

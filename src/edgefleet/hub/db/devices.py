@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -28,6 +28,9 @@ def _differs(old: Any, new: Any) -> bool:
 
 _DEVICE_COLUMNS = tuple(getattr(DeviceRow, name) for name in Device.__slots__)
 """Selected as ORM attributes, so pending changes of the session are flushed first (no objects are built)."""
+_DEVICE = select(*_DEVICE_COLUMNS).where(DeviceRow.id == bindparam("device"))
+"""Built once: the device path reads records often, and building a statement costs more than running it."""
+_STATUS_FOR_UPDATE = select(DeviceRow.status).where(DeviceRow.id == bindparam("device")).with_for_update()
 
 
 def _device_of(values: Mapping[str, Any]) -> Device:
@@ -65,15 +68,14 @@ class DeviceQueries(TxBase):
         Without, one plain statement (no ORM object: the device path reads records often).
         """
         if not for_update:
-            found = self._s.execute(select(*_DEVICE_COLUMNS).where(DeviceRow.id == device_id)).first()
+            found = self._s.execute(_DEVICE, {"device": device_id}).first()
             return None if found is None else _device_of(found._asdict())
         row = self._s.get(DeviceRow, device_id, with_for_update=True, populate_existing=True)
         return None if row is None else _device(row)
 
     def lock_device_status(self, device_id: str) -> str | None:
         """The device's status, its row locked until the transaction ends (PostgreSQL); None: no such device."""
-        query = select(DeviceRow.status).where(DeviceRow.id == device_id).with_for_update()
-        status: str | None = self._s.execute(query).scalar()
+        status: str | None = self._s.execute(_STATUS_FOR_UPDATE, {"device": device_id}).scalar()
         return status
 
     def list_devices(self, *, fleet: str | None, status: str | None, after: str | None, limit: int) -> list[Device]:

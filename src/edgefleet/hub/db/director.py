@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, text
+from sqlalchemy import String, and_, bindparam, delete, func, insert, select, text
 
 from edgefleet.hub.db.base import TxBase
 from edgefleet.hub.db.models import DirectorMetadataRow
@@ -23,19 +25,7 @@ class DirectorQueries(TxBase):
 
     def latest_directors(self, device_id: str) -> dict[str, tuple[int, str]]:
         """Role -> (version, body) of the device's newest director metadata of each role, in one statement."""
-        row = DirectorMetadataRow
-        newest = (
-            select(row.role, func.max(row.version).label("version"))
-            .where(row.device_id == device_id)
-            .group_by(row.role)
-            .subquery()
-        )
-        query = (
-            select(row.role, row.version, row.body)
-            .join(newest, and_(row.role == newest.c.role, row.version == newest.c.version))
-            .where(row.device_id == device_id)
-        )
-        return {r[0]: (r[1], r[2]) for r in self._s.execute(query)}
+        return {r[0]: (r[1], r[2]) for r in self._s.execute(_LATEST, {"device": device_id})}
 
     def get_director(self, device_id: str, role: str, version: int) -> str | None:
         row = DirectorMetadataRow
@@ -52,18 +42,10 @@ class DirectorQueries(TxBase):
         """
         connection = self._s.connection()
         if self._postgres:
-            roles = list(signed)
-            connection.execute(
-                _REPLACE,
-                {
-                    "device": device_id,
-                    "roles": roles,
-                    "versions": [signed[role][0] for role in roles],
-                    "bodies": [signed[role][1] for role in roles],
-                    "kept": DIRECTOR_VERSIONS_KEPT,
-                    "now": now,
-                },
-            )
+            parameters: dict[str, Any] = {"device": device_id, "kept": DIRECTOR_VERSIONS_KEPT, "now": now}
+            for i, (role, (version, body)) in enumerate(signed.items()):
+                parameters.update({f"role_{i}": role, f"version_{i}": version, f"body_{i}": body})
+            connection.execute(_replacing(len(signed)), parameters)
             return
         connection.execute(
             _INSERT,
@@ -81,23 +63,41 @@ class DirectorQueries(TxBase):
         )
 
 
+def _latest() -> Any:
+    row = DirectorMetadataRow
+    device = bindparam("device", type_=String())
+    newest = select(row.role, func.max(row.version).label("version")).where(row.device_id == device).group_by(row.role)
+    newest_roles = newest.subquery()
+    return (
+        select(row.role, row.version, row.body)
+        .join(newest_roles, and_(row.role == newest_roles.c.role, row.version == newest_roles.c.version))
+        .where(row.device_id == device)
+    )
+
+
+_LATEST = _latest()
+"""Built once: building a statement costs more than running a cached one (the device path re-signs often)."""
 _INSERT = insert(DirectorMetadataRow)
 _DELETE_OLD = delete(DirectorMetadataRow).where(
     DirectorMetadataRow.device_id == bindparam("device"),
     DirectorMetadataRow.role == bindparam("role"),
     DirectorMetadataRow.version <= bindparam("oldest"),
 )
-_REPLACE = text(
+
+
+@functools.lru_cache(maxsize=8)
+def _replacing(count: int) -> Any:
+    """`_INSERT` and `_DELETE_OLD` of `count` roles in one statement (PostgreSQL): the delete sees the rows from before.
+
+    Plain SQL with a row of parameters per role (an array of bodies would be escaped character by character).
     """
-    WITH fresh AS (
-        SELECT * FROM unnest(CAST(:roles AS text[]), CAST(:versions AS int[]), CAST(:bodies AS text[]))
-            AS f(role, version, body)
-    ), gone AS (
-        DELETE FROM director_metadata AS old USING fresh
-        WHERE old.device_id = :device AND old.role = fresh.role AND old.version <= fresh.version - :kept
+    rows = ", ".join(
+        f"(CAST(:role_{i} AS text), CAST(:version_{i} AS int), CAST(:body_{i} AS text))" for i in range(count)
     )
-    INSERT INTO director_metadata (device_id, role, version, body, created_at)
-    SELECT :device, role, version, body, :now FROM fresh
-    """
-)
-"""`_INSERT` and `_DELETE_OLD` in one statement (PostgreSQL): the delete sees the rows from before the insert."""
+    return text(
+        f"WITH fresh (role, version, body) AS (VALUES {rows}), "  # noqa: S608 - a count spliced in; values bound
+        "gone AS (DELETE FROM director_metadata AS old USING fresh "
+        "WHERE old.device_id = :device AND old.role = fresh.role AND old.version <= fresh.version - :kept) "
+        "INSERT INTO director_metadata (device_id, role, version, body, created_at) "
+        "SELECT :device, role, version, body, :now FROM fresh"
+    ).bindparams(bindparam("now", type_=DirectorMetadataRow.__table__.c.created_at.type))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet.hub.db.base import TxBase
@@ -16,23 +16,28 @@ _PG_REPOSITORY_LOCK = 0x6564676572657031
 """Transaction-scoped advisory lock serialising writers of repository and director metadata."""
 
 
+_NEWEST = (
+    select(RepoMetadataRow.version, RepoMetadataRow.body)
+    .where(RepoMetadataRow.role == bindparam("role"))
+    .order_by(RepoMetadataRow.version.desc())
+    .limit(1)
+)
+"""Built once, as the other statements devices' requests run often (building costs more than running them)."""
+_NEWEST_FOR_UPDATE = _NEWEST.with_for_update()
+_NEWEST_VERSION = select(func.max(RepoMetadataRow.version)).where(RepoMetadataRow.role == bindparam("role"))
+
+
 class RepositoryQueries(TxBase):
     """Mixed into `Tx`."""
 
     def latest_metadata_version(self, role: str) -> int | None:
         """The newest stored version of `role`, without its body."""
-        version: int | None = self._s.scalar(
-            select(func.max(RepoMetadataRow.version)).where(RepoMetadataRow.role == role)
-        )
+        version: int | None = self._s.scalar(_NEWEST_VERSION, {"role": role})
         return version
 
     def latest_metadata(self, role: str, *, for_update: bool = False) -> tuple[int, str] | None:
         """(version, body) of the newest stored metadata of `role`."""
-        row = RepoMetadataRow
-        query = select(row.version, row.body).where(row.role == role).order_by(row.version.desc()).limit(1)
-        if for_update:
-            query = query.with_for_update()
-        found = self._s.execute(query).first()
+        found = self._s.execute(_NEWEST_FOR_UPDATE if for_update else _NEWEST, {"role": role}).first()
         return None if found is None else (found[0], found[1])
 
     def latest_metadata_of(self, roles: tuple[str, ...]) -> dict[str, tuple[int, str]]:

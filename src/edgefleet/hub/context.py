@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ DIRECTOR_FILES = 3072
 DIRECTOR_FILE_SECONDS = 120.0
 """Long enough for the requests of one update: the timestamp is signed or read, its snapshot and targets follow."""
 REPOSITORY_HEADS = 8
+"""Entries of `Hub.repository_heads`: the newest version of a few roles (`services.metadata.HEADS`)."""
+ARTIFACT_BODIES = 256
+"""Small artifacts kept per process (each at most `api.tuflane.KEPT_ARTIFACT_BYTES`: 16 MiB in all)."""
 """Entries of `Hub.repository_heads`: the newest version of a few roles (`services.metadata.HEADS`)."""
 
 
@@ -89,6 +93,8 @@ class Hub:
     """Devices' versioned director files (they never change), per process, for the requests of an update."""
     statuses: Expiring[Any] = field(init=False)
     """Deployment id -> its status (`deployments.SharedStatus`), shared for `STATUS_SECONDS` by every viewer."""
+    artifact_bodies: Expiring[Any] = field(init=False)
+    """Small artifacts (releases' manifests) as answered, by path: stored by digest, never changed or removed."""
     repository_heads: Expiring[Any] = field(init=False)
     """The newest stored version of the roots and the image repository's timestamp, per process; forgotten
     whenever any process stores metadata (`notify.METADATA_CHANGED`), used like the device caches."""
@@ -118,6 +124,7 @@ class Hub:
         object.__setattr__(self, "repository_files", files)
         object.__setattr__(self, "director_files", Expiring[bytes](capacity=DIRECTOR_FILES, ttl=DIRECTOR_FILE_SECONDS))
         object.__setattr__(self, "last_seen", LastSeen(capacity=settings.device_cache_entries))
+        object.__setattr__(self, "artifact_bodies", Expiring[Any](capacity=ARTIFACT_BODIES, ttl=math.inf))
         heads = Expiring[Any](capacity=REPOSITORY_HEADS, ttl=settings.device_cache_seconds)
         self.store.notifier.watch_metadata(heads.clear)
         object.__setattr__(self, "repository_heads", heads)

@@ -11,6 +11,9 @@ status, headers and bytes; where the lane must answer, the TUF routes are broken
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +22,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.responses import FileResponse
 
 from edgefleet.agent.identity import LocalIdentity
+from edgefleet.hub.api import tuflane
 from edgefleet.hub.api.routes import tuf as tuf_routes
+from edgefleet.hub.artifacts import ArtifactStore
 from edgefleet.hub.services import director, metadata
 from tests.conftest import Fleet, auth
 from tests.integration.hub.test_device_cache import PROPAGATION_SECONDS, other, statements_of, within
@@ -117,7 +123,7 @@ ANSWERED_BY_THE_LANE: dict[str, Path] = {
 def forgotten(hub: Any) -> None:
     """This process forgets everything it held of devices and metadata."""
     hub.caches.changed(None)
-    for held in (hub.director_files, hub.repository_files, hub.repository_heads):
+    for held in (hub.director_files, hub.repository_files, hub.repository_heads, hub.artifact_bodies):
         held.clear()
 
 
@@ -142,6 +148,63 @@ def test_a_range_of_the_manifest_is_answered_as_the_route_answers_it(
     expected = answer_of(get(routes_only, fleet, update.device, path, Range="bytes=5-"))
     assert expected[0] == 206
     assert answer_of(get(fleet.api, fleet, update.device, path, Range="bytes=5-")) == expected
+
+
+def stored_manifest(fleet: Fleet, update: Update) -> pathlib.Path:
+    digest = update.manifest.rsplit("/", 1)[-1].split(".", 1)[0]
+    return ArtifactStore(fleet.hub.settings.artifacts_path()).path(digest)
+
+
+def test_a_small_artifact_once_read_is_answered_from_memory_unless_a_range_is_asked(
+    fleet: Fleet, routes_only: TestClient, update: Update
+) -> None:
+    path = f"repository/targets/{update.manifest}"
+    expected = answer_of(get(routes_only, fleet, update.device, path))
+    stored = stored_manifest(fleet, update)
+    good, stat = stored.read_bytes(), stored.stat()
+    # Artifacts are never rewritten: other bytes under the same stat show where the answer comes from.
+    stored.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    os.utime(stored, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        assert answer_of(get(fleet.api, fleet, update.device, path)) == expected  # kept: the file is not read
+        ranged = get(fleet.api, fleet, update.device, path, Range="bytes=0-")
+        assert (ranged.status_code, ranged.content[:1]) == (206, bytes([good[0] ^ 1]))  # a range: read
+    finally:
+        stored.write_bytes(good)
+
+
+def test_an_artifact_whose_bytes_are_not_its_digest_is_answered_as_stored_but_not_kept(
+    fleet: Fleet, routes_only: TestClient, update: Update
+) -> None:
+    path = f"repository/targets/{update.manifest}"
+    stored = stored_manifest(fleet, update)
+    good = stored.read_bytes()
+    stored.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # same length, other bytes
+    try:
+        forgotten(fleet.hub)
+        expected = answer_of(get(routes_only, fleet, update.device, path))
+        assert answer_of(get(fleet.api, fleet, update.device, path)) == expected  # the agent's to refuse
+        assert fleet.hub.artifact_bodies.get(str(stored)) is None
+    finally:
+        stored.write_bytes(good)
+    assert answer_of(get(fleet.api, fleet, update.device, path))[0] == 200
+    assert fleet.hub.artifact_bodies.get(str(stored)) is not None
+
+
+def test_a_large_artifact_is_streamed_and_not_kept(fleet: Fleet, tmp_path: pathlib.Path) -> None:
+    big = os.urandom(tuflane.KEPT_ARTIFACT_BYTES + 1)
+    file = tmp_path / hashlib.sha256(big).hexdigest()
+    file.write_bytes(big)
+    response = tuflane._file_answer(fleet.hub, file, file.stat(), whole=True)
+    assert isinstance(response, FileResponse)
+    assert fleet.hub.artifact_bodies.get(str(file)) is None
+    small = big[: tuflane.KEPT_ARTIFACT_BYTES]
+    file = tmp_path / hashlib.sha256(small).hexdigest()
+    file.write_bytes(small)
+    response = tuflane._file_answer(fleet.hub, file, file.stat(), whole=True)
+    assert not isinstance(response, FileResponse)
+    assert response.body == small
+    assert fleet.hub.artifact_bodies.get(str(file)) is not None
 
 
 def unassigned_manifest(fleet: Fleet, publisher: Publisher) -> str:

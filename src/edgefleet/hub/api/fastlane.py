@@ -111,7 +111,7 @@ class DeviceFastLane:
 
     async def _tuf(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer a device's TUF request as the routes do, from what this process holds if it can; False: the app."""
-        headers = _headers(scope, b"authorization")
+        headers = _headers(scope, b"authorization", b"range")
         if scope["query_string"] or headers is None:
             return False
         secret = _bearer(headers.get(b"authorization"))
@@ -121,7 +121,7 @@ class DeviceFastLane:
         hub = self.hub
         try:
             caller = await _caller(hub, secret)
-            found = tuflane.answer(hub, caller, scope["path"])
+            found = tuflane.answer(hub, caller, scope["path"], ranged=b"range" in headers)
             if found is None:
                 return False
             response = found.response

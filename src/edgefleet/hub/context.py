@@ -36,7 +36,6 @@ REPOSITORY_HEADS = 8
 """Entries of `Hub.repository_heads`: the newest version of a few roles (`services.metadata.HEADS`)."""
 ARTIFACT_BODIES = 256
 """Small artifacts kept per process (each at most `api.tuflane.KEPT_ARTIFACT_BYTES`: 16 MiB in all)."""
-"""Entries of `Hub.repository_heads`: the newest version of a few roles (`services.metadata.HEADS`)."""
 
 
 def utc_now() -> datetime:

@@ -32,7 +32,11 @@ class TxBase:
         """The process's releases read before (`releases.KeptReleases`); None: read each time."""
         self._postgres = session.get_bind().dialect.name == "postgresql"
         self._locked_audit_head: tuple[int, str] | None = None
-        """The audit chain's head (seq, hash) once this transaction holds its row lock (`append_audit`)."""
+        """The audit chain's head (seq, hash) once this transaction holds its row lock (`append_audit`).
+
+        Right only while a failed statement ends the whole transaction: a SAVEPOINT rolled back
+        after an append would leave it ahead of the table (the hub uses none).
+        """
         self.changed: set[str] = set()
         """Devices whose answers this transaction may change; `EVERY_DEVICE` for all of them; `METADATA_CHANGED`."""
 

@@ -174,8 +174,9 @@ def _ping_when_idle(engine: Engine) -> None:
     """Check a pooled connection before use when it sat idle for `PING_AFTER_IDLE` (a restarted server, a dropped link).
 
     SQLAlchemy's pre-ping costs a round trip on every checkout; a connection used a moment
-    ago is alive but for a server restart in between, which fails that one unit of work (the
-    error invalidates the whole pool, so the next unit connects anew).
+    ago is alive but for a server restart in between. Then the units on connections used in
+    the last `PING_AFTER_IDLE` seconds fail (`database_unavailable`, a 503 that agents retry)
+    and the first such error invalidates the whole pool, so later units connect anew.
     """
 
     @event.listens_for(engine, "checkin")

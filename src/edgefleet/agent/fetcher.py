@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,6 +64,8 @@ class HttpxFetcher(FetcherInterface):
         self._partial_dir = partial_dir
         self._progress = progress
         self._unfinished: set[Path] = set()
+        self._downloads: weakref.WeakSet[Generator[bytes, None, None]] = weakref.WeakSet()
+        """Downloads not yet read to their end: `discard_unfinished` closes them."""
 
     def _headers(self, offset: int) -> dict[str, str]:
         headers = dict(AS_IS)
@@ -92,7 +95,9 @@ class HttpxFetcher(FetcherInterface):
                 log.info("resuming %s at byte %d (kept from an earlier attempt)", url, kept)
         else:
             first = self._open(url, 0)
-        return self._chunks(url, first, partial, kept)
+        chunks = self._chunks(url, first, partial, kept)
+        self._downloads.add(chunks)
+        return chunks
 
     def _partial(self, url: str) -> Path | None:
         """Where a target's bytes are kept while it downloads (None: not kept)."""
@@ -102,7 +107,12 @@ class HttpxFetcher(FetcherInterface):
         return self._partial_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
 
     def discard_unfinished(self) -> None:
-        """Remove what was kept of downloads still open: their reader refused them (too long, say)."""
+        """Close the downloads still open and remove what was kept of them: their reader refused them (too long, say).
+
+        Closed here, in the reader's thread, not whenever the garbage collector finds them.
+        """
+        for download in list(self._downloads):
+            download.close()
         for partial in self._unfinished:
             partial.unlink(missing_ok=True)
         self._unfinished.clear()
@@ -131,7 +141,9 @@ class HttpxFetcher(FetcherInterface):
             raise DownloadError(f"{url}: encoded as {encoding!r}; the agent asks for files as they are")
         return response
 
-    def _chunks(self, url: str, response: httpx.Response, partial: Path | None, kept: int) -> Iterator[bytes]:
+    def _chunks(
+        self, url: str, response: httpx.Response, partial: Path | None, kept: int
+    ) -> Generator[bytes, None, None]:
         received = kept
         resumes = 0
         sink: BinaryIO | None = None

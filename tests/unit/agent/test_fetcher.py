@@ -148,6 +148,20 @@ def test_a_download_refused_for_its_length_keeps_nothing(server: str, tmp_path) 
         assert list(partial.iterdir()) == []
 
 
+def test_discarding_closes_the_open_downloads_in_the_readers_thread(server: str, tmp_path) -> None:
+    # Not when the garbage collector finds them: that may be another thread (an ASGI test client's loop).
+    partial = tmp_path / "partial"
+    with httpx.Client() as http:
+        fetcher = HttpxFetcher(http, partial_dir=partial)
+        chunks = fetcher.fetch(f"{server}/targets/blob")
+        assert next(chunks)
+        finished = fetcher.fetch(f"{server}/targets/blob")
+        assert b"".join(finished) == BODY
+        fetcher.discard_unfinished()
+        assert list(chunks) == []  # closed: its response too, and what it kept is gone
+        assert list(partial.iterdir()) == []
+
+
 def test_a_kept_partial_survives_an_attempt_that_cannot_connect(tmp_path) -> None:
     partial = tmp_path / "partial"
     url = "http://127.0.0.1:9/targets/blob"  # nothing listens: the link is still down

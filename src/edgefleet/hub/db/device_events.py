@@ -83,7 +83,7 @@ def _recorded(count: int) -> Any:
     types = [bindparam(f"{name}_{i}", type_=_COLUMNS[name].type) for i in range(count) for name in names]
     # Only the table's column names and a count are spliced in; every value is bound.
     outcomes = (
-        f"INSERT INTO device_updates ({', '.join(names)}) VALUES {values} "  # noqa: S608
+        f"INSERT INTO device_updates ({', '.join(names)}) VALUES {values} "  # noqa: S608 - column names and a count; values bound
         f"ON CONFLICT (device_id, app) DO UPDATE SET {replaced}"
     )
     return text(

@@ -126,6 +126,8 @@ class Plan:
     """Seconds between readings of the hub's memory during the steady window."""
     verified_timeout: float = 1800.0
     """Seconds the first verifications after the simulators' takeover may take at most."""
+    sim_workers: int | None = None
+    """Each simulator's verification worker processes (`edgefleet sim --workers`; None: its default)."""
 
 
 # --- processes, /proc ----------------------------------------------------------------------
@@ -589,6 +591,8 @@ class Sim:
             "--download-time": plan.download_time,
             "--start-time": plan.start_time,
         }
+        if plan.sim_workers:
+            flags["--workers"] = plan.sim_workers
         process = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.cli.main", "sim", *(f"{k}={v}" for k, v in flags.items()), "--json"],
             stdout=stdout.open("w"),
@@ -1469,6 +1473,9 @@ def main() -> None:  # one straight-line run
     parser.add_argument("--sims", type=int, default=1, help="simulator processes (one connection per device each)")
     parser.add_argument("--rollout-parts", type=int, help="roll out to the first this-many simulators' devices")
     parser.add_argument("--waves", default=WAVES, help="the rollouts' waves")
+    parser.add_argument(
+        "--sim-workers", type=int, help="each simulator's verification workers (edgefleet sim --workers)"
+    )
     parser.add_argument("--memory-every", type=float, default=30, help="seconds between readings of the hub's memory")
     parser.add_argument(
         "--verified-timeout", type=float, default=1800, help="seconds the takeover's first verifications may take"
@@ -1501,6 +1508,7 @@ def main() -> None:  # one straight-line run
             waves=args.waves,
             memory_every=args.memory_every,
             verified_timeout=args.verified_timeout,
+            sim_workers=args.sim_workers,
         )
     )
     shape = Shape(workers=args.hub_workers, sims=args.sims, rollout_parts=args.rollout_parts)

@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
+from edgefleet.collector import pace_collector
 from edgefleet.hub.api.app import create_app
 from edgefleet.hub.context import Clock, Hub, utc_now
 from edgefleet.hub.datadir import init_data_dir, load_keys
@@ -134,6 +135,7 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
     listener = hub.listen() if workers > 1 else None
     scheduler = Scheduler(hub)
     scheduler.start()
+    pace_collector()  # per-device caches, a connection per device: the whole heap collected seldom
     try:
         if workers == 1:
             limit_tls_read_buffers()  # a connection per device: 16 KiB read buffers, not asyncio's 256 KiB
@@ -222,4 +224,6 @@ def worker_app() -> FastAPI:
     metrics_dir = os.environ.get(METRICS_DIR)
     limit_tls_read_buffers()  # as `serve` does when it serves in its own process
     hub = open_hub(HubSettings.model_validate_json(raw), migrate=False)
-    return create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)
+    app = create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)
+    pace_collector()  # as `serve` does
+    return app

@@ -6,10 +6,14 @@ import asyncio
 import multiprocessing.reduction
 import pickle
 import socket
+from pathlib import Path
 
+import pytest
 import uvicorn
 
-from edgefleet.hub.lifecycle import listening_socket
+from edgefleet.hub import lifecycle
+from edgefleet.hub.lifecycle import init_hub, listening_socket
+from edgefleet.hub.settings import HubSettings
 
 
 async def _app(scope: object, receive: object, send: object) -> None:  # never called: only the socket is served
@@ -54,3 +58,46 @@ def test_the_workers_socket_stays_tcp_when_passed_to_a_worker_process() -> None:
     finally:
         passed.close()
         listener.close()
+
+
+# --- the collector's pacing (edgefleet.collector) in every process that serves -------------------
+
+
+class _ServedError(Exception):
+    """Raised by the stand-in server: serving began."""
+
+
+def test_a_one_process_hub_paces_its_collector_before_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = HubSettings(data_dir=tmp_path / "hub")
+    init_hub(settings, hostnames=("hub.test",))
+    calls: list[str] = []
+    monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))  # not the test run's own
+
+    class Server:
+        def __init__(self, config: uvicorn.Config) -> None:
+            pass
+
+        def run(self) -> None:
+            calls.append("served")
+            raise _ServedError
+
+    monkeypatch.setattr(lifecycle.uvicorn, "Server", Server)
+    monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
+    with pytest.raises(_ServedError):
+        lifecycle.serve(settings, host="127.0.0.1", port=0)
+    assert calls == ["paced", "served"]
+
+
+def test_each_worker_paces_its_collector_once_its_app_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = HubSettings(data_dir=tmp_path / "hub")
+    init_hub(settings, hostnames=("hub.test",))
+    calls: list[str] = []
+    monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))
+    monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
+    monkeypatch.setenv(lifecycle.WORKER_SETTINGS, settings.model_dump_json())
+    monkeypatch.delenv(lifecycle.METRICS_DIR, raising=False)
+    app = lifecycle.worker_app()
+    assert app.routes
+    assert calls == ["paced"]

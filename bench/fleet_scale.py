@@ -591,7 +591,7 @@ class Sim:
             "--download-time": plan.download_time,
             "--start-time": plan.start_time,
         }
-        if plan.sim_workers:
+        if plan.sim_workers is not None:
             flags["--workers"] = plan.sim_workers
         process = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.cli.main", "sim", *(f"{k}={v}" for k, v in flags.items()), "--json"],

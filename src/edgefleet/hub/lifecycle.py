@@ -112,6 +112,7 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
             "sqlite_single_process",
             f"SQLite serves one process: {workers} workers need PostgreSQL (--database-url postgresql://...)",
         )
+    pace_collector()  # per-device caches, a connection per device: the whole heap collected seldom
     hub = open_hub(settings)
     config = uvicorn.Config(
         create_app(hub) if workers == 1 else f"{__name__}:worker_app",
@@ -135,7 +136,6 @@ def serve(settings: HubSettings, *, host: str, port: int, workers: int = 1, log_
     listener = hub.listen() if workers > 1 else None
     scheduler = Scheduler(hub)
     scheduler.start()
-    pace_collector()  # per-device caches, a connection per device: the whole heap collected seldom
     try:
         if workers == 1:
             limit_tls_read_buffers()  # a connection per device: 16 KiB read buffers, not asyncio's 256 KiB
@@ -223,7 +223,6 @@ def worker_app() -> FastAPI:
     # The parent applied migrations and settled the director root before starting the workers.
     metrics_dir = os.environ.get(METRICS_DIR)
     limit_tls_read_buffers()  # as `serve` does when it serves in its own process
+    pace_collector()  # as `serve` does, before the hub's threads and connections
     hub = open_hub(HubSettings.model_validate_json(raw), migrate=False)
-    app = create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)
-    pace_collector()  # as `serve` does
-    return app
+    return create_app(hub, metrics_dir=Path(metrics_dir) if metrics_dir else None)

@@ -74,6 +74,8 @@ def test_a_one_process_hub_paces_its_collector_before_it_serves(
     init_hub(settings, hostnames=("hub.test",))
     calls: list[str] = []
     monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))  # not the test run's own
+    opened = lifecycle.open_hub
+    monkeypatch.setattr(lifecycle, "open_hub", lambda s: (calls.append("opened"), opened(s))[1])
 
     class Server:
         def __init__(self, config: uvicorn.Config) -> None:
@@ -87,17 +89,24 @@ def test_a_one_process_hub_paces_its_collector_before_it_serves(
     monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
     with pytest.raises(_ServedError):
         lifecycle.serve(settings, host="127.0.0.1", port=0)
-    assert calls == ["paced", "served"]
+    assert calls == ["paced", "opened", "served"]
 
 
-def test_each_worker_paces_its_collector_once_its_app_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_worker_paces_its_collector_before_it_opens_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = HubSettings(data_dir=tmp_path / "hub")
     init_hub(settings, hostnames=("hub.test",))
     calls: list[str] = []
     monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))
+    opened = lifecycle.open_hub
+    monkeypatch.setattr(lifecycle, "open_hub", lambda s, **kw: (calls.append("opened"), opened(s, **kw))[1])
     monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
     monkeypatch.setenv(lifecycle.WORKER_SETTINGS, settings.model_dump_json())
     monkeypatch.delenv(lifecycle.METRICS_DIR, raising=False)
     app = lifecycle.worker_app()
-    assert app.routes
-    assert calls == ["paced"]
+    try:
+        assert app.routes
+    finally:
+        app.state.hub.store.dispose()
+    assert calls == ["paced", "opened"]  # before the hub's threads and connections

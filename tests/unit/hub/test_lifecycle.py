@@ -67,15 +67,23 @@ class _ServedError(Exception):
     """Raised by the stand-in server: serving began."""
 
 
-def test_a_one_process_hub_paces_its_collector_before_it_serves(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[HubSettings, list[str]]:
+    """A hub's settings, and the record of pacing and opening the hub (pacing not applied to the test run)."""
     settings = HubSettings(data_dir=tmp_path / "hub")
     init_hub(settings, hostnames=("hub.test",))
     calls: list[str] = []
-    monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))  # not the test run's own
+    monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))
     opened = lifecycle.open_hub
-    monkeypatch.setattr(lifecycle, "open_hub", lambda s: (calls.append("opened"), opened(s))[1])
+    monkeypatch.setattr(lifecycle, "open_hub", lambda s, **kw: (calls.append("opened"), opened(s, **kw))[1])
+    monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
+    return settings, calls
+
+
+def test_a_one_process_hub_paces_its_collector_before_it_serves(
+    paced: tuple[HubSettings, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, calls = paced
 
     class Server:
         def __init__(self, config: uvicorn.Config) -> None:
@@ -86,22 +94,15 @@ def test_a_one_process_hub_paces_its_collector_before_it_serves(
             raise _ServedError
 
     monkeypatch.setattr(lifecycle.uvicorn, "Server", Server)
-    monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
     with pytest.raises(_ServedError):
         lifecycle.serve(settings, host="127.0.0.1", port=0)
     assert calls == ["paced", "opened", "served"]
 
 
 def test_each_worker_paces_its_collector_before_it_opens_the_hub(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    paced: tuple[HubSettings, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = HubSettings(data_dir=tmp_path / "hub")
-    init_hub(settings, hostnames=("hub.test",))
-    calls: list[str] = []
-    monkeypatch.setattr(lifecycle, "pace_collector", lambda: calls.append("paced"))
-    opened = lifecycle.open_hub
-    monkeypatch.setattr(lifecycle, "open_hub", lambda s, **kw: (calls.append("opened"), opened(s, **kw))[1])
-    monkeypatch.setattr(lifecycle, "limit_tls_read_buffers", lambda: True)
+    settings, calls = paced
     monkeypatch.setenv(lifecycle.WORKER_SETTINGS, settings.model_dump_json())
     monkeypatch.delenv(lifecycle.METRICS_DIR, raising=False)
     app = lifecycle.worker_app()

@@ -81,7 +81,6 @@ def _recorded(count: int) -> Any:
     values = ", ".join("(" + ", ".join(f":{name}_{i}" for name in names) + ")" for i in range(count))
     replaced = ", ".join(f"{name} = excluded.{name}" for name in names if name not in ("device_id", "app"))
     types = [bindparam(f"{name}_{i}", type_=_COLUMNS[name].type) for i in range(count) for name in names]
-    # Only the table's column names and a count are spliced in; every value is bound.
     outcomes = (
         f"INSERT INTO device_updates ({', '.join(names)}) VALUES {values} "  # noqa: S608 - column names and a count; values bound
         f"ON CONFLICT (device_id, app) DO UPDATE SET {replaced}"

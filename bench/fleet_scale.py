@@ -28,9 +28,10 @@ The shape of a case (issue 16 point 5): `--hub-workers N` serves with `hub serve
 which counts pages the processes share once); `--sims K` splits the devices over K simulator
 processes (each holds one connection per device, and a process may hold 20,000 descriptors),
 part i's devices tagged `part=i`; `--rollout-parts P` rolls out to the first P parts only;
-`--waves` sets the waves. The hub's memory is read every `--memory-every` seconds through the
-steady window (growth: median of its last fifth minus its first), and a projection of the CPU
-a 1M-device fleet at the same cadence would need is printed from the window's figures.
+`--waves` sets the waves, `--max-pending` paces the rollouts. The hub's memory is read every
+`--memory-every` seconds through the steady window (growth: median of its last fifth minus its
+first), and a projection of the CPU a 1M-device fleet at the same cadence would need is printed
+from the window's figures.
 
     .venv/bin/python bench/fleet_scale.py --devices 20000 --db postgres --quiet-enrollment --hub-workers 2 \
         --sims 2 --rollout-parts 1 --waves 1%,10%,100% --window 1800 --rollout-timeout 900
@@ -128,6 +129,8 @@ class Plan:
     """Seconds the first verifications after the simulators' takeover may take at most."""
     sim_workers: int | None = None
     """Each simulator's verification worker processes (`edgefleet sim --workers`; None: its default)."""
+    max_pending: int | None = None
+    """The rollouts' pace (`deploy create --max-pending`; None: each wave at once)."""
 
 
 # --- processes, /proc ----------------------------------------------------------------------
@@ -835,6 +838,7 @@ def rollout(
         hub.cli(
             "deploy", "create", "--release", release, "--name", name, "--target", target,
             "--waves", plan.waves, "--bake", "0", "--priority", str(priority),
+            *(["--max-pending", str(plan.max_pending)] if plan.max_pending else []),
         )  # fmt: skip
         created = time.monotonic() - start
         status: dict[str, Any] = {}
@@ -860,6 +864,7 @@ def rollout(
         "release": release,
         "target": target,
         "waves_asked": plan.waves,
+        "max_pending": plan.max_pending,
         "devices": devices,
         "state": status.get("deployment", {}).get("state"),
         "updated": updated,
@@ -921,6 +926,8 @@ def member_times(hub: Hub, name: str, observed: dict[str, datetime]) -> dict[str
         else None,
         "fetch_after_assigned_s": _spread(to_fetch),
         "fetch_after_assigned_by_wave_s": per_wave,
+        # A paced rollout holds devices back before it assigns them: how long, from the creation.
+        "assigned_after_create_s": _spread([(at - created_at).total_seconds() for at in assigned.values()]),
         "observed_answer_after_assigned_s": _spread(to_answer),
     }
 
@@ -1376,7 +1383,8 @@ def _show_rollout(r: dict[str, Any]) -> None:
     print(
         f"    {r['release']}: {'completed' if r['completed'] else 'NOT completed'} ({r['updated']} updated) in "
         f"{r['seconds']} s (wave 2 at {r['wave_2_started_s']} s); first fetch {r['first_fetch_after_create_s']} s "
-        f"after create; fetch - assigned {r['fetch_after_assigned_s']}; observed answer - assigned "
+        f"after create; pace {r.get('max_pending')}, assigned - create {r.get('assigned_after_create_s')}; "
+        f"fetch - assigned {r['fetch_after_assigned_s']}; observed answer - assigned "
         f"{r['observed_answer_after_assigned_s']}; {r['updated_per_s']} devices/s; hub CPU {r['hub_cpu_s']} s "
         f"({r['hub_cpu_s_per_device']} s per device), simulator {r['sim_cpu_s_per_device']} s per device",
         flush=True,
@@ -1476,6 +1484,7 @@ def main() -> None:  # one straight-line run
     parser.add_argument(
         "--sim-workers", type=int, help="each simulator's verification workers (edgefleet sim --workers)"
     )
+    parser.add_argument("--max-pending", type=int, help="the rollouts' pace (deploy create --max-pending)")
     parser.add_argument("--memory-every", type=float, default=30, help="seconds between readings of the hub's memory")
     parser.add_argument(
         "--verified-timeout", type=float, default=1800, help="seconds the takeover's first verifications may take"
@@ -1497,6 +1506,7 @@ def main() -> None:  # one straight-line run
             waves=args.waves,
             memory_every=5,
             verified_timeout=120,
+            max_pending=args.max_pending,
         )
         if args.quick
         else Plan(
@@ -1509,6 +1519,7 @@ def main() -> None:  # one straight-line run
             memory_every=args.memory_every,
             verified_timeout=args.verified_timeout,
             sim_workers=args.sim_workers,
+            max_pending=args.max_pending,
         )
     )
     shape = Shape(workers=args.hub_workers, sims=args.sims, rollout_parts=args.rollout_parts)

@@ -14,6 +14,13 @@ at once if the rollout has already reached that place, else with their wave. A c
 deployment keeps assigning newcomers; a paused one assigns nothing; aborted and rolled-back
 ones are finished. A device is assigned at most once per rollout (the scheduler keeps one
 member row per device), so nothing here ever assigns twice.
+
+A paced rollout (`Policy.max_pending`) tells at most that many devices at a time of the
+release: a wave's devices are assigned in canary order as earlier ones begin their download,
+so a wave of thousands does not reach the hub, the registry and the network all at once,
+and each device it tells starts within seconds. While a wave has devices held back it is
+not finished, and its timeout runs from its last assignment; its failure threshold is a
+share of the whole wave, held-back devices included.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ MemberStatus = Literal["assigned", "downloading", "updated", "failed", "restored
 MEMBER_STATUSES: tuple[MemberStatus, ...] = ("assigned", "downloading", "updated", "failed", "restored", "left")
 """What the controller knows of one device it assigned: `left` once it no longer targets it."""
 TERMINAL: frozenset[MemberStatus] = frozenset({"updated", "failed"})
+PENDING_HOLD = timedelta(minutes=2)
+"""How long a device told of the release, online and not yet downloading, holds a place of a
+paced rollout: one that has not begun by then (its agent is stuck, or it was told while its
+link dropped) no longer holds the others back."""
 
 Report = Literal["none", "fetched", "updated", "failed", "unhealthy"]
 """What a device's own reports say of this release: nothing yet; its signed assignment was
@@ -52,6 +63,8 @@ class Policy:
     wave_timeout: timedelta
     max_failure: Fraction
     on_failure: OnFailure
+    max_pending: int | None = None
+    """Pacing: at most this many devices told, online and not yet downloading (None: a wave at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,8 @@ class Member:
 
     wave: int
     status: MemberStatus
+    assigned_at: datetime | None = None
+    """When the rollout (last) assigned it; None where unknown (it then counts as just assigned)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,20 +236,28 @@ def decide(
         if member.status == "left" and device_id in seen:
             actions.append(Rejoin(device_id, wave))
             current[device_id] = Member(wave=wave, status="assigned")
-    for device_id in _due(key, policy.waves, wave, seen, current):
+    due = _due(key, policy.waves, wave, seen, current)
+    if policy.max_pending is not None:
+        room = max(0, policy.max_pending - _pending(current, seen, now))
+        due, held = due[:room], len(due[room:])
+    else:
+        held = 0
+    for device_id in due:
         actions.append(Assign(device_id, wave))
-        current[device_id] = Member(wave=wave, status="assigned")
+        current[device_id] = Member(wave=wave, status="assigned", assigned_at=now)
     if progress.state == "completed":
         return Decision(progress, tuple(actions))
 
-    stop = _over(policy, progress, wave, current, seen)
+    stop = _over(policy, progress, wave, current, seen, held=held)
     if stop is not None:
         return stop.after(actions, events)
+    if held:
+        return Decision(progress, tuple(actions))  # a paced wave goes on as its devices begin
 
     tally = counts(wave, current, seen)
     if progress.bake_started_at is None:
         unfinished = tally.size - tally.updated - tally.failed - tally.restored
-        timed_out = now - (progress.wave_started_at or now) >= policy.wave_timeout
+        timed_out = now - _wave_clock(policy, progress, wave, current, now) >= policy.wave_timeout
         if unfinished and not timed_out:
             return Decision(progress, tuple(actions))
         if unfinished:
@@ -246,7 +269,7 @@ def decide(
                     actions.append(SetStatus(device_id, "failed"))
                     current[device_id] = replace(member, status="failed")
             events.append(f"wave {wave + 1} timed out with {unfinished} devices unfinished")
-            stop = _over(policy, progress, wave, current, seen)
+            stop = _over(policy, progress, wave, current, seen, held=0)
             if stop is not None:
                 return stop.after(actions, events)
         progress = replace(progress, bake_started_at=now)
@@ -271,14 +294,18 @@ def _over(
     wave: int,
     members: Mapping[str, Member],
     seen: Mapping[str, Seen],
+    *,
+    held: int,
 ) -> Decision | None:
-    """Pause or roll back when the wave's failures (beyond those accepted) pass the threshold; else None."""
+    """Pause or roll back when the wave's failures (beyond those accepted) pass the threshold; else None.
+
+    `held`: the wave's devices a paced rollout has not assigned yet, part of the wave's size.
+    """
     tally = counts(wave, members, seen)
-    if not over_threshold(tally.failed - progress.accepted_failures, tally.size, policy.max_failure):
+    size = tally.size + held
+    if not over_threshold(tally.failed - progress.accepted_failures, size, policy.max_failure):
         return None
-    reason = (
-        f"wave {wave + 1}: {tally.failed} of {tally.size} devices failed (threshold {percent_text(policy.max_failure)})"
-    )
+    reason = f"wave {wave + 1}: {tally.failed} of {size} devices failed (threshold {percent_text(policy.max_failure)})"
     if policy.on_failure == "pause":
         return Decision(replace(progress, state="paused", reason=reason), (), (f"paused: {reason}",))
     rolled = replace(progress, state="rolled-back", reason=reason)
@@ -317,7 +344,30 @@ def _restore_all(members: Mapping[str, Member]) -> list[Action]:
 def _due(
     key: str, waves: Sequence[Wave], wave: int, seen: Mapping[str, Seen], members: Mapping[str, Member]
 ) -> list[str]:
-    """Targets within the first `reach` of the canary order that this rollout has not assigned yet."""
+    """Targets within the first `reach` of the canary order that this rollout has not assigned yet, in that order."""
     order = canary_order(key, seen)
     limit = reach(waves, len(order))[wave]
-    return sorted(device_id for device_id in order[:limit] if device_id not in members)
+    return [device_id for device_id in order[:limit] if device_id not in members]
+
+
+def _pending(members: Mapping[str, Member], seen: Mapping[str, Seen], now: datetime) -> int:
+    """Members that hold a place of a paced rollout: told within `PENDING_HOLD`, online, not yet downloading."""
+    held = 0
+    for device_id, member in members.items():
+        device = seen.get(device_id)
+        if member.status != "assigned" or device is None or not device.online:
+            continue
+        if member.assigned_at is None or now - member.assigned_at < PENDING_HOLD:
+            held += 1
+    return held
+
+
+def _wave_clock(
+    policy: Policy, progress: Progress, wave: int, members: Mapping[str, Member], now: datetime
+) -> datetime:
+    """Where the wave's timeout counts from: its start, or in a paced rollout its last assignment if later."""
+    started = progress.wave_started_at or now
+    if policy.max_pending is None:
+        return started
+    last = [m.assigned_at for m in members.values() if m.wave == wave and m.assigned_at is not None]
+    return max([started, *last])

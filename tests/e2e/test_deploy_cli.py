@@ -108,12 +108,13 @@ def test_deploy_with_the_cli(hub: RunningHub, tmp_path: Path) -> None:
     # As code: the same file twice changes nothing; a new release restarts the rollout.
     spec = tmp_path / "deployments.yaml"
     declared = "deployments:\n  - name: prod\n    release: sensor@{v}\n    target: env=prod\n    priority: 5\n"
-    declared += "    waves: 1,100%\n    bake: 0\n    max_failure: 0%\n"
+    declared += "    waves: 1,100%\n    bake: 0\n    max_failure: 0%\n    max_pending: 2\n"
     spec.write_text(declared.format(v="2.0.0"))
     assert ok(hub.cli("deploy", "apply", str(spec))).strip() == "prod: created"
     assert ok(hub.cli("deploy", "apply", str(spec))).strip() == "prod: unchanged"
     listed = json.loads(ok(hub.cli("deploy", "list", "--json")))
     assert [(d["name"], d["state"]) for d in listed] == [("r1", "completed"), ("prod", "active")]
+    assert [d["max_pending"] for d in listed] == [None, 2]  # the file's pace
     assert "pause" in ok(hub.cli("deploy", "pause", "prod"))
     assert "active" in ok(hub.cli("deploy", "resume", "prod"))
     aborted = ok(hub.cli("deploy", "abort", "prod", "--rollback"))

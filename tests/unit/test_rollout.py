@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.rollout import (
+    PENDING_HOLD,
     Assign,
     Decision,
     Member,
@@ -31,13 +32,22 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEPLOYMENT = "d1"
 
 
-def policy(waves: str = "10%,100%", *, bake: int = 0, timeout: int = 600, max_failure: str = "0", on_failure="pause"):
+def policy(
+    waves: str = "10%,100%",
+    *,
+    bake: int = 0,
+    timeout: int = 600,
+    max_failure: str = "0",
+    on_failure="pause",
+    max_pending: int | None = None,
+):
     return Policy(
         waves=parse_waves(waves),
         bake=timedelta(seconds=bake),
         wave_timeout=timedelta(seconds=timeout),
         max_failure=Fraction(max_failure),
         on_failure=on_failure,
+        max_pending=max_pending,
     )
 
 
@@ -55,8 +65,10 @@ class Rollout:
         self.restored: list[str] = []
         self.assigned_twice: list[str] = []
         self.events: list[str] = []
+        self.now = T0
 
     def tick(self, now: datetime) -> Decision:
+        self.now = now
         decision = decide(DEPLOYMENT, self.policy, self.progress, self.members, self.seen, now)
         self.apply(decision)
         return decision
@@ -69,10 +81,10 @@ class Rollout:
                 case Assign(device_id, wave):
                     if device_id in self.members:
                         self.assigned_twice.append(device_id)
-                    self.members[device_id] = Member(wave=wave, status="assigned")
+                    self.members[device_id] = Member(wave=wave, status="assigned", assigned_at=self.now)
                 case Rejoin(device_id, wave):
                     assert self.members[device_id].status == "left"
-                    self.members[device_id] = Member(wave=wave, status="assigned")
+                    self.members[device_id] = Member(wave=wave, status="assigned", assigned_at=self.now)
                 case SetStatus(device_id, status):
                     self.members[device_id] = replace(self.members[device_id], status=status)
                 case Restore(device_id):
@@ -284,6 +296,100 @@ def test_an_empty_target_completes_and_later_devices_get_the_release() -> None:
     assert list(rollout.members) == ["dev-a"]
 
 
+# --- paced rollouts ---------------------------------------------------------------------------
+
+
+def pending(rollout: Rollout) -> list[str]:
+    """Members holding a place of the pace: told within PENDING_HOLD, online, not yet downloading."""
+    return [
+        d
+        for d, m in rollout.members.items()
+        if m.status == "assigned"
+        and rollout.seen.get(d, Seen(online=False)).online
+        and m.assigned_at is not None
+        and rollout.now - m.assigned_at < PENDING_HOLD
+    ]
+
+
+def test_a_paced_wave_tells_devices_in_canary_order_as_earlier_ones_begin() -> None:
+    rollout = Rollout(policy("100%", max_pending=10), fleet(40))
+    order = canary_order(DEPLOYMENT, rollout.seen)
+    rollout.tick(T0)
+    assert rollout.wave(0) == sorted(order[:10])
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert len(rollout.members) == 10  # nobody began: nobody more is told
+    rollout.report(order[:4], "fetched")
+    rollout.tick(T0 + timedelta(seconds=4))
+    assert [rollout.members[d].status for d in order[:4]] == ["downloading"] * 4
+    assert rollout.wave(0) == sorted(order[:14])
+    rollout.report(order[4:14], "updated")  # straight to updated (the fetch fell between two passes)
+    rollout.tick(T0 + timedelta(seconds=6))
+    assert rollout.wave(0) == sorted(order[:24])
+    assert rollout.progress.state == "active"
+    assert rollout.progress.bake_started_at is None
+    for second in range(8, 40, 2):
+        rollout.report(pending(rollout), "updated")
+        rollout.tick(T0 + timedelta(seconds=second))
+        assert len(pending(rollout)) <= 10
+    rollout.report(order[:4], "updated")
+    rollout.tick(T0 + timedelta(seconds=42))
+    assert len(rollout.members) == 40
+    assert rollout.progress.state == "completed"
+
+
+def test_offline_devices_and_those_told_long_ago_hold_no_place() -> None:
+    rollout = Rollout(policy("100%", max_pending=5), fleet(20))
+    order = canary_order(DEPLOYMENT, rollout.seen)
+    rollout.tick(T0)
+    for device_id in order[:3]:
+        rollout.seen[device_id] = Seen(online=False)
+    rollout.tick(T0 + timedelta(seconds=2))
+    assert rollout.wave(0) == sorted(order[:8])  # three offline: three more told
+    rollout.tick(T0 + PENDING_HOLD - timedelta(seconds=1))
+    assert len(rollout.members) == 8
+    rollout.tick(T0 + PENDING_HOLD)  # the first two online ones never began: no longer holding the rest
+    assert rollout.wave(0) == sorted(order[:10])
+
+
+def test_a_paced_wave_times_out_from_its_last_assignment() -> None:
+    rollout = Rollout(policy("100%", timeout=600, max_pending=5), fleet(10))
+    order = canary_order(DEPLOYMENT, rollout.seen)
+    rollout.tick(T0)
+    rollout.report(order[:5], "updated")
+    rollout.tick(T0 + timedelta(seconds=500))  # the second half told late in the wave
+    assert len(rollout.members) == 10
+    rollout.tick(T0 + timedelta(seconds=700))  # past the wave's start + timeout, not its last assignment's
+    assert rollout.progress.state == "active"
+    assert all(rollout.members[d].status == "assigned" for d in order[5:])
+    rollout.tick(T0 + timedelta(seconds=1100))
+    assert [rollout.members[d].status for d in order[5:]] == ["failed"] * 5
+    assert rollout.events == [
+        "wave 1 timed out with 5 devices unfinished",
+        "paused: wave 1: 5 of 10 devices failed (threshold 0%)",
+    ]
+
+
+def test_a_paced_waves_threshold_is_a_share_of_the_whole_wave() -> None:
+    paced = Rollout(policy("100%", max_failure="0.1", max_pending=10), fleet(100))
+    order = canary_order(DEPLOYMENT, paced.seen)
+    paced.tick(T0)
+    paced.report(order[:5], "failed")  # 5 of the 100: under 10 %, though half of those told so far
+    paced.tick(T0 + timedelta(seconds=2))
+    assert paced.progress.state == "active"
+    assert len(paced.members) == 15
+    paced.report(order[5:15], "failed")
+    paced.tick(T0 + timedelta(seconds=4))
+    assert paced.progress.state == "paused"
+    assert paced.progress.reason == "wave 1: 15 of 100 devices failed (threshold 10%)"
+    assert len(paced.members) == 25  # this pass told ten more before it judged
+
+
+def test_without_a_pace_a_wave_is_told_at_once() -> None:
+    rollout = Rollout(policy("100%"), fleet(300))
+    rollout.tick(T0)
+    assert len(rollout.members) == 300
+
+
 # --- properties ----------------------------------------------------------------------------
 
 
@@ -300,11 +406,13 @@ def test_an_empty_target_completes_and_later_devices_get_the_release() -> None:
         ),
         max_size=60,
     ),
+    max_pending=st.sampled_from([None, 1, 3, 10]),
 )
-def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_failure, script) -> None:
+def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_failure, script, max_pending) -> None:
     seen = fleet(size)
     everyone = set(seen)
-    rollout = Rollout(policy(spec, bake=5, timeout=30, max_failure=max_failure, on_failure=on_failure), seen)
+    pol = policy(spec, bake=5, timeout=30, max_failure=max_failure, on_failure=on_failure, max_pending=max_pending)
+    rollout = Rollout(pol, seen)
     now = T0
     joined = size
     for step, (what, pick) in enumerate(script):
@@ -325,13 +433,18 @@ def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_
         elif target and target in rollout.members:
             seen[target] = Seen(online=True, report=what)  # type: ignore[arg-type]
         before = set(seen)
+        rollout.now = now
+        held_before = len(pending(rollout))
         decision = rollout.tick(now)
+        told = [a for a in decision.actions if isinstance(a, Assign)]
         for action in decision.actions:
             if isinstance(action, Assign | Rejoin):
                 assert action.device_id in before, f"step {step}: assigned outside the target"
                 assert action.wave <= rollout.progress.wave or rollout.progress.state == "completed"
         assert not rollout.assigned_twice
         assert set(rollout.members) <= everyone
+        if max_pending is not None and told:
+            assert held_before + len(told) <= max_pending, f"step {step}: more than the pace told"
         if rollout.progress.state in ("paused", "rolled-back"):
             assert rollout.progress.reason
         if rollout.progress.state == "rolled-back":
@@ -340,7 +453,10 @@ def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_
             # Exactly the reached prefix of the canary order (plus earlier members) is assigned.
             order = canary_order(DEPLOYMENT, seen)
             reached = set(order[: reach(rollout.policy.waves, len(order))[rollout.progress.wave]])
-            assert reached <= set(rollout.members)
+            if max_pending is None:
+                assert reached <= set(rollout.members)
+            elif not reached <= set(rollout.members):  # paced: held back only once the pace is full
+                assert len(told) + held_before >= max_pending
 
 
 @given(size=st.integers(min_value=1, max_value=5000), spec=st.sampled_from(["1%,10%,50%,100%", "5,50,100%"]))

@@ -33,7 +33,11 @@ app = typer.Typer(help="Deployments: a release for the devices a tag selector ta
 MAX_FILE_BYTES = 1024 * 1024
 FINISHED = ("completed", "aborted", "rolled-back")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_FILE_KEYS = {"name", "release", "target", "priority", "waves", "bake", "wave_timeout", "max_failure", "on_failure"}
+_FILE_KEYS = {
+    *("name", "release", "target", "priority", "waves", "bake", "wave_timeout", "max_failure", "on_failure"),
+    "max_pending",
+}
+MAX_PENDING = 1_000_000
 
 KeyArg = Annotated[str, typer.Argument(metavar="DEPLOYMENT", help="Deployment name or id")]
 Release = Annotated[str, typer.Option("--release", metavar="APP@VERSION", help="The release to deploy")]
@@ -45,6 +49,15 @@ Bake = Annotated[str, typer.Option("--bake", help="Hold after each wave, e.g. 10
 WaveTimeout = Annotated[str, typer.Option("--wave-timeout", help="How long a wave waits for its devices")]
 MaxFailure = Annotated[str, typer.Option("--max-failure", help="Failure share of a wave that stops the rollout")]
 OnFailure = Annotated[str, typer.Option("--on-failure", help="pause or rollback")]
+MaxPending = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pending",
+        min=1,
+        max=MAX_PENDING,
+        help="Pace: at most this many devices told and not yet downloading (default: each wave at once)",
+    ),
+]
 
 
 def seconds(text: str | int, *, what: str) -> int:
@@ -69,6 +82,7 @@ def body_of(
     wave_timeout: str | int,
     max_failure: str,
     on_failure: str,
+    max_pending: int | None = None,
 ) -> dict[str, Any]:
     """The API body of a deployment, checking locally what can be (the selector shows where it breaks)."""
     app_name, sep, version = release.partition("@")
@@ -80,6 +94,10 @@ def body_of(
         raise CliError(f"bad target: {exc}", exit_code=EXIT_USAGE, hint="\n" + exc.pointer()) from exc
     if on_failure not in ("pause", "rollback"):
         raise CliError(f"bad --on-failure {on_failure!r}", exit_code=EXIT_USAGE, hint="pause or rollback")
+    if max_pending is not None and (
+        isinstance(max_pending, bool) or not isinstance(max_pending, int) or not 1 <= max_pending <= MAX_PENDING
+    ):
+        raise CliError(f"bad max_pending {max_pending!r}", exit_code=EXIT_USAGE, hint=f"a number, 1 to {MAX_PENDING}")
     body: dict[str, Any] = {
         "app": app_name,
         "version": version,
@@ -91,6 +109,8 @@ def body_of(
         "max_failure": max_failure,
         "on_failure": on_failure,
     }
+    if max_pending is not None:
+        body["max_pending"] = max_pending
     if name is not None:
         body["name"] = name
     return body
@@ -107,6 +127,7 @@ def create(
     wave_timeout: WaveTimeout = "1h",
     max_failure: MaxFailure = "0%",
     on_failure: OnFailure = "pause",
+    max_pending: MaxPending = None,
     hub: HubUrl = None,
     token: Token = None,
     ca: CaFile = None,
@@ -123,6 +144,7 @@ def create(
         wave_timeout=wave_timeout,
         max_failure=max_failure,
         on_failure=on_failure,
+        max_pending=max_pending,
     )
     result = HubClient(hub, token, ca).call("POST", "/deployments", body=body)
     if json_out:
@@ -225,6 +247,7 @@ def read_file(path: Path) -> list[dict[str, Any]]:
                     wave_timeout=entry.get("wave_timeout", "1h"),
                     max_failure=str(entry.get("max_failure", "0%")),
                     on_failure=str(entry.get("on_failure", "pause")),
+                    max_pending=entry.get("max_pending"),
                 )
             )
         except CliError as exc:

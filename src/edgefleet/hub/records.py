@@ -181,6 +181,8 @@ class Deployment:
     wave_timeout_seconds: int
     max_failure: str
     on_failure: str
+    max_pending: int | None
+    """Pacing: devices told and not yet downloading at a time (None: each wave at once)."""
     state: str
     wave: int
     wave_started_at: datetime | None

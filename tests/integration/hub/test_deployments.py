@@ -177,6 +177,40 @@ def test_a_rollout_goes_wave_by_wave_on_device_reports(fleet: Fleet, publisher: 
     assert "completed" in actions
 
 
+def test_a_paced_rollout_tells_more_devices_as_earlier_ones_fetch(fleet: Fleet, publisher: Publisher) -> None:
+    add_devices(fleet, 12)
+    created = deploy(fleet, name="r1", waves="100%", max_pending=5)
+    assert created.status_code == 201, created.text
+    assert created.json()["max_pending"] == 5
+    told = assigned(fleet)
+    assert len(told) == 5  # the first pass, before the call returned
+    tick(fleet)
+    assert len(assigned(fleet)) == 5  # nobody fetched: nobody more
+    with fleet.hub.store.transaction(readonly=True) as tx:
+        fetching = [tx.get_device(d) for d in sorted(told)[:3]]
+    for device in fetching:
+        assert device is not None
+        director.read(fleet.hub, device, "targets.json")  # the agent's fetch of its new assignment
+    assert fleet.hub.flush_fetches() == 3
+    tick(fleet)
+    assert len(assigned(fleet)) == 8  # three began: three more told
+    waves = status(fleet, "r1")["waves"]
+    assert (waves[0]["downloading"], waves[0]["pending"]) == (3, 5)
+    report(fleet, list(assigned(fleet)), "2.0.0")
+    tick(fleet)
+    assert len(assigned(fleet)) == 12
+    report(fleet, list(assigned(fleet)), "2.0.0")
+    tick(fleet)
+    assert status(fleet, "r1")["deployment"]["state"] == "completed"
+    applied = fleet.call(
+        "POST",
+        "/deployments/apply",
+        json={"deployments": [{"name": "r1", "app": "sensor", "version": "2.0.0", "target": "env=prod"}]},
+    )
+    assert applied.json()["results"] == [{"name": "r1", "outcome": "updated"}]  # the pace dropped, in place
+    assert status(fleet, "r1")["deployment"]["max_pending"] is None
+
+
 def test_failures_past_the_threshold_pause_and_resume_accepts_them(fleet: Fleet, publisher: Publisher) -> None:
     devices = add_devices(fleet, 20)
     assert deploy(fleet, name="r2", waves="5,100%", max_failure="20%").status_code == 201
@@ -415,6 +449,11 @@ def test_apply_is_idempotent_and_a_new_release_restarts_the_rollout(fleet: Fleet
         ({"wave_timeout_seconds": 1}, 422, "invalid_request"),
         ({"surprise": 1}, 422, "invalid_request"),
         ({"app": None}, 422, "invalid_request"),
+        ({"max_pending": 0}, 422, "invalid_request"),
+        ({"max_pending": -5}, 422, "invalid_request"),
+        ({"max_pending": 10**9}, 422, "invalid_request"),
+        ({"max_pending": "ten"}, 422, "invalid_request"),
+        ({"max_pending": 1.5}, 422, "invalid_request"),
     ],
 )
 def test_bad_deployments_are_refused_and_change_nothing(

@@ -27,6 +27,7 @@ def deployment(name: str, version: str, priority: int = 0) -> Deployment:
         wave_timeout_seconds=3600,
         max_failure="0%",
         on_failure="pause",
+        max_pending=None,
         state="completed",
         wave=1,
         wave_started_at=None,

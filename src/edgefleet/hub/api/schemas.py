@@ -319,6 +319,11 @@ class DeploymentIn(RequestModel):
         default="0%", description="A wave whose failures pass this share pauses or rolls back."
     )
     on_failure: Literal["pause", "rollback"] = "pause"
+    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None,
+        description="Pacing: at most this many devices told of the release and not yet downloading; "
+        "the wave's others are told as those begin. None: each wave at once.",
+    )
 
 
 class DeploymentOut(ReadModel):
@@ -333,6 +338,7 @@ class DeploymentOut(ReadModel):
     wave_timeout_seconds: int
     max_failure: str
     on_failure: str
+    max_pending: int | None
     state: DeploymentState
     wave: int = Field(description="Current wave, counted from 1.")
     wave_started_at: datetime | None

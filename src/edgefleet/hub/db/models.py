@@ -252,6 +252,7 @@ class DeploymentRow(Base):
     wave_timeout_seconds: Mapped[int] = mapped_column(Integer)
     max_failure: Mapped[str] = mapped_column(String(16))
     on_failure: Mapped[str] = mapped_column(String(16))
+    max_pending: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), index=True)
     wave: Mapped[int] = mapped_column(Integer)
     wave_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

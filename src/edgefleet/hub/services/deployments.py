@@ -49,6 +49,7 @@ class Spec:
     wave_timeout_seconds: int
     max_failure: str
     on_failure: str
+    max_pending: int | None = None
 
 
 def make_spec(
@@ -63,6 +64,7 @@ def make_spec(
     wave_timeout_seconds: int,
     max_failure: str,
     on_failure: str,
+    max_pending: int | None = None,
 ) -> Spec:
     """Validate a declaration (its shapes are checked by the API schema; this checks the languages in it).
 
@@ -91,6 +93,7 @@ def make_spec(
         wave_timeout_seconds=wave_timeout_seconds,
         max_failure=percent_text(threshold),
         on_failure=on_failure,
+        max_pending=max_pending,
     )
 
 
@@ -170,7 +173,7 @@ def apply(hub: Hub, operator: Operator, specs: Sequence[Spec]) -> list[tuple[str
     """Create or update the named deployments, all or none; the same declarations again change nothing (operator).
 
     A changed release restarts the deployment's rollout from its first wave; other changes
-    (target, priority, waves, bake, threshold) take effect in place. A deployment's app
+    (target, priority, waves, bake, threshold, pace) take effect in place. A deployment's app
     cannot change. Deployments the file does not name are left alone.
 
     Raises:

@@ -59,6 +59,7 @@ def policy_of(deployment: Deployment) -> rollout.Policy:
         wave_timeout=timedelta(seconds=deployment.wave_timeout_seconds),
         max_failure=percent(deployment.max_failure),
         on_failure="rollback" if deployment.on_failure == "rollback" else "pause",
+        max_pending=deployment.max_pending,
     )
 
 
@@ -75,7 +76,10 @@ def progress_of(deployment: Deployment) -> rollout.Progress:
 
 def members_of(members: Sequence[DeploymentMember]) -> dict[str, rollout.Member]:
     return {
-        m.device_id: rollout.Member(wave=m.wave, status=_one_of(rollout.MEMBER_STATUSES, m.status)) for m in members
+        m.device_id: rollout.Member(
+            wave=m.wave, status=_one_of(rollout.MEMBER_STATUSES, m.status), assigned_at=m.assigned_at
+        )
+        for m in members
     }
 
 

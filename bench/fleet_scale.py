@@ -431,6 +431,8 @@ class Sample:
     """(method, route, status) -> count."""
     buckets: dict[tuple[str, str, float], float]
     """(method, route, le) -> cumulative count."""
+    pauses: dict[tuple[str, str], float]
+    """The collector's pauses over the hub's processes: (generation, "count" | "sum" | a bucket's le) -> value."""
     hub_cpu: float
     hub_rss: int
     hub_pss: int
@@ -444,6 +446,7 @@ def sample(hub: Hub, sim: Sims | None) -> Sample:
     text = hub.http.get("/metrics").text
     requests: dict[tuple[str, str, str], float] = {}
     buckets: dict[tuple[str, str, float], float] = {}
+    pauses: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
@@ -451,11 +454,15 @@ def sample(hub: Hub, sim: Sims | None) -> Sample:
                 requests[labels["method"], labels["route"], labels["status"]] = s.value
             elif s.name == "edgefleet_http_request_seconds_bucket":
                 buckets[labels["method"], labels["route"], float(labels["le"])] = s.value
+            elif s.name.startswith("edgefleet_gc_pause_seconds_"):
+                part = s.name.removeprefix("edgefleet_gc_pause_seconds_")
+                pauses[labels["generation"], labels["le"] if part == "bucket" else part] = s.value
     rss, pss = tree_memory(hub.pid)
     return Sample(
         at=time.monotonic(),
         requests=requests,
         buckets=buckets,
+        pauses=pauses,
         hub_cpu=tree_cpu(hub.pid),
         hub_rss=rss,
         hub_pss=pss,
@@ -480,6 +487,32 @@ def histogram_quantile(cumulative: list[tuple[float, float]], q: float) -> float
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
         lower_bound, lower_count = bound, count
     return lower_bound
+
+
+def pause_figures(before: Sample, after: Sample) -> dict[str, Any]:
+    """The collector's pauses between two samples, per generation: how many, seconds in all, p99 and longest."""
+    seconds = after.at - before.at
+    figures: dict[str, Any] = {}
+    for generation in sorted({g for g, _ in after.pauses}):
+
+        def grew(part: str, g: str = generation) -> float:
+            return after.pauses.get((g, part), 0.0) - before.pauses.get((g, part), 0.0)
+
+        count = grew("count")
+        cumulative = sorted(
+            (float(le), grew(le)) for g, le in after.pauses if g == generation and le not in ("count", "sum", "created")
+        )
+        longest = next((le for le, c in cumulative if c >= count), None) if count else None
+        p99 = histogram_quantile(cumulative, 0.99)
+        figures[generation] = {
+            "count": int(count),
+            "per_minute": round(count / seconds * 60, 1),
+            "seconds": round(grew("sum"), 2),
+            "share_of_time": round(grew("sum") / seconds, 4),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            "longest_under_s": longest,
+        }
+    return figures
 
 
 def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
@@ -518,6 +551,7 @@ def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
         "hub_errors": int(bad),
         "hub_other_statuses": dict(statuses),
         "sim_errors": int(sim_errors),
+        "gc_pauses": pause_figures(before, after),
         "hub_rss_mib": round(after.hub_rss / 2**20, 1),
         "hub_pss_mib": round(after.hub_pss / 2**20, 1),
         "hub_cpu_s": round(hub_cpu, 1),
@@ -1399,6 +1433,7 @@ def _show_steady(s: dict[str, Any]) -> None:
         f"({s['hub_cpu_s_per_1k']} s per 1k requests), load {s['load_at_start']}",
         flush=True,
     )
+    print(f"    collector's pauses by generation: {s.get('gc_pauses')}", flush=True)
 
 
 def _show_ceiling(c: dict[str, Any]) -> None:

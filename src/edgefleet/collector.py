@@ -14,11 +14,19 @@ it first in a process, before threads start; a frozen object that later ends in 
 is never freed, a one-time cost. Cyclic garbage is still collected, later and in larger batches,
 so a paced process holds more of it between collections. The thresholds' meaning is CPython
 3.11's and 3.12's.
+
+A collection stops every thread of its process while it runs, and a full one traverses the
+whole heap: `watch_pauses` times each collection (`gc.callbacks`), so a process can say how
+long and how often it stopped (the hub exports them as a Prometheus histogram).
 """
 
 from __future__ import annotations
 
 import gc
+import threading
+import time
+from collections import deque
+from typing import Any
 
 YOUNG = 50_000
 """Net allocations between collections of the youngest generation (CPython: 700)."""
@@ -33,3 +41,54 @@ def pace_collector(*, young: int = YOUNG, middle: int = MIDDLE, old: int = OLD) 
     gc.collect()
     gc.freeze()
     gc.set_threshold(young, middle, old)
+
+
+KEPT_PAUSES = 10_000
+"""Collections kept until read; older ones are dropped (counted in `Pauses.dropped`)."""
+
+
+class Pauses:
+    """The collections of this process since last read: (generation, seconds) each, oldest first.
+
+    Kept by a `gc.callbacks` hook, which must not take a lock (a collection can start while
+    its thread holds any lock): a bounded deque's append and popleft are atomic.
+    """
+
+    def __init__(self) -> None:
+        self._done: deque[tuple[int, float]] = deque(maxlen=KEPT_PAUSES)
+        self._started = 0.0
+        self.dropped = 0
+
+    def hook(self, phase: str, info: dict[str, Any]) -> None:
+        """`gc.callbacks` entry: note when a collection starts, and how long it took when it stops."""
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+            return
+        if len(self._done) == KEPT_PAUSES:
+            self.dropped += 1
+        self._done.append((int(info.get("generation", 2)), now - self._started))
+
+    def take(self) -> list[tuple[int, float]]:
+        """The collections since the last call (each is returned once)."""
+        taken = []
+        while self._done:
+            try:
+                taken.append(self._done.popleft())
+            except IndexError:  # pragma: no cover - emptied by another reader meanwhile
+                break
+        return taken
+
+
+_pauses: Pauses | None = None
+_watching = threading.Lock()
+
+
+def watch_pauses() -> Pauses:
+    """Time this process's collections from now on (once per process; later calls return the same)."""
+    global _pauses  # one hook per process: gc.callbacks is per process
+    with _watching:
+        if _pauses is None:
+            _pauses = Pauses()
+            gc.callbacks.append(_pauses.hook)
+        return _pauses

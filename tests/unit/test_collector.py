@@ -1,12 +1,13 @@
-"""The collector's pacing: rarer collections, what exists frozen out, in a process of its own."""
+"""The collector's pacing (rarer collections, what exists frozen out, in a process of its own), and its pauses timed."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 
-from edgefleet.collector import MIDDLE, OLD, YOUNG
+from edgefleet.collector import KEPT_PAUSES, MIDDLE, OLD, YOUNG, Pauses, watch_pauses
 
 PROBE = """
 import gc, json
@@ -24,3 +25,24 @@ def test_pacing_raises_the_thresholds_and_freezes_what_exists() -> None:
     assert found["after"] == [YOUNG, MIDDLE, OLD]
     assert found["frozen"] > 1000  # the modules' objects
     assert found["enabled"] is True  # cycles are still collected
+
+
+def test_each_collection_is_timed_and_read_once() -> None:
+    pauses = watch_pauses()
+    assert watch_pauses() is pauses  # one hook per process
+    assert gc.callbacks.count(pauses.hook) == 1
+    pauses.take()
+    gc.collect()
+    taken = pauses.take()
+    assert [generation for generation, _ in taken] == [2]
+    assert 0 <= taken[0][1] < 60
+    assert pauses.take() == []
+
+
+def test_pauses_not_read_are_bounded() -> None:
+    pauses = Pauses()
+    for _ in range(KEPT_PAUSES + 5):
+        pauses.hook("start", {"generation": 0})
+        pauses.hook("stop", {"generation": 0})
+    assert len(pauses.take()) == KEPT_PAUSES
+    assert pauses.dropped == 5

@@ -21,6 +21,7 @@ from edgefleet import __version__
 from edgefleet.hub.api.answers import error_response, hub_error_response
 from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.fastlane import DeviceFastLane
+from edgefleet.hub.api.gcpauses import PauseMetrics, export_pauses
 from edgefleet.hub.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from edgefleet.hub.api.routes import (
     audit,
@@ -88,21 +89,23 @@ async def _to_dashboard() -> RedirectResponse:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves: the last-seen writer and, on PostgreSQL, the listener of every process's changes.
+    """While the app serves: last-seen writes, collector pauses into /metrics, on PostgreSQL the change listener.
 
-    The listener wakes held device polls and keeps the device caches true; the caches are
+    The listener (of every process's changes) wakes held device polls and keeps the device caches true; the caches are
     used only while it listens (`DeviceCaches.use_while`).
     """
     hub: Hub = app.state.hub
     listener = hub.listen()
     app.state.listener = listener
     writer = asyncio.create_task(_write_last_seen(hub), name="edgefleet-last-seen")
+    pauses = asyncio.create_task(export_pauses(app.state.gc_pauses), name="edgefleet-gc-pauses")
     try:
         yield
     finally:
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        for task in (writer, pauses):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         try:
             await run_in_threadpool(_flush, hub)
         except HubError as exc:
@@ -153,6 +156,7 @@ def create_app(hub: Hub, *, metrics_dir: Path | None = None, fast_lane: bool = T
     )
     app.state.hub = hub
     app.state.metrics = CollectorRegistry()
+    app.state.gc_pauses = PauseMetrics(app.state.metrics)
     app.state.metrics_dir = metrics_dir
     app.include_router(system.router)
     for module in (device, devices, deployments, environment, tokens, users, audit, repository, tuf):

@@ -77,10 +77,16 @@ class AssignmentQueries(TxBase):
         self._s.expire_all()  # rows loaded earlier in this transaction are stale now
         self._changes_many([answers_key(a.device_id) for a in assignments])
 
-    def assignments_of_app(self, app: str) -> dict[str, Assignment]:
-        """Device id -> its assignment of `app`, for every device that has one."""
-        query = select(AssignmentRow).where(AssignmentRow.app == app).execution_options(populate_existing=True)
-        return {row.device_id: _assignment(row) for row in self._s.scalars(query)}
+    def assignments_of_app(self, app: str, devices: Sequence[str]) -> dict[str, Assignment]:
+        """Device id -> its assignment of `app`, for those of `devices` that have one (plain rows, in batches)."""
+        found: dict[str, Assignment] = {}
+        ordered = sorted(set(devices))
+        for start in range(0, len(ordered), _BATCH):
+            query = select(*_COLUMNS).where(
+                AssignmentRow.app == app, AssignmentRow.device_id.in_(ordered[start : start + _BATCH])
+            )
+            found.update((row.device_id, _assignment(row)) for row in self._s.execute(query))
+        return found
 
     def delete_assignment(self, device_id: str, app: str) -> None:
         self._s.execute(delete(AssignmentRow).where(AssignmentRow.device_id == device_id, AssignmentRow.app == app))

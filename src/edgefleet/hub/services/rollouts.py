@@ -207,7 +207,7 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
     joining: dict[str, int] = {}
     new_members: list[DeploymentMember] = []
     restores: list[str] = []
-    current = tx.assignments_of_app(deployment.app) if _assigns(decision) else {}
+    current = tx.assignments_of_app(deployment.app, _joining(decision))
     for action in decision.actions:
         match action:
             case rollout.SetStatus(device_id, status):
@@ -270,8 +270,9 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
     return deployment
 
 
-def _assigns(decision: rollout.Decision) -> bool:
-    return any(isinstance(a, rollout.Assign | rollout.Rejoin) for a in decision.actions)
+def _joining(decision: rollout.Decision) -> list[str]:
+    """The devices the decision assigns (a paced wave assigns some each pass: only theirs are read)."""
+    return [a.device_id for a in decision.actions if isinstance(a, rollout.Assign | rollout.Rejoin)]
 
 
 def _assignment(deployment: Deployment, device_id: str, previous: Assignment | None, now: datetime) -> Assignment:

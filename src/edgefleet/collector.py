@@ -51,13 +51,16 @@ class Pauses:
     """The collections of this process since last read: (generation, seconds) each, oldest first.
 
     Kept by a `gc.callbacks` hook, which must not take a lock (a collection can start while
-    its thread holds any lock): a bounded deque's append and popleft are atomic.
+    its thread holds any lock): a bounded deque's append and popleft are atomic, and CPython
+    runs one collection at a time. One per process (`watch_pauses`): two readers in one
+    process (two apps in a test) each take a share.
     """
 
     def __init__(self) -> None:
         self._done: deque[tuple[int, float]] = deque(maxlen=KEPT_PAUSES)
-        self._started = 0.0
+        self._started: float | None = None
         self.dropped = 0
+        """Collections dropped unread since the process began (the deque was full)."""
 
     def hook(self, phase: str, info: dict[str, Any]) -> None:
         """`gc.callbacks` entry: note when a collection starts, and how long it took when it stops."""
@@ -65,9 +68,12 @@ class Pauses:
         if phase == "start":
             self._started = now
             return
+        started, self._started = self._started, None
+        if started is None:
+            return  # hooked while a collection ran: its start is unknown
         if len(self._done) == KEPT_PAUSES:
             self.dropped += 1
-        self._done.append((int(info.get("generation", 2)), now - self._started))
+        self._done.append((int(info.get("generation", 2)), now - started))
 
     def take(self) -> list[tuple[int, float]]:
         """The collections since the last call (each is returned once)."""

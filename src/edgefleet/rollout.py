@@ -15,12 +15,14 @@ deployment keeps assigning newcomers; a paused one assigns nothing; aborted and 
 ones are finished. A device is assigned at most once per rollout (the scheduler keeps one
 member row per device), so nothing here ever assigns twice.
 
-A paced rollout (`Policy.max_pending`) tells at most that many devices at a time of the
-release: a wave's devices are assigned in canary order as earlier ones begin their download,
-so a wave of thousands does not reach the hub, the registry and the network all at once,
-and each device it tells starts within seconds. While a wave has devices held back it is
-not finished, and its timeout runs from its last assignment; its failure threshold is a
-share of the whole wave, held-back devices included.
+A paced rollout (`Policy.max_pending`) has at most that many devices at a time that it told
+of the release and that have not begun (`holding`): a wave's devices are assigned in canary
+order as earlier ones begin their download, so a wave of thousands does not reach the hub,
+the registry and the network all at once, and each device it tells starts within seconds.
+Devices coming back to the rollout (rejoins) wait for room the same way. While a wave has
+devices held back it is not finished and its timeout does not run: the timeout counts from
+the last pass that held some back (`Progress.last_held_at`), whatever the pace is now. Its
+failure threshold stays a share of the whole wave, held-back devices included.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ OnFailure = Literal["pause", "rollback"]
 
 MemberStatus = Literal["assigned", "downloading", "updated", "failed", "restored", "left"]
 MEMBER_STATUSES: tuple[MemberStatus, ...] = ("assigned", "downloading", "updated", "failed", "restored", "left")
+MAX_PENDING = 1_000_000
+"""The largest pace a deployment may ask for."""
 """What the controller knows of one device it assigned: `left` once it no longer targets it."""
 TERMINAL: frozenset[MemberStatus] = frozenset({"updated", "failed"})
 PENDING_HOLD = timedelta(minutes=2)
@@ -78,6 +82,8 @@ class Progress:
     accepted_failures: int = 0
     """Failures of the current wave an operator accepted by resuming; the threshold counts only those beyond."""
     reason: str | None = None
+    last_held_at: datetime | None = None
+    """The last pass that held devices of the current wave back for the pace (None: none did)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,22 +238,22 @@ def decide(
 
     last = len(policy.waves) - 1
     wave = last if progress.state == "completed" else min(progress.wave, last)  # waves may have been cut since
-    for device_id, member in sorted(current.items()):
-        if member.status == "left" and device_id in seen:
-            actions.append(Rejoin(device_id, wave))
-            current[device_id] = Member(wave=wave, status="assigned")
+    back = [d for d, m in sorted(current.items()) if m.status == "left" and d in seen]
     due = _due(key, policy.waves, wave, seen, current)
-    if policy.max_pending is not None:
-        room = max(0, policy.max_pending - _pending(current, seen, now))
-        due, held = due[:room], len(due[room:])
-    else:
-        held = 0
-    for device_id in due:
+    wanting = len(back) + len(due)
+    room = wanting if policy.max_pending is None else max(0, policy.max_pending - holding(current, seen, now))
+    held = max(0, wanting - room)  # the pace's: rejoins first, then the wave's in canary order
+    for device_id in back[:room]:
+        actions.append(Rejoin(device_id, wave))
+        current[device_id] = Member(wave=wave, status="assigned", assigned_at=now)
+    for device_id in due[: max(0, room - len(back))]:
         actions.append(Assign(device_id, wave))
         current[device_id] = Member(wave=wave, status="assigned", assigned_at=now)
     if progress.state == "completed":
         return Decision(progress, tuple(actions))
 
+    if held:
+        progress = replace(progress, last_held_at=now)
     stop = _over(policy, progress, wave, current, seen, held=held)
     if stop is not None:
         return stop.after(actions, events)
@@ -257,7 +263,8 @@ def decide(
     tally = counts(wave, current, seen)
     if progress.bake_started_at is None:
         unfinished = tally.size - tally.updated - tally.failed - tally.restored
-        timed_out = now - _wave_clock(policy, progress, wave, current, now) >= policy.wave_timeout
+        clock = max(filter(None, (progress.wave_started_at, progress.last_held_at)), default=now)
+        timed_out = now - clock >= policy.wave_timeout
         if unfinished and not timed_out:
             return Decision(progress, tuple(actions))
         if unfinished:
@@ -282,7 +289,13 @@ def decide(
         events.append("completed")
         return Decision(replace(progress, state="completed", reason=None), tuple(actions), tuple(events))
     following = replace(
-        progress, wave=wave + 1, wave_started_at=now, bake_started_at=None, accepted_failures=0, reason=None
+        progress,
+        wave=wave + 1,
+        wave_started_at=now,
+        bake_started_at=None,
+        accepted_failures=0,
+        reason=None,
+        last_held_at=None,
     )
     events.append(f"wave {wave + 2} started")
     return decide(key, policy, following, current, seen, now).after(actions, events)
@@ -329,6 +342,7 @@ def resume(progress: Progress, members: Mapping[str, Member], *, paused_for: tim
         reason=None,
         wave_started_at=later(progress.wave_started_at),
         bake_started_at=later(progress.bake_started_at),
+        last_held_at=later(progress.last_held_at),
     )
 
 
@@ -350,8 +364,12 @@ def _due(
     return [device_id for device_id in order[:limit] if device_id not in members]
 
 
-def _pending(members: Mapping[str, Member], seen: Mapping[str, Seen], now: datetime) -> int:
-    """Members that hold a place of a paced rollout: told within `PENDING_HOLD`, online, not yet downloading."""
+def holding(members: Mapping[str, Member], seen: Mapping[str, Seen], now: datetime) -> int:
+    """Members holding a place of a paced rollout: told within `PENDING_HOLD`, online, not yet downloading.
+
+    Unlike a wave's `pending` count (`counts`), this is over every wave, and a device told
+    longer ago no longer holds a place.
+    """
     held = 0
     for device_id, member in members.items():
         device = seen.get(device_id)
@@ -360,14 +378,3 @@ def _pending(members: Mapping[str, Member], seen: Mapping[str, Seen], now: datet
         if member.assigned_at is None or now - member.assigned_at < PENDING_HOLD:
             held += 1
     return held
-
-
-def _wave_clock(
-    policy: Policy, progress: Progress, wave: int, members: Mapping[str, Member], now: datetime
-) -> datetime:
-    """Where the wave's timeout counts from: its start, or in a paced rollout its last assignment if later."""
-    started = progress.wave_started_at or now
-    if policy.max_pending is None:
-        return started
-    last = [m.assigned_at for m in members.values() if m.wave == wave and m.assigned_at is not None]
-    return max([started, *last])

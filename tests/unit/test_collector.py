@@ -46,3 +46,9 @@ def test_pauses_not_read_are_bounded() -> None:
         pauses.hook("stop", {"generation": 0})
     assert len(pauses.take()) == KEPT_PAUSES
     assert pauses.dropped == 5
+
+
+def test_a_collection_whose_start_was_not_seen_is_not_timed() -> None:
+    pauses = Pauses()
+    pauses.hook("stop", {"generation": 2})  # hooked while it ran
+    assert pauses.take() == []

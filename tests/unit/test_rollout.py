@@ -351,22 +351,98 @@ def test_offline_devices_and_those_told_long_ago_hold_no_place() -> None:
     assert rollout.wave(0) == sorted(order[:10])
 
 
-def test_a_paced_wave_times_out_from_its_last_assignment() -> None:
-    rollout = Rollout(policy("100%", timeout=600, max_pending=5), fleet(10))
+def test_a_paced_wave_times_out_from_the_last_pass_that_held_devices_back() -> None:
+    rollout = Rollout(policy("100%", timeout=600, max_pending=1), fleet(2))
+    first, second = canary_order(DEPLOYMENT, rollout.seen)
+    rollout.tick(T0)
+    for seconds in (60, 119):  # the first has not begun: the second waits
+        rollout.tick(T0 + timedelta(seconds=seconds))
+        assert list(rollout.members) == [first]
+    assert rollout.progress.last_held_at == T0 + timedelta(seconds=119)
+    rollout.report([first], "updated")
+    rollout.tick(T0 + timedelta(seconds=130))
+    assert rollout.members[second].status == "assigned"
+    rollout.tick(T0 + timedelta(seconds=718))  # 599 s after the last pass that held it back
+    assert rollout.progress.state == "active"
+    rollout.tick(T0 + timedelta(seconds=719))
+    assert rollout.members[second].status == "failed"
+    assert rollout.events == [
+        "wave 1 timed out with 1 devices unfinished",
+        "paused: wave 1: 1 of 2 devices failed (threshold 0%)",
+    ]
+
+
+def test_a_wave_with_devices_held_back_does_not_time_out() -> None:
+    rollout = Rollout(policy("100%", timeout=60, max_pending=2), fleet(6))
+    for seconds in range(0, 600, 10):  # nobody begins; each is told as the one before stops holding a place
+        rollout.tick(T0 + timedelta(seconds=seconds))
+        if len(rollout.members) < 6:
+            assert rollout.progress.state == "active"
+            assert rollout.progress.bake_started_at is None
+            assert not any(m.status == "failed" for m in rollout.members.values())
+    assert len(rollout.members) == 6
+    assert rollout.progress.state == "paused"  # 60 s after the last was told: timed out, failed
+
+
+def test_an_unpaced_waves_timeout_counts_from_its_start_whatever_joins_later() -> None:
+    seen = fleet(4)
+    rollout = Rollout(policy("100%", timeout=600), seen)
+    rollout.tick(T0)
+    for i in range(4, 10):  # newcomers keep joining the wave
+        seen[f"dev-{i:04d}"] = Seen(online=True)
+        rollout.tick(T0 + timedelta(seconds=100 * (i - 3)))
+    assert rollout.progress.last_held_at is None
+    rollout.tick(T0 + timedelta(seconds=600))
+    assert rollout.progress.state == "paused"
+    assert rollout.events[0] == "wave 1 timed out with 10 devices unfinished"
+
+
+def test_time_paused_does_not_count_toward_a_paced_waves_timeout() -> None:
+    rollout = Rollout(policy("100%", timeout=600, max_pending=1), fleet(2))
+    first, second = canary_order(DEPLOYMENT, rollout.seen)
+    rollout.tick(T0)
+    rollout.tick(T0 + timedelta(seconds=100))  # held back: the clock counts from here
+    rollout.report([first], "updated")
+    rollout.tick(T0 + timedelta(seconds=110))
+    rollout.progress = replace(rollout.progress, state="paused")
+    rollout.progress = resume(rollout.progress, rollout.members, paused_for=timedelta(hours=2))
+    assert rollout.progress.last_held_at == T0 + timedelta(hours=2, seconds=100)
+    rollout.tick(T0 + timedelta(hours=2, seconds=699))
+    assert rollout.members[second].status == "assigned"
+    rollout.tick(T0 + timedelta(hours=2, seconds=700))
+    assert rollout.members[second].status == "failed"
+
+
+def test_dropping_the_pace_mid_wave_keeps_the_waves_clock() -> None:
+    paced = policy("100%", timeout=600, max_pending=1)
+    rollout = Rollout(paced, fleet(3))
     order = canary_order(DEPLOYMENT, rollout.seen)
     rollout.tick(T0)
-    rollout.report(order[:5], "updated")
-    rollout.tick(T0 + timedelta(seconds=500))  # the second half told late in the wave
-    assert len(rollout.members) == 10
-    rollout.tick(T0 + timedelta(seconds=700))  # past the wave's start + timeout, not its last assignment's
+    rollout.tick(T0 + timedelta(seconds=3000))  # the first stopped holding a place: the second told
+    rollout.tick(T0 + timedelta(seconds=3010))  # the third held back behind the second
+    rollout.policy = replace(paced, max_pending=None)
+    rollout.tick(T0 + timedelta(seconds=3020))  # told now, the wave long past its start + timeout
+    assert [rollout.members[d].status for d in order] == ["assigned"] * 3
     assert rollout.progress.state == "active"
-    assert all(rollout.members[d].status == "assigned" for d in order[5:])
-    rollout.tick(T0 + timedelta(seconds=1100))
-    assert [rollout.members[d].status for d in order[5:]] == ["failed"] * 5
-    assert rollout.events == [
-        "wave 1 timed out with 5 devices unfinished",
-        "paused: wave 1: 5 of 10 devices failed (threshold 0%)",
-    ]
+    rollout.tick(T0 + timedelta(seconds=3610))
+    assert rollout.progress.state == "paused"
+
+
+def test_devices_coming_back_wait_for_the_pace_too() -> None:
+    seen = fleet(50)
+    rollout = Rollout(policy("100%", timeout=3600), seen)
+    rollout.tick(T0)
+    away = {d: seen.pop(d) for d in list(seen)}  # a higher-priority deployment took them all
+    rollout.tick(T0 + timedelta(seconds=1))
+    assert all(m.status == "left" for m in rollout.members.values())
+    seen.update(away)  # and was aborted: they come back at once
+    rollout.policy = replace(rollout.policy, max_pending=5)
+    decision = rollout.tick(T0 + timedelta(seconds=2))
+    assert sum(isinstance(a, Rejoin) for a in decision.actions) == 5
+    rollout.report([d for d, m in rollout.members.items() if m.status == "assigned"], "fetched")
+    decision = rollout.tick(T0 + timedelta(seconds=4))
+    assert sum(isinstance(a, Rejoin) for a in decision.actions) == 5  # as those began
+    assert not rollout.assigned_twice
 
 
 def test_a_paced_waves_threshold_is_a_share_of_the_whole_wave() -> None:
@@ -433,10 +509,10 @@ def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_
         elif target and target in rollout.members:
             seen[target] = Seen(online=True, report=what)  # type: ignore[arg-type]
         before = set(seen)
-        rollout.now = now
-        held_before = len(pending(rollout))
         decision = rollout.tick(now)
-        told = [a for a in decision.actions if isinstance(a, Assign)]
+        told = [a.device_id for a in decision.actions if isinstance(a, Assign | Rejoin)]
+        # What held places once this pass had noticed the reports, before it told anyone.
+        held_before = len(pending(rollout)) - sum(1 for d in told if seen[d].online)
         for action in decision.actions:
             if isinstance(action, Assign | Rejoin):
                 assert action.device_id in before, f"step {step}: assigned outside the target"
@@ -445,6 +521,7 @@ def test_never_assigns_outside_the_target_nor_twice(size, spec, max_failure, on_
         assert set(rollout.members) <= everyone
         if max_pending is not None and told:
             assert held_before + len(told) <= max_pending, f"step {step}: more than the pace told"
+            assert len(pending(rollout)) <= max_pending
         if rollout.progress.state in ("paused", "rolled-back"):
             assert rollout.progress.reason
         if rollout.progress.state == "rolled-back":
@@ -478,7 +555,7 @@ def test_a_device_that_left_and_came_back_rejoins_at_the_current_wave() -> None:
     seen[gone] = kept
     decision = rollout.tick(T0 + timedelta(seconds=2))
     assert Rejoin(gone, 0) in decision.actions
-    assert rollout.members[gone] == Member(wave=0, status="assigned")
+    assert rollout.members[gone] == Member(wave=0, status="assigned", assigned_at=T0 + timedelta(seconds=2))
     assert not rollout.assigned_twice
 
 

@@ -28,16 +28,24 @@ from edgefleet.cli.common import (
 )
 from edgefleet.cli.fleets import say
 from edgefleet.protocol import MAX_STATUS_AGE_SECONDS
+from edgefleet.rollout import MAX_PENDING
 
 app = typer.Typer(help="Deployments: a release for the devices a tag selector targets, rolled out in waves.")
 MAX_FILE_BYTES = 1024 * 1024
 FINISHED = ("completed", "aborted", "rolled-back")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FILE_KEYS = {
-    *("name", "release", "target", "priority", "waves", "bake", "wave_timeout", "max_failure", "on_failure"),
+    "name",
+    "release",
+    "target",
+    "priority",
+    "waves",
+    "bake",
+    "wave_timeout",
+    "max_failure",
+    "on_failure",
     "max_pending",
 }
-MAX_PENDING = 1_000_000
 
 KeyArg = Annotated[str, typer.Argument(metavar="DEPLOYMENT", help="Deployment name or id")]
 Release = Annotated[str, typer.Option("--release", metavar="APP@VERSION", help="The release to deploy")]

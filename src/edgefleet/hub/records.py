@@ -189,6 +189,8 @@ class Deployment:
     bake_started_at: datetime | None
     accepted_failures: int
     reason: str | None
+    last_held_at: datetime | None
+    """The last scheduler pass that held devices of the current wave back for the pace."""
     revision: int
     created_by: str
     created_at: datetime

@@ -184,6 +184,10 @@ def test_a_paced_rollout_tells_more_devices_as_earlier_ones_fetch(fleet: Fleet, 
     assert created.json()["max_pending"] == 5
     told = assigned(fleet)
     assert len(told) == 5  # the first pass, before the call returned
+    with fleet.hub.store.transaction(readonly=True) as tx:
+        kept = tx.find_deployment("r1")
+    assert kept is not None
+    assert kept.last_held_at == fleet.clock()  # the wave's timeout counts from the pass that held devices back
     tick(fleet)
     assert len(assigned(fleet)) == 5  # nobody fetched: nobody more
     with fleet.hub.store.transaction(readonly=True) as tx:

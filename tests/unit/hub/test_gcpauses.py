@@ -9,7 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.hub.api import gcpauses
 from edgefleet.hub.api.gcpauses import PauseMetrics, export_pauses
 from tests.conftest import Fleet, auth
 
@@ -33,14 +32,13 @@ def test_a_full_collection_shows_in_the_hubs_metrics(fleet: Fleet) -> None:
     assert after >= before + 1  # (and any the process made by itself meanwhile)
 
 
-def test_the_task_moves_the_pauses_until_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcpauses, "EVERY", 0.01)
+def test_the_task_moves_the_pauses_until_cancelled() -> None:
     registry = CollectorRegistry()
     metrics = PauseMetrics(registry)
     metrics.move()
 
     async def run() -> None:
-        task = asyncio.create_task(export_pauses(metrics))
+        task = asyncio.create_task(export_pauses(metrics, every=0.01))
         gc.collect()
         await asyncio.sleep(0.1)
         task.cancel()
@@ -52,3 +50,13 @@ def test_the_task_moves_the_pauses_until_cancelled(monkeypatch: pytest.MonkeyPat
     assert moved is not None
     assert moved >= 1  # by the task, not by this test
     assert metrics.pauses.take() == []
+
+
+def test_pauses_dropped_unread_are_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = PauseMetrics(registry)
+    before = metrics.pauses.dropped
+    metrics.pauses.dropped += 3  # as the hook counts a collection the full deque could not keep
+    metrics.move()
+    assert registry.get_sample_value("edgefleet_gc_pauses_dropped_total") == 3
+    metrics.pauses.dropped = before

@@ -34,6 +34,7 @@ def deployment(name: str, version: str, priority: int = 0) -> Deployment:
         bake_started_at=None,
         accepted_failures=0,
         reason=None,
+        last_held_at=None,
         revision=1,
         created_by="user:admin",
         created_at=NOW,

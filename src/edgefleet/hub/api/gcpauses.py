@@ -11,10 +11,13 @@ every process's.
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from edgefleet.collector import Pauses, watch_pauses
+
+log = logging.getLogger(__name__)
 
 EVERY = 5.0
 """Seconds between moves of the noted pauses into the histogram."""
@@ -33,17 +36,30 @@ class PauseMetrics:
             registry=registry,
             buckets=BUCKETS,
         )
+        self.dropped = Counter(
+            "edgefleet_gc_pauses_dropped_total",
+            "Garbage collections of the hub's processes not timed: more than could be kept between two moves",
+            registry=registry,
+        )
+        self._dropped_seen = self.pauses.dropped
 
     def move(self) -> int:
         """Move the collections noted since the last move into the histogram; how many."""
         taken = self.pauses.take()
         for generation, seconds in taken:
             self.histogram.labels(str(generation)).observe(seconds)
+        dropped = self.pauses.dropped
+        if dropped > self._dropped_seen:
+            self.dropped.inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
         return len(taken)
 
 
-async def export_pauses(metrics: PauseMetrics) -> None:
-    """Every `EVERY` seconds, `metrics.move()` (until cancelled)."""
+async def export_pauses(metrics: PauseMetrics, *, every: float = EVERY) -> None:
+    """Every `every` seconds, `metrics.move()` (until cancelled); a failed move is logged and tried again."""
     while True:
-        await asyncio.sleep(EVERY)
-        metrics.move()
+        await asyncio.sleep(every)
+        try:
+            metrics.move()
+        except Exception:  # a metric must not end the task: the app's shutdown awaits it
+            log.exception("moving the collector's pauses into /metrics failed")

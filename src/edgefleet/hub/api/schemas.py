@@ -22,6 +22,7 @@ from edgefleet.protocol import (
     WireModel,
 )
 from edgefleet.protocol import Version as ReleaseVersion
+from edgefleet.rollout import MAX_PENDING
 
 Role = Literal["viewer", "operator", "admin"]
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
@@ -319,7 +320,7 @@ class DeploymentIn(RequestModel):
         default="0%", description="A wave whose failures pass this share pauses or rolls back."
     )
     on_failure: Literal["pause", "rollback"] = "pause"
-    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+    max_pending: Annotated[int, Field(ge=1, le=MAX_PENDING)] | None = Field(
         default=None,
         description="Pacing: at most this many devices told of the release and not yet downloading; "
         "the wave's others are told as those begin. None: each wave at once.",

@@ -259,6 +259,7 @@ class DeploymentRow(Base):
     bake_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     accepted_failures: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
+    last_held_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revision: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -137,6 +137,7 @@ def _new(hub: Hub, tx: Tx, spec: Spec, actor: str) -> Deployment:
         bake_started_at=None,
         accepted_failures=0,
         reason=None,
+        last_held_at=None,
         revision=1,
         created_by=actor,
         created_at=now,
@@ -218,6 +219,7 @@ def apply(hub: Hub, operator: Operator, specs: Sequence[Spec]) -> list[tuple[str
                     bake_started_at=None,
                     accepted_failures=0,
                     reason=None,
+                    last_held_at=None,
                     revision=existing.revision + 1,
                 )
                 tx.delete_members(existing.id)

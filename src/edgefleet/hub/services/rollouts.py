@@ -71,6 +71,7 @@ def progress_of(deployment: Deployment) -> rollout.Progress:
         bake_started_at=deployment.bake_started_at,
         accepted_failures=deployment.accepted_failures,
         reason=deployment.reason,
+        last_held_at=deployment.last_held_at,
     )
 
 
@@ -256,6 +257,7 @@ def act(hub: Hub, tx: Tx, deployment: Deployment, decision: rollout.Decision, *,
             bake_started_at=progress.bake_started_at,
             accepted_failures=progress.accepted_failures,
             reason=progress.reason,
+            last_held_at=progress.last_held_at,
             updated_at=now,
         )
     for event in decision.events:

@@ -432,7 +432,7 @@ class Sample:
     buckets: dict[tuple[str, str, float], float]
     """(method, route, le) -> cumulative count."""
     pauses: dict[tuple[str, str], float]
-    """The collector's pauses over the hub's processes: (generation, "count" | "sum" | a bucket's le) -> value."""
+    """The collector's pauses over the hub's processes: (generation, "count" | "sum" | "cpu" | bucket le) -> value."""
     hub_cpu: float
     hub_rss: int
     hub_pss: int
@@ -454,6 +454,8 @@ def sample(hub: Hub, sim: Sims | None) -> Sample:
                 requests[labels["method"], labels["route"], labels["status"]] = s.value
             elif s.name == "edgefleet_http_request_seconds_bucket":
                 buckets[labels["method"], labels["route"], float(labels["le"])] = s.value
+            elif s.name == "edgefleet_gc_pause_cpu_seconds_total":
+                pauses[labels["generation"], "cpu"] = s.value
             elif s.name.startswith("edgefleet_gc_pause_seconds_"):
                 part = s.name.removeprefix("edgefleet_gc_pause_seconds_")
                 pauses[labels["generation"], labels["le"] if part == "bucket" else part] = s.value
@@ -500,7 +502,9 @@ def pause_figures(before: Sample, after: Sample) -> dict[str, Any]:
 
         count = grew("count")
         cumulative = sorted(
-            (float(le), grew(le)) for g, le in after.pauses if g == generation and le not in ("count", "sum", "created")
+            (float(le), grew(le))
+            for g, le in after.pauses
+            if g == generation and le not in ("count", "sum", "cpu", "created")
         )
         longest = next((le for le, c in cumulative if c >= count), None) if count else None
         p99 = histogram_quantile(cumulative, 0.99)
@@ -509,6 +513,7 @@ def pause_figures(before: Sample, after: Sample) -> dict[str, Any]:
             "per_minute": round(count / seconds * 60, 1),
             "seconds": round(grew("sum"), 2),
             "share_of_time": round(grew("sum") / seconds, 4),
+            "cpu_seconds": round(grew("cpu"), 2),
             "p99_ms": None if p99 is None else round(p99 * 1000, 1),
             "longest_under_s": longest,
         }

@@ -26,7 +26,7 @@ import gc
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 YOUNG = 50_000
 """Net allocations between collections of the youngest generation (CPython: 700)."""
@@ -47,8 +47,20 @@ KEPT_PAUSES = 10_000
 """Collections kept until read; older ones are dropped (counted in `Pauses.dropped`)."""
 
 
+class Pause(NamedTuple):
+    """One collection: its generation, how long it stopped the process, and the CPU its thread spent in it.
+
+    The two differ when the process was not running meanwhile (a busy machine): every thread
+    of the process waited for the whole `seconds` either way.
+    """
+
+    generation: int
+    seconds: float
+    cpu_seconds: float
+
+
 class Pauses:
-    """The collections of this process since last read: (generation, seconds) each, oldest first.
+    """The collections of this process since last read, oldest first.
 
     Kept by a `gc.callbacks` hook, which must not take a lock (a collection can start while
     its thread holds any lock): a bounded deque's append and popleft are atomic, and CPython
@@ -57,25 +69,25 @@ class Pauses:
     """
 
     def __init__(self) -> None:
-        self._done: deque[tuple[int, float]] = deque(maxlen=KEPT_PAUSES)
-        self._started: float | None = None
+        self._done: deque[Pause] = deque(maxlen=KEPT_PAUSES)
+        self._started: tuple[float, float] | None = None
         self.dropped = 0
         """Collections dropped unread since the process began (the deque was full)."""
 
     def hook(self, phase: str, info: dict[str, Any]) -> None:
         """`gc.callbacks` entry: note when a collection starts, and how long it took when it stops."""
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         if phase == "start":
-            self._started = now
+            self._started = (now, cpu)
             return
         started, self._started = self._started, None
         if started is None:
             return  # hooked while a collection ran: its start is unknown
         if len(self._done) == KEPT_PAUSES:
             self.dropped += 1
-        self._done.append((int(info.get("generation", 2)), now - started))
+        self._done.append(Pause(int(info.get("generation", 2)), now - started[0], cpu - started[1]))
 
-    def take(self) -> list[tuple[int, float]]:
+    def take(self) -> list[Pause]:
         """The collections since the last call (each is returned once)."""
         taken = []
         while self._done:

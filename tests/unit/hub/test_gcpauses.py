@@ -49,6 +49,9 @@ def test_the_task_moves_the_pauses_until_cancelled() -> None:
     moved = registry.get_sample_value("edgefleet_gc_pause_seconds_count", {"generation": "2"})
     assert moved is not None
     assert moved >= 1  # by the task, not by this test
+    cpu = registry.get_sample_value("edgefleet_gc_pause_cpu_seconds_total", {"generation": "2"})
+    assert cpu is not None
+    assert cpu > 0
     assert metrics.pauses.take() == []
 
 

@@ -36,6 +36,12 @@ class PauseMetrics:
             registry=registry,
             buckets=BUCKETS,
         )
+        self.cpu = Counter(
+            "edgefleet_gc_pause_cpu_seconds",
+            "CPU the hub's processes spent in garbage collections (less than the pauses when the machine is busy)",
+            ["generation"],
+            registry=registry,
+        )
         self.dropped = Counter(
             "edgefleet_gc_pauses_dropped_total",
             "Garbage collections of the hub's processes not timed: more than could be kept between two moves",
@@ -46,8 +52,9 @@ class PauseMetrics:
     def move(self) -> int:
         """Move the collections noted since the last move into the histogram; how many."""
         taken = self.pauses.take()
-        for generation, seconds in taken:
-            self.histogram.labels(str(generation)).observe(seconds)
+        for pause in taken:
+            self.histogram.labels(str(pause.generation)).observe(pause.seconds)
+            self.cpu.labels(str(pause.generation)).inc(pause.cpu_seconds)
         dropped = self.pauses.dropped
         if dropped > self._dropped_seen:
             self.dropped.inc(dropped - self._dropped_seen)

@@ -43,10 +43,10 @@ OnFailure = Literal["pause", "rollback"]
 
 MemberStatus = Literal["assigned", "downloading", "updated", "failed", "restored", "left"]
 MEMBER_STATUSES: tuple[MemberStatus, ...] = ("assigned", "downloading", "updated", "failed", "restored", "left")
-MAX_PENDING = 1_000_000
-"""The largest pace a deployment may ask for."""
 """What the controller knows of one device it assigned: `left` once it no longer targets it."""
 TERMINAL: frozenset[MemberStatus] = frozenset({"updated", "failed"})
+MAX_PENDING = 1_000_000
+"""The largest pace a deployment may ask for."""
 PENDING_HOLD = timedelta(minutes=2)
 """How long a device told of the release, online and not yet downloading, holds a place of a
 paced rollout: one that has not begun by then (its agent is stuck, or it was told while its

@@ -7,8 +7,9 @@ writes every noted device in one statement per batch. A device is noted again on
 its last noted time is `granularity` old. What a process noted but had not yet flushed when
 it died is lost: the device's next request notes it again.
 
-The same batch, with no granularity, notes the devices that fetched new director targets
-(`Hub.fetches`, the `downloading` count of a rollout), which the same flush writes.
+Another, with no granularity, notes the devices that fetched new director targets
+(`Hub.fetches`, the `downloading` count of a rollout), which the API app writes every
+`fetch_flush_seconds` when it holds any.
 """
 
 from __future__ import annotations

@@ -76,7 +76,13 @@ class HubSettings(BaseSettings):
         default=5.0,
         gt=0,
         le=30,
-        description="How often a process writes the devices it heard from, and those that fetched new targets.",
+        description="How often a process writes the devices it heard from.",
+    )
+    fetch_flush_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="How often a process writes the devices that fetched new targets, if any (paced rollouts wait).",
     )
     refusal_audits_per_minute: int = Field(
         default=120, ge=1, le=100_000, description="Refused unauthenticated requests audited per minute and process."

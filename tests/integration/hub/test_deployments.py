@@ -4,18 +4,30 @@ abort with rollback, newcomers, apply from declarations, `why`, and bad input th
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from edgefleet.hub.api.app import create_app
+from edgefleet.hub.context import Hub
+from edgefleet.hub.db import Store
 from edgefleet.hub.records import Device, UpdateOutcome
 from edgefleet.hub.services import director, rollouts
 from tests.conftest import Fleet
 from tests.publishing import Publisher, assign
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def hub(hub: Hub) -> Hub:
+    """The test hub, its app writing fetches only every 30 s: these tests write them by hand (`flush_fetches`)."""
+    settings = hub.settings.model_copy(update={"fetch_flush_seconds": 30})
+    return Hub(settings=settings, store=hub.store, keys=hub.keys, clock=hub.clock)
 
 
 @pytest.fixture
@@ -117,6 +129,31 @@ def test_a_member_is_downloading_once_its_devices_fetch_is_written(fleet: Fleet,
     assert status(fleet, "r1")["waves"][0]["downloading"] == 0  # noted, written in the next batch
     assert fleet.hub.flush_fetches() == 1
     tick(fleet)  # the scheduler's pass judges the member by it
+    assert status(fleet, "r1")["waves"][0]["downloading"] == 1
+
+
+def test_the_app_writes_fetches_within_a_second_and_last_seen_in_its_own_time(
+    fleet: Fleet, hub: Hub, publisher: Publisher
+) -> None:
+    [device_id] = add_devices(fleet, 1)
+    assert deploy(fleet, name="r1", waves="100%").status_code == 201
+    settings = hub.settings.model_copy(update={"fetch_flush_seconds": 0.2, "last_seen_flush_seconds": 30})
+    answering = Hub(settings=settings, store=Store(hub.store.url), keys=hub.keys, clock=hub.clock)
+    try:
+        with TestClient(create_app(answering), raise_server_exceptions=False):
+            with answering.store.transaction(readonly=True) as tx:
+                device = tx.get_device(device_id)
+            assert device is not None
+            answering.last_seen.note(device_id, fleet.clock() + timedelta(minutes=5), recorded=None)
+            director.read(answering, device, "targets.json")  # noted; its app writes it, nobody flushes by hand
+            deadline = time.monotonic() + 5
+            while answering.fetches.pending() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert answering.fetches.pending() == 0
+            assert answering.last_seen.pending() == 1  # written every 30 s, not with the fetches
+    finally:
+        answering.store.dispose()
+    tick(fleet)
     assert status(fleet, "r1")["waves"][0]["downloading"] == 1
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -121,14 +122,26 @@ def _flush(hub: Hub) -> None:
 
 
 async def _write_last_seen(hub: Hub) -> None:
-    """Every `last_seen_flush_seconds`, write the devices heard from and those that fetched (`_flush`).
+    """Write the devices heard from every `last_seen_flush_seconds`, and those that fetched every `fetch_flush_seconds`.
 
-    A failed write is tried again next time.
+    A fetch is a rollout member beginning its download, which a paced rollout waits for before
+    it tells the next device, so fetches are written sooner, and only when there are some
+    (checked in memory). A failed write is tried again next time.
     """
+    settings = hub.settings
+    tick = min(settings.fetch_flush_seconds, settings.last_seen_flush_seconds)
+    last_seen_written = time.monotonic()
     while True:
-        await asyncio.sleep(hub.settings.last_seen_flush_seconds)
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        seen_due = now - last_seen_written >= settings.last_seen_flush_seconds
+        if not seen_due and hub.fetches.pending() == 0:
+            continue
+        if seen_due:
+            last_seen_written = now
+        write: Callable[[Hub], object] = _flush if seen_due else Hub.flush_fetches
         try:
-            await run_in_threadpool(_flush, hub)
+            await run_in_threadpool(write, hub)
         except HubError as exc:
             log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
         except Exception:

@@ -535,9 +535,13 @@ def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
     for (method, route, _), count in served.items():
         by_route[f"{method} {route}"] += int(count)
     merged: dict[float, float] = {}
+    per_route: dict[str, dict[float, float]] = {}
     for (method, route, le), v in after.buckets.items():
         if not route.endswith(HELD_ROUTES) and route not in OWN_ROUTES:
-            merged[le] = merged.get(le, 0.0) + v - before.buckets.get((method, route, le), 0.0)
+            grew = v - before.buckets.get((method, route, le), 0.0)
+            merged[le] = merged.get(le, 0.0) + grew
+            mine = per_route.setdefault(f"{method} {route}", {})
+            mine[le] = mine.get(le, 0.0) + grew
     cumulative = sorted(merged.items())
     quick = cumulative[-1][1] if cumulative else 0
     hub_cpu = after.hub_cpu - before.hub_cpu
@@ -553,6 +557,7 @@ def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
         "p50_ms": None if p50 is None else round(p50 * 1000, 1),
         "p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "within_50ms": round(_within(cumulative, 0.05), 4) if quick else None,
+        "non_held_by_route": route_latency(per_route),
         "hub_errors": int(bad),
         "hub_other_statuses": dict(statuses),
         "sim_errors": int(sim_errors),
@@ -569,6 +574,24 @@ def window_figures(before: Sample, after: Sample) -> dict[str, Any]:
             3,
         ),
     }
+
+
+def route_latency(per_route: dict[str, dict[float, float]]) -> dict[str, dict[str, Any]]:
+    """Per non-held route, busiest first: requests, p50 and p99 (ms), and the share within 50 ms."""
+    figures = {}
+    for route, buckets in per_route.items():
+        cumulative = sorted(buckets.items())
+        count = cumulative[-1][1] if cumulative else 0
+        if not count:
+            continue
+        p50, p99 = histogram_quantile(cumulative, 0.50), histogram_quantile(cumulative, 0.99)
+        figures[route] = {
+            "requests": int(count),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            "within_50ms": round(_within(cumulative, 0.05), 4),
+        }
+    return dict(sorted(figures.items(), key=lambda item: -item[1]["requests"]))
 
 
 def _expected(route: str, status: str) -> bool:
@@ -1439,6 +1462,7 @@ def _show_steady(s: dict[str, Any]) -> None:
         flush=True,
     )
     print(f"    collector's pauses by generation: {s.get('gc_pauses')}", flush=True)
+    print(f"    non-held requests by route: {s.get('non_held_by_route')}", flush=True)
 
 
 def _show_ceiling(c: dict[str, Any]) -> None:

@@ -1,0 +1,294 @@
+"""The simulator's long-polls over keep-alive HTTP/1.1 connections of its own, without httpx's pool.
+
+A simulator of 10,000 devices holds a poll per device, each answered after up to a minute, and
+at that scale httpx's client was most of the simulator's CPU per poll (its request and URL
+models, httpcore's pool and its checks of every pooled connection, anyio's streams and TLS).
+`PollClient` sends the request a device's agent sends (the agent's `Call`, signed when sent)
+on one of its shard's connections, one request at a time per connection, and hands the answer
+to the agent's own reader as an `httpx.Response`. It reads only what a poll's answer can be: a
+status line, headers, and a body of declared length (`Content-Length`) or in chunks, at most
+`MAX_ANSWER_BYTES`, with no body for 204 and 304; anything else is a protocol error, and the
+connection is closed. Failures are httpx's exceptions, so `Link` treats both clients alike.
+Events, reports and updates still go through httpx, whose cost there is small beside the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from edgefleet.agent.bounds import DEFAULT_BOUNDS
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The status line and headers of an answer, at most."""
+MAX_ANSWER_BYTES = DEFAULT_BOUNDS.response_bytes
+"""An answer's body, at most (the agent refuses a larger one anyway)."""
+USER_AGENT = "edgefleet-sim"
+
+
+class _Answer:
+    """A complete answer: status, headers (names in lower case), body, and whether the connection stays open."""
+
+    __slots__ = ("body", "headers", "keep_alive", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, keep_alive: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the hub carrying one exchange at a time; its answer is parsed as it arrives."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[_Answer] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream connection's is an asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self.close()  # nothing was asked: an answer out of turn
+            return
+        try:
+            answer = _parse(self._buffer)
+        except httpx.RemoteProtocolError as exc:
+            waiter.set_exception(exc)
+            self.close()
+            return
+        if answer is not None:
+            self._waiter = None
+            waiter.set_result(answer)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; `connection_lost` fails an exchange in progress
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(httpx.RemoteProtocolError("the hub closed the connection before it answered"))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(self, request: bytes) -> _Answer:
+        """Send `request`, wait for its whole answer."""
+        if self.transport is None or self._waiter is not None:
+            raise httpx.RemoteProtocolError("a connection not ready for a request")  # pragma: no cover - a bug
+        self._buffer.clear()
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self._waiter
+
+
+def _parse(buffer: bytearray) -> _Answer | None:
+    """The answer at the start of `buffer` once it is complete, else None.
+
+    Raises:
+        httpx.RemoteProtocolError: not an HTTP/1.1 answer this client reads, or too large.
+    """
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("the answer's head is too large")
+        return None
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or rest[3:4] not in ("", " "):
+        raise httpx.RemoteProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+    status = int(code)
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise httpx.RemoteProtocolError(f"not a header line: {line[:80]!r}")
+        headers.append((name.lower(), value.strip()))
+    found = dict(headers)
+    keep_alive = version == "HTTP/1.1" and found.get("connection", "").lower() != "close"
+    start = end + 4
+    if status < 200:
+        raise httpx.RemoteProtocolError(f"an informational answer ({status}) to a poll")
+    if status in (204, 304):
+        body = b""
+        if len(buffer) > start:
+            raise httpx.RemoteProtocolError("bytes after an answer without a body")
+    elif found.get("transfer-encoding", "").lower() == "chunked":
+        chunked = _chunked(buffer, start)
+        if chunked is None:
+            return None
+        body = chunked
+    elif "transfer-encoding" in found:
+        raise httpx.RemoteProtocolError(f"unsupported transfer encoding {found['transfer-encoding'][:40]!r}")
+    else:
+        length = found.get("content-length")
+        if length is None or not length.isdigit():
+            raise httpx.RemoteProtocolError("an answer without a valid Content-Length")
+        size = int(length)
+        if size > MAX_ANSWER_BYTES:
+            raise httpx.RemoteProtocolError(f"an answer of {size} bytes (at most {MAX_ANSWER_BYTES})")
+        if len(buffer) < start + size:
+            return None
+        if len(buffer) > start + size:
+            raise httpx.RemoteProtocolError("bytes after the answer")
+        body = bytes(buffer[start:])
+    return _Answer(status, headers, body, keep_alive)
+
+
+def _chunked(buffer: bytearray, at: int) -> bytes | None:
+    """A chunked body from `at` once its last chunk and trailer arrived, else None (each time from the start)."""
+    body = bytearray()
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            if len(buffer) - at > 1024:
+                raise httpx.RemoteProtocolError("a chunk size line is too long")
+            return None
+        size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise httpx.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+        at = line_end + 2
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n\r\n", at - 2)
+            if trailer_end < 0:
+                return None
+            if len(buffer) > trailer_end + 4:
+                raise httpx.RemoteProtocolError("bytes after the answer")
+            return bytes(body)
+        if len(body) + size > MAX_ANSWER_BYTES:
+            raise httpx.RemoteProtocolError(f"an answer of more than {MAX_ANSWER_BYTES} bytes")
+        if len(buffer) < at + size + 2:
+            return None
+        if buffer[at + size : at + size + 2] != b"\r\n":
+            raise httpx.RemoteProtocolError("a chunk that does not end as declared")
+        body += buffer[at : at + size]
+        at += size + 2
+
+
+class PollClient:
+    """A shard's long-poll connections to the hub: at most `limit`, each carrying one request at a time.
+
+    A request waits for an idle connection or room to open one; a connection is reused while
+    the hub keeps it open, and closed after a failed, timed-out or cancelled exchange.
+    """
+
+    def __init__(self, *, base_url: str, verify: ssl.SSLContext | None, limit: int, timeout: httpx.Timeout) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.timeout = timeout
+        """As `httpx.AsyncClient.timeout`: what `Call.arguments` extends by a poll's hold."""
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._host_header = parts.netloc.rpartition("@")[2]
+        self._prefix = parts.path.rstrip("/")
+        self._ssl = (verify or ssl.create_default_context()) if parts.scheme == "https" else None
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+        self._closing = False
+
+    async def request(
+        self,
+        *,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """One exchange, as `httpx.AsyncClient.request` with the arguments `Call.arguments` gives (no body).
+
+        Raises:
+            ValueError: a body, or a header that would split the request.
+            httpx.TransportError: no connection, a timeout, or an answer this client does not read.
+        """
+        if json is not None:
+            raise ValueError("a poll has no body: send requests with one through httpx")
+        request = self._request(method, url, headers, params)
+        limits = timeout or self.timeout
+        async with self._slots:
+            connection = await self._connection(limits)
+            try:
+                async with asyncio.timeout(limits.read):
+                    answer = await connection.exchange(request)
+            except TimeoutError:
+                self._drop(connection)
+                raise httpx.ReadTimeout("the hub did not answer in time") from None
+            except BaseException:  # failed or cancelled mid-exchange: the connection's state is unknown
+                self._drop(connection)
+                raise
+            if answer.keep_alive and not connection.closed and not self._closing:
+                self._idle.append(connection)
+            else:
+                self._drop(connection)
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, Any] | None) -> bytes:
+        target = self._prefix + url + (f"?{urlencode(params)}" if params else "")
+        lines = [
+            f"{method} {target} HTTP/1.1",
+            f"Host: {self._host_header}",
+            "Accept: */*",
+            f"User-Agent: {USER_AGENT}",
+        ]
+        for part in (target, *headers.keys(), *headers.values()):
+            if "\r" in part or "\n" in part or "\0" in part:
+                raise ValueError("a header or path that would split the request")
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def _connection(self, limits: httpx.Timeout) -> _Connection:
+        """An idle open connection, else a new one (the caller holds a slot)."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+            self._drop(connection)
+        if self._closing:
+            raise httpx.ConnectError("the client is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limits.connect):
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {self._host}:{self._port} in time") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(f"no connection to {self._host}:{self._port}: {exc}") from exc
+        self._open.add(connection)
+        return connection
+
+    async def aclose(self) -> None:
+        """Close every connection; requests in progress fail."""
+        self._closing = True
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+        self._idle.clear()

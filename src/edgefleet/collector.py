@@ -1,30 +1,23 @@
 """Garbage-collector pacing for processes that hold many long-lived objects (hub processes, the simulator).
 
-CPython collects its youngest generation once the allocations of tracked objects minus their
-deallocations pass a threshold, and older generations after so many younger collections. A hub
-worker or a simulator of 10,000 devices holds a connection, a task and a held poll per device,
-and every held poll's objects live a minute: so the objects that survive a moment tend to live a
-minute, then die, and the generational hypothesis fails twice. With CPython's thresholds the
-whole heap was traversed again and again (the collector took 30 % of a simulator and 45 % of a
-hub worker's main thread in a profile of the 20k-device benchmark). With the thresholds raised
-(50,000 allocations), the count hardly moved, because every held poll ending frees as many
-objects as a new one makes, while the young generation's list kept every object made since the
-last collection and still alive, about all of the held polls: each young collection traversed
-them and stopped a worker for 0.8 s, each middle one 2.4 s (run E in docs/benchmarks.md).
+CPython collects its youngest generation once the net allocations of tracked objects pass 700 and
+the whole heap once the objects promoted since the last full collection reach a quarter of it. A
+simulator of 10,000 devices holds a connection, a task and a held poll per device, and every held
+poll's objects live a minute, so they reach the oldest generation and the whole heap was traversed
+again and again: in a profile of the 20k-device benchmark the collector took 30 % of a simulator's
+time, and 45 % of a hub worker's main thread (each holds 10,000 connections and its per-device
+caches). Collections here are rarer: the young generation after `YOUNG` net allocations, so
+objects that live a moment are seldom traversed, and the whole heap at most once per about
+`YOUNG * MIDDLE * OLD` (about 11 million) instead of about 85,000, CPython's quarter rule still
+applying. What exists when it is called (modules, settings) is frozen out of every collection: call
+it first in a process, before threads start; a frozen object that later ends in a reference cycle
+is never freed, a one-time cost. Cyclic garbage is still collected, later and in larger batches,
+so a paced process holds more of it between collections. The thresholds' meaning is CPython
+3.11's and 3.12's.
 
-So collections here run on a clock, not on counts (`pace_collector`): the young generation every
-`YOUNG_EVERY` second, so each traverses only one second's survivors, and the whole heap every
-`FULL_EVERY` seconds; nothing is collected automatically in between. The middle generation then
-holds every survivor until the next full collection: cyclic garbage that outlived one young
-collection (a poll that ended in an exception, with its traceback) is freed by the full one,
-so a process holds more of it meanwhile, and the full collection is a long pause, seldom. What
-exists when the clock starts (modules, settings) is frozen out of every collection: call it
-first in a process, before threads start; a frozen object that later ends in a reference cycle
-is never freed, a one-time cost. `bench/collector_pauses.py` compares the ways.
-
-A collection stops every thread of its process while it runs: `watch_pauses` times each
-collection (`gc.callbacks`), so a process can say how long and how often it stopped (the hub
-exports them as a Prometheus histogram).
+A collection stops every thread of its process while it runs, and a full one traverses the
+whole heap: `watch_pauses` times each collection (`gc.callbacks`), so a process can say how
+long and how often it stopped (the hub exports them as a Prometheus histogram).
 """
 
 from __future__ import annotations
@@ -35,64 +28,19 @@ import time
 from collections import deque
 from typing import Any, NamedTuple
 
-YOUNG_EVERY = 1.0
-"""Seconds between collections of the youngest generation (each traverses what survived since)."""
-FULL_EVERY = 600.0
-"""Seconds between collections of the whole heap (each a long pause, which frees the cycles that aged)."""
+YOUNG = 50_000
+"""Net allocations between collections of the youngest generation (CPython: 700)."""
+MIDDLE = 20
+"""Young collections between collections of the middle generation (CPython: 10)."""
+OLD = 10
+"""Middle collections before the whole heap may be collected (as CPython)."""
 
 
-class Clock:
-    """A daemon thread that collects the young generation every `young_every` s and everything every `full_every` s."""
-
-    def __init__(self, young_every: float, full_every: float) -> None:
-        if not 0 < young_every <= full_every:
-            raise ValueError(f"need 0 < young_every <= full_every, not {young_every} and {full_every}")
-        self.young_every = young_every
-        self.full_every = full_every
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector-clock", daemon=True)
-
-    def start(self) -> Clock:
-        """Start collecting; returns itself."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop collecting (the thread ends after the collection in progress, if any)."""
-        self._stopping.set()
-        self._thread.join()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        last_full = time.monotonic()
-        while not self._stopping.wait(self.young_every):
-            if time.monotonic() - last_full >= self.full_every:
-                gc.collect(2)
-                last_full = time.monotonic()
-            else:
-                gc.collect(0)
-
-
-_clock: Clock | None = None
-_clocking = threading.Lock()
-
-
-def pace_collector(*, young_every: float = YOUNG_EVERY, full_every: float = FULL_EVERY) -> Clock:
-    """Collect on a clock in this process from now on, and never look again at the objects that exist now.
-
-    Once per process: a later call returns the clock already running (its intervals unchanged).
-    """
-    global _clock  # one clock per process: the collector is per process
-    with _clocking:
-        if _clock is None:
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(0)  # no automatic collection; gc.isenabled() stays true
-            _clock = Clock(young_every, full_every).start()
-        return _clock
+def pace_collector(*, young: int = YOUNG, middle: int = MIDDLE, old: int = OLD) -> None:
+    """Collect less often in this process, and never look again at the objects that exist now."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young, middle, old)
 
 
 KEPT_PAUSES = 10_000

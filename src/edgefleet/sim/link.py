@@ -1,14 +1,14 @@
-"""A shard's connection to the hub: the agent's own requests (`agent.client.Call`), polls over `sim.wire`.
+"""A shard's connection to the hub: the agent's own requests (`agent.client.Call`) over `sim.wire.WireClient`.
 
-Devices are spread over shards of `SHARD_SIZE`, each with two bounded pools of its own: one
-for long-polls (one per device, unless the connection budget is smaller: then polls wait
-for a free connection), the simulator's own lean client (`sim.wire.PollClient`: the polls are
-nearly all of its requests, and httpx's cost per request was most of its CPU), and a few
-connections for events and reports over `httpx.AsyncClient`, which so never wait behind a
-held poll. All trust the fleet CA through one shared TLS context. Requests are
+Devices are spread over shards of `SHARD_SIZE`, each with two bounded sets of connections of
+its own: one for long-polls (one per device, unless the connection budget is smaller: then
+polls wait for a free connection) and a few for events and reports, which so never wait
+behind a held poll. All trust the fleet CA through one shared TLS context. Requests are
 built, signed and read by the agent's functions, so the simulator speaks exactly the
-agent's protocol. Transport errors become `HubUnreachableError` here; every request is
-counted with its duration, and every answer of 400 or more as an error.
+agent's protocol; it sends them with its own lean client, not the agent's httpx, whose cost
+per request was most of a 10,000-device simulator's CPU. Transport errors become
+`HubUnreachableError` here; every request is counted with its duration, and every answer of
+400 or more as an error.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from edgefleet.agent.identity import LocalIdentity
 from edgefleet.protocol import TargetState
 from edgefleet.sim.settings import CALL_HEADROOM, SimSettings, connection_budget, shard_limits
 from edgefleet.sim.stats import Counters
-from edgefleet.sim.wire import PollClient
+from edgefleet.sim.wire import WireClient
 
 
 def _utc_now() -> datetime:
@@ -48,8 +48,8 @@ class Link:
     def __init__(
         self,
         *,
-        polls: PollClient | httpx.AsyncClient,
-        calls: httpx.AsyncClient,
+        polls: WireClient,
+        calls: WireClient,
         counters: Counters,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
@@ -94,19 +94,15 @@ class Link:
 def open_links(settings: SimSettings, counters: Counters, *, fd_limit: int) -> list[Link]:
     """One `Link` per shard of devices, sharing the connection budget the file-descriptor limit allows."""
     context = ssl.create_default_context(cafile=str(settings.ca)) if settings.ca else None
-    verify: ssl.SSLContext | bool = context or True
     base = settings.hub_url.rstrip("/")
     # A poll waits for a free connection as long as it takes (at most one per device waits); a call
     # waits no longer than its own timeout.
     poll_timeout = httpx.Timeout(settings.request_timeout, pool=None)
     links = []
     for limit in shard_limits(settings.devices, connection_budget(settings, fd_limit)):
-        polls = PollClient(base_url=base, verify=context, limit=limit, timeout=poll_timeout)
-        calls = httpx.AsyncClient(
-            base_url=base,
-            verify=verify,
-            timeout=settings.request_timeout,
-            limits=httpx.Limits(max_connections=CALL_HEADROOM, max_keepalive_connections=CALL_HEADROOM),
+        polls = WireClient(base_url=base, verify=context, limit=limit, timeout=poll_timeout)
+        calls = WireClient(
+            base_url=base, verify=context, limit=CALL_HEADROOM, timeout=httpx.Timeout(settings.request_timeout)
         )
         links.append(Link(polls=polls, calls=calls, counters=counters))
     return links

@@ -11,7 +11,7 @@ from edgefleet.protocol import Arch
 
 MAX_DEVICES = 100_000
 SHARD_SIZE = 50
-"""Devices sharing one connection pool: httpcore's pool work grows with its size, so many small ones."""
+"""Devices sharing one set of long-poll connections and `CALL_HEADROOM` connections for their other calls."""
 CALL_HEADROOM = 4
 """Connections of a shard for events and reports, apart from its long-polls (never stuck behind them)."""
 FD_RESERVE = 512

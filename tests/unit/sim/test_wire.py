@@ -1,4 +1,4 @@
-"""The simulator's poll client against a scripted HTTP server on loopback: framing, reuse, bounds and bad answers."""
+"""The simulator's own HTTP client against a scripted loopback server: framing, reuse, bounds and bad answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.sim.wire import MAX_ANSWER_BYTES, MAX_HEAD_BYTES, PollClient, _parse
+from edgefleet.sim.wire import MAX_ANSWER_BYTES, MAX_HEAD_BYTES, WireClient, _parse
 
 TIMEOUT = httpx.Timeout(5.0)
 ANSWER = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: "v1"\r\ncontent-length: 11\r\n\r\n{"apps":{}}'
@@ -48,9 +48,18 @@ class Server:
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.startswith(b"Content-Length:")
+                        ),
+                        0,
+                    )
+                    body = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                self.requests.append(head)
+                self.requests.append(head + body)
                 await asyncio.sleep(self.delay)
                 writes = self.script(head, number)
                 if writes is None:
@@ -65,10 +74,10 @@ class Server:
             writer.close()
 
 
-def run(script: Script, test: Callable[[PollClient, Server], Awaitable[None]], *, limit: int = 4) -> Server:
+def run(script: Script, test: Callable[[WireClient, Server], Awaitable[None]], *, limit: int = 4) -> Server:
     async def main() -> Server:
         server = Server(script)
-        client = PollClient(base_url=await server.start(), verify=None, limit=limit, timeout=TIMEOUT)
+        client = WireClient(base_url=await server.start(), verify=None, limit=limit, timeout=TIMEOUT)
         try:
             await test(client, server)
         finally:
@@ -80,14 +89,14 @@ def run(script: Script, test: Callable[[PollClient, Server], Awaitable[None]], *
     return asyncio.run(main())
 
 
-async def poll(client: PollClient, **headers: str) -> httpx.Response:
+async def poll(client: WireClient, **headers: str) -> httpx.Response:
     return await client.request(
         method="GET", url="/device/target", headers={"If-None-Match": '"v0"', **headers}, params={"wait": 60.0}
     )
 
 
 def test_a_poll_is_the_agents_request_and_its_answer_an_httpx_response_on_one_kept_connection() -> None:
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         for _ in range(3):
             answer = await poll(client, Authorization="Bearer t")
             assert answer.status_code == 200
@@ -103,6 +112,24 @@ def test_a_poll_is_the_agents_request_and_its_answer_an_httpx_response_on_one_ke
     assert "\r\nAuthorization: Bearer t\r\n" in first
 
 
+def test_a_json_body_goes_in_the_same_write_as_httpx_would_send_it() -> None:
+    async def test(client: WireClient, server: Server) -> None:
+        answer = await client.request(
+            method="PATCH",
+            url="/devices/d/twin/reported",
+            headers={"Authorization": "Bearer t"},
+            json={"properties": {"os": "Débian"}},
+        )
+        assert answer.status_code == 200
+
+    server = run(lambda _request, _n: [ANSWER], test)
+    request = server.requests[0]
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"PATCH /base/devices/d/twin/reported HTTP/1.1\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n"
+    assert body == httpx.Request("PATCH", "http://h", json={"properties": {"os": "Débian"}}).read()
+
+
 def test_unchanged_chunked_and_closing_answers_are_read() -> None:
     chunked = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n'
     answers = [
@@ -112,7 +139,7 @@ def test_unchanged_chunked_and_closing_answers_are_read() -> None:
         [ANSWER],
     ]
 
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         assert (await poll(client)).status_code == 304
         assert (await poll(client)).json() == {"a": 1}
         assert (await poll(client)).json() == {}
@@ -129,7 +156,7 @@ def test_unchanged_chunked_and_closing_answers_are_read() -> None:
 
 
 def test_at_most_limit_connections_and_every_poll_answered() -> None:
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         server.delay = 0.05
         answers = await asyncio.gather(*(poll(client) for _ in range(7)))
         assert [a.status_code for a in answers] == [200] * 7
@@ -160,7 +187,7 @@ def test_a_bad_answer_is_a_protocol_error_and_the_next_poll_opens_a_fresh_connec
     def script(_request: bytes, number: int) -> list[bytes]:
         return BAD_ANSWERS[name] if number == 1 else [ANSWER]
 
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             await poll(client)
         assert (await poll(client)).status_code == 200
@@ -170,7 +197,7 @@ def test_a_bad_answer_is_a_protocol_error_and_the_next_poll_opens_a_fresh_connec
 
 
 def test_no_answer_in_time_is_a_read_timeout_and_a_refused_connection_a_connect_error() -> None:
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         server.delay = 1.0
         with pytest.raises(httpx.ReadTimeout):
             await client.request(method="GET", url="/device/target", headers={}, timeout=httpx.Timeout(5.0, read=0.1))
@@ -182,7 +209,7 @@ def test_no_answer_in_time_is_a_read_timeout_and_a_refused_connection_a_connect_
         port = server.sockets[0].getsockname()[1]
         server.close()
         await server.wait_closed()
-        client = PollClient(base_url=f"http://127.0.0.1:{port}", verify=None, limit=1, timeout=TIMEOUT)
+        client = WireClient(base_url=f"http://127.0.0.1:{port}", verify=None, limit=1, timeout=TIMEOUT)
         with pytest.raises(httpx.ConnectError):
             await poll(client)
 
@@ -190,7 +217,7 @@ def test_no_answer_in_time_is_a_read_timeout_and_a_refused_connection_a_connect_
 
 
 def test_a_cancelled_poll_closes_its_connection_and_frees_its_place() -> None:
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         server.delay = 0.3
         task = asyncio.create_task(poll(client))
         await asyncio.sleep(0.1)
@@ -208,11 +235,11 @@ def test_a_cancelled_poll_closes_its_connection_and_frees_its_place() -> None:
     "headers", [{"X": "a\r\nInjected: 1"}, {"X\nY": "a"}, {"X": "nul\0"}], ids=["value", "name", "nul"]
 )
 def test_a_header_that_would_split_the_request_is_refused_before_anything_is_sent(headers: dict[str, str]) -> None:
-    async def test(client: PollClient, server: Server) -> None:
+    async def test(client: WireClient, server: Server) -> None:
         with pytest.raises(ValueError, match="split"):
             await client.request(method="GET", url="/device/target", headers=headers)
-        with pytest.raises(ValueError, match="no body"):
-            await client.request(method="POST", url="/device/events", headers={}, json={"events": []})
+        with pytest.raises(ValueError, match="JSON"):
+            await client.request(method="POST", url="/device/events", headers={}, json={"x": float("nan")})
 
     server = run(lambda _request, _n: [ANSWER], test)
     assert server.requests == []
@@ -220,7 +247,7 @@ def test_a_header_that_would_split_the_request_is_refused_before_anything_is_sen
 
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="http"):
-        PollClient(base_url="ftp://hub", verify=None, limit=1, timeout=TIMEOUT)
+        WireClient(base_url="ftp://hub", verify=None, limit=1, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize(

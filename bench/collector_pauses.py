@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--ways", default=",".join(WAYS), help="comma-separated, of " + ", ".join(WAYS))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # run one way in this process (the child)
     args = parser.parse_args()
+    if not 0 < args.hold < args.duration:
+        parser.error("--hold must be shorter than --duration (the figures are taken after the ramp)")
     if args.one:
         print(
             json.dumps(run(args.one, args.polls, args.hold, args.objects, args.cyclic, args.duration, args.full_every))

@@ -98,7 +98,7 @@ class Hub:
     """The newest stored version of the roots and the image repository's timestamp, per process; forgotten
     whenever any process stores metadata (`notify.METADATA_CHANGED`), used like the device caches."""
     fetches: LastSeen = field(init=False)
-    """Devices that fetched new director targets, written in batches with `last_seen` (see `flush_fetches`)."""
+    """Devices that fetched new director targets, written in batches every `fetch_flush_seconds` (`flush_fetches`)."""
 
     def __post_init__(self) -> None:
         # Per process, sized by the settings; frozen, so set once here.

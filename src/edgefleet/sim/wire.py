@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -32,7 +33,13 @@ MAX_HEAD_BYTES = 64 * 1024
 """The status line and headers of an answer, at most."""
 MAX_ANSWER_BYTES = DEFAULT_BOUNDS.response_bytes
 """An answer's body, at most (the agent refuses a larger one anyway)."""
+MAX_BUFFER_BYTES = MAX_HEAD_BYTES + 2 * MAX_ANSWER_BYTES
+"""What one answer may take on the wire, chunk framing and trailers included, at most."""
 USER_AGENT = "edgefleet-sim"
+_WIRE_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
+"""Dropped from the answer handed on: the body is as it came, whole (as the agent's client does)."""
+_LENGTH = re.compile(r"[0-9]{1,12}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
 class _Answer:
@@ -66,6 +73,8 @@ class _Connection(asyncio.Protocol):
             self.close()  # nothing was asked: an answer out of turn
             return
         try:
+            if len(self._buffer) > MAX_BUFFER_BYTES:
+                raise httpx.RemoteProtocolError(f"an answer of more than {MAX_BUFFER_BYTES} bytes on the wire")
             answer = _parse(self._buffer)
         except httpx.RemoteProtocolError as exc:
             waiter.set_exception(exc)
@@ -76,13 +85,15 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(answer)
 
     def eof_received(self) -> bool:
+        self.closed = True  # not reused from now on, though TLS may take a while to finish closing
         return False  # the transport closes; `connection_lost` fails an exchange in progress
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(httpx.RemoteProtocolError("the hub closed the connection before it answered"))
+            why = "" if exc is None else f": {type(exc).__name__}: {exc}"
+            waiter.set_exception(httpx.RemoteProtocolError(f"the hub closed the connection before it answered{why}"))
 
     def close(self) -> None:
         self.closed = True
@@ -123,6 +134,9 @@ def _parse(buffer: bytearray) -> _Answer | None:
             raise httpx.RemoteProtocolError(f"not a header line: {line[:80]!r}")
         headers.append((name.lower(), value.strip()))
     found = dict(headers)
+    encoding = found.get("content-encoding", "identity").lower()
+    if encoding != "identity":  # as the agent: it asks for none, and a compressed size says nothing
+        raise httpx.RemoteProtocolError(f"an answer encoded as {encoding[:32]!r}: none was asked for")
     keep_alive = version == "HTTP/1.1" and found.get("connection", "").lower() != "close"
     start = end + 4
     if status < 200:
@@ -140,7 +154,7 @@ def _parse(buffer: bytearray) -> _Answer | None:
         raise httpx.RemoteProtocolError(f"unsupported transfer encoding {found['transfer-encoding'][:40]!r}")
     else:
         length = found.get("content-length")
-        if length is None or not length.isdigit():
+        if length is None or not _LENGTH.fullmatch(length):
             raise httpx.RemoteProtocolError("an answer without a valid Content-Length")
         size = int(length)
         if size > MAX_ANSWER_BYTES:
@@ -150,7 +164,7 @@ def _parse(buffer: bytearray) -> _Answer | None:
         if len(buffer) > start + size:
             raise httpx.RemoteProtocolError("bytes after the answer")
         body = bytes(buffer[start:])
-    return _Answer(status, headers, body, keep_alive)
+    return _Answer(status, [(name, value) for name, value in headers if name not in _WIRE_HEADERS], body, keep_alive)
 
 
 def _chunked(buffer: bytearray, at: int) -> bytes | None:
@@ -163,10 +177,9 @@ def _chunked(buffer: bytearray, at: int) -> bytes | None:
                 raise httpx.RemoteProtocolError("a chunk size line is too long")
             return None
         size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise httpx.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}")
+        size = int(size_text, 16)
         at = line_end + 2
         if size == 0:
             trailer_end = buffer.find(b"\r\n\r\n", at - 2)
@@ -185,22 +198,39 @@ def _chunked(buffer: bytearray, at: int) -> bytes | None:
         at += size + 2
 
 
+def _query(params: Mapping[str, Any]) -> str:
+    """Query parameters as httpx writes them (true/false, an empty value for None, %20 for a space)."""
+
+    def text(value: Any) -> str:
+        if value is True or value is False:
+            return "true" if value else "false"
+        return "" if value is None else str(value)
+
+    return urlencode([(name, text(value)) for name, value in params.items()], quote_via=quote)
+
+
 class WireClient:
     """Connections to the hub (a shard's polls, or its other calls): at most `limit`, one request at a time each.
 
-    A request waits for an idle connection or room to open one; a connection is reused while
-    the hub keeps it open, and closed after a failed, timed-out or cancelled exchange.
+    A request waits for an idle connection or room to open one (at most the timeout's `pool`);
+    a connection is reused while the hub keeps it open, and closed after a failed, timed-out or
+    cancelled exchange. `verify` is the TLS context of an https hub (None: the system's CAs;
+    the simulator passes one that trusts the fleet CA).
     """
 
     def __init__(self, *, base_url: str, verify: ssl.SSLContext | None, limit: int, timeout: httpx.Timeout) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
+        if parts.username is not None or parts.query or parts.fragment or not base_url.isascii():
+            raise ValueError(f"a hub URL with user, query, fragment or non-ASCII text: {base_url!r}")
         self.timeout = timeout
         """As `httpx.AsyncClient.timeout`: what `Call.arguments` extends by a poll's hold."""
+        default = 443 if parts.scheme == "https" else 80
         self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._host_header = parts.netloc.rpartition("@")[2]
+        self._port = parts.port or default
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = host if self._port == default else f"{host}:{self._port}"  # as httpx
         self._prefix = parts.path.rstrip("/")
         self._ssl = (verify or ssl.create_default_context()) if parts.scheme == "https" else None
         self._slots = asyncio.Semaphore(limit)
@@ -230,7 +260,12 @@ class WireClient:
         body = b"" if json is None else jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         request = self._request(method, url, headers, params, body.encode() if isinstance(body, str) else body)
         limits = timeout or self.timeout
-        async with self._slots:
+        try:
+            async with asyncio.timeout(limits.pool):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no connection to the hub free in time") from None
+        try:
             connection = await self._connection(limits)
             try:
                 async with asyncio.timeout(limits.read):
@@ -245,6 +280,8 @@ class WireClient:
                 self._idle.append(connection)
             else:
                 self._drop(connection)
+        finally:
+            self._slots.release()
         return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
 
     def _drop(self, connection: _Connection) -> None:
@@ -254,7 +291,9 @@ class WireClient:
     def _request(
         self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, Any] | None, body: bytes
     ) -> bytes:
-        target = self._prefix + url + (f"?{urlencode(params)}" if params else "")
+        target = self._prefix + url + (f"?{_query(params)}" if params else "")
+        if not target.isascii():
+            raise ValueError(f"a path that is not ASCII: {target[:80]!r}")
         lines = [
             f"{method} {target} HTTP/1.1",
             f"Host: {self._host_header}",

@@ -112,7 +112,7 @@ def test_a_poll_is_the_agents_request_and_its_answer_an_httpx_response_on_one_ke
     assert "\r\nAuthorization: Bearer t\r\n" in first
 
 
-def test_a_json_body_goes_in_the_same_write_as_httpx_would_send_it() -> None:
+def test_a_json_body_follows_its_head_as_httpx_would_send_it() -> None:
     async def test(client: WireClient, server: Server) -> None:
         answer = await client.request(
             method="PATCH",
@@ -178,6 +178,11 @@ BAD_ANSWERS = {
     "bad chunk": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
     "chunk overrun": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"],
     "huge head": [b"HTTP/1.1 200 OK\r\n" + b"x: " + b"y" * MAX_HEAD_BYTES],
+    "negative chunk": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-9;xx\r\n"],
+    "prefixed chunk": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x10\r\n"],
+    "underscored chunk": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1_0\r\n"],
+    "non-ascii length": [b"HTTP/1.1 200 OK\r\ncontent-length: \xb2\r\n\r\n"],
+    "compressed": [b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\n{}"],
     "closed mid-answer": [b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{", CLOSE],
 }
 
@@ -194,6 +199,49 @@ def test_a_bad_answer_is_a_protocol_error_and_the_next_poll_opens_a_fresh_connec
 
     server = run(script, test)
     assert server.connections == 2
+
+
+def test_a_connection_the_hub_closed_while_idle_is_not_reused() -> None:
+    async def test(client: WireClient, server: Server) -> None:
+        assert (await poll(client)).status_code == 200
+        await asyncio.sleep(0.2)  # the hub's keep-alive timeout closed it meanwhile
+        assert (await poll(client)).status_code == 200
+
+    server = run(lambda _request, _n: [ANSWER, CLOSE], test)
+    assert server.connections == 2
+
+
+def test_closing_the_client_fails_a_poll_in_flight_and_a_full_client_times_out_a_wait() -> None:
+    async def test(client: WireClient, server: Server) -> None:
+        server.delay = 0.5
+        task = asyncio.create_task(poll(client))
+        await asyncio.sleep(0.1)
+        with pytest.raises(httpx.PoolTimeout):  # the one connection is busy
+            await client.request(method="GET", url="/x", headers={}, timeout=httpx.Timeout(5.0, pool=0.05))
+        await client.aclose()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await task
+        with pytest.raises(httpx.ConnectError, match="closed"):
+            await poll(client)
+
+    run(lambda _request, _n: [ANSWER], test, limit=1)
+
+
+def test_the_host_query_and_answer_headers_are_as_httpx_has_them() -> None:
+    for base, host in [
+        ("https://hub.test", "hub.test"),
+        ("http://hub.test:80", "hub.test"),
+        ("http://[::1]:8080", "[::1]:8080"),
+    ]:
+        client = WireClient(base_url=base, verify=None, limit=1, timeout=TIMEOUT)
+        request = client._request("GET", "/x", {}, {"a": True, "b": None, "c": "x y", "wait": 60.0}, b"")
+        assert request.startswith(b"GET /x?a=true&b=&c=x%20y&wait=60.0 HTTP/1.1\r\nHost: " + host.encode() + b"\r\n")
+    found = _parse(bytearray(ANSWER))
+    assert found is not None
+    assert {name for name, _ in found.headers} == {"content-type", "etag"}  # framing is not handed on
+    for bad in ("http://user@hub", "http://hub/?q=1", "http://hub/#f", "http://hüb"):
+        with pytest.raises(ValueError, match="URL"):
+            WireClient(base_url=bad, verify=None, limit=1, timeout=TIMEOUT)
 
 
 def test_no_answer_in_time_is_a_read_timeout_and_a_refused_connection_a_connect_error() -> None:

@@ -125,27 +125,38 @@ async def _write_last_seen(hub: Hub) -> None:
     """Write the devices heard from every `last_seen_flush_seconds`, and those that fetched every `fetch_flush_seconds`.
 
     A fetch is a rollout member beginning its download, which a paced rollout waits for before
-    it tells the next device, so fetches are written sooner, and only when there are some
-    (checked in memory). A failed write is tried again next time.
+    it tells the next device, so fetches are written sooner, when there are some (checked in
+    memory). A failed write is tried again next time; after a failed write of fetches alone,
+    the next waits `last_seen_flush_seconds` (a database away is not asked twice a second).
     """
     settings = hub.settings
-    tick = min(settings.fetch_flush_seconds, settings.last_seen_flush_seconds)
-    last_seen_written = time.monotonic()
+    now = time.monotonic()
+    seen_due, fetch_due = now + settings.last_seen_flush_seconds, now + settings.fetch_flush_seconds
     while True:
-        await asyncio.sleep(tick)
+        await asyncio.sleep(max(0.0, min(seen_due, fetch_due) - time.monotonic()))
         now = time.monotonic()
-        seen_due = now - last_seen_written >= settings.last_seen_flush_seconds
-        if not seen_due and hub.fetches.pending() == 0:
-            continue
-        if seen_due:
-            last_seen_written = now
-        write: Callable[[Hub], object] = _flush if seen_due else Hub.flush_fetches
-        try:
-            await run_in_threadpool(write, hub)
-        except HubError as exc:
-            log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
-        except Exception:
-            log.exception("writing when devices were last seen failed")
+        if now >= seen_due:
+            seen_due, fetch_due = now + settings.last_seen_flush_seconds, now + settings.fetch_flush_seconds
+            await _write(hub, _flush, "when devices were last seen, and which fetched new targets")
+        elif hub.fetches.pending():
+            fetch_due = now + settings.fetch_flush_seconds
+            if not await _write(hub, Hub.flush_fetches, "which devices fetched new targets"):
+                fetch_due = now + settings.last_seen_flush_seconds
+        else:
+            fetch_due = now + settings.fetch_flush_seconds
+
+
+async def _write(hub: Hub, write: Callable[[Hub], object], what: str) -> bool:
+    """`write(hub)` in the thread pool; False when it failed (logged)."""
+    try:
+        await run_in_threadpool(write, hub)
+    except HubError as exc:
+        log.warning("could not write %s: %s", what, exc)
+    except Exception:
+        log.exception("writing %s failed", what)
+    else:
+        return True
+    return False
 
 
 def create_app(hub: Hub, *, metrics_dir: Path | None = None, fast_lane: bool = True) -> FastAPI:

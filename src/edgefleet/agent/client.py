@@ -40,7 +40,12 @@ AS_IS = {"Accept-Encoding": "identity"}
 
 def encoded(response: httpx.Response) -> str | None:
     """How an answer's body is encoded when it is not as is (the agent refuses such answers), else None."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    return encoding_of(response.headers.get("Content-Encoding"))
+
+
+def encoding_of(header: str | None) -> str | None:
+    """A `Content-Encoding` header's encoding when it is not as is, else None (`encoded`, for a raw header)."""
+    encoding = (header or "identity").strip().lower()
     return None if encoding == "identity" else encoding[:32]
 
 

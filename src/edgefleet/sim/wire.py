@@ -22,12 +22,13 @@ import json as jsonlib
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
 from edgefleet.agent.bounds import DEFAULT_BOUNDS
+from edgefleet.agent.client import encoding_of
 
 MAX_HEAD_BYTES = 64 * 1024
 """The status line and headers of an answer, at most."""
@@ -64,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[_Answer] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream connection's is an asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)  # a TCP or TLS connection's transport
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -134,9 +135,8 @@ def _parse(buffer: bytearray) -> _Answer | None:
             raise httpx.RemoteProtocolError(f"not a header line: {line[:80]!r}")
         headers.append((name.lower(), value.strip()))
     found = dict(headers)
-    encoding = found.get("content-encoding", "identity").lower()
-    if encoding != "identity":  # as the agent: it asks for none, and a compressed size says nothing
-        raise httpx.RemoteProtocolError(f"an answer encoded as {encoding[:32]!r}: none was asked for")
+    if (encoding := encoding_of(found.get("content-encoding"))) is not None:  # the agent's rule: none asked for
+        raise httpx.RemoteProtocolError(f"an answer encoded as {encoding!r}: none was asked for")
     keep_alive = version == "HTTP/1.1" and found.get("connection", "").lower() != "close"
     start = end + 4
     if status < 200:

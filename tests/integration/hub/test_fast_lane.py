@@ -72,7 +72,7 @@ def routes_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         patch.setattr(device_routes, "longpoll", SimpleNamespace(settle=reached, respond=reached))
         patch.setattr(device_routes, "TwinOut", SimpleNamespace(model_validate=reached))
         patch.setattr(device_routes, "events", SimpleNamespace(record_events=reached))
-        patch.setattr(device_routes, "run_in_threadpool", reached)
+        patch.setattr(device_routes, "offload", SimpleNamespace(call=reached))
         yield
 
 

@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet import __version__
+from edgefleet.hub import offload
 from edgefleet.hub.api.answers import error_response, hub_error_response
 from edgefleet.hub.api.deps import reject_unknown_query
 from edgefleet.hub.api.fastlane import DeviceFastLane
@@ -108,11 +108,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            await run_in_threadpool(_flush, hub)
+            await offload.call(_flush, hub)
         except HubError as exc:
             log.warning("could not write when %d devices were last seen: %s", hub.last_seen.pending(), exc)
         if listener is not None:
-            await run_in_threadpool(listener.stop)
+            await offload.call(listener.stop)
 
 
 def _flush(hub: Hub) -> None:
@@ -149,7 +149,7 @@ async def _write_last_seen(hub: Hub) -> None:
 async def _write(hub: Hub, write: Callable[[Hub], object], what: str) -> bool:
     """`write(hub)` in the thread pool; False when it failed (logged)."""
     try:
-        await run_in_threadpool(write, hub)
+        await offload.call(write, hub)
     except HubError as exc:
         log.warning("could not write %s: %s", what, exc)
     except Exception:

@@ -8,8 +8,8 @@ from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
+from edgefleet.hub import offload
 from edgefleet.hub.context import Hub
 from edgefleet.hub.errors import AuthenticationError, BadRequestError
 from edgefleet.hub.services import devices, operators
@@ -55,7 +55,7 @@ async def current_device_any_status(hub: HubDep, credentials: Credentials) -> De
 async def current_caller(hub: HubDep, credentials: Credentials) -> Operator | DeviceCaller:
     secret = _secret(credentials)
     if secret.startswith(API_TOKEN_PREFIX):
-        return await run_in_threadpool(operators.authenticate, hub, secret)
+        return await offload.call(operators.authenticate, hub, secret)
     return await _device_caller(hub, credentials, allow_unaccepted=False)
 
 
@@ -67,7 +67,7 @@ async def _device_caller(hub: Hub, credentials: Credentials, *, allow_unaccepted
     cached = devices.admit_cached(hub, secret, allow_unaccepted=allow_unaccepted)
     if cached is not None:
         return cached
-    return await run_in_threadpool(devices.admit_loaded, hub, secret, allow_unaccepted=allow_unaccepted)
+    return await offload.call(devices.admit_loaded, hub, secret, allow_unaccepted=allow_unaccepted)
 
 
 OperatorDep = Annotated[Operator, Depends(current_operator)]

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.hub import offload
 from edgefleet.hub.api import longpoll, tuflane
 from edgefleet.hub.api.answers import hub_error_response
 from edgefleet.hub.api.routes import device as routes
@@ -126,7 +126,7 @@ class DeviceFastLane:
                 return False
             response = found.response
             if response is None and found.read is not None:
-                response = await run_in_threadpool(found.read)
+                response = await offload.call(found.read)
         except HubError as exc:
             response = hub_error_response(exc)
         if response is None:  # pragma: no cover - an answer has a response or a way to read it
@@ -163,7 +163,7 @@ class DeviceFastLane:
             if caller.device.id != device_id:
                 return None  # the route says why not
             same = devices.unchanged_by_report(caller, device_id, properties)
-            twin = same or await run_in_threadpool(devices.update_reported, hub, caller, device_id, properties)
+            twin = same or await offload.call(devices.update_reported, hub, caller, device_id, properties)
             return TwinOut.model_validate(twin).model_dump_json(by_alias=True).encode()
 
         return None if await _answered(scope, receive, send, _REPORTED_ROUTE, twin) else replay
@@ -178,7 +178,7 @@ class DeviceFastLane:
 
         async def acknowledged() -> bytes:
             caller = await _caller(hub, token)
-            ack = await run_in_threadpool(events.record_events, hub, caller, batch)
+            ack = await offload.call(events.record_events, hub, caller, batch)
             return ack.model_dump_json(by_alias=True).encode()
 
         return None if await _answered(scope, receive, send, _EVENTS_ROUTE, acknowledged) else replay
@@ -259,7 +259,7 @@ async def _caller(hub: Hub, secret: str) -> devices.DeviceCaller:
     cached = devices.admit_cached(hub, secret)
     if cached is not None:
         return cached
-    return await run_in_threadpool(devices.admit_loaded, hub, secret)
+    return await offload.call(devices.admit_loaded, hub, secret)
 
 
 def _events(body: bytes) -> DeviceEvents | None:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Query, Response
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
+from edgefleet.hub import offload
 from edgefleet.hub.notify import Notifier
 
 FALLBACK_SECONDS = 30.0
@@ -72,7 +72,7 @@ async def settle(
 
     async def fetch() -> tuple[Answer, str]:
         held = peek() if peek is not None else None
-        answer = held if held is not None else await run_in_threadpool(read)
+        answer = held if held is not None else await offload.call(read)
         return answer, etag(answer)
 
     duration = min(wait, max_seconds)

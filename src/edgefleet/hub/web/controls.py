@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from edgefleet.hub import offload
 from edgefleet.hub.services import deployments
 from edgefleet.hub.web import live, sessions
 from edgefleet.hub.web.deps import HubDep, SameOrigin, SessionDep
@@ -34,12 +34,12 @@ async def control(
     check_token(form.get(CSRF_FIELD), session.csrf)
     operator = session.operator
     if verb == "pause":
-        found = await run_in_threadpool(deployments.pause, hub, operator, key)
+        found = await offload.call(deployments.pause, hub, operator, key)
     elif verb == "resume":
-        found = await run_in_threadpool(deployments.resume, hub, operator, key)
+        found = await offload.call(deployments.resume, hub, operator, key)
     else:
         rollback = form.get("rollback") in ("1", "on", "true")
-        found = await run_in_threadpool(deployments.abort, hub, operator, key, roll_back=rollback)
+        found = await offload.call(deployments.abort, hub, operator, key, roll_back=rollback)
     return RedirectResponse(f"{PREFIX}/deployments/{found.id}", status_code=303)
 
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
-from starlette.concurrency import run_in_threadpool
 
+from edgefleet.hub import offload
 from edgefleet.hub.errors import HubError
 
 KEEPALIVE_SECONDS = 15.0
@@ -81,7 +81,7 @@ async def stream(
         previous: str | None = None
         while clock() - started < lifetime:
             try:
-                current = await run_in_threadpool(render)
+                current = await offload.call(render)
             except HubError:
                 return
             if current != previous:

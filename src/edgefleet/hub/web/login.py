@@ -6,9 +6,9 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
+from edgefleet.hub import offload
 from edgefleet.hub.errors import AuthenticationError
 from edgefleet.hub.web import sessions
 from edgefleet.hub.web.deps import HubDep, SameOrigin, SessionDep
@@ -78,7 +78,7 @@ async def login(request: Request, hub: HubDep) -> Response:
         message = f"That is not an API token: it is longer than {MAX_TOKEN_CHARS} characters."
         return _login_page(request, message=message, status=400, next_path=next_path)
     try:
-        secret, _session = await run_in_threadpool(
+        secret, _session = await offload.call(
             sessions.login, hub, token, replacing=request.cookies.get(sessions.COOKIE)
         )
     except AuthenticationError as exc:
@@ -94,7 +94,7 @@ async def logout(request: Request, hub: HubDep, session: SessionDep) -> Response
     """End the session (CSRF-checked, so another site cannot log you out)."""
     form = await read_form(request, max_bytes=hub.settings.web_max_form_bytes)
     check_token(form.get(CSRF_FIELD), session.csrf)
-    await run_in_threadpool(sessions.logout, hub, session)
+    await offload.call(sessions.logout, hub, session)
     response = RedirectResponse(f"{PREFIX}/login?reason=logged_out", status_code=303)
     clear_cookie(response, sessions.COOKIE)
     return response

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
-from starlette.concurrency import run_in_threadpool
 
+from edgefleet.hub import offload
 from edgefleet.hub.api import longpoll
 from edgefleet.hub.api.deps import AnyStatusDeviceDep, CallerDep, DeviceDep, HubDep
 from edgefleet.hub.api.longpoll import NOT_MODIFIED, IfNoneMatch, Wait
@@ -133,5 +133,5 @@ async def patch_reported(hub: HubDep, caller: CallerDep, device_id: DevicePath, 
     patch = body.properties.patch()
     if isinstance(caller, DeviceCaller) and (same := devices.unchanged_by_report(caller, device_id, patch)):
         return TwinOut.model_validate(same)
-    updated = await run_in_threadpool(devices.update_reported, hub, caller, device_id, patch)
+    updated = await offload.call(devices.update_reported, hub, caller, device_id, patch)
     return TwinOut.model_validate(updated)

@@ -6,9 +6,9 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from edgefleet.hub import offload
 from edgefleet.hub.api.deps import HubDep, LimitDep, OperatorDep
 from edgefleet.hub.api.routes import ERRORS
 from edgefleet.hub.api.schemas import ArtifactStored, OnlineKeys, ReleaseOut, RootAccepted, TargetsAccepted
@@ -63,8 +63,8 @@ async def upload_artifact(
     upload = releases.begin_upload(hub, operator, sha256)
     try:
         async for chunk in request.stream():
-            await run_in_threadpool(upload.write, chunk)
-        length = await run_in_threadpool(upload.finish)
+            await offload.call(upload.write, chunk)
+        length = await offload.call(upload.finish)
     except ClientDisconnect as exc:
         # The client went away, or the body limit cut it off (and already answered 413).
         upload.abort()

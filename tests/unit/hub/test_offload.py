@@ -21,6 +21,10 @@ def fail() -> None:
     raise ValueError("a bug")
 
 
+def refuse_from(cause: Exception) -> None:
+    raise NotFoundError("gone", "no such thing") from cause
+
+
 def test_the_value_comes_back() -> None:
     assert asyncio.run(offload.call(lambda a, *, b: (a, b), 1, b=2)) == (1, 2)
 
@@ -44,9 +48,12 @@ def test_a_hub_error_leaves_nothing_for_the_collector() -> None:
         for _ in range(times):
             with contextlib.suppress(HubError):
                 await offload.call(refuse, "gone")
+            with contextlib.suppress(HubError):
+                await offload.call(refuse_from, KeyError("a cause"))
 
     asyncio.run(refused(1))
     gc.collect()
+    gc.garbage.clear()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -59,6 +66,13 @@ def test_a_hub_error_leaves_nothing_for_the_collector() -> None:
         gc.enable()
     assert not [o for o in garbage if isinstance(o, HubError)]
     assert len(garbage) < 50  # asyncio.run's own loop leaves a few; each refusal across the hop left dozens
+
+
+def test_the_error_it_was_raised_from_stays_with_it() -> None:
+    cause = KeyError("a cause")
+    with pytest.raises(NotFoundError) as raised:
+        asyncio.run(offload.call(refuse_from, cause))
+    assert raised.value.__cause__ is cause
 
 
 def test_any_other_error_keeps_where_it_came_from() -> None:
